@@ -1,0 +1,377 @@
+"""Classification metrics with percentile-bootstrap confidence intervals.
+
+Every metric, point estimate and bootstrap replicate alike, is computed from case
+weights: the full sample has weight 1 per case, a bootstrap resample has weight
+"times this case was drawn". One code path therefore gives both, and the whole
+bootstrap is a handful of array operations (no Python loop over resamples).
+
+Conventions:
+    * A metric that is undefined (PPV with no predicted positives, AUC with one class
+      present, ...) is ``None`` in the returned dict, never NaN.
+    * Macro averages run over the classes whose metric is defined on the full sample;
+      a resample in which any of those is undefined is dropped from that metric's CI.
+    * Balanced accuracy is the macro sensitivity (mean per-class recall).
+    * ECE is top-label (argmax) with 15 equal-width bins, independent of the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from meddx.errors import MeddxError
+from meddx.evaluation._checks import check_labels, check_labels_proba
+from meddx.evaluation.calibration import bin_index
+
+ECE_BINS = 15
+# Bound the (resamples x cases) weight matrix to ~32 MB whatever the test-set size.
+_MAX_WEIGHT_ELEMENTS = 1 << 22
+
+PER_CLASS_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
+
+
+# ---------------------------------------------------------------- public helpers
+
+
+def predict_labels(proba, threshold: float | None = None) -> np.ndarray:
+    """Turn probabilities into class predictions.
+
+    Args:
+        proba: (N, K) probabilities.
+        threshold: binary only: positive iff ``proba[:, 1] >= threshold`` (default 0.5).
+            Must be None for K > 2, where the prediction is the argmax.
+
+    Returns:
+        (N,) int64 predicted classes.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise MeddxError(f"proba must have shape (N, K) with K >= 2, got {p.shape}")
+    if p.shape[1] == 2:
+        t = 0.5 if threshold is None else _check_threshold(threshold)
+        return (p[:, 1] >= t).astype(np.int64)
+    if threshold is not None:
+        raise MeddxError(
+            f"a threshold only applies to binary tasks, but proba has {p.shape[1]} classes",
+            fix="pass threshold=None (argmax) for multi-class tasks",
+        )
+    return p.argmax(axis=1).astype(np.int64)
+
+
+def confusion_matrix(y_true, y_pred, K: int) -> np.ndarray:
+    """(K, K) int64 confusion matrix; rows are true classes, columns predicted ones."""
+    y = check_labels(y_true, n_classes=K)
+    yp = check_labels(y_pred, n_classes=K, n=y.shape[0])
+    return np.bincount(y * K + yp, minlength=K * K).reshape(K, K).astype(np.int64)
+
+
+def auc_ovr(y_true, proba) -> np.ndarray:
+    """One-vs-rest ROC AUC per class (Mann-Whitney, ties count one half).
+
+    Returns:
+        (K,) float array; NaN for a class that is absent or is the only one present.
+        Equals ``sklearn.metrics.roc_auc_score(y_true == k, proba[:, k])``.
+    """
+    y, p = check_labels_proba(y_true, proba)
+    w = np.ones((1, y.shape[0]))
+    return np.array([_auc_weighted(w, *_auc_prep(s, pos))[0] for s, pos in _ovr_scores(y, p)])
+
+
+# ---------------------------------------------------------------- main entry point
+
+
+def classification_metrics(
+    y_true,
+    proba,
+    *,
+    class_names: Sequence[str] | None = None,
+    threshold: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict:
+    """Point estimates and percentile-bootstrap CIs of the standard classification metrics.
+
+    Args:
+        y_true: (N,) integer labels in ``[0, K)``.
+        proba: (N, K) class probabilities, rows summing to 1.
+        class_names: K names (default ``"0"``, ``"1"``, ...).
+        threshold: binary only: positive iff ``proba[:, 1] >= threshold`` (default 0.5).
+            Must be None for K > 2 (argmax).
+        n_boot: bootstrap resamples of the cases (0 disables the CIs).
+        seed: seed of ``np.random.default_rng`` for the resamples.
+        ci: confidence level of the percentile interval.
+
+    Returns:
+        A JSON-serialisable dict: ``n``, ``n_classes``, ``class_names``,
+        ``operating_point``, ``bootstrap``, ``overall``, ``per_class`` and
+        ``confusion_matrix``. Each metric is ``{"value", "ci_low", "ci_high"}``.
+    """
+    y, p = check_labels_proba(y_true, proba)
+    n, k = p.shape
+    names = _class_names(class_names, k)
+    if not 0.0 < ci < 1.0:
+        raise MeddxError(f"ci must lie in (0, 1), got {ci}")
+    if int(n_boot) < 0:
+        raise MeddxError(f"n_boot must be >= 0, got {n_boot}")
+    y_pred = predict_labels(p, threshold)
+    if k == 2:
+        op = {"rule": "threshold", "threshold": 0.5 if threshold is None else float(threshold)}
+    else:
+        op = {"rule": "argmax", "threshold": None}
+
+    engine = _MetricEngine(y, p, y_pred)
+    point = engine.compute(np.ones((1, n)))
+    # Macro averages are fixed to the classes defined on the full sample.
+    masks = {key: ~np.isnan(point[key][0]) for key in PER_CLASS_KEYS}
+    point_flat = engine.flatten(point, masks)
+
+    boot: dict[str, list[np.ndarray]] = {key: [] for key in point_flat}
+    for weights in _bootstrap_weights(n, int(n_boot), seed):
+        for key, values in engine.flatten(engine.compute(weights), masks).items():
+            boot[key].append(values)
+
+    alpha = (1.0 - ci) / 2.0
+
+    def summarise(key: str, col: int | None = None) -> dict:
+        value = point_flat[key][0] if col is None else point_flat[key][0, col]
+        if np.isnan(value):
+            return _metric(None)
+        if not boot[key]:
+            return _metric(value)
+        samples = np.concatenate(boot[key], axis=0)
+        samples = samples if col is None else samples[:, col]
+        samples = samples[~np.isnan(samples)]
+        if samples.size == 0:
+            return _metric(value)
+        lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
+        return _metric(value, lo, hi)
+
+    overall_keys = [
+        "accuracy", "balanced_accuracy", "auc_macro", "f1_macro",
+        "sensitivity_macro", "specificity_macro", "ece",
+    ]
+    overall = {key: summarise(key) for key in overall_keys}
+    if k == 2:
+        for key in PER_CLASS_KEYS:
+            overall[key] = summarise(key, 1)
+
+    support = np.bincount(y, minlength=k)
+    per_class = {}
+    for j, name in enumerate(names):
+        entry = {key: summarise(key, j) for key in PER_CLASS_KEYS}
+        entry["support"] = int(support[j])
+        per_class[name] = entry
+
+    return {
+        "n": int(n),
+        "n_classes": int(k),
+        "class_names": names,
+        "operating_point": op,
+        "bootstrap": {
+            "method": "percentile bootstrap over cases",
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "ci_level": float(ci),
+        },
+        "overall": overall,
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y, y_pred, k).tolist(),
+    }
+
+
+def paired_bootstrap_pvalue(
+    y_true, proba_a, proba_b, metric: str = "auc", n_boot: int = 2000, seed: int = 0
+) -> float:
+    """Two-sided paired-bootstrap p-value for ``metric(a) == metric(b)`` on the same cases.
+
+    Both models are scored on the same case resamples. The resampled differences are
+    centred on the observed one to mimic the null, and
+    ``p = (1 + #{|d_b - d| >= |d|}) / (1 + B)`` over the B resamples where the metric
+    is defined.
+
+    Args:
+        y_true: (N,) integer labels.
+        proba_a: (N, K) probabilities of model A.
+        proba_b: (N, K) probabilities of model B.
+        metric: ``"auc"`` (positive-class AUC if binary, else macro one-vs-rest AUC) or
+            ``"accuracy"`` (threshold 0.5 if binary, else argmax).
+        n_boot: number of resamples.
+        seed: seed of ``np.random.default_rng``.
+
+    Returns:
+        The p-value in (0, 1].
+    """
+    if metric not in ("auc", "accuracy"):
+        raise MeddxError(f"unknown metric {metric!r}", fix="use 'auc' or 'accuracy'")
+    y, pa = check_labels_proba(y_true, proba_a)
+    _, pb = check_labels_proba(y, proba_b)
+    if pa.shape != pb.shape:
+        raise MeddxError(f"proba_a {pa.shape} and proba_b {pb.shape} must have the same shape")
+    if int(n_boot) < 1:
+        raise MeddxError(f"n_boot must be >= 1, got {n_boot}")
+    n = y.shape[0]
+    score_a, score_b = _scalar_scorer(y, pa, metric), _scalar_scorer(y, pb, metric)
+    ones = np.ones((1, n))
+    observed = score_a(ones)[0] - score_b(ones)[0]
+    if np.isnan(observed):
+        raise MeddxError(f"{metric} is undefined on these labels (is only one class present?)")
+    diffs = np.concatenate(
+        [score_a(w) - score_b(w) for w in _bootstrap_weights(n, int(n_boot), seed)]
+    )
+    diffs = diffs[~np.isnan(diffs)]
+    # Float noise would otherwise make |0 - 0| >= |0| depend on rounding.
+    tol = 1e-12
+    extreme = np.count_nonzero(np.abs(diffs - observed) >= abs(observed) - tol)
+    return float((1 + extreme) / (1 + diffs.size))
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _metric(value, lo=None, hi=None) -> dict:
+    def f(x):
+        return None if x is None or not np.isfinite(x) else float(x)
+
+    return {"value": f(value), "ci_low": f(lo), "ci_high": f(hi)}
+
+
+def _check_threshold(threshold) -> float:
+    t = float(threshold)
+    if not np.isfinite(t):
+        raise MeddxError(f"threshold must be a finite number, got {threshold}")
+    return t
+
+
+def _class_names(class_names, k: int) -> list[str]:
+    if class_names is None:
+        return [str(j) for j in range(k)]
+    names = [str(c) for c in class_names]
+    if len(names) != k:
+        raise MeddxError(f"{len(names)} class names given for {k} classes")
+    if len(set(names)) != k:
+        raise MeddxError(f"class names must be unique, got {names}")
+    return names
+
+
+def _bootstrap_weights(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield (b, n) float matrices: how often each case is drawn in each resample."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, _MAX_WEIGHT_ELEMENTS // n))
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n))
+        flat = (idx + np.arange(b)[:, None] * n).ravel()
+        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        done += b
+
+
+def _ovr_scores(y: np.ndarray, p: np.ndarray):
+    k = p.shape[1]
+    for j in range(k):
+        # For K=2, -p1 orders class 0 exactly as p0 would, without 1-p rounding artefacts,
+        # so both per-class AUCs are identical.
+        score = -p[:, 1] if (k == 2 and j == 0) else p[:, j]
+        yield score, y == j
+
+
+def _auc_prep(score: np.ndarray, pos: np.ndarray):
+    """Sort once; tie groups of equal scores become contiguous blocks."""
+    order = np.argsort(score, kind="mergesort")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return order, starts, pos[order]
+
+
+def _auc_weighted(weights, order, starts, pos_sorted) -> np.ndarray:
+    """Weighted Mann-Whitney AUC for each row of ``weights``; NaN if a class has no weight."""
+    w = weights[:, order]
+    pos_w = np.add.reduceat(w * pos_sorted, starts, axis=1)
+    neg_w = np.add.reduceat(w * ~pos_sorted, starts, axis=1)
+    neg_below = np.cumsum(neg_w, axis=1) - neg_w
+    u = np.sum(pos_w * (neg_below + 0.5 * neg_w), axis=1)
+    denom = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, u / denom, np.nan)
+
+
+def _div(num, den) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _macro(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if not mask.any():
+        return np.full(values.shape[0], np.nan)
+    # A NaN in any included class makes the mean NaN, which drops that resample.
+    return values[:, mask].mean(axis=1)
+
+
+class _MetricEngine:
+    """Metrics as functions of case weights (ones = full sample, counts = a resample)."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray, y_pred: np.ndarray):
+        n, k = p.shape
+        self.k = k
+        cell = y * k + y_pred
+        # onehot[i, c] = 1 if case i falls in confusion cell c: weights @ onehot = counts.
+        self.cells = np.zeros((n, k * k))
+        self.cells[np.arange(n), cell] = 1.0
+        confidence = p.max(axis=1)
+        correct = (p.argmax(axis=1) == y).astype(np.float64)
+        self.gap = np.zeros((n, ECE_BINS))
+        self.gap[np.arange(n), bin_index(confidence, ECE_BINS)] = correct - confidence
+        self.auc_prep = [_auc_prep(s, pos) for s, pos in _ovr_scores(y, p)]
+
+    def compute(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        k = self.k
+        cm = (weights @ self.cells).reshape(-1, k, k)
+        tp = np.diagonal(cm, axis1=1, axis2=2)
+        support = cm.sum(axis=2)
+        predicted = cm.sum(axis=1)
+        total = cm.sum(axis=(1, 2))[:, None]
+        fn = support - tp
+        fp = predicted - tp
+        tn = total - support - predicted + tp
+        out = {
+            "sensitivity": _div(tp, support),
+            "specificity": _div(tn, tn + fp),
+            "ppv": _div(tp, predicted),
+            "npv": _div(tn, tn + fn),
+            "f1": _div(2 * tp, 2 * tp + fp + fn),
+            "auc": np.stack([_auc_weighted(weights, *prep) for prep in self.auc_prep], axis=1),
+            "accuracy": _div(tp.sum(axis=1), total[:, 0]),
+            "ece": np.abs(weights @ self.gap).sum(axis=1) / weights.sum(axis=1),
+        }
+        return out
+
+    @staticmethod
+    def flatten(m: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-class arrays (b, K) plus overall scalars (b,)."""
+        out = {key: m[key] for key in PER_CLASS_KEYS}
+        out["accuracy"] = m["accuracy"]
+        out["ece"] = m["ece"]
+        out["sensitivity_macro"] = _macro(m["sensitivity"], masks["sensitivity"])
+        out["balanced_accuracy"] = out["sensitivity_macro"]
+        out["specificity_macro"] = _macro(m["specificity"], masks["specificity"])
+        out["f1_macro"] = _macro(m["f1"], masks["f1"])
+        out["auc_macro"] = _macro(m["auc"], masks["auc"])
+        return out
+
+
+def _scalar_scorer(y: np.ndarray, p: np.ndarray, metric: str):
+    """A function weights (b, n) -> (b,) values of ``metric`` for fixed predictions."""
+    if metric == "accuracy":
+        correct = (predict_labels(p) == y).astype(np.float64)
+        return lambda w: (w @ correct) / w.sum(axis=1)
+    k = p.shape[1]
+    preps = [_auc_prep(s, pos) for s, pos in _ovr_scores(y, p)]
+    if k == 2:
+        return lambda w: _auc_weighted(w, *preps[1])
+    full = np.array([_auc_weighted(np.ones((1, y.shape[0])), *prep)[0] for prep in preps])
+    keep = [prep for prep, v in zip(preps, full) if not np.isnan(v)]
+    if not keep:
+        return lambda w: np.full(w.shape[0], np.nan)
+    return lambda w: np.mean([_auc_weighted(w, *prep) for prep in keep], axis=0)
