@@ -1,0 +1,230 @@
+"""The ``meddx`` command line: thin, parses arguments and calls the modules."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meddx.errors import MeddxError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="meddx: plan, train, evaluate and explain medical image classifiers.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '10m', '1.5h' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not m:
+        raise MeddxError(f"cannot read the duration '{text}'", fix="use e.g. 90s, 10m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _progress_enabled(no_progress: bool) -> bool:
+    return not no_progress
+
+
+# ---------------------------------------------------------------------------------------
+@app.command()
+def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class folder or CSV manifest."),
+            json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON."),
+            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+    """Print the dataset fingerprint: cases, classes, shapes, spacing, intensities, problems."""
+    from meddx.data.sources import open_dataset
+    from meddx.training.run import fingerprint_dataset, write_json
+
+    cs = open_dataset(path)
+    fp = fingerprint_dataset(cs, _progress_enabled(no_progress), strict=False)
+    t = Table(title=f"{cs.name} ({cs.kind})", show_header=False)
+    t.add_row("cases", f"{fp['n_cases']} ({fp['n_readable']} readable)")
+    t.add_row("classes", ", ".join(f"{k}: {v}" for k, v in fp["class_counts"].items()))
+    t.add_row("imbalance ratio", str(fp["imbalance_ratio"]))
+    if fp["split_counts"]:
+        t.add_row("splits", "; ".join(f"{s}: {sum(c.values())}" for s, c in fp["split_counts"].items())
+                  + (" (official)" if fp["official_split"] else ""))
+    if "spatial_dims" in fp:
+        t.add_row("dimensionality", ", ".join(f"{d}D" for d in fp["spatial_dims"]))
+        t.add_row("channels", ", ".join(f"{k} ch: {v}" for k, v in fp["channels"].items()))
+        t.add_row("shape (median / min / max)", f"{fp['shape_median']} / {fp['shape_min']} / {fp['shape_max']}"
+                  f" ({fp['distinct_shapes']} distinct)")
+        t.add_row("spacing (median)", str(fp["spacing_median"]) if fp["spacing_median"] else "unknown")
+        it = fp["intensity"]
+        t.add_row("intensity", f"min {it['min']:.4g}, max {it['max']:.4g}, mean {it['mean']:.4g}, sd {it['std']:.4g}, "
+                  f"p0.5 {it['p00_5']:.4g}, p99.5 {it['p99_5']:.4g}")
+        t.add_row("duplicates", f"{fp['duplicates']['cases']} cases in {fp['duplicates']['groups']} groups"
+                  f" ({fp['duplicates']['across_splits']} across splits)")
+    t.add_row("patient groups", "yes" if fp["has_patient_groups"] else "no")
+    console.print(t)
+    for f in fp.get("findings", []):
+        console.print(f"[yellow]finding:[/] {f}")
+    for p in fp["problems"][:20]:
+        console.print(f"[red]unreadable:[/] {p['error']}")
+    if len(fp["problems"]) > 20:
+        console.print(f"... and {len(fp['problems']) - 20} more")
+    if json_out:
+        write_json(Path(json_out), fp)
+
+
+@app.command()
+def plan(path: str = typer.Argument(..., help="Dataset path."),
+         out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
+         seed: int = typer.Option(0, help="Seed recorded in the plan."),
+         no_progress: bool = typer.Option(False, "--no-progress")):
+    """Write the plan (editable YAML) that `meddx train --plan` would run."""
+    from meddx.data.sources import open_dataset
+    from meddx.planning.planner import make_plan
+    from meddx.training.run import fingerprint_dataset
+
+    cs = open_dataset(path)
+    fp = fingerprint_dataset(cs, _progress_enabled(no_progress))
+    p = make_plan(fp, source=str(Path(path).resolve()), seed=seed)
+    p.save(out)
+    console.print(f"plan written to {out}")
+    for d in p.decisions:
+        console.print(f"  {d.field} = {d.value}  [dim]({d.rule}, {d.kind})[/]")
+
+
+@app.command()
+def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optional with --plan or --resume)."),
+          out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+          plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan.yaml instead of planning."),
+          resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out exactly."),
+          seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+          time_budget: Optional[str] = typer.Option(None, "--time-budget",
+                                                    help="Fit the schedule into this time, e.g. 10m."),
+          epochs: Optional[int] = typer.Option(None, help="Number of epochs (ignored with --time-budget)."),
+          model: Optional[str] = typer.Option(None, help="Model name from the registry (see `meddx models`)."),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+          lr: Optional[float] = typer.Option(None, help="Learning rate."),
+          optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
+          schedule: Optional[str] = typer.Option(None, help="constant | step | cosine | onecycle"),
+          image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size per axis."),
+          threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="youden | sensitivity"),
+          target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
+                                                             help="With --threshold-rule sensitivity."),
+          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")):
+    """Train a classifier and write a complete run directory (plan, split, checkpoints, report)."""
+    from meddx.training.run import train_run
+
+    budget = parse_duration(time_budget)
+    ov = {"seed": seed, "train.time_budget_s": budget, "train.epochs": epochs, "model.name": model,
+          "train.batch_size": batch_size, "optim.lr": lr, "optim.name": optimizer, "schedule.name": schedule,
+          "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity}
+    ov = {k: v for k, v in ov.items() if v is not None}
+    run = train_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
+                    image_size=image_size, progress=_progress_enabled(no_progress), log=console.print)
+    _print_summary(run)
+
+
+def _print_summary(run: Path, sub: str = "") -> None:
+    m = json.loads((run / sub / "metrics.json").read_text()) if sub else json.loads((run / "metrics.json").read_text())
+    t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']})")
+    t.add_column("operating point")
+    for c in ("AUC", "accuracy", "balanced acc.", "sensitivity", "specificity"):
+        t.add_column(c)
+
+    def f(x):
+        return "n/a" if not x or x.get("value") is None else (
+            f"{x['value']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" if x.get("ci_low") is not None
+            else f"{x['value']:.3f}")
+
+    for label, s in m["operating_points"].items():
+        o = s["overall"]
+        t.add_row(label, f(o.get("auc") or o.get("auc_macro")), f(o["accuracy"]), f(o["balanced_accuracy"]),
+                  f(o.get("sensitivity") or o.get("sensitivity_macro")),
+                  f(o.get("specificity") or o.get("specificity_macro")))
+    console.print(t)
+    console.print(f"report: {run / sub / 'report.html'}")
+
+
+@app.command()
+def evaluate(run: Path = typer.Argument(..., help="Run directory written by `meddx train`."),
+             path: Optional[str] = typer.Argument(None, help="Labelled dataset to evaluate on "
+                                                  "(default: the run's own test split)."),
+             no_progress: bool = typer.Option(False, "--no-progress")):
+    """Evaluate a trained run on its test split or on another labelled dataset."""
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    sub = evaluate_run(run, path, progress=_progress_enabled(no_progress))
+    _print_summary(run, str(sub.relative_to(run)))
+
+
+@app.command()
+def predict(run: Path = typer.Argument(..., help="Run directory written by `meddx train`."),
+            target: Path = typer.Argument(..., help="An image, DICOM file or series folder, NIfTI, or a folder."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json (default: CSV to stdout)."),
+            no_progress: bool = typer.Option(False, "--no-progress")):
+    """Write class probabilities for new images."""
+    from meddx.evaluation.predict import predict_paths, write_predictions_file
+
+    rows = predict_paths(run, target, progress=_progress_enabled(no_progress))
+    write_predictions_file(rows, out)
+    if out:
+        console.print(f"{len(rows)} prediction(s) written to {out}")
+
+
+@app.command()
+def models():
+    """List the models in the registry."""
+    from meddx.models import list_models
+
+    for name in list_models():
+        console.print(name)
+
+
+@app.command()
+def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding medmnist/pneumoniamnist.npz."),
+         out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory (replaced if it exists)."),
+         time_budget: str = typer.Option("100s", "--time-budget", help="Training time."),
+         no_progress: bool = typer.Option(False, "--no-progress")):
+    """Train and report on PneumoniaMNIST (or built-in phantoms when no copy can be had)."""
+    import shutil
+
+    from meddx.errors import DataUnavailableError
+    from meddx.io.medmnist import locate_medmnist
+    from meddx.training.run import train_run
+
+    try:
+        source = str(locate_medmnist("pneumoniamnist", data_dir=data_dir))
+    except DataUnavailableError as e:
+        err_console.print(f"PneumoniaMNIST unavailable ({e}); running on built-in synthetic phantoms instead.")
+        source = "synthetic:phantoms"
+    if out.exists() and (out / "plan.yaml").exists():
+        shutil.rmtree(out)
+    run = train_run(source, out, overrides={"train.time_budget_s": parse_duration(time_budget)},
+                    progress=_progress_enabled(no_progress), log=console.print)
+    _print_summary(run)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except MeddxError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Dataset fingerprint: what the planner reads and what ``meddx inspect`` prints."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from typing import Callable
+
+import numpy as np
+
+from meddx.data.case import CaseSet
+from meddx.errors import ImageContentError, MeddxError
+
+PIXEL_SAMPLE = 4096  # pixels drawn per image for dataset-wide percentiles
+
+
+def check_pixels(array: np.ndarray, where: str) -> None:
+    """Raise a one-line error for NaN/Inf or constant images."""
+    if not np.isfinite(array).all():
+        n = int((~np.isfinite(array)).sum())
+        raise ImageContentError(f"{n} pixel(s) are NaN or infinite", path=where,
+                                fix="re-export the image or remove it from the dataset")
+    if array.size and float(array.max()) == float(array.min()):
+        raise ImageContentError(f"the image is constant (every pixel = {float(array.min()):g})", path=where,
+                                fix="remove the blank image or re-export it")
+
+
+def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
+                        progress: Callable[[int], None] | None = None) -> dict:
+    """Read every case once and summarise the dataset.
+
+    Args:
+        cs: the dataset.
+        strict: raise on the first unreadable, NaN or constant image (training); when
+            False, collect them as findings (``meddx inspect``).
+        seed: for the pixel sample behind the percentiles.
+        progress: called with 1 after each case.
+    """
+    rng = np.random.default_rng(seed)
+    shapes, chans, dims, spacings = [], [], [], []
+    samples, means, stds = [], [], []
+    vmin, vmax = np.inf, -np.inf
+    hashes: dict[str, list[str]] = defaultdict(list)
+    problems: list[dict] = []
+    integer_valued = True
+    data_hash = hashlib.sha256()
+    for c in cs.cases:
+        where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
+        try:
+            img = cs.load(c)
+            check_pixels(img.array, where)
+        except MeddxError as e:
+            if strict:
+                raise
+            problems.append({"case": c.case_id, "error": str(e)})
+            if progress:
+                progress(1)
+            continue
+        a = img.array
+        shapes.append(img.spatial_shape)
+        chans.append(img.channels)
+        dims.append(img.spatial_dims)
+        if img.spacing is not None:
+            spacings.append(tuple(float(s) for s in img.spacing))
+        flat = a.reshape(-1)
+        k = min(PIXEL_SAMPLE, flat.size)
+        samples.append(flat[rng.integers(0, flat.size, k)])
+        means.append(float(a.mean()))
+        stds.append(float(a.std()))
+        vmin, vmax = min(vmin, float(a.min())), max(vmax, float(a.max()))
+        if integer_valued and not np.array_equal(samples[-1], np.round(samples[-1])):
+            integer_valued = False
+        h = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+        hashes[h].append(c.case_id)
+        data_hash.update(f"{c.case_id}|{c.label}|{c.split}|{h}\n".encode())
+        if progress:
+            progress(1)
+
+    counts = cs.class_counts()
+    nz = [v for v in counts.values() if v > 0]
+    split_counts = {}
+    for s in ("train", "val", "test"):
+        sub = cs.subset(s)
+        if sub:
+            split_counts[s] = cs.class_counts(sub)
+    fp: dict = {
+        "dataset": cs.name,
+        "kind": cs.kind,
+        "n_cases": len(cs.cases),
+        "n_readable": len(shapes),
+        "class_names": cs.class_names,
+        "class_counts": counts,
+        "split_counts": split_counts,
+        "official_split": cs.official_split,
+        "imbalance_ratio": round(max(nz) / min(nz), 3) if nz else None,
+        "has_patient_groups": any(c.group for c in cs.cases),
+        "problems": problems,
+        "data_hash": data_hash.hexdigest(),
+    }
+    if not shapes:
+        fp["findings"] = ["no case could be read"]
+        return fp
+    arr_shapes = np.array([s for s in shapes if len(s) == max(dims)]) if shapes else np.zeros((0, 2))
+    pix = np.concatenate(samples)
+    fp.update({
+        "spatial_dims": sorted(set(dims)),
+        "channels": dict(Counter(chans)),
+        "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
+        "shape_min": [int(x) for x in arr_shapes.min(0)],
+        "shape_max": [int(x) for x in arr_shapes.max(0)],
+        "distinct_shapes": len(set(shapes)),
+        "spacing_median": [round(float(x), 4) for x in np.median(np.array(spacings), 0)] if spacings and len(set(map(len, spacings))) == 1 else None,
+        "n_with_spacing": len(spacings),
+        "intensity": {
+            "min": vmin, "max": vmax,
+            "mean": float(pix.mean()), "std": float(pix.std()),
+            "p00_5": float(np.percentile(pix, 0.5)), "p99_5": float(np.percentile(pix, 99.5)),
+            "integer_valued": bool(integer_valued),
+            "image_mean_spread": float(np.std(means)),
+        },
+    })
+    dups = [ids for ids in hashes.values() if len(ids) > 1]
+    fp["duplicates"] = {"groups": len(dups), "cases": sum(len(d) for d in dups), "examples": dups[:5]}
+    split_of = {c.case_id: c.split for c in cs.cases}
+    cross = [ids for ids in dups if len({split_of[i] for i in ids}) > 1]
+    fp["duplicates"]["across_splits"] = len(cross)
+    findings = []
+    if problems:
+        findings.append(f"{len(problems)} case(s) could not be used (see problems)")
+    if len(set(dims)) > 1:
+        findings.append(f"mixed dimensionality: {dict(Counter(dims))} (2D and 3D images in one dataset)")
+    if len(set(chans)) > 1:
+        findings.append(f"mixed channel counts: {dict(Counter(chans))}")
+    if fp["distinct_shapes"] > 1:
+        findings.append(f"mixed image sizes: {fp['distinct_shapes']} distinct shapes (resized to the plan's input size)")
+    if dups:
+        findings.append(f"{fp['duplicates']['cases']} cases in {len(dups)} groups of identical images"
+                        + (f", {len(cross)} group(s) span splits (leakage)" if cross else ""))
+    if fp["imbalance_ratio"] and fp["imbalance_ratio"] >= 3:
+        findings.append(f"class imbalance {fp['imbalance_ratio']}:1")
+    fp["findings"] = findings
+    return fp

@@ -1,0 +1,101 @@
+"""Turn cases into the model's input tensor, once, and cache it in memory.
+
+Small-image classification on CPU is bound by per-sample Python overhead, so every
+case is decoded, resized and normalised once (nnU-Net's preprocessing step, kept in
+RAM instead of on disk); augmentation then runs on whole batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import psutil
+import torch
+
+from meddx.data.case import Case, CaseSet
+from meddx.data.fingerprint import check_pixels
+from meddx.errors import ImageContentError
+from meddx.io.base import ImageData
+from meddx.transforms.intensity import apply_scheme, to_channels
+from meddx.transforms.spatial import resize
+
+MEMORY_FRACTION = 0.5  # of available RAM the input cache may take
+
+
+@dataclass
+class PreprocessSpec:
+    """Everything needed to go from a decoded image to the model input."""
+
+    spatial_dims: int
+    channels: int
+    size: tuple[int, ...]
+    scheme: str
+    clip: tuple[float, float] | None = None
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def from_plan(cls, data_cfg) -> "PreprocessSpec":
+        return cls(
+            spatial_dims=data_cfg.spatial_dims, channels=data_cfg.channels, size=tuple(data_cfg.input_size),
+            scheme=data_cfg.intensity, clip=tuple(data_cfg.clip) if data_cfg.clip else None,
+            mean=data_cfg.norm_mean, std=data_cfg.norm_std,
+        )
+
+
+def prepare(img: ImageData, spec: PreprocessSpec, where: str) -> np.ndarray:
+    """Decoded image -> ``(C, *size)`` float32 before the dataset-level standardisation."""
+    a = img.array
+    check_pixels(a, where)
+    if a.ndim - 1 != spec.spatial_dims:
+        squeezed = a
+        while squeezed.ndim - 1 > spec.spatial_dims and 1 in squeezed.shape[1:]:
+            ax = 1 + list(squeezed.shape[1:]).index(1)
+            squeezed = np.squeeze(squeezed, axis=ax)
+        if squeezed.ndim - 1 != spec.spatial_dims:
+            raise ImageContentError(
+                f"has {a.ndim - 1} spatial dimensions (shape {tuple(a.shape[1:])}) but the model expects "
+                f"{spec.spatial_dims}D input", path=where,
+                fix="keep 2D and 3D images in separate datasets",
+            )
+        a = squeezed
+    conv = to_channels(a, spec.channels)
+    if conv is None:
+        raise ImageContentError(f"has {a.shape[0]} channels; the model expects {spec.channels}", path=where,
+                                fix="use images with the same channels as the training data")
+    a = apply_scheme(conv, spec.scheme, spec.clip)
+    return resize(a, spec.size)
+
+
+def cache_bytes(n: int, spec: PreprocessSpec) -> int:
+    return int(n * spec.channels * int(np.prod(spec.size)) * 4)
+
+
+def check_memory(n: int, spec: PreprocessSpec, source: str) -> None:
+    need = cache_bytes(n, spec)
+    avail = psutil.virtual_memory().available * MEMORY_FRACTION
+    if need > avail:
+        raise ImageContentError(
+            f"{n} cases at input size {list(spec.size)} need {need / 2**30:.1f} GiB, more than the "
+            f"{avail / 2**30:.1f} GiB allowed in memory", path=source,
+            fix="lower data.input_size in the plan (or --image-size)",
+        )
+
+
+def build_tensor(cs: CaseSet, cases: list[Case], spec: PreprocessSpec,
+                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Preprocess ``cases`` into one float32 tensor ``(N, C, *size)`` (not yet standardised)."""
+    check_memory(len(cases), spec, cs.source)
+    out = torch.empty((len(cases), spec.channels, *spec.size), dtype=torch.float32)
+    for i, c in enumerate(cases):
+        where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
+        out[i] = torch.from_numpy(prepare(cs.load(c), spec, where))
+        if progress:
+            progress(1)
+    return out
+
+
+def standardise(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    return (x - spec.mean) / spec.std

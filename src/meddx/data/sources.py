@@ -1,0 +1,183 @@
+"""Open any supported dataset path as a ``CaseSet``.
+
+Supported: a MedMNIST ``.npz`` (official splits), a folder with one sub-folder per
+class, and a CSV manifest ``path,label[,split][,patient_id]``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from meddx.data.case import Case, CaseSet, pseudonymise
+from meddx.errors import DatasetError, InputError
+from meddx.io import read_image
+from meddx.io.base import ImageData
+
+# Label names as published in medmnist's INFO table (medmnist 3.0.2).
+MEDMNIST_LABELS: dict[str, list[str]] = {
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "breastmnist": ["malignant", "normal, benign"],
+    "retinamnist": ["0", "1", "2", "3", "4"],
+    "adrenalmnist3d": ["normal", "hyperplasia"],
+    "vesselmnist3d": ["vessel", "aneurysm"],
+    "nodulemnist3d": ["benign", "malignant"],
+    "organmnist3d": [str(i) for i in range(11)],
+    "fracturemnist3d": ["buckle", "nondisplaced", "displaced"],
+    "synapsemnist3d": ["inhibitory", "excitatory"],
+    "bloodmnist": [str(i) for i in range(8)],
+    "dermamnist": [str(i) for i in range(7)],
+    "pathmnist": [str(i) for i in range(9)],
+    "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
+}
+
+
+def _medmnist_flag(path: Path) -> str:
+    stem = path.name[: -len(".npz")].lower()
+    return re.sub(r"_(64|128|224)$", "", stem)
+
+
+def open_npz(path: Path) -> CaseSet:
+    """MedMNIST-style npz: ``{train,val,test}_{images,labels}``."""
+    from meddx.io.npz import read_medmnist_npz
+
+    splits = read_medmnist_npz(path)
+    flag = _medmnist_flag(path)
+    label_arrays = {s: lab for s, (_, lab) in splits.items()}
+    for s, lab in label_arrays.items():
+        if lab.ndim != 1:
+            raise DatasetError(
+                f"split '{s}' has multi-label targets of shape {lab.shape}; meddx classifies one label per image",
+                path=path,
+                fix="use a single-label MedMNIST file or a manifest with one label column",
+            )
+    n_classes = int(max(lab.max() for lab in label_arrays.values())) + 1
+    names = MEDMNIST_LABELS.get(flag)
+    if names is None or len(names) < n_classes:
+        names = [str(i) for i in range(n_classes)]
+    images = {s: img for s, (img, _) in splits.items()}
+    ndim = next(iter(images.values())).ndim
+    is_rgb_2d = ndim == 4 and next(iter(images.values())).shape[-1] == 3
+    cases: list[Case] = []
+    for s in ("train", "val", "test"):
+        lab = label_arrays[s]
+        cases.extend(Case(case_id=f"{s}/{i}", label=int(lab[i]), split=s, index=i) for i in range(len(lab)))
+
+    def load(case: Case) -> ImageData:
+        arr = images[case.split][case.index]
+        if is_rgb_2d:
+            arr = np.moveaxis(arr, -1, 0)
+        else:
+            arr = arr[None]
+        return ImageData(arr.astype(np.float32), spacing=None, meta={"format": "npz"})
+
+    return CaseSet(
+        name=path.name[:-4], source=str(path), kind="npz", class_names=list(names[:n_classes]),
+        cases=cases, official_split=True, loader=load,
+    )
+
+
+def _sort_labels(names: set[str]) -> list[str]:
+    def key(s: str):
+        try:
+            return (0, float(s), s)
+        except ValueError:
+            return (1, 0.0, s.lower())
+
+    return sorted(names, key=key)
+
+
+def _load_file(case: Case) -> ImageData:
+    return read_image(case.path)
+
+
+def open_folder(path: Path) -> CaseSet:
+    """Folder with one sub-folder per class."""
+    from meddx.io.folder import scan_class_folder
+
+    items = scan_class_folder(path)
+    names = _sort_labels({lab for _, lab in items})
+    idx = {n: i for i, n in enumerate(names)}
+    cases = [
+        Case(case_id=str(p.relative_to(path)), label=idx[lab], path=p) for p, lab in items
+    ]
+    return CaseSet(name=path.name, source=str(path), kind="folder", class_names=names, cases=cases,
+                   official_split=False, loader=_load_file)
+
+
+def open_manifest(path: Path) -> CaseSet:
+    """CSV manifest ``path,label[,split][,patient_id]``."""
+    from meddx.io.manifest import read_manifest
+
+    rows = read_manifest(path)
+    names = _sort_labels({r.label for r in rows})
+    idx = {n: i for i, n in enumerate(names)}
+    have_split = [r.split is not None for r in rows]
+    if any(have_split) and not all(have_split):
+        first = next(r for r in rows if r.split is None)
+        raise DatasetError(
+            f"the split column is empty on line {first.line} but filled on others",
+            path=path, fix="give every row a split (train/val/test) or drop the column",
+        )
+    seen: set[str] = set()
+    cases = []
+    for r in rows:
+        try:
+            cid = str(r.path.relative_to(path.parent))
+        except ValueError:
+            cid = str(r.path)
+        if cid in seen:
+            raise DatasetError(f"'{cid}' is listed twice (line {r.line})", path=path,
+                               fix="list each image once")
+        seen.add(cid)
+        cases.append(Case(case_id=cid, label=idx[r.label], split=r.split,
+                          group=pseudonymise(r.patient_id) if r.patient_id else None, path=r.path))
+    official = all(have_split)
+    if official:
+        present = {r.split for r in rows}
+        if "train" not in present or "test" not in present:
+            raise DatasetError(
+                f"the split column names only {sorted(present)}; meddx needs at least train and test",
+                path=path, fix="add train and test rows, or drop the split column to let meddx split",
+            )
+    return CaseSet(name=path.stem, source=str(path), kind="manifest", class_names=names, cases=cases,
+                   official_split=official, loader=_load_file)
+
+
+def open_dataset(path: str | Path) -> CaseSet:
+    """Open a dataset path (npz, class folder or CSV manifest), or explain what is wrong."""
+    if str(path).startswith("synthetic:"):
+        from meddx.data.synthetic import synthetic_caseset
+
+        return synthetic_caseset()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError("no such file or folder", path=p, fix="check the path")
+    if p.is_file() and p.name.lower().endswith(".npz"):
+        cs = open_npz(p)
+    elif p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
+        cs = open_manifest(p)
+    elif p.is_dir():
+        cs = open_folder(p)
+    else:
+        raise InputError(
+            "not a dataset: meddx reads a MedMNIST .npz, a CSV manifest, or a folder with one sub-folder per class",
+            path=p, fix="point at one of those (a single image is for `meddx predict`)",
+        )
+    check_labels(cs)
+    return cs
+
+
+def check_labels(cs: CaseSet) -> None:
+    """Refuse datasets that cannot train a classifier."""
+    if not cs.cases:
+        raise DatasetError("the dataset has no cases", path=cs.source, fix="add labelled images")
+    counts = cs.class_counts()
+    present = [n for n, c in counts.items() if c > 0]
+    if len(present) < 2:
+        raise DatasetError(
+            f"only one class ('{present[0] if present else '?'}') is present; a classifier needs at least two",
+            path=cs.source, fix="add images of another class",
+        )

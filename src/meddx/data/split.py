@@ -1,0 +1,100 @@
+"""Train/val/test splits: the dataset's own, or stratified (and patient-grouped) from a seed."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from meddx.data.case import SPLITS, Case, CaseSet
+from meddx.errors import DatasetError
+
+
+def _assign_groups(keys: list[str], labels: np.ndarray, fractions: tuple[float, float, float],
+                   rng: np.random.Generator) -> dict[str, str]:
+    """Assign whole groups to splits, greedily keeping each class near its target share.
+
+    Groups are shuffled, then placed largest-first into the split whose per-class deficit
+    (target minus current count) is largest for that group's label mix.
+    """
+    uniq = sorted(set(keys))
+    rng.shuffle(uniq)
+    n_cls = int(labels.max()) + 1
+    key_idx = {k: i for i, k in enumerate(uniq)}
+    comp = np.zeros((len(uniq), n_cls))
+    for k, y in zip(keys, labels):
+        comp[key_idx[k], y] += 1
+    order = np.argsort(-comp.sum(1), kind="stable")
+    total = comp.sum(0)
+    target = np.outer(np.array(fractions), total)  # (3, n_cls)
+    current = np.zeros_like(target)
+    out: dict[str, str] = {}
+    for gi in order:
+        deficit = ((target - current) * comp[gi]).sum(1) / max(comp[gi].sum(), 1)
+        s = int(np.argmax(deficit))
+        current[s] += comp[gi]
+        out[uniq[gi]] = SPLITS[s]
+    return out
+
+
+def make_split(cs: CaseSet, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, str]:
+    """Return ``case_id -> split``.
+
+    Uses the dataset's own split when it has one (a missing ``val`` is carved out of
+    ``train``, stratified). Otherwise a stratified split from ``seed``, grouped by patient
+    when groups exist, so no patient appears in two splits.
+    """
+    rng = np.random.default_rng(seed)
+    if cs.official_split:
+        split = {c.case_id: c.split for c in cs.cases}
+        if not any(c.split == "val" for c in cs.cases):
+            train = [c for c in cs.cases if c.split == "train"]
+            val_frac = fractions[1] / (fractions[0] + fractions[1])
+            sub = _assign_groups([c.group or c.case_id for c in train], cs.labels(train),
+                                 (1 - val_frac, val_frac, 0.0), rng)
+            for c in train:
+                split[c.case_id] = sub[c.group or c.case_id]
+        return split
+    keys = [c.group or c.case_id for c in cs.cases]
+    by_group = _assign_groups(keys, cs.labels(), fractions, rng)
+    split = {c.case_id: by_group[k] for c, k in zip(cs.cases, keys)}
+    return split
+
+
+def apply_split(cs: CaseSet, split: dict[str, str]) -> dict[str, list[Case]]:
+    """Stamp the split onto the cases and check every split can be used."""
+    parts: dict[str, list[Case]] = {s: [] for s in SPLITS}
+    for c in cs.cases:
+        s = split.get(c.case_id)
+        if s not in parts:
+            raise DatasetError(f"case '{c.case_id}' has no split", path=cs.source,
+                               fix="re-run without --split or give every case a split")
+        c.split = s
+        parts[s].append(c)
+    for s in SPLITS:
+        if not parts[s]:
+            raise DatasetError(
+                f"the {s} split is empty ({len(cs.cases)} cases in all)", path=cs.source,
+                fix="add cases: each class needs at least 3 for a train/val/test split",
+            )
+    train_counts = cs.class_counts(parts["train"])
+    missing = [n for n, c in train_counts.items() if c == 0]
+    if missing:
+        raise DatasetError(f"class(es) {missing} have no training cases", path=cs.source,
+                           fix="add more cases of those classes")
+    return parts
+
+
+def write_split(path: Path, cs: CaseSet) -> None:
+    """Write ``split.csv`` (case_id, label, split, group): groups are pseudonymised keys."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "label", "split", "group"])
+        for c in cs.cases:
+            w.writerow([c.case_id, cs.class_names[c.label], c.split, c.group or ""])
+
+
+def read_split(path: Path) -> dict[str, str]:
+    with open(path, newline="") as f:
+        return {row["case_id"]: row["split"] for row in csv.DictReader(f)}

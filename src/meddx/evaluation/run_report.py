@@ -1,0 +1,159 @@
+"""Everything a finished run writes about its model: metrics, predictions, plots, report, card."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meddx.evaluation.calibration import expected_calibration_error
+from meddx.evaluation.metrics import classification_metrics
+from meddx.evaluation.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
+from meddx.evaluation.report import write_report
+from meddx.evaluation.thresholds import choose_threshold
+
+
+def operating_points(plan, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
+    """The validation-chosen threshold for binary tasks (None for multi-class)."""
+    if p_val.shape[1] != 2 or len(np.unique(y_val)) < 2:
+        return {"rule": "argmax", "threshold": None,
+                "why": "multi-class: argmax" if p_val.shape[1] != 2 else "validation has one class"}
+    ev = plan.evaluate
+    return choose_threshold(y_val, p_val, rule=ev.threshold_rule, target_sensitivity=ev.target_sensitivity)
+
+
+def metric_sets(plan, y: np.ndarray, p: np.ndarray, threshold: dict) -> dict[str, dict]:
+    names = list(plan.data.class_names)
+    ev = plan.evaluate
+    out = {"argmax / 0.5": classification_metrics(y, p, class_names=names, n_boot=ev.n_boot, seed=plan.seed)}
+    if threshold.get("threshold") is not None:
+        label = f"validation-chosen threshold ({threshold['rule']}, t={threshold['threshold']:.3f})"
+        out[label] = classification_metrics(y, p, class_names=names, threshold=threshold["threshold"],
+                                            n_boot=ev.n_boot, seed=plan.seed)
+    return out
+
+
+def write_predictions(path: Path, rows: list[tuple[str, str, int | None, np.ndarray]], class_names: list[str],
+                      threshold: float | None) -> None:
+    """CSV: case_id, split, label, predicted (argmax/0.5), predicted_at_threshold, p_<class>..."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "split", "label", "predicted", "predicted_at_threshold"]
+                   + [f"p_{n}" for n in class_names])
+        for cid, split, y, p in rows:
+            pred = int(np.argmax(p))
+            pred_t = int(p[1] >= threshold) if threshold is not None else pred
+            w.writerow([cid, split, class_names[y] if y is not None else "", class_names[pred],
+                        class_names[pred_t]] + [f"{v:.6f}" for v in p])
+    os.replace(tmp, path)
+
+
+def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray, y_val: np.ndarray,
+                         p_test: np.ndarray, y_test: np.ndarray, *, fit=None, out_dir: Path | None = None,
+                         title_suffix: str = "") -> dict:
+    """Write thresholds.json, predictions.csv, plots, metrics.json, report.html and model_card.md.
+
+    ``metrics.json`` and ``report.html`` come last, so their presence means the run finished.
+    """
+    from meddx.training.run import machine, versions, write_json
+
+    out_dir = Path(out_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(plan.data.class_names)
+    thr_path = run_dir / "thresholds.json"
+    if fit is not None or not thr_path.exists():
+        thr = operating_points(plan, y_val, p_val)
+        write_json(thr_path, thr)
+    else:
+        thr = json.loads(thr_path.read_text())
+    sets = metric_sets(plan, y_test, p_test, thr)
+    rows = [(c.case_id, "val", int(c.label), p) for c, p in zip(parts.get("val", []), p_val)] if fit else []
+    rows += [(c.case_id, c.split or "test", c.label, p) for c, p in zip(parts["test"], p_test)]
+    write_predictions(out_dir / "predictions.csv", rows, names, thr.get("threshold"))
+
+    plots: dict[str, bytes] = {}
+    plots["ROC curves (test)"] = plot_roc(y_test, p_test, names, path=out_dir / "roc.png")
+    for i, (label, m) in enumerate(sets.items()):
+        fname = "confusion.png" if i == 0 else "confusion_threshold.png"
+        plots[f"Confusion matrix, {label}"] = plot_confusion(np.array(m["confusion_matrix"]), names,
+                                                             title=label, path=out_dir / fname)
+    plots["Reliability diagram (test)"] = plot_reliability(y_test, p_test, n_bins=plan.evaluate.ece_bins,
+                                                           path=out_dir / "reliability.png")
+    if fit is not None and fit.history:
+        plots["Training curves"] = plot_training_curves(fit.history, path=out_dir / "training_curves.png")
+
+    val_metrics = classification_metrics(y_val, p_val, class_names=names, n_boot=0) if fit is not None else None
+    metrics = {
+        "dataset": cs.name, "n_test": int(len(y_test)), "class_names": names,
+        "operating_points": sets, "threshold": thr,
+        "ece_test": float(expected_calibration_error(y_test, p_test, n_bins=plan.evaluate.ece_bins)),
+    }
+    if val_metrics is not None:
+        metrics["validation"] = {"auc": val_metrics["overall"].get("auc_macro"),
+                                 "accuracy": val_metrics["overall"]["accuracy"], "n": int(len(y_val))}
+    if fit is not None:
+        metrics["training"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+                               "epochs_planned": fit.epochs_planned, "train_seconds": round(fit.train_seconds, 2),
+                               "stopped_by": fit.stopped_by, "select_metric": plan.train.select_metric,
+                               "best_val_metric": fit.best_metric}
+    summary = {
+        "dataset": f"{cs.name} ({cs.kind})", "classes": ", ".join(names),
+        "cases train / val / test": " / ".join(str(len(parts.get(s, []))) for s in ("train", "val", "test")),
+        "split": plan.data.split, "model": f"{plan.model.name} {plan.model.params}",
+        "input": f"{plan.data.spatial_dims}D {plan.data.input_size} x {plan.data.channels} ch, {plan.data.intensity}",
+        "optimiser": f"{plan.optim.name} lr={plan.optim.lr} wd={plan.optim.weight_decay}, {plan.schedule.name}",
+        "seed": plan.seed,
+    }
+    if fit is not None:
+        summary.update({"epochs run (best)": f"{fit.epochs_run} ({fit.best_epoch})",
+                        "training time (s)": round(fit.train_seconds, 1), "stopped by": fit.stopped_by})
+    info_p = run_dir / "run.json"
+    if info_p.exists():
+        info = json.loads(info_p.read_text())
+        summary["data hash"] = info.get("data_hash", "")[:16]
+    summary.update({f"version {k}": v for k, v in versions().items()})
+    summary["machine"] = f"{machine()['cpu']} x{machine()['cores']}"
+    notes = []
+    if thr.get("threshold") is not None:
+        notes.append(f"Threshold {thr['threshold']:.4f} was chosen on the validation split by the "
+                     f"{thr['rule']} rule (validation sensitivity {thr['val_sensitivity']:.3f}, specificity "
+                     f"{thr['val_specificity']:.3f}); the test split never influenced it.")
+    else:
+        notes.append(f"Operating point: argmax ({thr.get('why', '')}).")
+    write_json(out_dir / "metrics.json", metrics)
+    write_report(out_dir / "report.html", title=f"meddx report: {cs.name}{title_suffix}", summary=summary,
+                 metrics=sets, plots=plots, notes=notes)
+    write_model_card(out_dir / "model_card.md", plan, cs, sets, summary)
+    return metrics
+
+
+def write_model_card(path: Path, plan, cs, sets: dict, summary: dict) -> None:
+    first = next(iter(sets.values()))
+    ov = first["overall"]
+
+    def fmt(m):
+        if not m or m.get("value") is None:
+            return "n/a"
+        lo, hi = m.get("ci_low"), m.get("ci_high")
+        return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['value']:.3f}"
+
+    lines = [
+        f"# Model card: {plan.model.name} on {cs.name}", "",
+        "## Intended use",
+        "Research and decision support only; every output needs review by a qualified clinician. "
+        f"Classifies {plan.data.spatial_dims}D images into: {', '.join(plan.data.class_names)}.", "",
+        "## Data", f"- {summary['dataset']}; cases train / val / test: {summary['cases train / val / test']}",
+        f"- Input: {summary['input']}", "",
+        "## Test metrics (argmax / 0.5; 95% bootstrap CI)",
+        f"- AUC: {fmt(ov.get('auc') or ov.get('auc_macro'))}", f"- Accuracy: {fmt(ov.get('accuracy'))}",
+        f"- Balanced accuracy: {fmt(ov.get('balanced_accuracy'))}", f"- ECE: {fmt(ov.get('ece'))}", "",
+        "## Limits",
+        "- Validated only on the test split above; performance on other scanners, sites or populations is unknown.",
+        "- Inputs are resized to the training size; very different resolutions or modalities are out of scope.", "",
+    ]
+    path.write_text("\n".join(lines))

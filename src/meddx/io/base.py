@@ -1,0 +1,38 @@
+"""The in-memory image every reader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ImageData:
+    """One decoded image or volume.
+
+    Attributes:
+        array: float32, channel-first: ``(C, H, W)`` for 2D, ``(C, D, H, W)`` for 3D.
+            For 3D, axis order is the reader's voxel order (NIfTI i, j, k; DICOM slice,
+            row, column) and ``spacing`` follows the same order.
+        spacing: physical size of a pixel/voxel along each spatial axis (mm), or None.
+        meta: geometry and provenance safe to log (affine, orientation, modality,
+            transfer syntax, source format). Never patient identifiers.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.array.ndim - 1
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape[1:])

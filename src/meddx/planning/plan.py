@@ -1,0 +1,136 @@
+"""The plan: every choice a run obeys, as an editable YAML file.
+
+``meddx train --plan plan.yaml`` re-runs a plan exactly; each field can be edited by
+hand. ``decisions`` records which rule chose what (see ``planning/rules.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from meddx.errors import PlanError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    source: str
+    kind: str
+    class_names: list[str]
+    spatial_dims: Literal[2, 3]
+    channels: int = Field(ge=1)
+    input_size: list[int]
+    intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
+    clip: Optional[list[float]] = None
+    norm_mean: float = 0.0
+    norm_std: float = 1.0
+    split: Literal["official", "seeded"] = "official"
+    split_fractions: list[float] = [0.7, 0.1, 0.2]
+
+
+class ModelConfig(_Strict):
+    name: str = "small_cnn"
+    params: dict[str, Any] = {}
+
+
+class AugmentConfig(_Strict):
+    """Batch augmentation; parameters are drawn per sample, then applied deterministically."""
+
+    flip_axes: list[int] = []        # spatial axes (0 = first spatial axis) flipped with p = 0.5
+    rotate_deg: float = 0.0          # uniform in [-r, r] (in-plane for 2D; each axis for 3D)
+    scale: float = 0.0               # uniform zoom in [1 - s, 1 + s]
+    translate: float = 0.0           # fraction of the image size
+    brightness: float = 0.0          # additive, in standardised units
+    contrast: float = 0.0            # multiplicative, uniform in [1 - c, 1 + c]
+    noise_std: float = 0.0           # Gaussian noise, standardised units
+    p: float = Field(default=1.0, ge=0.0, le=1.0)  # chance a sample is augmented at all
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    momentum: float = 0.9
+    l1: float = Field(default=0.0, ge=0)
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    milestones: list[float] = [0.5, 0.75]  # fractions of training, for "step"
+    gamma: float = 0.1
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    loss: Literal["ce"] = "ce"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    early_stopping_patience: Optional[int] = None
+    select_metric: Literal["auc", "accuracy", "loss"] = "auc"
+    time_budget_s: Optional[float] = None
+    max_epochs_with_budget: int = 200
+    eval_batch_size: int = 256
+
+
+class EvaluateConfig(_Strict):
+    threshold_rule: Literal["youden", "sensitivity"] = "youden"
+    target_sensitivity: Optional[float] = None
+    n_boot: int = 1000
+    ece_bins: int = 15
+
+
+class Decision(_Strict):
+    field: str
+    value: Any
+    rule: str
+    kind: Literal["fixed", "rule-based", "empirical", "user"]
+    reads: dict[str, Any] = {}
+
+
+class Plan(_Strict):
+    version: int = 1
+    task: Literal["classify"] = "classify"
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    decisions: list[Decision] = []
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100)
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(p)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except FileNotFoundError:
+            raise PlanError("plan file not found", path=p, fix="check the path") from None
+        except yaml.YAMLError as e:
+            raise PlanError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+        if not isinstance(raw, dict):
+            raise PlanError("a plan must be a YAML mapping", path=p, fix="start from a plan written by meddx")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise PlanError(f"field '{loc}': {err['msg']}", path=p,
+                            fix=f"correct '{loc}' ({len(e.errors())} problem(s) in all)") from None

@@ -1,0 +1,243 @@
+"""A run, end to end: dataset -> fingerprint -> plan -> split -> train -> evaluate -> report.
+
+A run is a directory. ``run.json`` says whether it is ``running``, ``failed`` or
+``complete``; ``metrics.json`` and ``report.html`` are written last, so a run that
+stopped half-way never looks finished. A run that fails on bad input before training
+starts leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import meddx
+from meddx.data.case import CaseSet
+from meddx.data.fingerprint import compute_fingerprint
+from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
+from meddx.data.sources import open_dataset
+from meddx.data.split import apply_split, make_split, write_split
+from meddx.errors import MeddxError, PlanError, RunError
+from meddx.planning.plan import Decision, Plan
+from meddx.planning.planner import apply_overrides, make_plan
+from meddx.training.checkpoint import load_checkpoint
+from meddx.training.engine import Trainer, get_device, predict_proba, seed_everything
+
+
+def versions() -> dict[str, str]:
+    import monai
+    import sklearn
+
+    return {"meddx": meddx.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "monai": monai.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(get_device()), "platform": platform.platform()}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def set_status(run_dir: Path, status: str, **extra) -> None:
+    p = run_dir / "run.json"
+    info = json.loads(p.read_text()) if p.exists() else {}
+    info.update(extra)
+    info["status"] = status
+    info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(p, info)
+
+
+def build_model(plan: Plan) -> torch.nn.Module:
+    from meddx.models import create_model
+
+    return create_model(plan.model.name, spatial_dims=plan.data.spatial_dims, in_channels=plan.data.channels,
+                        num_classes=len(plan.data.class_names), input_size=tuple(plan.data.input_size),
+                        **plan.model.params)
+
+
+def _progress_cb(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None, lambda: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn(desc), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                 transient=True)
+    p.start()
+    t = p.add_task(desc, total=total)
+    return (lambda k: p.update(t, advance=k)), p.stop
+
+
+def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True) -> dict:
+    cb, stop = _progress_cb(progress, len(cs.cases), "reading images")
+    try:
+        return compute_fingerprint(cs, strict=strict, progress=cb)
+    finally:
+        stop()
+
+
+def prepare_tensors(cs: CaseSet, parts: dict, plan: Plan, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Preprocess every split; the standardisation statistics come from train only."""
+    spec = PreprocessSpec.from_plan(plan.data)
+    cb, stop = _progress_cb(progress, len(cs.cases), "preprocessing")
+    try:
+        raw = {s: build_tensor(cs, cases, spec, cb) for s, cases in parts.items()}
+    finally:
+        stop()
+    tr = raw["train"]
+    plan.data.norm_mean = float(tr.mean())
+    plan.data.norm_std = float(tr.std()) or 1.0
+    spec = PreprocessSpec.from_plan(plan.data)
+    return {s: (standardise(x, spec), torch.from_numpy(cs.labels(parts[s]))) for s, x in raw.items()}
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise RunError("the output folder already exists and is not empty", path=out,
+                       fix="choose a new --out, or add --resume to continue that run")
+
+
+def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
+              overrides: dict[str, Any] | None = None, resume: bool = False, image_size: int | None = None,
+              progress: bool = True, log=print) -> Path:
+    """Train, evaluate and report. Returns the run directory."""
+    out = Path(out)
+    overrides = dict(overrides or {})
+    created = False
+    if resume:
+        if not (out / "plan.yaml").exists():
+            raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
+        info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        if info.get("status") == "complete":
+            raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
+        plan = Plan.load(out / "plan.yaml")
+        cs = open_dataset(dataset or plan.data.source)
+        fp = json.loads((out / "fingerprint.json").read_text())
+    else:
+        _check_out_dir(out)
+        if plan_path:
+            plan = Plan.load(plan_path)
+            cs = open_dataset(dataset or plan.data.source)
+        else:
+            if dataset is None:
+                raise RunError("no dataset given", fix="pass a dataset path or --plan")
+            cs = open_dataset(dataset)
+            plan = None
+        fp = fingerprint_dataset(cs, progress)
+        if plan is None:
+            plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
+                             seed=int(overrides.pop("seed", 0) or 0))
+        elif "seed" in overrides and overrides["seed"] is not None:
+            plan.seed = int(overrides.pop("seed"))
+        overrides.pop("seed", None)
+        if list(plan.data.class_names) != list(cs.class_names):
+            raise PlanError(f"plan classes {plan.data.class_names} differ from the dataset's {cs.class_names}",
+                            path=plan_path, fix="re-plan for this dataset (omit --plan)")
+        if image_size:
+            overrides["data.input_size"] = [int(image_size)] * plan.data.spatial_dims
+        plan = apply_overrides(plan, overrides)
+    seed_everything(plan.seed)
+    if plan.data.split == "official" and not cs.official_split:
+        raise PlanError("the plan asks for the dataset's own split but it has none", path=cs.source,
+                        fix="set data.split: seeded")
+    split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
+    parts = apply_split(cs, split)
+    try:
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            created = True
+            write_json(out / "run.json", {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                          "seed": plan.seed, "data_hash": fp.get("data_hash"),
+                                          "versions": versions(), "machine": machine()})
+            write_json(out / "fingerprint.json", fp)
+            write_split(out / "split.csv", cs)
+        tensors = prepare_tensors(cs, parts, plan, progress)
+        model = build_model(plan)
+        trainer = Trainer(plan, model, out, progress=progress)
+        xtr, ytr = tensors["train"]
+        xva, yva = tensors["val"]
+        if not resume and plan.train.time_budget_s:
+            per_epoch = trainer.measure_epoch_seconds(xtr, ytr, xva.shape[0])
+            epochs = int(np.clip(plan.train.time_budget_s * 0.97 // max(per_epoch, 1e-6), 1,
+                                 plan.train.max_epochs_with_budget))
+            plan.train.epochs = epochs
+            plan.decisions.append(Decision(field="train.epochs", value=epochs, rule="R9 epochs", kind="rule-based",
+                                           reads={"time_budget_s": plan.train.time_budget_s,
+                                                  "measured_epoch_s": round(per_epoch, 3)}))
+        if not resume:
+            plan.save(out / "plan.yaml")
+        seed_everything(plan.seed)
+        if not resume:
+            # re-create so the weights do not depend on whether the budget probe ran
+            trainer.model = build_model(plan).to(trainer.device)
+        log(f"training {plan.model.name} on {xtr.shape[0]} cases ({plan.data.spatial_dims}D, input "
+            f"{plan.data.input_size}, {plan.train.epochs} epochs) -> {out}")
+        result = trainer.fit(xtr, ytr, xva, yva, resume=resume)
+        from meddx.evaluation.run_report import evaluate_run_outputs
+
+        xte, yte = tensors["test"]
+        device = trainer.device
+        p_val = predict_proba(trainer.model, xva, plan.train.eval_batch_size, device)
+        p_test = predict_proba(trainer.model, xte, plan.train.eval_batch_size, device)
+        evaluate_run_outputs(out, plan, cs, parts, p_val, yva.numpy(), p_test, yte.numpy(), fit=result)
+        set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
+        return out
+    except MeddxError:
+        if created and not resume and not (out / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.exists():
+            set_status(out, "failed")
+        raise
+    except KeyboardInterrupt:
+        if (out / "run.json").exists():
+            set_status(out, "interrupted")
+        raise
+    except Exception:
+        if (out / "run.json").exists():
+            set_status(out, "failed")
+        raise
+
+
+def load_run(run_dir: str | Path) -> tuple[Plan, torch.nn.Module]:
+    """Plan and best model of a finished (or at least checkpointed) run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "plan.yaml").exists():
+        raise RunError("not a meddx run directory (no plan.yaml)", path=run_dir,
+                       fix="point at a folder written by `meddx train`")
+    plan = Plan.load(run_dir / "plan.yaml")
+    model = build_model(plan)
+    st = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    model.load_state_dict(st["model"])
+    model.eval()
+    return plan, model

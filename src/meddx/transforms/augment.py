@@ -1,0 +1,112 @@
+"""Batch augmentation for 2D and 3D tensors, replayable.
+
+Each random transform only *samples* parameters (``sample``); a deterministic function
+applies them (``apply``), so the parameters can be recorded, replayed and used for
+test-time augmentation. It works on whole batches with ``affine_grid``/``grid_sample``
+because per-sample Python transforms (MONAI's dictionary transforms) dominate the step
+time for 28-64 px images on CPU; MONAI has no batched equivalent, hence our own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def _rot2(a: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(a), torch.sin(a)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def _rot3(ax: torch.Tensor, ay: torch.Tensor, az: torch.Tensor) -> torch.Tensor:
+    n = ax.shape[0]
+    one, zero = torch.ones(n), torch.zeros(n)
+    cx, sx, cy, sy, cz, sz = ax.cos(), ax.sin(), ay.cos(), ay.sin(), az.cos(), az.sin()
+    rx = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, cx, -sx], -1),
+                      torch.stack([zero, sx, cx], -1)], -2)
+    ry = torch.stack([torch.stack([cy, zero, sy], -1), torch.stack([zero, one, zero], -1),
+                      torch.stack([-sy, zero, cy], -1)], -2)
+    rz = torch.stack([torch.stack([cz, -sz, zero], -1), torch.stack([sz, cz, zero], -1),
+                      torch.stack([zero, zero, one], -1)], -2)
+    return rz @ ry @ rx
+
+
+@dataclass
+class BatchAugment:
+    """Random flips, affine (rotation, zoom, shift) and intensity jitter; see ``AugmentConfig``."""
+
+    spatial_dims: int
+    flip_axes: tuple[int, ...] = ()
+    rotate_deg: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    noise_std: float = 0.0
+    p: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg, spatial_dims: int) -> "BatchAugment":
+        return cls(spatial_dims=spatial_dims, flip_axes=tuple(cfg.flip_axes), rotate_deg=cfg.rotate_deg,
+                   scale=cfg.scale, translate=cfg.translate, brightness=cfg.brightness, contrast=cfg.contrast,
+                   noise_std=cfg.noise_std, p=cfg.p)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip_axes or self.rotate_deg or self.scale or self.translate or self.brightness
+                    or self.contrast or self.noise_std) and self.p > 0
+
+    def sample(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Draw per-sample parameters for a batch of ``n``."""
+        d = self.spatial_dims
+        r = math.radians(self.rotate_deg)
+        n_rot = 1 if d == 2 else 3
+        return {
+            "apply": torch.rand(n, generator=gen) < self.p,
+            "flip": torch.rand(n, max(len(self.flip_axes), 1), generator=gen) < 0.5,
+            "angles": _uniform(n * n_rot, -r, r, gen).reshape(n, n_rot),
+            "zoom": _uniform(n, 1 - self.scale, 1 + self.scale, gen),
+            "shift": _uniform(n * d, -self.translate, self.translate, gen).reshape(n, d) * 2,
+            "brightness": _uniform(n, -self.brightness, self.brightness, gen),
+            "contrast": _uniform(n, 1 - self.contrast, 1 + self.contrast, gen),
+            "noise_seed": torch.randint(0, 2**31 - 1, (1,), generator=gen),
+        }
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Apply sampled parameters deterministically to ``x`` of shape ``(N, C, *spatial)``."""
+        d = self.spatial_dims
+        keep = params["apply"].to(x.device)
+        sel = keep.view(-1, *([1] * (x.ndim - 1)))
+        out = x
+        for j, ax in enumerate(self.flip_axes):
+            m = (params["flip"][:, j].to(x.device) & keep).view(-1, *([1] * (x.ndim - 1)))
+            out = torch.where(m, out.flip(2 + ax), out)
+        if self.rotate_deg or self.scale or self.translate:
+            a = params["angles"]
+            rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
+            theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
+            ident = torch.cat([torch.eye(d).expand(x.shape[0], d, d), torch.zeros(x.shape[0], d, 1)], -1)
+            theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(x.device, x.dtype)
+            grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+            out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.contrast or self.brightness:
+            c = params["contrast"].to(x.device).view(-1, *([1] * (x.ndim - 1)))
+            b = params["brightness"].to(x.device).view(-1, *([1] * (x.ndim - 1)))
+            mean = out.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+            out = torch.where(sel, (out - mean) * c + mean + b, out)
+        if self.noise_std:
+            g = torch.Generator().manual_seed(int(params["noise_seed"][0]))
+            noise = torch.randn(out.shape, generator=g).to(x.device) * self.noise_std
+            out = torch.where(sel, out + noise, out)
+        return out
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        params = self.sample(x.shape[0], gen)
+        return self.apply(x, params), params

@@ -1,0 +1,40 @@
+"""Deterministic intensity preprocessing chosen by the plan.
+
+Schemes (names used in ``plan.yaml``):
+    ``scale255``: 8-bit data divided by 255 (photographs, X-ray PNGs, MedMNIST).
+    ``clip_scale``: clip to the dataset's [p0.5, p99.5] and map to [0, 1] (CT: the
+        nnU-Net rule of clipping to foreground percentiles, dataset-wide).
+    ``image_zscore``: per-image z-score (MRI, whose units differ between scans).
+A dataset-level mean/std from the training split is applied after each of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMES = ("scale255", "clip_scale", "image_zscore")
+
+
+def apply_scheme(array: np.ndarray, scheme: str, clip: tuple[float, float] | None = None) -> np.ndarray:
+    a = array.astype(np.float32, copy=False)
+    if scheme == "scale255":
+        return a / 255.0
+    if scheme == "clip_scale":
+        lo, hi = clip if clip is not None else (float(a.min()), float(a.max()))
+        return (np.clip(a, lo, hi) - lo) / max(hi - lo, 1e-6)
+    if scheme == "image_zscore":
+        return (a - a.mean()) / max(float(a.std()), 1e-6)
+    raise ValueError(f"unknown intensity scheme {scheme!r}; known: {SCHEMES}")
+
+
+def to_channels(array: np.ndarray, channels: int) -> np.ndarray | None:
+    """Convert ``(C, ...)`` to the wanted channel count; None when impossible."""
+    c = array.shape[0]
+    if c == channels:
+        return array
+    if channels == 1 and c == 3:
+        w = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape((3,) + (1,) * (array.ndim - 1))
+        return (array * w).sum(0, keepdims=True)
+    if channels == 3 and c == 1:
+        return np.repeat(array, 3, axis=0)
+    return None
