@@ -1,0 +1,142 @@
+"""Which reader handles a path: magic bytes first, then the file name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Default cap on voxels x channels one image may decode to (a 2**28 float32 array is 1 GiB).
+DEFAULT_MAX_PIXELS = 2**28
+
+#: Lower-case suffixes ``read_image`` understands (``.nii.gz`` is one suffix here).
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".nii.gz"}
+)
+
+SUPPORTED_FORMATS = "PNG, JPEG, TIFF, BMP, DICOM (.dcm file or series folder), NIfTI (.nii, .nii.gz)"
+
+_BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+_RASTER_EXT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+
+
+def path_suffix(path: str | Path) -> str:
+    """Lower-case suffix, with ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def is_hidden(path: str | Path) -> bool:
+    """Dot-files and macOS resource forks (``._x``), which are never images."""
+    return Path(path).name.startswith(".")
+
+
+def sniff_magic(head: bytes) -> str | None:
+    """Format name from the first 352 bytes of a file, or None if unrecognised.
+
+    Returns one of ``png``, ``jpeg``, ``tiff``, ``bmp``, ``dicom``, ``nifti``, ``gzip``.
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    # "BM" alone is too weak (a CSV may start with it): also require a known DIB header size.
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES:
+        return "bmp"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    # NIfTI-1 single file: magic at byte 344; NIfTI-2: magic at byte 4.
+    if head[344:348] == b"n+1\x00" or head[4:8] in (b"n+2\x00", b"ni2\x00"):
+        return "nifti"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    return None
+
+
+def _read_head(path: Path, n: int = 352) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def detect_format(path: str | Path) -> str | None:
+    """Reader name for an existing file: ``raster`` / ``dicom`` / ``nifti``, or None.
+
+    Magic bytes decide when they are recognised; otherwise the suffix does, so a
+    corrupt ``x.png`` still goes to the image reader (which reports it as corrupt).
+    """
+    p = Path(path)
+    suffix = path_suffix(p)
+    try:
+        magic = sniff_magic(_read_head(p))
+    except OSError:
+        magic = None
+    if magic in ("png", "jpeg", "tiff", "bmp"):
+        return "raster"
+    if magic in ("dicom", "nifti"):
+        return magic
+    if suffix in _RASTER_EXT:
+        return "raster"
+    if suffix in (".dcm", ".dicom"):
+        return "dicom"
+    if suffix in (".nii", ".nii.gz"):
+        return "nifti"
+    return None
+
+
+def folder_has_dicom(folder: str | Path) -> bool:
+    """True if a folder directly holds at least one (non-hidden) DICOM file."""
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        return False
+    for e in entries:
+        if is_hidden(e) or not e.is_file():
+            continue
+        if path_suffix(e) in (".dcm", ".dicom"):
+            return True
+        try:
+            if sniff_magic(_read_head(e, 132)) == "dicom":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def is_readable_path(path: str | Path) -> bool:
+    """Cheap check (name and magic bytes, no decoding) that ``read_image`` accepts a path.
+
+    A folder counts when it directly holds DICOM files (read as one series).
+    """
+    p = Path(path)
+    if is_hidden(p):
+        return False
+    if p.is_dir():
+        return folder_has_dicom(p)
+    if not p.is_file():
+        return False
+    if path_suffix(p) in IMAGE_EXTENSIONS:
+        return True
+    return detect_format(p) is not None
+
+
+def check_file(path: str | Path) -> Path:
+    """Return ``path`` as a Path if it is a non-empty regular file, else raise the right error."""
+    from meddx.errors import CorruptFileError, InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such file", path=p, fix="check the path")
+    if not p.is_file():
+        raise InputError("not a regular file", path=p, fix="point at an image file")
+    if p.stat().st_size == 0:
+        raise CorruptFileError("the file is empty (0 bytes)", path=p, fix="copy or export the file again")
+    return p
+
+
+def short_reason(exc: BaseException) -> str:
+    """First line of an exception message, clipped, for a one-line error message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,88 @@
+"""NIfTI volumes (.nii, .nii.gz) via nibabel, in voxel (i, j, k) order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from meddx.errors import CorruptFileError, ImageContentError
+from meddx.io.base import ImageData
+from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, short_reason
+
+_FIX_CORRUPT = "the file is probably truncated or damaged; export or download it again"
+
+
+def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Read a NIfTI-1/2 image.
+
+    3D ``(X, Y, Z)`` -> ``(1, X, Y, Z)``; 4D ``(X, Y, Z, T)`` -> ``(T, X, Y, Z)`` (the
+    4th axis becomes channels); a single slice (Z = 1, or 2D) -> ``(C, X, Y)``.
+    ``spacing`` holds the zooms of the spatial axes kept; values have the header's
+    scl_slope/scl_inter applied.
+
+    Raises:
+        CorruptFileError: not NIfTI, bad gzip, truncated data.
+        ImageContentError: too many voxels (checked from the header before loading),
+            or more than 4 meaningful dimensions.
+    """
+    import nibabel as nib
+
+    p = check_file(path)
+    try:
+        img = nib.load(str(p))
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip raise many types for damaged headers
+        raise CorruptFileError(f"cannot read the NIfTI header ({short_reason(e)})", path=p, fix=_FIX_CORRUPT) from e
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise CorruptFileError(f"not a NIfTI image (nibabel sees {type(img).__name__})", path=p,
+                               fix="convert it to NIfTI (.nii or .nii.gz)")
+    hdr = img.header
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 0 or any(s <= 0 for s in shape):
+        raise CorruptFileError(f"NIfTI header gives an invalid shape {shape}", path=p, fix=_FIX_CORRUPT)
+    dtype = hdr.get_data_dtype()
+    n_fields = len(dtype.names) if dtype.names else 1
+    n = int(np.prod(shape, dtype=np.float64)) * n_fields
+    if n > max_pixels:
+        raise ImageContentError(f"NIfTI shape {'x'.join(map(str, shape))} would decode to {n} voxels x channels, "
+                                f"above the limit of {max_pixels}", path=p,
+                                fix="downsample or crop the volume, or raise --max-pixels")
+    # Keep the first 3 axes as space; squeeze singleton axes beyond them (5D vector images are X,Y,Z,1,C).
+    spatial = list(shape[:3]) + [1] * (3 - min(3, len(shape)))
+    extra = [s for s in shape[3:] if s > 1]
+    if len(extra) > 1:
+        raise ImageContentError(f"NIfTI has {len(shape)} dimensions {shape}; meddx reads 3D or 3D+channels",
+                                path=p, fix="split the extra dimensions into separate files")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
+        raise CorruptFileError(f"cannot read the NIfTI voxel data ({short_reason(e)})", path=p,
+                               fix=_FIX_CORRUPT) from e
+    if dtype.names:  # RGB24 / RGBA32: one field per colour channel
+        data = np.stack([data[name] for name in dtype.names[:3]], axis=-1)
+        extra = [data.shape[-1]]
+    n_ch = extra[0] if extra else 1
+    data = data.reshape(spatial + [n_ch])
+    arr = np.moveaxis(data, -1, 0).astype(np.float32)
+    zooms = [float(z) for z in hdr.get_zooms()[:3]] + [1.0] * (3 - min(3, len(shape)))
+    if spatial[2] == 1:
+        arr = arr[..., 0]
+        spacing = tuple(zooms[:2])
+    else:
+        spacing = tuple(zooms[:3])
+    affine = np.asarray(img.affine, dtype=np.float64)
+    try:
+        axcodes = list(nib.aff2axcodes(affine))
+    except Exception:  # noqa: BLE001 - degenerate affine
+        axcodes = None
+    meta = {
+        "format": "nifti",
+        "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,
+        "affine": affine.tolist(),
+        "axcodes": axcodes,
+        "source_dtype": (dtype.name if not dtype.names else "rgb"),
+        "shape": list(shape),
+    }
+    if n_ch > 1 and not dtype.names:
+        meta["channel_axis"] = "dim4" if len(shape) == 4 else f"dim{shape.index(n_ch, 3) + 1}"
+    return ImageData(np.ascontiguousarray(arr), spacing=spacing, meta=meta)
