@@ -11,7 +11,8 @@ Conventions:
     * Macro averages run over the classes whose metric is defined on the full sample;
       a resample in which any of those is undefined is dropped from that metric's CI.
     * Balanced accuracy is the macro sensitivity (mean per-class recall).
-    * ECE is top-label (argmax) with 15 equal-width bins, independent of the threshold.
+    * ECE is top-label (argmax) with 15 equal-width bins, independent of the threshold. It is
+      biased upwards on small samples, and its bootstrap interval inherits that bias.
 """
 
 from __future__ import annotations
@@ -133,15 +134,15 @@ def classification_metrics(
             boot[key].append(values)
 
     alpha = (1.0 - ci) / 2.0
+    samples_by_key = {key: np.concatenate(v, axis=0) for key, v in boot.items() if v}
 
     def summarise(key: str, col: int | None = None) -> dict:
         value = point_flat[key][0] if col is None else point_flat[key][0, col]
         if np.isnan(value):
             return _metric(None)
-        if not boot[key]:
+        if key not in samples_by_key:
             return _metric(value)
-        samples = np.concatenate(boot[key], axis=0)
-        samples = samples if col is None else samples[:, col]
+        samples = samples_by_key[key] if col is None else samples_by_key[key][:, col]
         samples = samples[~np.isnan(samples)]
         if samples.size == 0:
             return _metric(value)
@@ -278,21 +279,27 @@ def _ovr_scores(y: np.ndarray, p: np.ndarray):
 
 
 def _auc_prep(score: np.ndarray, pos: np.ndarray):
-    """Sort once; tie groups of equal scores become contiguous blocks."""
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    return order, starts, pos[order]
+    """Sort the negatives once; locate each positive's tie block among them."""
+    neg_order = np.flatnonzero(~pos)[np.argsort(score[~pos], kind="mergesort")]
+    neg_sorted = score[neg_order]
+    pos_idx = np.flatnonzero(pos)
+    lo = np.searchsorted(neg_sorted, score[pos_idx], side="left")
+    hi = np.searchsorted(neg_sorted, score[pos_idx], side="right")
+    return neg_order, pos_idx, lo, hi
 
 
-def _auc_weighted(weights, order, starts, pos_sorted) -> np.ndarray:
-    """Weighted Mann-Whitney AUC for each row of ``weights``; NaN if a class has no weight."""
-    w = weights[:, order]
-    pos_w = np.add.reduceat(w * pos_sorted, starts, axis=1)
-    neg_w = np.add.reduceat(w * ~pos_sorted, starts, axis=1)
-    neg_below = np.cumsum(neg_w, axis=1) - neg_w
-    u = np.sum(pos_w * (neg_below + 0.5 * neg_w), axis=1)
-    denom = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+def _auc_weighted(weights, neg_order, pos_idx, lo, hi) -> np.ndarray:
+    """Weighted Mann-Whitney AUC for each row of ``weights``; NaN if a class has no weight.
+
+    With ``cn[:, m]`` the weight of the m lowest-scoring negatives, a positive scores
+    above ``cn[lo]`` negatives and ties ``cn[hi] - cn[lo]``; counting ties one half
+    gives ``(cn[lo] + cn[hi]) / 2``. Cumsums and gathers only, no per-tie-group loop.
+    """
+    cn = np.zeros((weights.shape[0], neg_order.size + 1))
+    np.cumsum(weights[:, neg_order], axis=1, out=cn[:, 1:])
+    wp = weights[:, pos_idx]
+    u = 0.5 * np.einsum("bi,bi->b", wp, cn[:, lo] + cn[:, hi])
+    denom = wp.sum(axis=1) * cn[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, u / denom, np.nan)
 
@@ -341,11 +348,18 @@ class _MetricEngine:
             "ppv": _div(tp, predicted),
             "npv": _div(tn, tn + fn),
             "f1": _div(2 * tp, 2 * tp + fp + fn),
-            "auc": np.stack([_auc_weighted(weights, *prep) for prep in self.auc_prep], axis=1),
+            "auc": self._auc(weights),
             "accuracy": _div(tp.sum(axis=1), total[:, 0]),
             "ece": np.abs(weights @ self.gap).sum(axis=1) / weights.sum(axis=1),
         }
         return out
+
+    def _auc(self, weights: np.ndarray) -> np.ndarray:
+        if self.k == 2:
+            # Class 0 ranks the same cases in reverse: its AUC is the same number.
+            auc1 = _auc_weighted(weights, *self.auc_prep[1])
+            return np.stack([auc1, auc1], axis=1)
+        return np.stack([_auc_weighted(weights, *prep) for prep in self.auc_prep], axis=1)
 
     @staticmethod
     def flatten(m: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import numpy as np
 from meddx.errors import MeddxError
 from meddx.evaluation._checks import atomic_write_bytes, check_labels_proba
 from meddx.evaluation.calibration import expected_calibration_error, reliability_curve
+from meddx.evaluation.thresholds import roc_points
 
 FIGSIZE = (5.0, 4.0)
 DPI = 110
@@ -40,15 +41,6 @@ def _finish(fig, path: str | Path | None) -> bytes:
     if path is not None:
         atomic_write_bytes(path, data)
     return data
-
-
-def _roc_xy(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-score, kind="mergesort")
-    s, t = score[order], pos[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1]
-    tps = np.cumsum(t)[last]
-    fps = (last + 1) - tps
-    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
 
 
 def plot_roc(y_true, proba, class_names: Sequence[str] | None = None, path=None) -> bytes:
@@ -79,8 +71,9 @@ def plot_roc(y_true, proba, class_names: Sequence[str] | None = None, path=None)
         if np.isnan(aucs[j]):
             ax.plot([], [], label=f"{names[j]} (AUC n/a: one class only)")
             continue
-        fpr, tpr = _roc_xy(pos, p[:, j])
-        ax.plot(fpr, tpr, lw=1.6, drawstyle="default", label=f"{names[j]} (AUC {aucs[j]:.3f})")
+        _, tpr, fpr = roc_points(pos, p[:, j])
+        fpr, tpr = np.r_[0.0, fpr], np.r_[0.0, tpr]
+        ax.plot(fpr, tpr, lw=1.6, label=f"{names[j]} (AUC {aucs[j]:.3f})")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("1 - specificity (false-positive rate)")
@@ -143,8 +136,10 @@ def plot_reliability(y_true, proba, n_bins: int = 15, path=None) -> bytes:
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="perfect calibration")
     ax.bar(edges[filled], acc, width=width, align="edge", color="#4c78a8", edgecolor="white",
            label="accuracy")
-    ax.bar(edges[filled], conf - acc, bottom=acc, width=width, align="edge", color="#e45756",
-           alpha=0.35, edgecolor="none", label="gap to confidence")
+    # Hatched and unfilled so the gap stays visible where it overlaps the accuracy bar.
+    ax.bar(edges[filled], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width,
+           align="edge", fill=False, hatch="///", edgecolor="#e45756", lw=0.8,
+           label="gap to mean confidence")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-label probability)")
@@ -166,6 +161,8 @@ def plot_training_curves(history: Sequence[dict], path=None) -> bytes:
     Returns:
         PNG bytes.
     """
+    from matplotlib.ticker import MaxNLocator
+
     if not history:
         raise MeddxError("training history is empty; nothing to plot")
 
@@ -196,6 +193,8 @@ def plot_training_curves(history: Sequence[dict], path=None) -> bytes:
         best = int(np.argmax(v)) if "loss" not in metric_name.lower() else int(np.argmin(v))
         ax_metric.axvline(e[best], color="0.7", ls=":", lw=1)
     ax_metric.set_xlabel("epoch")
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_metric.set_ylabel(metric_name)
     ax_metric.set_title(f"Validation {metric_name} and learning rate")
     e, v = series("lr")

@@ -87,11 +87,12 @@ def _how_to_read(metrics: Mapping[str, Mapping]) -> str:
         f"Brackets are {level:g}% confidence intervals: percentile bootstrap over test cases"
         f"{resamples}. They show sampling uncertainty of the test set only, not of training.",
         "A threshold operating point was chosen on the validation split, never the test split, "
-        "and then applied unchanged to the test cases. The argmax / 0.5 operating point needs no "
-        "choice.",
+        "and then applied unchanged to the test cases. The default operating point (argmax; 0.5 for "
+        "binary tasks) involves no choice.",
         "ECE (expected calibration error) is top-label: cases are binned by their largest class "
         "probability into 15 equal-width bins, and the count-weighted gap between accuracy and "
-        "mean confidence is averaged. 0 is perfect calibration.",
+        "mean confidence is averaged. 0 is perfect calibration. ECE is biased upwards on small test "
+        "sets, and so is its interval.",
         "Macro averages run over the classes for which a metric is defined; balanced accuracy is "
         "the mean per-class sensitivity. \"n/a\" marks a value that is undefined (for example PPV "
         "when nothing is predicted positive, or AUC when only one class is present).",
@@ -121,8 +122,7 @@ def _metrics_section(label: str, m: Mapping) -> str:
     per_class = m.get("per_class") or {}
     if per_class:
         parts.append("<h3>Per class (one vs rest)</h3>")
-        header = ["class", *(c.upper() if c in ("ppv", "npv", "auc") else c for c in _PER_CLASS_COLUMNS),
-                  "support"]
+        header = ["class", "sensitivity", "specificity", "PPV", "NPV", "F1", "AUC", "support"]
         rows = ([name, *(format_metric(v.get(c)) for c in _PER_CLASS_COLUMNS), v.get("support", "")]
                 for name, v in per_class.items())
         parts.append(_table(header, rows))

@@ -1,0 +1,75 @@
+"""The HTML report: self-contained, escaped, written atomically."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from meddx.errors import MeddxError
+from meddx.evaluation import classification_metrics, plot_confusion, write_report
+
+Y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+S = np.array([0.9, 0.7, 0.3, 0.6, 0.2, 0.1, 0.4, 0.8])
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    proba = np.c_[1 - S, S]
+    m_argmax = classification_metrics(Y, proba, class_names=["benign", "malignant"], n_boot=200)
+    m_thr = classification_metrics(Y, proba, class_names=["benign", "malignant"], threshold=0.65,
+                                   n_boot=200)
+    png = plot_confusion(m_argmax["confusion_matrix"], ["benign", "malignant"])
+    return {
+        "title": "Test report <b>",
+        "summary": {"dataset": "toy", "n cases": 8, "model": "<script>alert(1)</script>", "seed": 0},
+        "metrics": {"argmax / 0.5": m_argmax, "validation-chosen threshold (Youden)": m_thr},
+        "plots": {"confusion": png},
+        "notes": ["a note & more"],
+        "tables": {"ablation": [{"variant": "base", "auc": 0.8123}, {"variant": "+aug", "auc": None}]},
+    }
+
+
+def test_report_is_self_contained_and_escaped(tmp_path, inputs):
+    out = write_report(tmp_path / "report.html", **inputs)
+    text = out.read_text(encoding="utf-8")
+    assert list(tmp_path.iterdir()) == [out]
+    assert text.count("data:image/png;base64,") == 1
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", text, re.I)
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "Test report &lt;b&gt;" in text
+    assert "a note &amp; more" in text
+    # Overall accuracy 5/8 at 0.5 and 6/8 at 0.65, each with a bracketed CI.
+    assert re.search(r"0\.625 \[\d\.\d{3}, \d\.\d{3}\]", text)
+    assert re.search(r"0\.750 \[\d\.\d{3}, \d\.\d{3}\]", text)
+    assert "How to read this" in text and "never the test split" in text
+    assert "95% confidence intervals" in text and "15 equal-width bins" in text
+    assert "argmax / 0.5" in text and "validation-chosen threshold (Youden)" in text
+    assert "0.8123" in text and "n/a" in text
+    # Confusion matrix at 0.5 as a table: [[3, 2], [1, 2]].
+    assert re.search(r"<td>benign</td><td class=\"num\">3</td><td class=\"num\">2</td>", text)
+
+
+def test_na_for_undefined(tmp_path):
+    y = np.zeros(4, int)
+    proba = np.tile([0.9, 0.1], (4, 1))
+    m = classification_metrics(y, proba, n_boot=50)
+    out = write_report(tmp_path / "r.html", title="t", summary={}, metrics={"argmax / 0.5": m}, plots={})
+    assert "n/a [n/a, n/a]" in out.read_text()
+
+
+def test_failed_render_leaves_nothing_behind(tmp_path, inputs):
+    target = tmp_path / "report.html"
+    bad = dict(inputs, plots={"roc": b"not a png"})
+    with pytest.raises(MeddxError, match="PNG"):
+        write_report(target, **bad)
+    assert list(tmp_path.iterdir()) == []
+    # An existing report survives a failed re-render untouched.
+    write_report(target, **inputs)
+    before = target.read_bytes()
+    with pytest.raises(MeddxError):
+        write_report(target, **bad)
+    assert target.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [target]
