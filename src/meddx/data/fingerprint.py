@@ -104,7 +104,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     pix = np.concatenate(samples)
     fp.update({
         "spatial_dims": sorted(set(dims)),
-        "channels": dict(Counter(chans)),
+        "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
         "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
         "shape_min": [int(x) for x in arr_shapes.min(0)],
         "shape_max": [int(x) for x in arr_shapes.max(0)],

@@ -1,0 +1,73 @@
+"""``meddx evaluate``: score a trained run on its own test split or on another dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
+from meddx.data.sources import open_dataset
+from meddx.data.split import read_split
+from meddx.errors import DatasetError, RunError
+from meddx.evaluation.run_report import evaluate_run_outputs
+from meddx.training.engine import predict_proba
+from meddx.training.run import _progress_cb, load_run
+
+
+def _proba(cs, cases, plan, model, progress: bool) -> np.ndarray:
+    spec = PreprocessSpec.from_plan(plan.data)
+    cb, stop = _progress_cb(progress, len(cases), "preprocessing")
+    try:
+        x = standardise(build_tensor(cs, cases, spec, cb), spec)
+    finally:
+        stop()
+    with torch.no_grad():
+        return predict_proba(model, x, plan.train.eval_batch_size, torch.device("cpu"))
+
+
+def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: bool = True) -> Path:
+    """Write metrics, plots and a report under ``RUN/evaluations/<name>/``; return that folder.
+
+    Without ``dataset`` the run's own test split (from ``split.csv``) is used. With one,
+    its official test split is used when it has one, else every case. The operating
+    threshold is always the one chosen on the run's validation split.
+    """
+    run_dir = Path(run_dir)
+    plan, model = load_run(run_dir)
+    names = list(plan.data.class_names)
+    if dataset is None:
+        cs = open_dataset(plan.data.source)
+        split = read_split(run_dir / "split.csv")
+        for c in cs.cases:
+            c.split = split.get(c.case_id)
+        test = [c for c in cs.cases if c.split == "test"]
+        val = [c for c in cs.cases if c.split == "val"]
+        sub = run_dir / "evaluations" / "test"
+    else:
+        cs = open_dataset(dataset)
+        unknown = [n for n in cs.class_names if n not in names]
+        if unknown:
+            raise DatasetError(f"classes {unknown} are not among the model's classes {names}", path=dataset,
+                               fix="evaluate on data labelled with the model's classes")
+        remap = {i: names.index(n) for i, n in enumerate(cs.class_names)}
+        for c in cs.cases:
+            c.label = remap[c.label]
+        cs.class_names = names
+        test = cs.subset("test") if cs.official_split else list(cs.cases)
+        for c in test:
+            c.split = "test"
+        val = []
+        sub = run_dir / "evaluations" / cs.name
+    if not test:
+        raise RunError("no test cases to evaluate", path=run_dir, fix="give a labelled dataset")
+    if not (run_dir / "thresholds.json").exists():
+        raise RunError("the run has no thresholds.json (it did not finish)", path=run_dir,
+                       fix="resume the run with `meddx train --resume --out RUN`")
+    p_test = _proba(cs, test, plan, model, progress)
+    y_test = cs.labels(test)
+    p_val = np.zeros((0, len(names)))
+    evaluate_run_outputs(run_dir, plan, cs, {"val": val, "test": test}, p_val, np.zeros(0, dtype=np.int64),
+                         p_test, y_test, fit=None, out_dir=sub, title_suffix=" (re-evaluation)")
+    return sub

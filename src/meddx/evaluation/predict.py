@@ -1,0 +1,91 @@
+"""``meddx predict``: probabilities for new, unlabelled images."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddx.data.preprocess import PreprocessSpec, prepare, standardise
+from meddx.errors import InputError, RunError
+from meddx.io import is_readable_path, read_image
+from meddx.training.engine import predict_proba
+from meddx.training.run import _progress_cb, load_run
+
+
+def _is_dicom_series(folder: Path) -> bool:
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not files or any(p.is_dir() for p in folder.iterdir()):
+        return False
+    try:
+        return all(open(p, "rb").read(132)[128:132] == b"DICM" for p in files)
+    except OSError:
+        return False
+
+
+def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
+    """A file, a DICOM series folder (3D models), or every readable file under a folder."""
+    if not target.exists():
+        raise InputError("no such file or folder", path=target, fix="check the path")
+    if target.is_file():
+        return [target]
+    if spatial_dims == 3 and _is_dicom_series(target):
+        return [target]
+    found = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and is_readable_path(p))
+    if not found:
+        raise InputError("no readable images in the folder", path=target,
+                         fix="PNG, JPEG, TIFF, DICOM and NIfTI files are read")
+    return found
+
+
+def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = True) -> list[dict]:
+    run_dir = Path(run_dir)
+    plan, model = load_run(run_dir)
+    thr_path = run_dir / "thresholds.json"
+    threshold = json.loads(thr_path.read_text()).get("threshold") if thr_path.exists() else None
+    spec = PreprocessSpec.from_plan(plan.data)
+    names = list(plan.data.class_names)
+    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    rows = []
+    cb, stop = _progress_cb(progress and len(paths) > 20, len(paths), "predicting")
+    try:
+        for p in paths:
+            x = torch.from_numpy(prepare(read_image(p), spec, str(p)))[None]
+            proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"))[0]
+            k = int(np.argmax(proba))
+            row = {"file": str(p), "predicted": names[k]}
+            if threshold is not None:
+                row["predicted_at_threshold"] = names[int(proba[1] >= threshold)]
+                row["threshold"] = round(float(threshold), 6)
+            row.update({f"p_{n}": round(float(v), 6) for n, v in zip(names, proba)})
+            rows.append(row)
+            if cb:
+                cb(1)
+    finally:
+        stop()
+    return rows
+
+
+def write_predictions_file(rows: list[dict], out: Path | None) -> None:
+    """CSV or JSON by the file suffix; CSV to stdout when ``out`` is None."""
+    if out is not None and out.suffix.lower() == ".json":
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.replace(out)
+        return
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
+    if out is None:
+        sys.stdout.write(buf.getvalue())
+    else:
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(buf.getvalue())
+        tmp.replace(out)

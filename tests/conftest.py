@@ -1,0 +1,49 @@
+"""Shared fixtures: where the real data lives, and tiny generated datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MEDDX_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    d = data_dir()
+    assert d.exists(), f"real data not found at {d}; set MEDDX_DATA_DIR"
+    return d
+
+
+def write_png(path: Path, arr: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """Two classes of 24 small PNGs each (mixed sizes, some RGB): bright square or not."""
+    from meddx.data.synthetic import make_phantoms
+
+    imgs, labels = make_phantoms(n=48, size=28, seed=1)
+    root = tmp_path / "folder"
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        cls = "lesion" if y else "normal"
+        if i % 5 == 0:
+            im = np.stack([im] * 3, -1)
+        if i % 3 == 0:
+            from PIL import Image
+
+            im = np.asarray(Image.fromarray(im).resize((32, 30)))
+        write_png(root / cls / f"img_{i:03d}.png", im)
+    return root

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from meddx.data.case import Case, CaseSet, pseudonymise
+from meddx.data.split import apply_split, make_split
+from meddx.errors import DatasetError
+
+
+def _cs(labels, groups=None, splits=None):
+    cases = [Case(case_id=f"c{i}", label=int(y), group=None if groups is None else groups[i],
+                  split=None if splits is None else splits[i]) for i, y in enumerate(labels)]
+    return CaseSet(name="t", source="t", kind="manifest", class_names=["a", "b"], cases=cases,
+                   official_split=splits is not None, loader=lambda c: None)
+
+
+def test_stratified_fractions_and_seed():
+    labels = np.array([0] * 300 + [1] * 100)
+    cs = _cs(labels)
+    s1, s2, s3 = make_split(cs, seed=0), make_split(cs, seed=0), make_split(cs, seed=1)
+    assert s1 == s2 and s1 != s3
+    for name, frac in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        ids = [i for i, c in enumerate(cs.cases) if s1[c.case_id] == name]
+        assert abs(len(ids) - frac * 400) <= 2
+        # each class keeps its share in every split
+        assert abs(labels[ids].mean() - 0.25) < 0.03
+
+
+def test_patient_grouping_never_splits_a_patient():
+    rng = np.random.default_rng(0)
+    groups = [pseudonymise(f"p{i // 4}") for i in range(200)]
+    labels = np.array([int(rng.random() < 0.4) if i % 4 == 0 else 0 for i in range(200)])
+    for i in range(200):  # label is per patient
+        labels[i] = labels[i - i % 4]
+    cs = _cs(labels, groups)
+    split = make_split(cs, seed=3)
+    by_group = {}
+    for c in cs.cases:
+        by_group.setdefault(c.group, set()).add(split[c.case_id])
+    assert all(len(v) == 1 for v in by_group.values())
+    parts = apply_split(cs, split)
+    assert all(len(parts[s]) > 0 for s in parts)
+
+
+def test_official_split_kept_and_val_carved_from_train():
+    labels = [0, 1] * 50
+    splits = ["train"] * 80 + ["test"] * 20
+    cs = _cs(labels, splits=splits)
+    split = make_split(cs, seed=0)
+    assert [split[f"c{i}"] for i in range(80, 100)] == ["test"] * 20
+    n_val = sum(1 for v in split.values() if v == "val")
+    assert 8 <= n_val <= 14
+
+
+def test_too_few_cases_is_a_clear_error():
+    cs = _cs([0, 1, 0, 1])
+    with pytest.raises(DatasetError, match="split is empty"):
+        apply_split(cs, make_split(cs, seed=0))

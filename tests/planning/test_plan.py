@@ -1,0 +1,68 @@
+import pytest
+
+from meddx.errors import PlanError
+from meddx.planning.plan import DataConfig, Plan
+from meddx.planning.planner import apply_overrides, make_plan
+
+
+def _fp(**kw):
+    fp = {"kind": "folder", "class_names": ["a", "b"], "class_counts": {"a": 500, "b": 1500},
+          "split_counts": {}, "official_split": False, "spatial_dims": [2], "channels": {"1": 2000},
+          "shape_median": [28, 28], "shape_min": [28, 28], "shape_max": [28, 28], "distinct_shapes": 1,
+          "intensity": {"min": 0.0, "max": 255.0, "integer_valued": True, "p00_5": 0.0, "p99_5": 255.0}}
+    fp.update(kw)
+    return fp
+
+
+def test_yaml_round_trip(tmp_path):
+    p = make_plan(_fp(), source="x")
+    p.save(tmp_path / "plan.yaml")
+    q = Plan.load(tmp_path / "plan.yaml")
+    assert q == p
+
+
+def test_invalid_plan_names_the_field(tmp_path):
+    p = make_plan(_fp(), source="x")
+    text = p.to_yaml().replace("name: adamw", "name: lbfgs")
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(PlanError, match="optim.name"):
+        Plan.load(tmp_path / "bad.yaml")
+    (tmp_path / "junk.yaml").write_text("data: [unclosed")
+    with pytest.raises(PlanError, match="YAML"):
+        Plan.load(tmp_path / "junk.yaml")
+
+
+def test_rules_small_grey_images():
+    p = make_plan(_fp(), source="x")
+    assert p.data.spatial_dims == 2 and p.data.channels == 1 and p.data.input_size == [28, 28]
+    assert p.data.intensity == "scale255" and p.train.batch_size == 128
+    assert {d.rule.split()[0] for d in p.decisions} >= {"R1", "R2", "R3", "R4", "R5", "R6"}
+
+
+def test_rules_large_rgb_mixed_sizes_and_ct():
+    p = make_plan(_fp(channels={"3": 90, "1": 10}, shape_median=[300, 420], shape_max=[600, 800], distinct_shapes=40),
+                  source="x")
+    assert p.data.channels == 3 and p.data.input_size == [128, 128]
+    ct = make_plan(_fp(spatial_dims=[3], shape_median=[40, 120, 120], shape_max=[60, 200, 200], distinct_shapes=5,
+                       intensity={"min": -1024.0, "max": 3000.0, "integer_valued": True, "p00_5": -1000.0,
+                                  "p99_5": 1500.0}), source="x")
+    assert ct.data.spatial_dims == 3 and ct.data.input_size == [40, 48, 48]
+    assert ct.data.intensity == "clip_scale" and ct.data.clip == [-1000.0, 1500.0]
+    mr = make_plan(_fp(intensity={"min": 0.0, "max": 4000.5, "integer_valued": False, "p00_5": 0, "p99_5": 3000}),
+                   source="x")
+    assert mr.data.intensity == "image_zscore"
+
+
+def test_mixed_dimensionality_refused():
+    from meddx.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="mixed 2D and 3D"):
+        make_plan(_fp(spatial_dims=[2, 3]), source="x")
+
+
+def test_overrides_are_recorded_and_validated():
+    p = apply_overrides(make_plan(_fp(), source="x"), {"train.epochs": 3, "optim.lr": 0.1})
+    assert p.train.epochs == 3 and p.optim.lr == 0.1
+    assert p.decisions[-1].kind == "user"
+    with pytest.raises(Exception):
+        apply_overrides(p, {"train.epochs": 0})

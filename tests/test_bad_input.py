@@ -1,0 +1,123 @@
+"""Every user mistake: one line naming the file and the fix, exit code 2, no run left behind."""
+
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import write_png
+
+
+def meddx(*args):
+    return subprocess.run([sys.executable, "-m", "meddx.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def assert_user_error(r, *needles):
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def _train_fails(tmp_path, dataset, *needles):
+    out = tmp_path / "run"
+    r = meddx("train", dataset, "--out", out, "--epochs", "1", "--no-progress")
+    assert_user_error(r, *needles)
+    assert not out.exists(), "a failed run must not leave a run directory behind"
+
+
+def _png_header_only(path, w, h):
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+
+
+def test_truncated_png(tiny_folder, tmp_path):
+    victim = sorted((tiny_folder / "normal").iterdir())[3]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    _train_fails(tmp_path, tiny_folder, victim.name)
+
+
+def test_huge_image_header(tiny_folder, tmp_path):
+    _png_header_only(tiny_folder / "normal" / "huge.png", 60000, 60000)
+    _train_fails(tmp_path, tiny_folder, "huge.png")
+
+
+def test_constant_image(tiny_folder, tmp_path):
+    write_png(tiny_folder / "lesion" / "blank.png", np.zeros((28, 28), np.uint8))
+    _train_fails(tmp_path, tiny_folder, "blank.png", "constant")
+
+
+def test_nan_image(tiny_folder, tmp_path):
+    import tifffile
+
+    a = np.random.rand(28, 28).astype(np.float32)
+    a[3, 4] = np.nan
+    tifffile.imwrite(tiny_folder / "lesion" / "nan.tif", a)
+    _train_fails(tmp_path, tiny_folder, "nan.tif", "NaN")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _train_fails(tmp_path, tmp_path / "empty", "empty")
+
+
+def test_single_class(tiny_folder, tmp_path):
+    import shutil
+
+    shutil.rmtree(tiny_folder / "lesion")
+    _train_fails(tmp_path, tiny_folder, "one class")
+
+
+def test_manifest_missing_file_and_missing_label(tiny_folder, tmp_path):
+    imgs = sorted((tiny_folder / "normal").iterdir())
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\n" + "".join(f"{p},normal\n" for p in imgs) + "nowhere/gone.png,lesion\n")
+    _train_fails(tmp_path, m, "gone.png")
+    m.write_text("path,label\n" + "".join(f"{p},normal\n" for p in imgs[:-1]) + f"{imgs[-1]},\n")
+    _train_fails(tmp_path, m, "m.csv", "line")
+
+
+def test_wrong_dimensionality_at_predict(tiny_folder, tmp_path, real_data):
+    run = tmp_path / "run"
+    assert meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--no-progress").returncode == 0
+    vol = sorted((real_data / "seg" / "msd_hippocampus_udacity" / "images").iterdir())[0]
+    r = meddx("predict", run, vol)
+    assert_user_error(r, vol.name, "3 spatial dimensions")
+
+
+def test_undecodable_dicom_names_the_package(tmp_path, real_data):
+    run_dir = tmp_path / "run"
+    from meddx.cli import main  # noqa: F401  (import check only)
+
+    f = real_data / "dicom" / "pydicom_data_selection" / "JPEG-LL.dcm"
+    # predicting needs a run; any 2D run will do for the decode step
+    folder = tmp_path / "f"
+    from meddx.data.synthetic import make_phantoms
+
+    imgs, labels = make_phantoms(n=40, seed=0)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(folder / ("b" if y else "a") / f"{i}.png", im)
+    assert meddx("train", folder, "--out", run_dir, "--epochs", "1", "--no-progress").returncode == 0
+    r = meddx("predict", run_dir, f)
+    assert_user_error(r, "JPEG-LL.dcm", "pip install")
+
+
+def test_bad_plan_file(tiny_folder, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("seed: [\n")
+    r = meddx("train", "--plan", plan, "--out", tmp_path / "run", "--no-progress")
+    assert_user_error(r, "plan.yaml", "YAML")
+
+
+def test_not_a_run_dir(tmp_path):
+    r = meddx("evaluate", tmp_path)
+    assert_user_error(r, "plan.yaml")

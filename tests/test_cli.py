@@ -1,0 +1,64 @@
+"""End-to-end through the command line, on tiny generated data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def meddx(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "meddx.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+@pytest.mark.parametrize("cmd", ["inspect", "plan", "train", "evaluate", "predict", "models", "demo"])
+def test_help_on_every_command(cmd):
+    r = meddx(cmd, "--help")
+    assert "Usage" in r.stdout and len(r.stdout) > 100
+
+
+def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
+    r = meddx("inspect", tiny_folder, "--no-progress")
+    assert "48" in r.stdout and "lesion" in r.stdout and "mixed image sizes" in r.stdout
+    run = tmp_path / "run"
+    meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress")
+    for f in ("plan.yaml", "fingerprint.json", "split.csv", "log.jsonl", "metrics.json", "predictions.csv",
+              "report.html", "model_card.md", "roc.png", "confusion.png", "reliability.png", "training_curves.png",
+              "checkpoints/last.pt", "checkpoints/best.pt", "thresholds.json"):
+        assert (run / f).exists(), f
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64" in html and "http://" not in html
+    r = meddx("evaluate", run, "--no-progress")
+    assert "AUC" in r.stdout and (run / "evaluations" / "test" / "metrics.json").exists()
+    out = tmp_path / "pred.csv"
+    meddx("predict", run, tiny_folder / "lesion", "--out", out)
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("file,predicted") and len(lines) == 1 + 24
+    r = meddx("predict", run, next((tiny_folder / "normal").iterdir()))
+    assert "p_lesion" in r.stdout
+    js = tmp_path / "p.json"
+    meddx("predict", run, tiny_folder / "normal", "--out", js)
+    rows = json.loads(js.read_text())
+    assert abs(rows[0]["p_lesion"] + rows[0]["p_normal"] - 1) < 1e-4
+
+
+def test_plan_then_train_with_edited_plan(tiny_folder, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    meddx("plan", tiny_folder, "--out", plan, "--no-progress")
+    text = plan.read_text().replace("epochs: 30", "epochs: 1")
+    plan.write_text(text)
+    run = tmp_path / "run"
+    meddx("train", "--plan", plan, "--out", run, "--no-progress")
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_existing_out_dir_is_refused(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "something").write_text("x")
+    r = meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--no-progress", check=False)
+    assert r.returncode == 2 and "--resume" in r.stderr

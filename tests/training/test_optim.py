@@ -1,0 +1,20 @@
+import pytest
+
+from meddx.planning.plan import ScheduleConfig
+from meddx.training.optim import LRFactor
+
+
+def test_cosine_warmup_then_decay_to_zero():
+    f = LRFactor(ScheduleConfig(name="cosine", warmup_epochs=1), steps_per_epoch=10, epochs=10)
+    assert f(0) == pytest.approx(0.01)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5, abs=0.01)
+    assert f(100) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_step_and_onecycle_shapes():
+    s = LRFactor(ScheduleConfig(name="step", warmup_epochs=0, milestones=[0.5, 0.75], gamma=0.1), 10, 10)
+    assert s(10) == 1.0 and s(50) == pytest.approx(0.1) and s(80) == pytest.approx(0.01)
+    o = LRFactor(ScheduleConfig(name="onecycle"), 10, 10)
+    assert o(0) == pytest.approx(0.04) and o(30) == pytest.approx(1.0) and o(100) == pytest.approx(1e-4)
+    assert LRFactor(ScheduleConfig(name="constant", warmup_epochs=0), 10, 10)(70) == 1.0

@@ -1,0 +1,65 @@
+import torch
+
+from meddx.transforms.augment import BatchAugment
+from meddx.transforms.intensity import apply_scheme, to_channels
+from meddx.transforms.spatial import resize
+
+import numpy as np
+
+
+def test_zero_parameters_are_identity():
+    x = torch.randn(4, 1, 16, 16)
+    aug = BatchAugment(spatial_dims=2)
+    assert not aug.active
+    y, _ = aug(x, torch.Generator().manual_seed(0))
+    assert torch.equal(x, y)
+
+
+def test_params_replay_exactly_and_differ_by_seed():
+    x = torch.randn(6, 1, 20, 20)
+    aug = BatchAugment(spatial_dims=2, flip_axes=(1,), rotate_deg=15, scale=0.1, translate=0.1, brightness=0.2,
+                       contrast=0.2, noise_std=0.1)
+    y1, params = aug(x, torch.Generator().manual_seed(5))
+    assert torch.equal(aug.apply(x, params), y1)          # recorded params replay
+    y2, _ = aug(x, torch.Generator().manual_seed(5))
+    y3, _ = aug(x, torch.Generator().manual_seed(6))
+    assert torch.equal(y1, y2) and not torch.allclose(y1, y3)
+
+
+def test_flip_only_is_exact():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    aug = BatchAugment(spatial_dims=2, flip_axes=(1,))
+    params = aug.sample(2, torch.Generator().manual_seed(0))
+    params["flip"][:] = torch.tensor([[True], [False]])
+    y = aug.apply(x, params)
+    assert torch.equal(y[0], x[0].flip(-1)) and torch.equal(y[1], x[1])
+
+
+def test_p_zero_leaves_batch_untouched_and_3d_works():
+    x = torch.randn(3, 1, 8, 8, 8)
+    aug = BatchAugment(spatial_dims=3, flip_axes=(0, 1, 2), rotate_deg=10, translate=0.1, contrast=0.1, p=0.0)
+    y, _ = aug(x, torch.Generator().manual_seed(0))
+    assert torch.equal(x, y)
+    aug.p = 1.0
+    y, _ = aug(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+
+
+def test_intensity_schemes_and_channels():
+    a = np.array([[[0, 255]]], dtype=np.float32)
+    assert np.allclose(apply_scheme(a, "scale255"), [[[0, 1]]])
+    ct = np.array([[[-2000, 0, 3000]]], dtype=np.float32)
+    assert np.allclose(apply_scheme(ct, "clip_scale", (-1000, 1000)), [[[0, 0.5, 1]]])
+    z = apply_scheme(np.array([[[1, 2, 3, 4]]], dtype=np.float32), "image_zscore")
+    assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-5
+    rgb = np.ones((3, 2, 2), dtype=np.float32)
+    assert to_channels(rgb, 1).shape == (1, 2, 2) and np.allclose(to_channels(rgb, 1), 1.0)
+    assert to_channels(np.ones((1, 2, 2)), 3).shape == (3, 2, 2)
+    assert to_channels(np.ones((2, 2, 2)), 3) is None
+
+
+def test_resize_2d_and_3d():
+    assert resize(np.random.rand(1, 40, 50).astype(np.float32), (28, 28)).shape == (1, 28, 28)
+    assert resize(np.random.rand(1, 10, 12, 14).astype(np.float32), (8, 8, 8)).shape == (1, 8, 8, 8)
+    const = np.full((1, 30, 30), 7.0, dtype=np.float32)
+    assert np.allclose(resize(const, (10, 10)), 7.0, atol=1e-5)
