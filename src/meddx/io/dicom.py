@@ -77,6 +77,10 @@ def _has_pixels(ds) -> bool:
 
 
 def _no_pixels_error(p: Path, ds) -> InputError:
+    if "Rows" in ds or "SOPClassUID" not in ds:
+        # An image header without pixels, or a header cut short: the file is truncated.
+        return CorruptFileError("DICOM file ends before its pixel data (truncated?)", path=p,
+                                fix="copy or export the file again")
     sop = _uid_name(ds.get("SOPClassUID")) or "unknown SOP class"
     return InputError(f"DICOM object has no pixel data ({sop}, modality {ds.get('Modality', '?')})",
                       path=p, fix="point at a DICOM image file, not a report, presentation state or DICOMDIR")

@@ -135,8 +135,14 @@ def check_file(path: str | Path) -> Path:
     return p
 
 
-def short_reason(exc: BaseException) -> str:
-    """First line of an exception message, clipped, for a one-line error message."""
+def short_reason(exc: BaseException, path: str | Path | None = None) -> str:
+    """First line of an exception message, clipped, for a one-line error message.
+
+    If ``path`` is given, its full spelling in the message is shortened to the file name
+    (our message already starts with the full path).
+    """
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if path is not None:
+        text = text.replace(str(path), Path(path).name)
     text = text[:160]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -32,7 +32,7 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     try:
         img = nib.load(str(p))
     except Exception as e:  # noqa: BLE001 - nibabel/gzip raise many types for damaged headers
-        raise CorruptFileError(f"cannot read the NIfTI header ({short_reason(e)})", path=p, fix=_FIX_CORRUPT) from e
+        raise CorruptFileError(f"cannot read the NIfTI header ({short_reason(e, p)})", path=p, fix=_FIX_CORRUPT) from e
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise CorruptFileError(f"not a NIfTI image (nibabel sees {type(img).__name__})", path=p,
                                fix="convert it to NIfTI (.nii or .nii.gz)")
@@ -56,7 +56,7 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
-        raise CorruptFileError(f"cannot read the NIfTI voxel data ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"cannot read the NIfTI voxel data ({short_reason(e, p)})", path=p,
                                fix=_FIX_CORRUPT) from e
     if dtype.names:  # RGB24 / RGBA32: one field per colour channel
         data = np.stack([data[name] for name in dtype.names[:3]], axis=-1)
