@@ -93,6 +93,25 @@ def test_bmp_and_jpeg(tmp_path):
     assert np.abs(j.array[0] - smooth).max() < 8
 
 
+def test_exif_rotation_cmyk_and_grey_alpha(tmp_path):
+    a = np.zeros((10, 30), np.uint8)
+    a[:, :5] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(a).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    r = read_image(tmp_path / "rot.jpg")
+    assert r.array.shape == (1, 30, 10) and r.meta["exif_orientation"] == 6
+    assert r.array[0, :5].mean() > 200 and r.array[0, -5:].mean() < 50  # left band is now on top
+    Image.new("CMYK", (4, 3), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    c = read_image(tmp_path / "cmyk.jpg")
+    assert c.array.shape == (3, 3, 4) and c.meta["converted_from"] == "CMYK"
+    assert c.array[0].mean() > 200 and c.array[1].mean() < 60  # red
+    la = np.stack([RNG.integers(0, 256, (5, 6)), np.full((5, 6), 7)], -1).astype(np.uint8)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    g = read_image(tmp_path / "la.png")
+    np.testing.assert_array_equal(g.array, la[None, ..., 0])
+
+
 def test_16bit_rgb_tiff_is_not_truncated(tmp_path):
     a = RNG.integers(0, 65536, (10, 12, 3)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "rgb16.tif", a, photometric="rgb")

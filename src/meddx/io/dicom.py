@@ -129,10 +129,10 @@ def _decode(p: Path, ds) -> tuple[np.ndarray, dict[str, Any]]:
             raise MissingCodecError(
                 f"pixel data is compressed as '{_uid_name(ts)}' and no installed decoder handles it",
                 path=p, fix=f"pip install {pkgs}, then read it again") from e
-        raise CorruptFileError(f"cannot decode the '{_uid_name(ts)}' pixel data ({short_reason(e)})",
+        raise CorruptFileError(f"cannot decode the '{_uid_name(ts)}' pixel data ({short_reason(e, p)})",
                                path=p, fix="the file is probably truncated or damaged; export it again") from e
     except Exception as e:  # noqa: BLE001 - truncated data gives ValueError, EOFError, OSError, ...
-        raise CorruptFileError(f"cannot decode the pixel data ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"cannot decode the pixel data ({short_reason(e, p)})", path=p,
                                fix="the file is probably truncated or damaged; export it again") from e
 
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
@@ -142,7 +142,7 @@ def _decode(p: Path, ds) -> tuple[np.ndarray, dict[str, Any]]:
         try:
             arr = apply_color_lut(arr, ds)
         except Exception as e:  # noqa: BLE001
-            raise CorruptFileError(f"palette colour lookup table is unusable ({short_reason(e)})", path=p,
+            raise CorruptFileError(f"palette colour lookup table is unusable ({short_reason(e, p)})", path=p,
                                    fix="export the image as RGB or greyscale") from e
         info["palette_applied"] = True
     color = arr.ndim == (4 if frames > 1 else 3)
@@ -476,6 +476,8 @@ def read_dicom_series(folder: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXEL
     if not images:
         raise DatasetError(f"no DICOM images in this folder ({len(files)} DICOM files without pixel data, "
                            f"{skipped} other files)", path=d, fix="point at a folder that holds DICOM image files")
+    if skipped or no_pixels:
+        log.info("%s: skipped %d non-DICOM files and %d DICOM files without pixel data", d, skipped, no_pixels)
     groups: dict[str, list] = {}
     for f, ds in images:
         groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
@@ -485,7 +487,7 @@ def read_dicom_series(folder: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXEL
     if len(images) == 1:
         f, ds = images[0]
         out = _read_dataset(f, ds, max_pixels)
-        out.meta.update(n_slices=1, skipped_files=skipped + no_pixels)
+        out.meta.update(n_slices=out.meta["n_frames"], skipped_files=skipped + no_pixels)
         return out
     multi = [f for f, ds in images if _n_frames(ds) > 1]
     if multi:

@@ -56,7 +56,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
     try:
         im = Image.open(p)
     except Image.DecompressionBombError as e:
-        raise ImageContentError(f"image is larger than Pillow's decompression-bomb limit ({short_reason(e)})",
+        raise ImageContentError(f"image is larger than Pillow's decompression-bomb limit ({short_reason(e, p)})",
                                 path=p, fix=_TOO_BIG_FIX) from e
     except UnidentifiedImageError as e:
         if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
@@ -64,7 +64,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
         raise CorruptFileError("not a readable PNG/JPEG/TIFF/BMP image (unrecognised or damaged header)",
                                path=p, fix="check the file opens in an image viewer, or export it again") from e
     except _DECODE_ERRORS as e:
-        raise CorruptFileError(f"cannot read the image header ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"cannot read the image header ({short_reason(e, p)})", path=p,
                                fix="export the file again") from e
     with im:
         fmt = (im.format or "").lower()
@@ -87,11 +87,11 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
                 im = ImageOps.exif_transpose(im)
             arr, extra = _pil_to_array(im)
         except Image.DecompressionBombError as e:
-            raise ImageContentError(f"image is too large ({short_reason(e)})", path=p, fix=_TOO_BIG_FIX) from e
+            raise ImageContentError(f"image is too large ({short_reason(e, p)})", path=p, fix=_TOO_BIG_FIX) from e
         except _DECODE_ERRORS as e:
             if fmt == "tiff":
                 return _read_tiff(p, max_pixels)
-            raise CorruptFileError(f"cannot decode the {fmt.upper() or 'image'} data ({short_reason(e)})",
+            raise CorruptFileError(f"cannot decode the {fmt.upper() or 'image'} data ({short_reason(e, p)})",
                                    path=p, fix="the file is probably truncated or damaged; export it again") from e
         meta = {"format": fmt, "mode": im.mode, "source_dtype": extra.pop("source_dtype")}
         if orientation in range(2, 9):
@@ -177,9 +177,9 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for damaged files
         if "imagecodecs" in str(e):
-            raise MissingCodecError(f"the TIFF compression needs a codec that is not installed ({short_reason(e)})",
+            raise MissingCodecError(f"the TIFF compression needs a codec that is not installed ({short_reason(e, p)})",
                                     path=p, fix="pip install imagecodecs, or save the TIFF uncompressed") from e
-        raise CorruptFileError(f"cannot decode the TIFF ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"cannot decode the TIFF ({short_reason(e, p)})", path=p,
                                fix="the file is probably truncated or damaged; export it again") from e
     arr = arr.reshape([s for ax, s in zip(axes, shape) if s > 1 or ax in "YX"])
     kept_axes = "".join(ax for ax, s in zip(axes, shape) if s > 1 or ax in "YX")
@@ -240,7 +240,7 @@ def _read_png16_colour(p: Path, max_pixels: int) -> ImageData:
         dec = zlib.decompressobj()
         raw = dec.decompress(idat, expected)
     except zlib.error as e:
-        raise CorruptFileError(f"PNG image data is damaged ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"PNG image data is damaged ({short_reason(e, p)})", path=p,
                                fix="export the file again") from e
     if len(raw) < expected:
         raise CorruptFileError("PNG image data is truncated", path=p, fix="export the file again")

@@ -31,10 +31,10 @@ def read_medmnist_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
     try:
         npz = np.load(p, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CorruptFileError(f"not a readable .npz archive ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"not a readable .npz archive ({short_reason(e, p)})", path=p,
                                fix="download the file again") from e
     except ValueError as e:  # np.load refuses pickles / unknown content with ValueError
-        raise CorruptFileError(f"not a .npz archive ({short_reason(e)})", path=p, fix=_FIX_FORMAT) from e
+        raise CorruptFileError(f"not a .npz archive ({short_reason(e, p)})", path=p, fix=_FIX_FORMAT) from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise InputError("holds a single array, not a MedMNIST archive", path=p, fix=_FIX_FORMAT)
     with npz:
@@ -60,10 +60,10 @@ def _member(npz, p: Path, key: str) -> np.ndarray:
     try:
         return npz[key]
     except ValueError as e:
-        raise InputError(f"array {key} cannot be loaded without pickle ({short_reason(e)})", path=p,
+        raise InputError(f"array {key} cannot be loaded without pickle ({short_reason(e, p)})", path=p,
                          fix=_FIX_FORMAT) from e
     except Exception as e:  # noqa: BLE001 - zlib.error, BadZipFile, EOFError on damaged members
-        raise CorruptFileError(f"array {key} is damaged ({short_reason(e)})", path=p,
+        raise CorruptFileError(f"array {key} is damaged ({short_reason(e, p)})", path=p,
                                fix="download the file again") from e
 
 
