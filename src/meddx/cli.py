@@ -65,6 +65,8 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
                   f" ({fp['duplicates']['across_splits']} across splits)")
     t.add_row("patient groups", "yes" if fp["has_patient_groups"] else "no")
     console.print(t)
+    for n in fp.get("notes", []):
+        console.print(f"[cyan]note:[/] {n}")
     for f in fp.get("findings", []):
         console.print(f"[yellow]finding:[/] {f}")
     for p in fp["problems"][:20]:
@@ -190,13 +192,13 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folde
     """Train and report on PneumoniaMNIST (or built-in phantoms when no copy can be had)."""
     import shutil
 
-    from meddx.errors import DataUnavailableError
+    from meddx.errors import CorruptFileError, DataUnavailableError
     from meddx.io.medmnist import locate_medmnist
     from meddx.training.run import train_run
 
     try:
         source = str(locate_medmnist("pneumoniamnist", data_dir=data_dir))
-    except DataUnavailableError as e:
+    except (DataUnavailableError, CorruptFileError) as e:
         err_console.print(f"PneumoniaMNIST unavailable ({e}); running on built-in synthetic phantoms instead.")
         source = "synthetic:phantoms"
     if out.exists() and (out / "plan.yaml").exists():

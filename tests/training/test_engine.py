@@ -22,17 +22,18 @@ def _same(a, b):
 
 def test_same_seed_same_numbers(tmp_path):
     ov = {"train.epochs": 2, "seed": 3}
-    a = train_run("synthetic:phantoms", tmp_path / "a", overrides=dict(ov), progress=False, log=lambda *_: None)
-    b = train_run("synthetic:phantoms", tmp_path / "b", overrides=dict(ov), progress=False, log=lambda *_: None)
+    a = train_run("synthetic:phantoms:200", tmp_path / "a", overrides=dict(ov), progress=False, log=lambda *_: None)
+    b = train_run("synthetic:phantoms:200", tmp_path / "b", overrides=dict(ov), progress=False, log=lambda *_: None)
     assert _same(_weights(a), _weights(b))
-    assert (a / "metrics.json").read_text() == (b / "metrics.json").read_text()
-    c = train_run("synthetic:phantoms", tmp_path / "c", overrides={"train.epochs": 2, "seed": 4}, progress=False,
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma["operating_points"] == mb["operating_points"]
+    c = train_run("synthetic:phantoms:200", tmp_path / "c", overrides={"train.epochs": 2, "seed": 4}, progress=False,
                   log=lambda *_: None)
     assert not _same(_weights(a), _weights(c))
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    args = ["synthetic:phantoms", "--epochs", "4", "--seed", "1", "--no-progress"]
+    args = ["synthetic:phantoms:200", "--epochs", "4", "--seed", "1", "--no-progress"]
     full = tmp_path / "full"
     subprocess.run([sys.executable, "-m", "meddx.cli", "train", *args, "--out", str(full)], check=True,
                    capture_output=True)
@@ -61,7 +62,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_time_budget_sizes_the_schedule(tmp_path):
-    run = train_run("synthetic:phantoms", tmp_path / "tb", overrides={"train.time_budget_s": 8.0}, progress=False,
+    run = train_run("synthetic:phantoms:200", tmp_path / "tb", overrides={"train.time_budget_s": 8.0}, progress=False,
                     log=lambda *_: None)
     plan = (run / "plan.yaml").read_text()
     assert "R9 epochs" in plan

@@ -95,6 +95,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "imbalance_ratio": round(max(nz) / min(nz), 3) if nz else None,
         "has_patient_groups": any(c.group for c in cs.cases),
         "problems": problems,
+        "notes": list(cs.notes),
         "data_hash": data_hash.hexdigest(),
     }
     if not shapes:

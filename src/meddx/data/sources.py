@@ -34,6 +34,9 @@ MEDMNIST_LABELS: dict[str, list[str]] = {
 }
 
 
+MASK_NAME = re.compile(r"_(mask|seg|label)(_\d+)?\.[A-Za-z.]+$", re.IGNORECASE)
+
+
 def _medmnist_flag(path: Path) -> str:
     stem = path.name[: -len(".npz")].lower()
     return re.sub(r"_(64|128|224)$", "", stem)
@@ -98,13 +101,19 @@ def open_folder(path: Path) -> CaseSet:
     from meddx.io.folder import scan_class_folder
 
     items = scan_class_folder(path)
+    masks = [p for p, _ in items if MASK_NAME.search(p.name)]
+    notes = []
+    if masks and len(masks) < len(items):
+        # segmentation datasets (BUSI, LGG) keep masks beside their images: not cases
+        items = [(p, lab) for p, lab in items if not MASK_NAME.search(p.name)]
+        notes.append(f"ignored {len(masks)} mask file(s) named *_mask*")
     names = _sort_labels({lab for _, lab in items})
     idx = {n: i for i, n in enumerate(names)}
     cases = [
         Case(case_id=str(p.relative_to(path)), label=idx[lab], path=p) for p, lab in items
     ]
     return CaseSet(name=path.name, source=str(path), kind="folder", class_names=names, cases=cases,
-                   official_split=False, loader=_load_file)
+                   official_split=False, loader=_load_file, notes=notes)
 
 
 def open_manifest(path: Path) -> CaseSet:
@@ -151,7 +160,9 @@ def open_dataset(path: str | Path) -> CaseSet:
     if str(path).startswith("synthetic:"):
         from meddx.data.synthetic import synthetic_caseset
 
-        return synthetic_caseset()
+        parts = str(path).split(":")
+        n = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 600
+        return synthetic_caseset(n=n)
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError("no such file or folder", path=p, fix="check the path")

@@ -46,5 +46,5 @@ def synthetic_caseset(n: int = 600, seed: int = 0) -> CaseSet:
     def load(c: Case) -> ImageData:
         return ImageData(images[c.index][None].astype(np.float32), meta={"format": "synthetic"})
 
-    return CaseSet(name="phantoms", source="synthetic:phantoms", kind="synthetic", class_names=["normal", "lesion"],
+    return CaseSet(name="phantoms", source=f"synthetic:phantoms:{n}", kind="synthetic", class_names=["normal", "lesion"],
                    cases=cases, official_split=True, loader=load)
