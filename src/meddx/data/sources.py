@@ -137,6 +137,9 @@ def open_manifest(path: Path) -> CaseSet:
             cid = str(r.path.relative_to(path.parent))
         except ValueError:
             cid = str(r.path)
+        if r.patient_id:
+            # a path that embeds the patient identifier is written with its pseudonym instead
+            cid = cid.replace(r.patient_id, pseudonymise(r.patient_id))
         if cid in seen:
             raise DatasetError(f"'{cid}' is listed twice (line {r.line})", path=path,
                                fix="list each image once")
