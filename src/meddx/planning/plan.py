@@ -72,6 +72,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=128, ge=1)
     loss: Literal["ce"] = "ce"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
     early_stopping_patience: Optional[int] = None
     select_metric: Literal["auc", "accuracy", "loss"] = "auc"
     time_budget_s: Optional[float] = None

@@ -93,6 +93,15 @@ class Trainer:
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
         self.loss_fn = create_loss(plan.train.loss, label_smoothing=plan.train.label_smoothing)
 
+    def _set_class_weights(self, y_train: torch.Tensor) -> None:
+        if self.plan.train.class_weights != "balanced":
+            return
+        k = len(self.plan.data.class_names)
+        counts = torch.bincount(y_train, minlength=k).float().clamp(min=1)
+        w = (counts.sum() / (k * counts)).to(self.device)
+        self.loss_fn = create_loss(self.plan.train.loss, label_smoothing=self.plan.train.label_smoothing,
+                                   class_weights=w)
+
     # -- pieces -------------------------------------------------------------------------
     def _steps_per_epoch(self, n: int) -> int:
         bs = self.plan.train.batch_size
@@ -122,6 +131,7 @@ class Trainer:
 
     def measure_epoch_seconds(self, x: torch.Tensor, y: torch.Tensor, n_val: int, probe_steps: int = 6) -> float:
         """Time a few steps on a throwaway copy of the model (the real one is untouched)."""
+        self._set_class_weights(y)
         model = copy.deepcopy(self.model).train()
         opt = create_optimizer(model.parameters(), self.plan.optim)
         sched = create_scheduler(opt, self.plan.schedule, 10, 1)
@@ -146,6 +156,7 @@ class Trainer:
     def fit(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
             *, resume: bool = False) -> FitResult:
         cfg = self.plan.train
+        self._set_class_weights(y_train)
         ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         log_path = self.run_dir / "log.jsonl"
         n = x_train.shape[0]
