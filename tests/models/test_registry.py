@@ -44,6 +44,7 @@ def test_unknown_option_is_named(name):
         ({"num_classes": 0}, "num_classes"),
         ({"input_size": (28, 28, 28)}, "input_size"),
         ({"depth": 0}, "depth"),
+        ({"first_stride": 3}, "first_stride"),
     ],
 )
 def test_invalid_values_raise_plan_error(kwargs, word):

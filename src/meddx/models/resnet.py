@@ -49,7 +49,8 @@ def build_resnet(
     if attention is not None:
         for i, ch in enumerate(planes, start=1):
             name = f"layer{i}"
-            setattr(model, name, nn.Sequential(getattr(model, name), make_attention(attention, spatial_dims, ch * expansion)))
+            attn = make_attention(attention, spatial_dims, ch * expansion)
+            setattr(model, name, nn.Sequential(getattr(model, name), attn))
     if dropout > 0:
         model.avgpool = nn.Sequential(model.avgpool, nn.Dropout(dropout))
     model.cam_layer = "layer4"
