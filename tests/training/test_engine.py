@@ -69,3 +69,32 @@ def test_time_budget_sizes_the_schedule(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["training"]["train_seconds"] < 8.0 * 1.6 + 2
     assert m["training"]["epochs_planned"] >= 1
+
+
+def test_ema_tracks_weights_and_tta_averages_flips():
+    import torch.nn as nn
+
+    from meddx.training.engine import EMA, predict_proba
+
+    m = nn.Linear(2, 2)
+    ema = EMA(m, decay=0.5)
+    w0 = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(2.0)
+    ema.update(m)
+    assert torch.allclose(ema.state["weight"], w0 + 1.0)  # 0.5 * w0 + 0.5 * (w0 + 2)
+
+    class LeftRight(nn.Module):  # logits = mean of the left half vs the right half
+        def forward(self, x):
+            w = x.shape[-1] // 2
+            return torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))], 1) * 10
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+    x = torch.zeros(1, 1, 4, 4)
+    x[..., :2] = 1.0
+    p = predict_proba(LeftRight(), x, device=torch.device("cpu"))
+    assert p[0, 0] > 0.99
+    p_tta = predict_proba(LeftRight(), x, device=torch.device("cpu"), tta_flip_axes=[1])
+    assert abs(p_tta[0, 0] - 0.5) < 1e-6  # the flip swaps the halves; the average is even

@@ -24,7 +24,7 @@ def _proba(cs, cases, plan, model, progress: bool) -> np.ndarray:
     finally:
         stop()
     with torch.no_grad():
-        return predict_proba(model, x, plan.train.eval_batch_size, torch.device("cpu"))
+        return predict_proba(model, x, plan.train.eval_batch_size, torch.device("cpu"), plan.evaluate.tta_flip_axes)
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: bool = True) -> Path:

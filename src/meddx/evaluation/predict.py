@@ -57,7 +57,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     try:
         for p in paths:
             x = torch.from_numpy(prepare(read_image(p), spec, str(p)))[None]
-            proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"))[0]
+            proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"), plan.evaluate.tta_flip_axes)[0]
             k = int(np.argmax(proba))
             row = {"file": str(p), "predicted": names[k]}
             if threshold is not None:

@@ -72,6 +72,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=128, ge=1)
     loss: Literal["ce"] = "ce"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
     early_stopping_patience: Optional[int] = None
     select_metric: Literal["auc", "accuracy", "loss"] = "auc"
@@ -81,6 +82,7 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
+    tta_flip_axes: list[int] = []  # average predictions over these flips (test-time augmentation)
     threshold_rule: Literal["youden", "sensitivity"] = "youden"
     target_sensitivity: Optional[float] = None
     n_boot: int = 1000

@@ -5,7 +5,8 @@ Rules (kind in brackets, as nnU-Net documents its own):
     R2 channels [rule-based]: 3 when most images are RGB, else 1 (RGB is averaged to grey).
     R3 input size [rule-based]: 2D: the common size when every image shares one <= 64 px,
        else the median short side clamped to [32, 128] and rounded to 8 px (CPU budget);
-       3D: the median shape, each axis clamped to [16, 48] (3D cost grows with the cube).
+       3D: the median shape, each axis clamped to [16, 32] on CPU, [16, 64] with CUDA (3D cost
+       grows with the cube).
     R4 intensity [rule-based]: 8-bit integer data -> ``scale255``; data reaching below -500
        (CT in HU) -> ``clip_scale`` to the dataset's [p0.5, p99.5]; anything else -> per-image z-score.
     R5 model [fixed]: ``small_cnn`` (a residual CNN with a stride-1 stem sized for CPU).
@@ -32,8 +33,16 @@ def _round8(x: float) -> int:
     return int(max(8, round(x / 8) * 8))
 
 
-def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None) -> Plan:
-    """Build a plan from a fingerprint (see the module docstring for the rules)."""
+def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None,
+              cuda: bool | None = None) -> Plan:
+    """Build a plan from a fingerprint (see the module docstring for the rules).
+
+    ``cuda`` (default: whether a GPU is visible) only relaxes the 3D size cap.
+    """
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
     dec: list[Decision] = []
 
     def note(field, value, rule, kind, **reads):
@@ -64,9 +73,10 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
             side = _round8(float(np.clip(min(med), 32, 128)))
             size = [side, side]
     else:
-        size = [int(np.clip(s, 16, 48)) for s in med]
+        cap = 64 if cuda else 32
+        size = [int(np.clip(s, 16, cap)) for s in med]
     note("data.input_size", size, "R3 input size", "rule-based", shape_median=med,
-         distinct_shapes=fp["distinct_shapes"])
+         distinct_shapes=fp["distinct_shapes"], cuda=cuda)
 
     it = fp["intensity"]
     if it["integer_valued"] and it["min"] >= 0 and it["max"] <= 255:
@@ -78,7 +88,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     note("data.intensity", scheme, "R4 intensity", "rule-based", min=it["min"], max=it["max"],
          integer_valued=it["integer_valued"])
 
-    model = ModelConfig(name="small_cnn", params={"dropout": 0.1} if sd == 2 else {"dropout": 0.1, "width": 0.5})
+    model = ModelConfig(name="small_cnn", params={"dropout": 0.1})
     note("model.name", model.name, "R5 model", "fixed")
 
     n_train = sum(fp["split_counts"].get("train", fp["class_counts"]).values())

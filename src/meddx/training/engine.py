@@ -37,14 +37,38 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
-                  device: torch.device | None = None) -> np.ndarray:
-    """Softmax probabilities for a preprocessed, standardised tensor ``(N, C, ...)``."""
+                  device: torch.device | None = None, tta_flip_axes: tuple[int, ...] | list[int] = ()) -> np.ndarray:
+    """Softmax probabilities for a preprocessed, standardised tensor ``(N, C, ...)``.
+
+    With ``tta_flip_axes`` the probabilities are averaged over the image and its flip
+    along each listed spatial axis (test-time augmentation).
+    """
     device = device or next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, x.shape[0], batch_size):
-        out.append(F.softmax(model(x[i:i + batch_size].to(device)).float(), dim=1).cpu())
+        xb = x[i:i + batch_size].to(device)
+        p = F.softmax(model(xb).float(), dim=1)
+        for ax in tta_flip_axes:
+            p = p + F.softmax(model(xb.flip(2 + ax)).float(), dim=1)
+        out.append((p / (1 + len(tta_flip_axes))).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (ours: a few lines)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.state[k].copy_(v)
 
 
 def val_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -168,6 +192,8 @@ class Trainer:
         history: list[dict] = []
         start_epoch, best_metric, best_epoch, bad_epochs, elapsed = 1, -math.inf, 0, 0, 0.0
         best_state = copy.deepcopy(model.state_dict())
+        ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+        eval_model = copy.deepcopy(model) if ema else model
         if resume and ckpt_path.exists():
             st = load_checkpoint(ckpt_path, map_location=self.device)
             model.load_state_dict(st["model"])
@@ -176,6 +202,8 @@ class Trainer:
             history, best_metric, best_epoch = st["history"], st["best_metric"], st["best_epoch"]
             bad_epochs, elapsed, best_state = st["bad_epochs"], st["elapsed"], st["best_model"]
             start_epoch = st["epoch"] + 1
+            if ema is not None:
+                ema.state = st["ema"]
             if st.get("finished"):
                 start_epoch = epochs + 1
         y_val_np = y_val.numpy()
@@ -190,8 +218,13 @@ class Trainer:
                 losses = []
                 for idx, gen in self._epoch_batches(n, epoch):
                     losses.append(self._train_step(model, opt, sched, x_train[idx], y_train[idx], gen))
+                    if ema is not None:
+                        ema.update(model)
                     bar.advance(f"epoch {epoch}/{epochs} loss {losses[-1]:.3f}")
-                proba = predict_proba(model, x_val, cfg.eval_batch_size, self.device)
+                if ema is not None:
+                    eval_model.load_state_dict(ema.state)
+                proba = predict_proba(eval_model, x_val, cfg.eval_batch_size, self.device,
+                                      self.plan.evaluate.tta_flip_axes)
                 sc = val_scores(y_val_np, proba)
                 score = -sc["loss"] if select == "loss" else sc[select]
                 if math.isnan(score):
@@ -199,7 +232,7 @@ class Trainer:
                 improved = score > best_metric
                 if improved:
                     best_metric, best_epoch, bad_epochs = score, epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(eval_model.state_dict())
                 else:
                     bad_epochs += 1
                 elapsed = time.perf_counter() - t_start
@@ -222,6 +255,7 @@ class Trainer:
                     "scheduler": sched.state_dict(), "history": history, "best_metric": best_metric,
                     "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
                     "best_model": best_state, "finished": stop is not None or epoch == epochs,
+                    "ema": ema.state if ema is not None else None,
                 })
                 bar.set_note(f"val {select} {sc[select] if select != 'loss' else sc['loss']:.4f} "
                              f"(best {abs(best_metric):.4f} @ {best_epoch})")
