@@ -10,7 +10,8 @@ Rules (kind in brackets, as nnU-Net documents its own):
     R4 intensity [rule-based]: 8-bit integer data -> ``scale255``; data reaching below -500
        (CT in HU) -> ``clip_scale`` to the dataset's [p0.5, p99.5]; anything else -> per-image z-score.
     R5 model [fixed]: ``small_cnn`` (a residual CNN with a stride-1 stem sized for CPU).
-    R6 batch size [rule-based]: 2D 128 (64 under 2000 training cases), 3D 32 at <= 32^3, else 8.
+    R6 batch size [rule-based]: 2D 128 (64 under 2000 training cases), 3D 16 at <= 32^3, else 4
+       (on VesselMNIST3D validation AUC, 16 beat 32 at equal time: more steps per second).
     R7 optimiser and schedule [fixed]: AdamW, cosine with 1 warm-up epoch.
     R8 augmentation [rule-based]: 2D: small rotation, zoom, shift and intensity jitter;
        3D: flips on every axis plus the same jitter.
@@ -95,7 +96,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     if sd == 2:
         bs = 128 if n_train >= 2000 else 64
     else:
-        bs = 32 if max(size) <= 32 else 8
+        bs = 16 if max(size) <= 32 else 4
     note("train.batch_size", bs, "R6 batch size", "rule-based", n_train=n_train, input_size=size)
 
     if sd == 2:
