@@ -121,3 +121,11 @@ def test_bad_plan_file(tiny_folder, tmp_path):
 def test_not_a_run_dir(tmp_path):
     r = meddx("evaluate", tmp_path)
     assert_user_error(r, "plan.yaml")
+
+
+def test_mixed_dimensionality_names_a_file(tiny_folder, tmp_path, real_data):
+    import shutil
+
+    vol = sorted((real_data / "seg" / "msd_hippocampus_udacity" / "images").iterdir())[0]
+    shutil.copy(vol, tiny_folder / "lesion" / vol.name)
+    _train_fails(tmp_path, tiny_folder, vol.name, "mixed 2D and 3D")

@@ -15,7 +15,7 @@ from meddx.evaluation.evaluate_run import evaluate_run
 from meddx.evaluation.predict import predict_paths
 from meddx.training.run import train_run
 
-from data.test_sources_real import lgg_manifest
+from data.test_sources_real import lgg_manifest, pgbm_manifest
 
 
 def _run(dataset, out, **ov):
@@ -75,11 +75,7 @@ def test_lgg_tiff_manifest_grouped_split(real_data, tmp_path):
 @pytest.mark.slow
 def test_dicom_manifest_and_series_predict(real_data, tmp_path):
     pgbm = real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001"
-    series = {s.name: s for s in pgbm.iterdir()}
-    rows = [(f, "T1post") for f in sorted(series["11-T1post-80644"].glob("*.dcm"))]
-    rows += [(f, "FLAIR") for f in sorted(series["35623-FLAIRreg-79237"].glob("*.dcm"))]
-    m = tmp_path / "dicom.csv"
-    m.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
+    m, series = pgbm_manifest(real_data, tmp_path)
     run = _run(m, tmp_path / "dcm", **{"data.input_size": [64, 64]})
     _check_run(run, 2)
     out = predict_paths(run, series["37908-T2reg-21119"], progress=False)

@@ -142,7 +142,7 @@ def _print_summary(run: Path, sub: str = "") -> None:
 
     for label, s in m["operating_points"].items():
         o = s["overall"]
-        t.add_row(label, f(o.get("auc") or o.get("auc_macro")), f(o["accuracy"]), f(o["balanced_accuracy"]),
+        t.add_row(label.replace("validation-chosen threshold", "val. threshold"), f(o.get("auc") or o.get("auc_macro")), f(o["accuracy"]), f(o["balanced_accuracy"]),
                   f(o.get("sensitivity") or o.get("sensitivity_macro")),
                   f(o.get("specificity") or o.get("specificity_macro")))
     console.print(t)

@@ -90,13 +90,18 @@ def test_lgg_tiff_manifest_with_patient_groups(real_data, tmp_path):
     assert img.array.shape == (3, 256, 256)
 
 
-def test_dicom_and_nifti_manifests(real_data, tmp_path):
-    pgbm = real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001"
-    series = {s.name: s for s in pgbm.iterdir()}
+def pgbm_manifest(real_data, tmp_path):
+    """PGBM-001 DICOM slices labelled by their series (T1 post-contrast or FLAIR)."""
+    series = {s.name: s for s in (real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001").iterdir()}
     rows = [(f, "T1post") for f in sorted(series["11-T1post-80644"].glob("*.dcm"))]
     rows += [(f, "FLAIR") for f in sorted(series["35623-FLAIRreg-79237"].glob("*.dcm"))]
     m = tmp_path / "dicom.csv"
     m.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
+    return m, series
+
+
+def test_dicom_and_nifti_manifests(real_data, tmp_path):
+    m, _ = pgbm_manifest(real_data, tmp_path)
     cs = open_dataset(m)
     fp = compute_fingerprint(cs)
     assert fp["n_cases"] == 48 and fp["spacing_median"] == [0.6875, 0.6875]

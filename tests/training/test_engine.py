@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from meddx.training.run import train_run
@@ -98,3 +99,50 @@ def test_ema_tracks_weights_and_tta_averages_flips():
     assert p[0, 0] > 0.99
     p_tta = predict_proba(LeftRight(), x, device=torch.device("cpu"), tta_flip_axes=[1])
     assert abs(p_tta[0, 0] - 0.5) < 1e-6  # the flip swaps the halves; the average is even
+
+
+def _tiny_plan(**train):
+    from meddx.planning.plan import DataConfig, Plan, TrainConfig
+
+    return Plan(data=DataConfig(source="t", kind="synthetic", class_names=["a", "b"], spatial_dims=2, channels=1,
+                                input_size=[12, 12]), train=TrainConfig(**train))
+
+
+def _tiny_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 12, 12, generator=g)
+    y = (x[:, 0, :6].mean((1, 2)) > 0).long()
+    x[y == 1, :, :6] += 1.0
+    return x, y
+
+
+def test_early_stopping_stops_after_patience(tmp_path, monkeypatch):
+    from meddx.models import create_model
+    from meddx.training import engine
+
+    aucs = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    monkeypatch.setattr(engine, "val_scores", lambda y, p: {"auc": next(aucs), "accuracy": 0.5, "loss": 1.0})
+    plan = _tiny_plan(epochs=6, batch_size=16, early_stopping_patience=2)
+    model = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(12, 12))
+    x, y = _tiny_data()
+    res = engine.Trainer(plan, model, tmp_path, progress=False).fit(x, y, x[:16], y[:16])
+    assert res.stopped_by == "early_stopping" and res.epochs_run == 3 and res.best_epoch == 1
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam", "adamw", "rmsprop"])
+def test_every_optimiser_and_l1_shrinks_weights(tmp_path, opt):
+    from meddx.models import create_model
+    from meddx.planning.plan import OptimConfig
+    from meddx.training.engine import Trainer
+
+    x, y = _tiny_data()
+    norms = {}
+    for l1 in (0.0, 1e-3):
+        plan = _tiny_plan(epochs=3, batch_size=16)
+        plan.optim = OptimConfig(name=opt, lr=0.01, weight_decay=0.0, l1=l1)
+        torch.manual_seed(0)
+        model = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(12, 12))
+        Trainer(plan, model, tmp_path / f"{opt}{l1}", progress=False).fit(x, y, x[:16], y[:16])
+        last = torch.load(tmp_path / f"{opt}{l1}" / "checkpoints" / "last.pt", weights_only=True)["model"]
+        norms[l1] = sum(v.abs().sum().item() for k, v in last.items() if k.endswith("weight") and v.ndim > 1)
+    assert norms[1e-3] < norms[0.0]

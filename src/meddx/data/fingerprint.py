@@ -43,6 +43,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     hashes: dict[str, list[str]] = defaultdict(list)
     problems: list[dict] = []
     integer_valued = True
+    dims_example: dict[str, str] = {}
     data_hash = hashlib.sha256()
     for c in cs.cases:
         where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
@@ -60,6 +61,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         shapes.append(img.spatial_shape)
         chans.append(img.channels)
         dims.append(img.spatial_dims)
+        dims_example.setdefault(str(img.spatial_dims), where)
         if img.spacing is not None:
             spacings.append(tuple(float(s) for s in img.spacing))
         flat = a.reshape(-1)
@@ -105,6 +107,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     pix = np.concatenate(samples)
     fp.update({
         "spatial_dims": sorted(set(dims)),
+        "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
         "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
         "shape_min": [int(x) for x in arr_shapes.min(0)],

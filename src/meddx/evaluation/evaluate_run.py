@@ -13,12 +13,12 @@ from meddx.data.split import read_split
 from meddx.errors import DatasetError, RunError
 from meddx.evaluation.run_report import evaluate_run_outputs
 from meddx.training.engine import predict_proba
-from meddx.training.run import _progress_cb, load_run
+from meddx.training.run import progress_callback, load_run
 
 
 def _proba(cs, cases, plan, model, progress: bool) -> np.ndarray:
     spec = PreprocessSpec.from_plan(plan.data)
-    cb, stop = _progress_cb(progress, len(cases), "preprocessing")
+    cb, stop = progress_callback(progress, len(cases), "preprocessing")
     try:
         x = standardise(build_tensor(cs, cases, spec, cb), spec)
     finally:

@@ -35,7 +35,7 @@ def _figure(figsize=FIGSIZE):
 def _finish(fig, path: str | Path | None) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)  # long class names
     fig.clear()
     data = buf.getvalue()
     if path is not None:

@@ -15,7 +15,7 @@ from meddx.data.preprocess import PreprocessSpec, prepare, standardise
 from meddx.errors import InputError, RunError
 from meddx.io import is_readable_path, read_image
 from meddx.training.engine import predict_proba
-from meddx.training.run import _progress_cb, load_run
+from meddx.training.run import progress_callback, load_run
 
 
 def _is_dicom_series(folder: Path) -> bool:
@@ -53,7 +53,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     names = list(plan.data.class_names)
     paths = collect_inputs(Path(target), plan.data.spatial_dims)
     rows = []
-    cb, stop = _progress_cb(progress and len(paths) > 20, len(paths), "predicting")
+    cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
     try:
         for p in paths:
             x = torch.from_numpy(prepare(read_image(p), spec, str(p)))[None]

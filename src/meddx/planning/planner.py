@@ -52,7 +52,9 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
 
     dims = fp.get("spatial_dims") or []
     if len(dims) != 1:
-        raise DatasetError(f"mixed 2D and 3D images ({dims})", path=source,
+        ex = fp.get("dims_example", {})
+        odd = ", ".join(f"{v} is {k}D" for k, v in sorted(ex.items()))
+        raise DatasetError(f"mixed 2D and 3D images ({odd or dims})", path=source,
                            fix="keep 2D and 3D images in separate datasets")
     sd = note("data.spatial_dims", dims[0], "R1 dimensionality", "rule-based", spatial_dims=dims)
 

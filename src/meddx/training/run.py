@@ -24,7 +24,7 @@ from meddx.data.case import CaseSet
 from meddx.data.fingerprint import compute_fingerprint
 from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
 from meddx.data.sources import open_dataset
-from meddx.data.split import apply_split, make_split, write_split
+from meddx.data.split import apply_split, make_split, read_split, write_split
 from meddx.errors import MeddxError, PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_plan
@@ -86,7 +86,7 @@ def build_model(plan: Plan) -> torch.nn.Module:
                         **plan.model.params)
 
 
-def _progress_cb(enabled: bool, total: int, desc: str):
+def progress_callback(enabled: bool, total: int, desc: str):
     if not enabled:
         return None, lambda: None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -99,7 +99,7 @@ def _progress_cb(enabled: bool, total: int, desc: str):
 
 
 def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True) -> dict:
-    cb, stop = _progress_cb(progress, len(cs.cases), "reading images")
+    cb, stop = progress_callback(progress, len(cs.cases), "reading images")
     try:
         return compute_fingerprint(cs, strict=strict, progress=cb)
     finally:
@@ -109,7 +109,7 @@ def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True) -> dic
 def prepare_tensors(cs: CaseSet, parts: dict, plan: Plan, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Preprocess every split; the standardisation statistics come from train only."""
     spec = PreprocessSpec.from_plan(plan.data)
-    cb, stop = _progress_cb(progress, len(cs.cases), "preprocessing")
+    cb, stop = progress_callback(progress, len(cs.cases), "preprocessing")
     try:
         raw = {s: build_tensor(cs, cases, spec, cb) for s, cases in parts.items()}
     finally:
@@ -170,7 +170,10 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
     if plan.data.split == "official" and not cs.official_split:
         raise PlanError("the plan asks for the dataset's own split but it has none", path=cs.source,
                         fix="set data.split: seeded")
-    split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
+    if resume and (out / "split.csv").exists():
+        split = read_split(out / "split.csv")  # the split the run started with, whatever changed since
+    else:
+        split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
     parts = apply_split(cs, split)
     try:
         if not resume:
@@ -181,12 +184,15 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
                                           "versions": versions(), "machine": machine()})
             write_json(out / "fingerprint.json", fp)
             write_split(out / "split.csv", cs)
+            plan.save(out / "plan.yaml")  # so a run killed while preprocessing can be resumed
         tensors = prepare_tensors(cs, parts, plan, progress)
         model = build_model(plan)
         trainer = Trainer(plan, model, out, progress=progress)
         xtr, ytr = tensors["train"]
         xva, yva = tensors["val"]
-        if not resume and plan.train.time_budget_s:
+        started = (out / "checkpoints" / "last.pt").exists()
+        sized = any(d.rule == "R9 epochs" for d in plan.decisions)
+        if plan.train.time_budget_s and not started and not sized:
             per_epoch = trainer.measure_epoch_seconds(xtr, ytr, xva.shape[0])
             epochs = int(np.clip(plan.train.time_budget_s * 0.97 // max(per_epoch, 1e-6), 1,
                                  plan.train.max_epochs_with_budget))
@@ -194,12 +200,10 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
             plan.decisions.append(Decision(field="train.epochs", value=epochs, rule="R9 epochs", kind="rule-based",
                                            reads={"time_budget_s": plan.train.time_budget_s,
                                                   "measured_epoch_s": round(per_epoch, 3)}))
-        if not resume:
-            plan.save(out / "plan.yaml")
+        plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
         seed_everything(plan.seed)
-        if not resume:
-            # re-create so the weights do not depend on whether the budget probe ran
-            trainer.model = build_model(plan).to(trainer.device)
+        # re-create so the weights do not depend on whether the budget probe ran
+        trainer.model = build_model(plan).to(trainer.device)
         log(f"training {plan.model.name} on {xtr.shape[0]} cases ({plan.data.spatial_dims}D, input "
             f"{plan.data.input_size}, {plan.train.epochs} epochs) -> {out}")
         result = trainer.fit(xtr, ytr, xva, yva, resume=resume)
