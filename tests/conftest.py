@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("MEDDX_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+from meddx_testutils import data_dir, write_png
 
 
 @pytest.fixture(scope="session")
@@ -20,14 +15,6 @@ def real_data() -> Path:
     d = data_dir()
     assert d.exists(), f"real data not found at {d}; set MEDDX_DATA_DIR"
     return d
-
-
-def write_png(path: Path, arr: np.ndarray) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
 
 
 @pytest.fixture

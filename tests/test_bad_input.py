@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import write_png
+from meddx_testutils import write_png
 
 
 def meddx(*args):

@@ -9,13 +9,11 @@ import json
 
 import pytest
 
-from conftest import REPO  # noqa: F401  (tests dir on sys.path)
-
 from meddx.evaluation.evaluate_run import evaluate_run
 from meddx.evaluation.predict import predict_paths
 from meddx.training.run import train_run
 
-from data.test_sources_real import lgg_manifest, pgbm_manifest
+from meddx_testutils import lgg_manifest, pgbm_manifest
 
 
 def _run(dataset, out, **ov):

@@ -1,13 +1,12 @@
 """Every supported dataset kind opens, fingerprints and plans on the real data."""
 
-import csv
-
 import numpy as np
 import pytest
 
 from meddx.data.fingerprint import compute_fingerprint
 from meddx.data.sources import open_dataset
 from meddx.planning.planner import make_plan
+from meddx_testutils import lgg_manifest, pgbm_manifest
 
 COUNTS = {  # train / val / test, from MANIFEST.md
     "breastmnist": (546, 78, 156), "pneumoniamnist": (4708, 524, 624), "retinamnist": (1080, 120, 400),
@@ -57,26 +56,6 @@ def test_busi_class_folder(real_data):
     assert all("_mask" not in c.case_id for c in cs.cases)
 
 
-def lgg_manifest(real_data, tmp_path):
-    """LGG slices labelled by whether their FLAIR mask has tumour; grouped by patient."""
-    from meddx.io import read_image
-
-    root = real_data / "seg" / "lgg_mri_kaggle_3m_subset"
-    rows = []
-    for patient in sorted(p for p in root.iterdir() if p.is_dir()):
-        for img in sorted(patient.glob("*.tif")):
-            if img.name.endswith("_mask.tif"):
-                continue
-            mask = read_image(img.with_name(img.stem + "_mask.tif")).array
-            rows.append((img, "tumour" if mask.max() > 0 else "none", patient.name))
-    m = tmp_path / "lgg.csv"
-    with open(m, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "patient_id"])
-        w.writerows(rows)
-    return m
-
-
 def test_lgg_tiff_manifest_with_patient_groups(real_data, tmp_path):
     from meddx.data.split import apply_split, make_split
 
@@ -88,16 +67,6 @@ def test_lgg_tiff_manifest_with_patient_groups(real_data, tmp_path):
     assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
     img = cs.load(cs.cases[0])
     assert img.array.shape == (3, 256, 256)
-
-
-def pgbm_manifest(real_data, tmp_path):
-    """PGBM-001 DICOM slices labelled by their series (T1 post-contrast or FLAIR)."""
-    series = {s.name: s for s in (real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001").iterdir()}
-    rows = [(f, "T1post") for f in sorted(series["11-T1post-80644"].glob("*.dcm"))]
-    rows += [(f, "FLAIR") for f in sorted(series["35623-FLAIRreg-79237"].glob("*.dcm"))]
-    m = tmp_path / "dicom.csv"
-    m.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
-    return m, series
 
 
 def test_dicom_and_nifti_manifests(real_data, tmp_path):
