@@ -61,7 +61,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         shapes.append(img.spatial_shape)
         chans.append(img.channels)
         dims.append(img.spatial_dims)
-        dims_example.setdefault(str(img.spatial_dims), where)
+        dims_example.setdefault(str(img.spatial_dims), c.case_id)  # case ids carry no patient id
         if img.spacing is not None:
             spacings.append(tuple(float(s) for s in img.spacing))
         flat = a.reshape(-1)

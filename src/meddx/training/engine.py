@@ -180,6 +180,7 @@ class Trainer:
     def fit(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
             *, resume: bool = False) -> FitResult:
         cfg = self.plan.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self._set_class_weights(y_train)
         ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         log_path = self.run_dir / "log.jsonl"
