@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The real data sit beside the repo (as in CI); an explicit MEDDX_DATA_DIR wins.
+export MEDDX_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: demo test venv clean bench
 
