@@ -199,7 +199,8 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folde
     try:
         source = str(locate_medmnist("pneumoniamnist", data_dir=data_dir))
     except (DataUnavailableError, CorruptFileError) as e:
-        err_console.print(f"PneumoniaMNIST unavailable ({e}); running on built-in synthetic phantoms instead.")
+        err_console.print(f"PneumoniaMNIST unavailable ({e}); running on built-in synthetic phantoms instead.",
+                          markup=False, highlight=False, soft_wrap=True)
         source = "synthetic:phantoms"
     if out.exists() and (out / "plan.yaml").exists():
         shutil.rmtree(out)
