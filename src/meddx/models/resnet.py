@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from monai.networks.nets import ResNet
 from torch import nn
@@ -22,9 +23,9 @@ def build_resnet(
     in_channels: int,
     num_classes: int,
     input_size: Sequence[int],
-    attention: str | None,
-    dropout: float,
-    width: float,
+    attention: str | None = None,
+    dropout: float = 0.0,
+    width: float = 1.0,
 ) -> ResNet:
     """MONAI ResNet; 3x3/1 stem without max-pool up to 64 px, else 7x7/2 + max-pool.
 
@@ -58,55 +59,9 @@ def build_resnet(
     return model
 
 
-@register_model("resnet18")
-def resnet18(
-    *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    input_size: Sequence[int],
-    attention: str | None = None,
-    dropout: float = 0.0,
-    width: float = 1.0,
-) -> ResNet:
-    """ResNet-18 (basic blocks, layers 2-2-2-2) from MONAI."""
-    return build_resnet(
-        "basic", (2, 2, 2, 2), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
-        input_size=input_size, attention=attention, dropout=dropout, width=width,
-    )  # fmt: skip
+# name -> (block, layers): the three variants differ only in these.
+VARIANTS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
+            "resnet50": ("bottleneck", (3, 4, 6, 3))}
 
-
-@register_model("resnet34")
-def resnet34(
-    *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    input_size: Sequence[int],
-    attention: str | None = None,
-    dropout: float = 0.0,
-    width: float = 1.0,
-) -> ResNet:
-    """ResNet-34 (basic blocks, layers 3-4-6-3) from MONAI."""
-    return build_resnet(
-        "basic", (3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
-        input_size=input_size, attention=attention, dropout=dropout, width=width,
-    )  # fmt: skip
-
-
-@register_model("resnet50")
-def resnet50(
-    *,
-    spatial_dims: int,
-    in_channels: int,
-    num_classes: int,
-    input_size: Sequence[int],
-    attention: str | None = None,
-    dropout: float = 0.0,
-    width: float = 1.0,
-) -> ResNet:
-    """ResNet-50 (bottleneck blocks, layers 3-4-6-3) from MONAI."""
-    return build_resnet(
-        "bottleneck", (3, 4, 6, 3), spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
-        input_size=input_size, attention=attention, dropout=dropout, width=width,
-    )  # fmt: skip
+for _name, (_block, _layers) in VARIANTS.items():
+    register_model(_name)(partial(build_resnet, _block, _layers))
