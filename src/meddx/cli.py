@@ -15,7 +15,7 @@ from rich.table import Table
 from meddx.errors import MeddxError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="meddx: plan, train, evaluate and explain medical image classifiers.")
+                  help="meddx: plan, train, evaluate and explain medical image classifiers and segmenters.")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -34,16 +34,34 @@ def _progress_enabled(no_progress: bool) -> bool:
     return not no_progress
 
 
+TASK_HELP = "classify (labels per image) | segment (masks: NAME_mask.png beside images, images/ + masks/, or image,mask CSV)"
+RESAMPLE_HELP = "Segmentation: resize masks whose size differs from their image (nearest neighbour) instead of failing."
+GROUP_HELP = "Segmentation: each image's folder is one patient; no patient is split across train/val/test."
+
+
+def _open(path: str, task: str, resample_masks: bool = False, group_by_folder: bool = False):
+    if task == "segment":
+        from meddx.data.segsources import open_seg_dataset
+
+        return open_seg_dataset(path, resample_masks=resample_masks, group_by_folder=group_by_folder)
+    if task != "classify":
+        raise MeddxError(f"unknown task '{task}'", fix="use --task classify or --task segment")
+    from meddx.data.sources import open_dataset
+
+    return open_dataset(path)
+
+
 # ---------------------------------------------------------------------------------------
 @app.command()
 def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class folder or CSV manifest."),
+            task: str = typer.Option("classify", "--task", help=TASK_HELP),
+            resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON."),
             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Print the dataset fingerprint: cases, classes, shapes, spacing, intensities, problems."""
-    from meddx.data.sources import open_dataset
     from meddx.training.run import fingerprint_dataset, write_json
 
-    cs = open_dataset(path)
+    cs = _open(path, task, resample_masks)
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress), strict=False)
     t = Table(title=f"{cs.name} ({cs.kind})", show_header=False)
     t.add_row("cases", f"{fp['n_cases']} ({fp['n_readable']} readable)")
@@ -64,6 +82,13 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
         t.add_row("duplicates", f"{fp['duplicates']['cases']} cases in {fp['duplicates']['groups']} groups"
                   f" ({fp['duplicates']['across_splits']} across splits)")
     t.add_row("patient groups", "yes" if fp["has_patient_groups"] else "no")
+    if "segmentation" in fp:
+        sg = fp["segmentation"]
+        t.add_row("mask labels", ", ".join(f"{v}={n}" for v, n in zip(sg["label_values"], sg["label_names"]))
+                  + f" ({sg['labels_from']})")
+        t.add_row("foreground share", ", ".join(f"{k}: {v:.2%}" for k, v in sg["label_fraction"].items()))
+        t.add_row("objects", f"{sg['objects']['count']} (median {sg['objects']['size_median']:.0f} px/voxels); "
+                  f"{sg['empty_masks']} empty mask(s)")
     console.print(t)
     for n in fp.get("notes", []):
         console.print(f"[cyan]note:[/] {n}")
@@ -81,15 +106,20 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
 def plan(path: str = typer.Argument(..., help="Dataset path."),
          out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
          seed: int = typer.Option(0, help="Seed recorded in the plan."),
+         task: str = typer.Option("classify", "--task", help=TASK_HELP),
+         resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
+         group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
          no_progress: bool = typer.Option(False, "--no-progress")):
     """Write the plan (editable YAML) that `meddx train --plan` would run."""
-    from meddx.data.sources import open_dataset
-    from meddx.planning.planner import make_plan
+    from meddx.planning.planner import make_plan, make_seg_plan
     from meddx.training.run import fingerprint_dataset
 
-    cs = open_dataset(path)
+    cs = _open(path, task, resample_masks, group_by_folder)
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress))
-    p = make_plan(fp, source=str(Path(path).resolve()), seed=seed)
+    if task == "segment":
+        p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder)
+    else:
+        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed)
     p.save(out)
     console.print(f"plan written to {out}")
     for d in p.decisions:
@@ -114,18 +144,55 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="youden | sensitivity"),
           target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
                                                              help="With --threshold-rule sensitivity."),
+          task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP + " (default: classify, or the plan's)"),
+          loss: Optional[str] = typer.Option(None, "--loss", help="Segmentation: dice | dice_ce | dice_focal | tversky"),
+          resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
+          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")):
-    """Train a classifier and write a complete run directory (plan, split, checkpoints, report)."""
+    """Train a classifier or segmenter and write a complete run directory (plan, split, checkpoints, report)."""
+    from meddx.planning.plan import Plan
     from meddx.training.run import train_run
 
     budget = parse_duration(time_budget)
     ov = {"seed": seed, "train.time_budget_s": budget, "train.epochs": epochs, "model.name": model,
           "train.batch_size": batch_size, "optim.lr": lr, "optim.name": optimizer, "schedule.name": schedule,
-          "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity}
+          "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity,
+          "segment.loss": loss}
     ov = {k: v for k, v in ov.items() if v is not None}
+    if task is None:
+        src = (out / "plan.yaml") if resume else plan_file
+        task = Plan.load(src).task if src is not None and Path(src).exists() else "classify"
+    if task == "segment":
+        from meddx.training.seg_run import train_seg_run
+
+        if image_size:
+            ov["data.input_size"] = [image_size, image_size]
+        run = train_seg_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
+                            resample_masks=resample_masks, group_by_folder=group_by_folder,
+                            progress=_progress_enabled(no_progress), log=console.print)
+        _print_seg_summary(run)
+        return
+    if task != "classify":
+        raise MeddxError(f"unknown task '{task}'", fix="use --task classify or --task segment")
     run = train_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
                     image_size=image_size, progress=_progress_enabled(no_progress), log=console.print)
     _print_summary(run)
+
+
+def _print_seg_summary(run: Path, sub: str = "") -> None:
+    m = json.loads((run / sub / "metrics.json").read_text())
+    t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']}, distances in {m['distance_units']})")
+    for c in ("class", "Dice", "IoU", "HD95", "ASD"):
+        t.add_column(c)
+
+    def f(x):
+        return "n/a" if x["value"] != x["value"] else f"{x['value']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]"
+
+    for name, v in m["summary"]["per_class"].items():
+        t.add_row(name, *(f(v[k]) for k in ("dice", "iou", "hd95", "asd")))
+    t.add_row("mean", *(f(m["summary"]["mean"][k]) for k in ("dice", "iou", "hd95", "asd")))
+    console.print(t)
+    console.print(f"report: {run / sub / 'report.html'}")
 
 
 def _print_summary(run: Path, sub: str = "") -> None:

@@ -25,6 +25,7 @@ class Case:
         group: pseudonymised patient key (a hash, never the raw identifier) or None.
         path: file or series folder, for file-backed datasets.
         index: row in an in-memory array, for array-backed datasets (MedMNIST).
+        masks: segmentation only: the mask file(s) of this image (several are merged).
     """
 
     case_id: str
@@ -33,6 +34,7 @@ class Case:
     group: str | None = None
     path: Path | None = None
     index: int | None = None
+    masks: tuple[Path, ...] = ()
 
 
 def pseudonymise(value: str, salt: str = "meddx") -> str:
@@ -52,6 +54,10 @@ class CaseSet:
         cases: all cases, in a deterministic order.
         official_split: True when the dataset itself defines train/val/test.
         loader: function ``Case -> ImageData``.
+        task: ``classify`` (labels are the target) or ``segment`` (masks are the target;
+            ``label`` is then only the stratum the split balances, e.g. BUSI's class folder).
+        declared_labels: segmentation only: mask value -> name, when the dataset declares
+            its label set (``dataset.json``); masks with other values are refused.
     """
 
     name: str
@@ -62,6 +68,9 @@ class CaseSet:
     official_split: bool
     loader: Callable[[Case], ImageData] = field(repr=False)
     notes: list[str] = field(default_factory=list)
+    task: str = "classify"
+    declared_labels: dict[int, str] | None = None
+    resample_masks: bool = False
 
     def load(self, case: Case) -> ImageData:
         return self.loader(case)

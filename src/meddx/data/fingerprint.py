@@ -45,11 +45,19 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     integer_valued = True
     dims_example: dict[str, str] = {}
     data_hash = hashlib.sha256()
+    seg = _MaskStats() if cs.task == "segment" else None
     for c in cs.cases:
         where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
         try:
-            img = cs.load(c)
+            if seg is not None:
+                from meddx.data.segsources import load_mask_values
+
+                img, mask = load_mask_values(cs, c)
+            else:
+                img = cs.load(c)
             check_pixels(img.array, where)
+            if seg is not None:
+                seg.add(mask)
         except MeddxError as e:
             if strict:
                 raise
@@ -103,6 +111,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     if not shapes:
         fp["findings"] = ["no case could be read"]
         return fp
+    if seg is not None:
+        fp["segmentation"] = seg.summary(cs)
     arr_shapes = np.array([s for s in shapes if len(s) == max(dims)]) if shapes else np.zeros((0, 2))
     pix = np.concatenate(samples)
     fp.update({
@@ -140,7 +150,53 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     if dups:
         findings.append(f"{fp['duplicates']['cases']} cases in {len(dups)} groups of identical images"
                         + (f", {len(cross)} group(s) span splits (leakage)" if cross else ""))
-    if fp["imbalance_ratio"] and fp["imbalance_ratio"] >= 3:
+    if seg is not None and fp["segmentation"]["empty_masks"]:
+        findings.append(f"{fp['segmentation']['empty_masks']} case(s) have an empty mask (no foreground)")
+    if seg is None and fp["imbalance_ratio"] and fp["imbalance_ratio"] >= 3:
         findings.append(f"class imbalance {fp['imbalance_ratio']}:1")
     fp["findings"] = findings
     return fp
+
+
+class _MaskStats:
+    """Mask values, foreground share and object sizes over a segmentation dataset."""
+
+    def __init__(self):
+        self.values: set[float] = set()
+        self.counts: Counter = Counter()
+        self.total = 0
+        self.empty = 0
+        self.objects: list[int] = []
+
+    def add(self, mask: np.ndarray) -> None:
+        from scipy import ndimage
+
+        vals, cnt = np.unique(mask, return_counts=True)
+        self.values.update(float(v) for v in vals)
+        self.counts.update({float(v): int(n) for v, n in zip(vals, cnt)})
+        self.total += mask.size
+        fg = mask != 0
+        if not fg.any():
+            self.empty += 1
+            return
+        lab, n = ndimage.label(fg)
+        self.objects.extend(int(x) for x in np.bincount(lab.ravel())[1:])
+
+    def summary(self, cs: CaseSet) -> dict:
+        from meddx.data.segsources import infer_label_values
+
+        values, names, how = infer_label_values(self.values, cs.declared_labels, cs.source)
+        if how.startswith("binary"):
+            frac = {names[1]: sum(n for v, n in self.counts.items() if v != 0) / max(1, self.total)}
+        else:
+            frac = {nm: self.counts.get(float(v), 0) / max(1, self.total) for v, nm in zip(values, names)}
+        obj = np.array(self.objects) if self.objects else np.zeros(1)
+        return {
+            "mask_values": sorted(self.values)[:64],
+            "label_values": values, "label_names": names, "labels_from": how,
+            "label_fraction": {k: round(float(v), 5) for k, v in frac.items()},
+            "empty_masks": self.empty,
+            "objects": {"count": len(self.objects), "size_median": float(np.median(obj)),
+                        "size_p05": float(np.percentile(obj, 5)), "size_min": int(obj.min())},
+            "resample_masks": cs.resample_masks,
+        }

@@ -1,4 +1,4 @@
-"""CSV manifests: ``path,label[,split][,patient_id]`` with a header row."""
+"""CSV manifests: ``path,label[,split][,patient_id]`` (or ``image,mask,...`` for segmentation) with a header row."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ _ALIASES = {
     "label": ("label", "class", "target"),
     "split": ("split",),
     "patient_id": ("patient_id", "patient", "subject", "subject_id"),
+    "mask": ("mask", "masks", "seg", "segmentation", "mask_path", "label_path", "label_image"),
 }
 _SPLITS = {
     "train": "train", "training": "train",
@@ -31,6 +32,7 @@ class ManifestRow:
     split: str | None
     patient_id: str | None
     line: int
+    masks: tuple[Path, ...] = ()
 
 
 def _canonical(name: str) -> str | None:
@@ -41,7 +43,8 @@ def _canonical(name: str) -> str | None:
     return None
 
 
-def read_manifest(csv_path: str | Path, *, require_label: bool = True) -> list[ManifestRow]:
+def read_manifest(csv_path: str | Path, *, require_label: bool = True,
+                  require_mask: bool = False) -> list[ManifestRow]:
     """Read and validate a CSV (or tab-separated) manifest.
 
     Columns (case-insensitive): ``path`` (or image/file/filename), ``label`` (or
@@ -53,6 +56,8 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True) -> list[M
         csv_path: the manifest file.
         require_label: if True (default) a label column and a label on every row are required;
             if False they may be absent (rows get ``label=None``), e.g. for prediction lists.
+        require_mask: segmentation: a ``mask`` column (or seg/segmentation) is required and
+            every row names one or more masks, separated by ``;``.
 
     Raises:
         DatasetError: missing/unreadable file, no header, missing columns, empty path or
@@ -77,23 +82,23 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True) -> list[M
         if not any(c.strip() for c in cells):
             continue
         if header is None:
-            header = _parse_header(p, cells, require_label)
+            header = _parse_header(p, cells, require_label, require_mask)
             continue
-        rows.append(_parse_row(p, header, cells, line, require_label))
+        rows.append(_parse_row(p, header, cells, line, require_label, require_mask))
     if header is None:
         raise DatasetError("manifest is empty", path=p, fix=_HEADER_FIX + ", then one line per image")
     if not rows:
         raise DatasetError("manifest has a header but no rows", path=p, fix="add one line per image")
-    missing = [r for r in rows if not r.path.exists()]
+    missing = [(r, q) for r in rows for q in (r.path, *r.masks) if not q.exists()]
     if missing:
-        m = missing[0]
+        m, q = missing[0]
         raise DatasetError(
-            f"{len(missing)} of {len(rows)} listed files do not exist; first: '{m.path}' (line {m.line})",
+            f"{len(missing)} listed files do not exist; first: '{q}' (line {m.line})",
             path=p, fix="correct the paths (relative paths are taken from the CSV's folder) or remove those lines")
     return rows
 
 
-def _parse_header(p: Path, cells: list[str], require_label: bool) -> list[str | None]:
+def _parse_header(p: Path, cells: list[str], require_label: bool, require_mask: bool = False) -> list[str | None]:
     header = [_canonical(c) for c in cells]
     for canon in _ALIASES:
         hits = [cells[i].strip() for i, h in enumerate(header) if h == canon]
@@ -103,13 +108,17 @@ def _parse_header(p: Path, cells: list[str], require_label: bool) -> list[str | 
     if "path" not in header:
         raise DatasetError(f"no path column in header ({', '.join(c.strip() for c in cells)})", path=p,
                            fix=_HEADER_FIX)
+    if require_mask and "mask" not in header:
+        raise DatasetError(f"no mask column in header ({', '.join(c.strip() for c in cells)})", path=p,
+                           fix="start the file with a header row such as image,mask,split,patient_id")
     if require_label and "label" not in header:
         raise DatasetError(f"no label column in header ({', '.join(c.strip() for c in cells)})", path=p,
                            fix=_HEADER_FIX)
     return header
 
 
-def _parse_row(p: Path, header: list[str | None], cells: list[str], line: int, require_label: bool) -> ManifestRow:
+def _parse_row(p: Path, header: list[str | None], cells: list[str], line: int, require_label: bool,
+               require_mask: bool = False) -> ManifestRow:
     if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
         raise DatasetError(f"line {line} has {len(cells)} fields but the header has {len(header)}", path=p,
                            fix="quote values that contain the delimiter, or fix the line")
@@ -128,7 +137,11 @@ def _parse_row(p: Path, header: list[str | None], cells: list[str], line: int, r
             raise DatasetError(f"line {line} has split '{split_raw[:40]}'", path=p,
                                fix="use train, val or test (or leave it empty)")
     target = _resolve(p, raw_path)
-    return ManifestRow(path=target, label=label, split=split, patient_id=values.get("patient_id") or None, line=line)
+    masks = tuple(_resolve(p, m.strip()) for m in values.get("mask", "").split(";") if m.strip())
+    if require_mask and not masks:
+        raise DatasetError(f"line {line} has an empty mask", path=p, fix="fill in the mask path or remove the line")
+    return ManifestRow(path=target, label=label, split=split, patient_id=values.get("patient_id") or None, line=line,
+                       masks=masks)
 
 
 def _resolve(p: Path, raw_path: str) -> Path:

@@ -20,14 +20,16 @@ from meddx.errors import PlanError
 Builder = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, Builder] = {}
+_TASKS: dict[str, str] = {}
 _FIXED_ARGS = ("spatial_dims", "in_channels", "num_classes", "input_size")
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+def register_model(name: str, task: str = "classify") -> Callable[[Builder], Builder]:
     """Decorator that registers a model builder under ``name``.
 
     Args:
         name: the name plans use, e.g. ``"resnet18"``.
+        task: ``classify`` (logits per image) or ``segment`` (logits per pixel/voxel).
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -43,14 +45,21 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         if missing:
             raise TypeError(f"model builder {fn.__qualname__} lacks keyword arguments {missing}")
         _REGISTRY[name] = fn
+        _TASKS[name] = task
         return fn
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the registered models (of one task, if given), sorted."""
+    return sorted(n for n in _REGISTRY if task is None or _TASKS[n] == task)
+
+
+def model_task(name: str) -> str:
+    """``classify`` or ``segment`` for a registered model."""
+    _get(name)
+    return _TASKS[name]
 
 
 def model_options(name: str) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class TrainConfig(_Strict):
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
     early_stopping_patience: Optional[int] = None
-    select_metric: Literal["auc", "accuracy", "loss"] = "auc"
+    select_metric: Literal["auc", "accuracy", "loss", "dice"] = "auc"
     time_budget_s: Optional[float] = None
     max_epochs_with_budget: int = 200
     eval_batch_size: int = 256
@@ -89,6 +89,25 @@ class EvaluateConfig(_Strict):
     ece_bins: int = 15
 
 
+class SegmentConfig(_Strict):
+    """Segmentation: labels, patching, loss and post-processing (``task: segment``)."""
+
+    label_values: list[int]          # mask values; index in this list = class index
+    label_names: list[str]
+    resample_masks: bool = False     # resize masks whose size differs from their image (else an error)
+    group_by_folder: bool = False    # each image's folder is one patient (split by folder)
+    patch_size: Optional[list[int]] = None  # 3D: training patch and sliding window; None: whole image
+    fg_oversample: float = Field(default=0.33, ge=0, le=1)  # share of patches centred on foreground
+    loss: Literal["dice", "dice_ce", "dice_focal", "tversky"] = "dice_ce"
+    class_weights: Optional[list[float]] = None
+    sw_overlap: float = Field(default=0.5, ge=0, lt=1)
+    sw_mode: Literal["gaussian", "constant"] = "gaussian"
+    tta_flip_axes: list[int] = []    # average over flips at inference (spatial axes)
+    choose_postprocess: bool = True  # try the options below on validation and keep those that help
+    postprocess: list[Literal["largest_component", "fill_holes", "remove_small"]] = []
+    min_size: int = Field(default=0, ge=0)  # remove_small: drop components under this many pixels/voxels
+
+
 class Decision(_Strict):
     field: str
     value: Any
@@ -99,7 +118,7 @@ class Decision(_Strict):
 
 class Plan(_Strict):
     version: int = 1
-    task: Literal["classify"] = "classify"
+    task: Literal["classify", "segment"] = "classify"
     seed: int = 0
     data: DataConfig
     model: ModelConfig = ModelConfig()
@@ -108,6 +127,7 @@ class Plan(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    segment: Optional[SegmentConfig] = None
     decisions: list[Decision] = []
 
     def to_yaml(self) -> str:

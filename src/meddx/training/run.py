@@ -81,9 +81,11 @@ def set_status(run_dir: Path, status: str, **extra) -> None:
 def build_model(plan: Plan) -> torch.nn.Module:
     from meddx.models import create_model
 
+    seg = plan.segment if plan.task == "segment" else None
+    k = len(seg.label_values) if seg else len(plan.data.class_names)
+    size = seg.patch_size if seg and seg.patch_size else plan.data.input_size
     return create_model(plan.model.name, spatial_dims=plan.data.spatial_dims, in_channels=plan.data.channels,
-                        num_classes=len(plan.data.class_names), input_size=tuple(plan.data.input_size),
-                        **plan.model.params)
+                        num_classes=k, input_size=tuple(size), **plan.model.params)
 
 
 def progress_callback(enabled: bool, total: int, desc: str):

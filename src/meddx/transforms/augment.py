@@ -107,6 +107,28 @@ class BatchAugment:
             out = torch.where(sel, out + noise, out)
         return out
 
+    def apply_labels(self, y: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Apply the *spatial* part of sampled parameters to label maps ``(N, *spatial)``.
+
+        Same flips and affine as ``apply`` with nearest-neighbour sampling, so an image
+        and its mask stay aligned; intensity parameters do not touch labels.
+        """
+        keep = params["apply"].to(y.device)
+        out = y.unsqueeze(1)
+        for j, ax in enumerate(self.flip_axes):
+            m = (params["flip"][:, j].to(y.device) & keep).view(-1, *([1] * (out.ndim - 1)))
+            out = torch.where(m, out.flip(2 + ax), out)
+        if self.rotate_deg or self.scale or self.translate:
+            d = self.spatial_dims
+            a = params["angles"]
+            rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
+            theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
+            ident = torch.cat([torch.eye(d).expand(y.shape[0], d, d), torch.zeros(y.shape[0], d, 1)], -1)
+            theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(y.device, torch.float32)
+            grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+            out = F.grid_sample(out.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        return out[:, 0].to(y.dtype)
+
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params = self.sample(x.shape[0], gen)
         return self.apply(x, params), params

@@ -26,3 +26,13 @@ def resize(array: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     else:
         raise ValueError(f"resize supports 2D and 3D, got size {size}")
     return out[0].numpy()
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Resize an integer label map ``(*spatial)`` to ``size`` by nearest neighbour."""
+    size = tuple(int(s) for s in size)
+    if tuple(labels.shape) == size:
+        return labels
+    t = torch.from_numpy(np.ascontiguousarray(labels).astype(np.float32))[None, None]
+    out = F.interpolate(t, size=size, mode="nearest-exact")
+    return out[0, 0].numpy().astype(labels.dtype)

@@ -1,0 +1,98 @@
+"""Segmentation preprocessing: image and label map of each case, once, in memory.
+
+2D images are resized to the plan's input size (labels by nearest neighbour); 3D
+volumes stay on their native grid and are cut into patches during training. The
+label map holds class indices ``0..K-1`` (positions in ``segment.label_values``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from meddx.data.case import Case, CaseSet
+from meddx.data.preprocess import MEMORY_FRACTION, PreprocessSpec, prepare
+from meddx.data.segsources import label_index, load_mask_values
+from meddx.errors import ImageContentError
+from meddx.io.base import ImageData
+from meddx.transforms.spatial import resize_labels
+
+
+@dataclass
+class SegData:
+    """Preprocessed cases of one split: images ``(C, *S)`` float32 and labels ``(*S)`` uint8."""
+
+    images: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    case_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def image_spec(plan, img: ImageData) -> PreprocessSpec:
+    """The preprocessing for one image: 2D to the plan's size, 3D on its own grid."""
+    spec = PreprocessSpec.from_plan(plan.data)
+    if plan.data.spatial_dims == 3:
+        spec.size = tuple(img.spatial_shape[-3:]) if img.spatial_dims >= 3 else spec.size
+    return spec
+
+
+def prepare_image(plan, img: ImageData, where: str) -> np.ndarray:
+    """Decoded image -> model input ``(C, *S)`` (resized for 2D, standardised)."""
+    spec = image_spec(plan, img)
+    a = prepare(img, spec, where)
+    return ((a - spec.mean) / spec.std).astype(np.float32)
+
+
+def prepare_case(cs: CaseSet, case: Case, plan) -> tuple[np.ndarray, np.ndarray, ImageData]:
+    """One case -> (image ``(C, *S)`` not yet standardised, class-index labels ``(*S)``, decoded image)."""
+    img, values = load_mask_values(cs, case)
+    where = str(case.path)
+    lab = label_index(values, plan.segment.label_values, case.masks[0] if case.masks else where)
+    spec = image_spec(plan, img)
+    a = prepare(img, spec, where)
+    if tuple(lab.shape) != tuple(a.shape[1:]):
+        if lab.ndim != len(spec.size):
+            lab = np.squeeze(lab)
+        lab = resize_labels(lab.astype(np.int64), tuple(a.shape[1:]))
+    return a, lab.astype(np.uint8), img
+
+
+def build_seg_data(cs: CaseSet, parts: dict[str, list[Case]], plan,
+                   progress: Callable[[int], None] | None = None) -> dict[str, SegData]:
+    """Preprocess every split; standardisation statistics come from the training split only."""
+    import psutil
+
+    raw: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[str]]] = {}
+    budget = psutil.virtual_memory().available * MEMORY_FRACTION
+    used = 0
+    for s, cases in parts.items():
+        ims, labs, ids = [], [], []
+        for c in cases:
+            a, lab, _ = prepare_case(cs, c, plan)
+            used += a.nbytes + lab.nbytes
+            if used > budget:
+                raise ImageContentError(
+                    f"the preprocessed images need more than the {budget / 2**30:.1f} GiB allowed in memory",
+                    path=cs.source, fix="lower data.input_size in the plan, or use fewer/smaller images")
+            ims.append(a)
+            labs.append(lab)
+            ids.append(c.case_id)
+            if progress:
+                progress(1)
+        raw[s] = (ims, labs, ids)
+    tr = raw["train"][0]
+    total = sum(a.size for a in tr)
+    mean = sum(float(a.sum(dtype=np.float64)) for a in tr) / max(1, total)
+    var = sum(float(((a - mean) ** 2).sum(dtype=np.float64)) for a in tr) / max(1, total)
+    plan.data.norm_mean = float(mean)
+    plan.data.norm_std = float(np.sqrt(var)) or 1.0
+    out = {}
+    for s, (ims, labs, ids) in raw.items():
+        out[s] = SegData(images=[torch.from_numpy((a - mean) / plan.data.norm_std).float() for a in ims],
+                         labels=[torch.from_numpy(lab) for lab in labs], case_ids=ids)
+    return out

@@ -1,0 +1,324 @@
+"""Segmentation datasets: images with masks, in the same formats as classification.
+
+Layouts, tried in this order:
+
+* a CSV manifest ``image,mask[,split][,patient_id]`` (several masks of one image
+  separated by ``;``); images and masks may be files, DICOM series folders or NIfTI;
+* a folder with ``images/`` and ``masks/`` (or ``labels/``, ``imagesTr/``/``labelsTr/``)
+  sub-folders whose files pair by name (MSD, COVID-19 Radiography); there may be
+  several such pairs below the folder;
+* a folder whose masks sit beside their images as ``<name>_mask.<ext>`` (and
+  ``<name>_mask_1.<ext>`` ... for extra masks of one image, merged: BUSI, LGG).
+
+A ``dataset.json`` with a ``labels`` mapping (MSD style) declares the label set; mask
+values outside it are refused. The split stratum (``Case.label``) is the class folder
+when pairs sit in class folders (BUSI's benign/malignant/normal), else one stratum.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from meddx.data.case import Case, CaseSet, pseudonymise
+from meddx.errors import DatasetError, ImageContentError, InputError
+from meddx.io import read_image
+from meddx.io.base import ImageData
+from meddx.io.formats import is_hidden, is_readable_path, path_suffix
+
+MASK_STEM = re.compile(r"^(?P<stem>.+?)_(mask|seg|label|labels)(_(?P<k>\d+))?$", re.IGNORECASE)
+IMAGE_DIRS = ("images", "imagestr", "image", "imgs", "img")
+MASK_DIRS = ("masks", "labelstr", "labels", "mask", "segmentations", "gt")
+
+
+def _stem(p: Path) -> str:
+    suf = path_suffix(p)
+    return p.name[: len(p.name) - len(suf)] if suf and p.name.lower().endswith(suf) else p.stem
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p) and is_readable_path(p))
+
+
+def _declared_labels(root: Path) -> dict[int, str] | None:
+    """Label values from an MSD-style ``dataset.json`` (``{"labels": {"0": "background", ...}}``)."""
+    for cand in (root / "dataset.json", root.parent / "dataset.json"):
+        if not cand.is_file():
+            continue
+        try:
+            labels = json.loads(cand.read_text()).get("labels")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise DatasetError(f"dataset.json cannot be read ({type(e).__name__})", path=cand,
+                               fix="fix the JSON, or remove the file to let meddx infer the labels") from None
+        if not isinstance(labels, dict) or not labels:
+            continue
+        out: dict[int, str] = {}
+        for k, v in labels.items():
+            # MSD writes {"0": "background"}; nnU-Net v2 writes {"background": 0}
+            value, name = (k, v) if str(k).strip().isdigit() else (v, k)
+            try:
+                out[int(value)] = str(name)
+            except (TypeError, ValueError):
+                raise DatasetError(f"label entry {k!r}: {v!r} is not a value/name pair", path=cand,
+                                   fix='write labels as {"0": "background", "1": "lesion"}') from None
+        return dict(sorted(out.items()))
+    return None
+
+
+def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
+    """``(images_dir, masks_dir)`` pairs at or below ``root``."""
+    pairs = []
+    for d in sorted([root, *[p for p in root.rglob("*") if p.is_dir() and not is_hidden(p)]]):
+        subs = {p.name.lower(): p for p in d.iterdir() if p.is_dir()} if d.is_dir() else {}
+        img = next((subs[n] for n in IMAGE_DIRS if n in subs), None)
+        msk = next((subs[n] for n in MASK_DIRS if n in subs), None)
+        if img is not None and msk is not None:
+            pairs.append((img, msk))
+    return pairs
+
+
+def _cases_from_pair_dirs(root: Path, pairs: list[tuple[Path, Path]]) -> list[Case]:
+    cases = []
+    for img_dir, msk_dir in pairs:
+        images = {_stem(p): p for p in _files(img_dir)}
+        masks = {_stem(p): p for p in _files(msk_dir)}
+        for stem, p in images.items():
+            if stem not in masks:
+                raise DatasetError(f"image '{p.name}' has no mask of the same name in {msk_dir.name}/",
+                                   path=p, fix=f"add {msk_dir.name}/{p.name} or remove the image")
+        extra = sorted(set(masks) - set(images))
+        if extra:
+            raise DatasetError(f"mask '{masks[extra[0]].name}' has no image ({len(extra)} such masks)",
+                               path=masks[extra[0]], fix=f"add the image to {img_dir.name}/ or remove the mask")
+        stratum = img_dir.parent.name if img_dir.parent != root else "all"
+        for stem, p in sorted(images.items()):
+            cases.append(Case(case_id=str(p.relative_to(root)), label=None, path=p, masks=(masks[stem],),
+                              group=stratum))
+    return cases
+
+
+def _cases_from_siblings(root: Path) -> list[Case]:
+    cases = []
+    for folder in sorted({p.parent for p in root.rglob("*") if p.is_file()}):
+        if is_hidden(folder.relative_to(root)) if folder != root else False:
+            continue
+        files = _files(folder)
+        masks: dict[str, list[tuple[int, Path]]] = {}
+        images: dict[str, Path] = {}
+        for p in files:
+            m = MASK_STEM.match(_stem(p))
+            if m:
+                masks.setdefault(m["stem"], []).append((int(m["k"] or 0), p))
+            else:
+                images[_stem(p)] = p
+        if not masks:
+            continue
+        for stem, p in images.items():
+            if stem not in masks:
+                raise DatasetError(f"image '{p.name}' has no mask beside it", path=p,
+                                   fix=f"add '{stem}_mask{path_suffix(p)}' or move the image out of the folder")
+        for stem, ms in masks.items():
+            if stem not in images:
+                raise DatasetError(f"mask '{ms[0][1].name}' has no image named '{stem}.*'", path=ms[0][1],
+                                   fix="add the image or remove the mask")
+            stratum = folder.name if folder != root else "all"
+            cases.append(Case(case_id=str(images[stem].relative_to(root)), label=None, path=images[stem],
+                              masks=tuple(p for _, p in sorted(ms)), group=stratum))
+    return cases
+
+
+def _cases_from_manifest(path: Path) -> tuple[list[Case], bool]:
+    from meddx.io.manifest import read_manifest
+
+    rows = read_manifest(path, require_label=False, require_mask=True)
+    have_split = [r.split is not None for r in rows]
+    if any(have_split) and not all(have_split):
+        first = next(r for r in rows if r.split is None)
+        raise DatasetError(f"the split column is empty on line {first.line} but filled on others", path=path,
+                           fix="give every row a split (train/val/test) or drop the column")
+    cases = []
+    for r in rows:
+        try:
+            cid = str(r.path.relative_to(path.parent))
+        except ValueError:
+            cid = str(r.path)
+        if r.patient_id:
+            cid = cid.replace(r.patient_id, pseudonymise(r.patient_id))
+        cases.append(Case(case_id=cid, label=None, split=r.split, path=r.path, masks=r.masks,
+                          group=pseudonymise(r.patient_id) if r.patient_id else None))
+    return cases, all(have_split)
+
+
+def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by_folder: bool = False) -> CaseSet:
+    """Open a segmentation dataset (see the module docstring for the layouts).
+
+    Args:
+        path: a folder or a CSV manifest.
+        resample_masks: resize a mask whose size differs from its image to the image
+            (nearest neighbour); without it, a size mismatch is an error.
+        group_by_folder: treat each image's folder as one patient (LGG's layout), so no
+            patient is in two splits; folder names are pseudonymised in case ids.
+
+    Raises:
+        DatasetError: no pairs found, an image without a mask or a mask without an image.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError("no such file or folder", path=p, fix="check the path")
+    official = False
+    if p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
+        cases, official = _cases_from_manifest(p)
+        kind, root = "manifest", p.parent
+        strata = [None] * len(cases)
+    elif p.is_dir():
+        pairs = _pair_dirs(p)
+        cases = _cases_from_pair_dirs(p, pairs) if pairs else _cases_from_siblings(p)
+        kind, root = ("image/mask folders" if pairs else "mask beside image"), p
+        strata = [c.group for c in cases]
+        for c in cases:
+            c.group = None
+    else:
+        raise InputError("not a segmentation dataset: meddx reads a folder of images with masks or a CSV manifest "
+                         "image,mask", path=p, fix="point at one of those (a single image is for `meddx predict`)")
+    if not cases:
+        raise DatasetError("no image/mask pairs found", path=p,
+                           fix="put masks beside their images as NAME_mask.png, or use images/ and masks/ "
+                               "sub-folders, or a CSV manifest with image,mask columns")
+    if group_by_folder:
+        strata = [None] * len(cases)  # the folders are patients, not strata (and their names are identifiers)
+        for c in cases:
+            folder = c.path.parent.name
+            key = pseudonymise(folder)
+            c.group = key
+            c.case_id = c.case_id.replace(folder, key)
+    names = sorted({s for s in strata if s is not None}) or ["all"]
+    idx = {n: i for i, n in enumerate(names)}
+    for c, s in zip(cases, strata):
+        c.label = idx[s if s is not None else names[0]]
+    seen: set[str] = set()
+    for c in cases:
+        if c.case_id in seen:
+            raise DatasetError(f"'{c.case_id}' is listed twice", path=p, fix="list each image once")
+        seen.add(c.case_id)
+    if official:
+        present = {c.split for c in cases}
+        if "train" not in present or "test" not in present:
+            raise DatasetError(f"the split column names only {sorted(present)}; meddx needs at least train and test",
+                               path=p, fix="add train and test rows, or drop the split column to let meddx split")
+    return CaseSet(name=p.stem if p.is_file() else p.name, source=str(p), kind=kind, class_names=names,
+                   cases=cases, official_split=official, loader=lambda c: read_image(c.path), task="segment",
+                   declared_labels=_declared_labels(root), resample_masks=resample_masks)
+
+
+# -- masks --------------------------------------------------------------------------------
+def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
+    """A decoded mask file -> spatial array of its values (colour masks: max over RGB)."""
+    a = img.array
+    if a.shape[0] in (3, 4):
+        a = a[:3].max(axis=0, keepdims=True)  # RGB masks with equal channels, RGBA alpha ignored
+    elif a.shape[0] != 1:
+        raise ImageContentError(f"a mask must have one channel (or RGB), this one has {a.shape[0]}", path=where,
+                                fix="save masks as single-channel label images")
+    a = a[0]
+    if not np.isfinite(a).all():
+        raise ImageContentError("mask contains NaN or infinite values", path=where, fix="re-export the mask")
+    return a
+
+
+def _same_geometry(img: ImageData, msk: ImageData) -> bool:
+    a, b = img.meta.get("affine"), msk.meta.get("affine")
+    if a is None or b is None:
+        return True
+    return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-3, rtol=1e-4))
+
+
+def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) -> tuple[ImageData, np.ndarray]:
+    """Read an image and its merged mask; the mask has the image's spatial shape.
+
+    Several masks of one image are merged by maximum (BUSI's ``_mask_1``). A mask whose
+    size or geometry differs from its image is an error unless the dataset was opened
+    with ``resample_masks`` (then it is resized to the image, nearest neighbour).
+    """
+    from meddx.transforms.spatial import resize_labels
+
+    img = image if image is not None else cs.load(case)
+    shape = img.spatial_shape
+    merged = None
+    for mp in case.masks:
+        m = read_image(mp)
+        plane = _mask_plane(m, mp)
+        if tuple(plane.shape) != shape:
+            squeezed = np.squeeze(plane)
+            if squeezed.shape == tuple(s for s in shape if s != 1):
+                plane = squeezed.reshape(shape)
+            elif cs.resample_masks:
+                plane = resize_labels(plane, shape)
+            else:
+                raise ImageContentError(
+                    f"mask is {'x'.join(map(str, plane.shape))} but its image is {'x'.join(map(str, shape))}",
+                    path=mp, fix="give masks their image's size, or pass --resample-masks to resize them "
+                                 "(nearest neighbour)")
+        elif not _same_geometry(img, m) and not cs.resample_masks:
+            raise ImageContentError("mask geometry (affine) differs from its image's", path=mp,
+                                    fix="resample the mask onto its image, or pass --resample-masks to accept "
+                                        "the image's geometry")
+        merged = plane if merged is None else np.maximum(merged, plane)
+    return img, merged
+
+
+def label_index(values: np.ndarray, label_values: list[int], where: Path | str) -> np.ndarray:
+    """Map raw mask values to class indices ``0..K-1`` (index = position in ``label_values``).
+
+    Raises:
+        ImageContentError: a value outside the declared set, or a non-integer value.
+    """
+    lv = np.asarray(label_values, dtype=np.float64)
+    uniq = np.unique(values)
+    bad = uniq[~np.isin(uniq, lv)]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
+        raise ImageContentError(
+            f"mask has value(s) {shown} outside the label set {[int(v) for v in label_values]}", path=where,
+            fix="correct the mask, or declare the labels in dataset.json / re-plan so the set includes them")
+    lut_idx = np.searchsorted(lv, values.astype(np.float64)) if np.all(np.diff(lv) > 0) else None
+    if lut_idx is not None:
+        return lut_idx.astype(np.int64)
+    out = np.zeros(values.shape, dtype=np.int64)
+    for i, v in enumerate(lv):
+        out[values == v] = i
+    return out
+
+
+def infer_label_values(unique_values: set[float], declared: dict[int, str] | None,
+                       source: str) -> tuple[list[int], list[str], str]:
+    """Decide the label set from the values the masks hold.
+
+    Returns ``(values, names, how)``: declared labels win; two values ``{0, v}`` are a
+    binary mask (``v`` = foreground, e.g. 255); otherwise each integer value is a class.
+    """
+    vals = sorted(unique_values)
+    non_int = [v for v in vals if float(v) != int(v)]
+    if non_int:
+        raise DatasetError(f"masks hold non-integer values (e.g. {non_int[0]:g})", path=source,
+                           fix="masks must be label images (0 = background, 1..K = classes); re-export them")
+    ints = [int(v) for v in vals]
+    if declared:
+        outside = [v for v in ints if v not in declared]
+        if outside:
+            raise DatasetError(f"masks hold value(s) {outside[:5]} not declared in dataset.json", path=source,
+                               fix="add them to dataset.json's labels or correct the masks")
+        return list(declared), list(declared.values()), "declared in dataset.json"
+    if 0 not in ints:
+        ints = [0, *ints]
+    if len(ints) == 1:
+        raise DatasetError("every mask is empty (only background)", path=source,
+                           fix="add masks that mark the structures to segment")
+    if len(ints) == 2:
+        return ints, ["background", "foreground"], f"binary: value {ints[1]} is foreground"
+    if len(ints) > 64:
+        raise DatasetError(f"masks hold {len(ints)} distinct values; that is not a label map", path=source,
+                           fix="masks must be label images with few values (0 = background, 1..K = classes)")
+    return ints, ["background", *[f"label_{v}" for v in ints[1:]]], "each mask value is a class"

@@ -1,0 +1,181 @@
+"""The epoch loop every task shares: optimiser, schedule, EMA, checkpoints, resume,
+early stopping, time budget, JSONL log and the progress bar.
+
+A task supplies three functions: ``batches(epoch)`` yields what ``step`` consumes (all
+randomness derived from ``(seed, epoch)``, so a resumed run repeats exactly),
+``step(model, batch) -> loss`` computes the training loss, and ``validate(model) ->
+(score, fields)`` scores the model on validation data (higher is better).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from meddx.training.checkpoint import load_checkpoint, save_checkpoint
+from meddx.training.optim import create_optimizer, create_scheduler
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metric: float
+    epochs_run: int
+    epochs_planned: int
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+    stopped_by: str = "completed"
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (ours: a few lines)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+
+def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
+               batches: Callable[[int], Iterable[Any]], step: Callable[[nn.Module, Any], torch.Tensor],
+               validate: Callable[[nn.Module], tuple[float, dict[str, float]]], select_name: str,
+               resume: bool = False, progress: bool = True, device: torch.device | None = None,
+               on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``model`` for ``plan.train.epochs``; afterwards it holds the best weights.
+
+    ``checkpoints/last.pt`` is written after every epoch (model, optimiser, scheduler,
+    history, best weights, EMA) and ``checkpoints/best.pt`` at the end.
+    """
+    cfg = plan.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    log_path = run_dir / "log.jsonl"
+    epochs = cfg.epochs
+    opt = create_optimizer(model.parameters(), plan.optim)
+    sched = create_scheduler(opt, plan.schedule, steps_per_epoch, epochs)
+    history: list[dict] = []
+    start_epoch, best_metric, best_epoch, bad_epochs, elapsed = 1, -math.inf, 0, 0, 0.0
+    best_state = copy.deepcopy(model.state_dict())
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    eval_model = copy.deepcopy(model) if ema else model
+    if resume and ckpt_path.exists():
+        st = load_checkpoint(ckpt_path, map_location=device or "cpu")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        history, best_metric, best_epoch = st["history"], st["best_metric"], st["best_epoch"]
+        bad_epochs, elapsed, best_state = st["bad_epochs"], st["elapsed"], st["best_model"]
+        start_epoch = st["epoch"] + 1
+        if ema is not None:
+            ema.state = st["ema"]
+        if st.get("finished"):
+            start_epoch = epochs + 1
+    stopped_by = "completed"
+    bar = Progress(progress, total=epochs * steps_per_epoch, completed=(start_epoch - 1) * steps_per_epoch)
+    t_start = time.perf_counter() - elapsed
+    try:
+        for epoch in range(start_epoch, epochs + 1):
+            torch.manual_seed(plan.seed * 7919 + epoch)  # dropout etc.
+            model.train()
+            losses = []
+            for batch in batches(epoch):
+                loss = step(model, batch)
+                if plan.optim.l1 > 0:
+                    loss = loss + plan.optim.l1 * sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                if ema is not None:
+                    ema.update(model)
+                bar.advance(f"epoch {epoch}/{epochs} loss {losses[-1]:.3f}")
+            if ema is not None:
+                eval_model.load_state_dict(ema.state)
+            score, fields = validate(eval_model)
+            improved = score > best_metric
+            if improved:
+                best_metric, best_epoch, bad_epochs = score, epoch, 0
+                best_state = copy.deepcopy(eval_model.state_dict())
+            else:
+                bad_epochs += 1
+            elapsed = time.perf_counter() - t_start
+            rec = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), **fields,
+                   "val_metric": score, "val_metric_name": select_name, "lr": float(opt.param_groups[0]["lr"]),
+                   "elapsed_s": round(elapsed, 3), "best": improved}
+            history.append(rec)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            stop = None
+            if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
+                stop = "early_stopping"
+            if cfg.time_budget_s and epoch < epochs:
+                per_epoch = elapsed / max(1, len(history))
+                if elapsed + per_epoch > cfg.time_budget_s * 1.03:
+                    stop = "time_budget"
+            save_checkpoint(ckpt_path, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "history": history, "best_metric": best_metric,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
+                "best_model": best_state, "finished": stop is not None or epoch == epochs,
+                "ema": ema.state if ema is not None else None,
+            })
+            bar.set_note(f"val {select_name} {abs(score):.4f} (best {abs(best_metric):.4f} @ {best_epoch})")
+            if on_epoch:
+                on_epoch(rec)
+            if stop:
+                stopped_by = stop
+                break
+    finally:
+        bar.close()
+    model.load_state_dict(best_state)
+    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": best_state, "epoch": best_epoch})
+    return FitResult(best_epoch=best_epoch, best_metric=float(best_metric), epochs_run=len(history),
+                     epochs_planned=epochs, train_seconds=float(elapsed), history=history, stopped_by=stopped_by)
+
+
+class Progress:
+    """A rich progress bar with ETA and the live validation metric (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, completed: int = 0, desc: str = "training"):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as _RichProgress
+
+        self.p = _RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                               TextColumn("{task.fields[note]}"), transient=False)
+        self.p.start()
+        self.task = self.p.add_task(desc, total=total, completed=completed, note="")
+
+    def advance(self, desc: str) -> None:
+        if self.enabled:
+            self.p.update(self.task, advance=1, description=desc)
+
+    def set_note(self, note: str) -> None:
+        if self.enabled:
+            self.p.update(self.task, note=note)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.p.stop()

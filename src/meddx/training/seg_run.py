@@ -1,0 +1,186 @@
+"""A segmentation run, end to end: dataset -> fingerprint -> plan -> split -> train ->
+post-processing chosen on validation -> test metrics at native resolution -> report.
+
+The run directory holds what a classification run holds (``plan.yaml``,
+``fingerprint.json``, ``split.csv``, ``checkpoints/``, ``log.jsonl``, ``metrics.json``,
+``report.html``) plus ``per_case.csv`` and overlays of the worst test cases.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from meddx.data.case import Case, CaseSet
+from meddx.data.segprep import build_seg_data, prepare_image
+from meddx.data.segsources import label_index, load_mask_values, open_seg_dataset
+from meddx.data.split import apply_split, make_split, read_split, write_split
+from meddx.errors import MeddxError, PlanError, RunError
+from meddx.io.base import ImageData
+from meddx.planning.plan import Decision, Plan
+from meddx.planning.planner import apply_overrides, make_seg_plan
+from meddx.training.engine import seed_everything
+from meddx.training.run import (_check_out_dir, build_model, fingerprint_dataset, machine, progress_callback,
+                                set_status, versions, write_json)
+from meddx.training.seg_engine import SegTrainer, dice_per_class, segment_probs
+
+
+def open_for_plan(dataset: str, plan: Plan) -> CaseSet:
+    return open_seg_dataset(dataset, resample_masks=plan.segment.resample_masks,
+                            group_by_folder=plan.segment.group_by_folder)
+
+
+def predict_case(model: torch.nn.Module, plan: Plan, img: ImageData, where: str,
+                 device: torch.device | None = None) -> np.ndarray:
+    """Class-index map ``(*S)`` in the image's own geometry (before post-processing)."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(prepare_image(plan, img, where))
+    p = segment_probs(model, x, plan, device=device)
+    native = tuple(img.spatial_shape[-plan.data.spatial_dims:])
+    if tuple(p.shape[1:]) != native:
+        p = F.interpolate(p[None], size=native, mode="bilinear" if len(native) == 2 else "trilinear",
+                          align_corners=False)[0]
+    return p.argmax(0).numpy().astype(np.uint8)
+
+
+def predict_cases(cs: CaseSet, cases: list[Case], plan: Plan, model, progress: bool, desc: str):
+    """Native-resolution predictions and references for ``cases``."""
+    preds, truths, spacings = [], [], []
+    cb, stop = progress_callback(progress, len(cases), desc)
+    try:
+        for c in cases:
+            img, values = load_mask_values(cs, c)
+            truths.append(label_index(values, plan.segment.label_values, c.masks[0]).astype(np.uint8))
+            preds.append(predict_case(model, plan, img, str(c.path)))
+            spacings.append(img.spacing)
+            if cb:
+                cb(1)
+    finally:
+        stop()
+    return preds, truths, spacings
+
+
+def choose_postprocessing(plan: Plan, fp: dict, preds, truths) -> None:
+    """S10: try each post-processing on validation cases; record the choice in the plan."""
+    from meddx.transforms.postprocess import choose_postprocess
+
+    sg = plan.segment
+    k = len(sg.label_values)
+    objs = fp.get("segmentation", {}).get("objects", {})
+    min_size = sg.min_size or int(max(0, objs.get("size_p05", 0)) // 2)
+    ops, trace = choose_postprocess(preds, truths, k, min_size, lambda p, t: float(dice_per_class(p, t, k).mean()))
+    sg.postprocess = ops
+    sg.min_size = min_size if "remove_small" in ops else sg.min_size
+    sg.choose_postprocess = False  # chosen: a re-run of this plan keeps it
+    plan.decisions.append(Decision(field="segment.postprocess", value=ops, rule="S10 post-processing",
+                                   kind="empirical", reads={"validation_mean_dice": trace, "min_size": min_size}))
+
+
+def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
+                  overrides: dict[str, Any] | None = None, resume: bool = False, resample_masks: bool = False,
+                  group_by_folder: bool = False, progress: bool = True, log=print) -> Path:
+    """Train, evaluate and report a segmentation model. Returns the run directory."""
+    out = Path(out)
+    overrides = dict(overrides or {})
+    created = False
+    if resume:
+        if not (out / "plan.yaml").exists():
+            raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
+        info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        if info.get("status") == "complete":
+            raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
+        plan = Plan.load(out / "plan.yaml")
+        cs = open_for_plan(dataset or plan.data.source, plan)
+        fp = json.loads((out / "fingerprint.json").read_text())
+    else:
+        _check_out_dir(out)
+        plan = Plan.load(plan_path) if plan_path else None
+        if plan is not None and plan.task != "segment":
+            raise PlanError(f"the plan is for task '{plan.task}'", path=plan_path,
+                            fix="use a segmentation plan, or drop --task segment")
+        if plan is None and dataset is None:
+            raise RunError("no dataset given", fix="pass a dataset path or --plan")
+        cs = (open_for_plan(dataset or plan.data.source, plan) if plan is not None else
+              open_seg_dataset(dataset, resample_masks=resample_masks, group_by_folder=group_by_folder))
+        fp = fingerprint_dataset(cs, progress)
+        if plan is None:
+            plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
+                                 group_by_folder=group_by_folder)
+        elif overrides.get("seed") is not None:
+            plan.seed = int(overrides.pop("seed"))
+        overrides.pop("seed", None)
+        plan = apply_overrides(plan, overrides)
+    seed_everything(plan.seed)
+    if plan.data.split == "official" and not cs.official_split:
+        raise PlanError("the plan asks for the dataset's own split but it has none", path=cs.source,
+                        fix="set data.split: seeded")
+    split = read_split(out / "split.csv") if resume and (out / "split.csv").exists() else \
+        make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
+    parts = apply_split(cs, split)
+    try:
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            created = True
+            write_json(out / "run.json", {"status": "running", "task": "segment",
+                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": plan.seed,
+                                          "data_hash": fp.get("data_hash"), "versions": versions(),
+                                          "machine": machine()})
+            write_json(out / "fingerprint.json", fp)
+            write_split(out / "split.csv", cs)
+            plan.save(out / "plan.yaml")
+        cb, stop = progress_callback(progress, len(cs.cases), "preprocessing")
+        try:
+            data = build_seg_data(cs, {s: parts[s] for s in ("train", "val")}, plan, cb)
+        finally:
+            stop()
+        trainer = SegTrainer(plan, build_model(plan), out, progress=progress)
+        started = (out / "checkpoints" / "last.pt").exists()
+        sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
+        if plan.train.time_budget_s and not started and not sized:
+            per_epoch = trainer.measure_epoch_seconds(data["train"], data["val"])
+            # leave ~8% of the budget for post-processing choice and test evaluation
+            epochs = int(np.clip(plan.train.time_budget_s * 0.92 // max(per_epoch, 1e-6), 1,
+                                 plan.train.max_epochs_with_budget))
+            plan.train.epochs = epochs
+            plan.decisions.append(Decision(field="train.epochs", value=epochs, rule="S8 epochs", kind="rule-based",
+                                           reads={"time_budget_s": plan.train.time_budget_s,
+                                                  "measured_epoch_s": round(per_epoch, 3)}))
+        plan.save(out / "plan.yaml")
+        seed_everything(plan.seed)
+        trainer.model = build_model(plan).to(trainer.device)
+        log(f"training {plan.model.name} on {len(data['train'])} cases ({plan.data.spatial_dims}D, "
+            f"{'patch ' + str(plan.segment.patch_size) if plan.segment.patch_size else 'input ' + str(plan.data.input_size)}, "
+            f"{plan.train.epochs} epochs) -> {out}")
+        result = trainer.fit(data["train"], data["val"], resume=resume)
+        model = trainer.model.eval()
+        if plan.segment.choose_postprocess:
+            pv, tv, _ = predict_cases(cs, parts["val"], plan, model, progress, "choosing post-processing")
+            choose_postprocessing(plan, fp, pv, tv)
+        plan.save(out / "plan.yaml")
+        from meddx.evaluation.seg_report import evaluate_seg_outputs
+
+        evaluate_seg_outputs(out, plan, cs, parts["test"], model, fit=result, progress=progress)
+        set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
+        return out
+    except MeddxError:
+        if created and not resume and not (out / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.exists():
+            set_status(out, "failed")
+        raise
+    except KeyboardInterrupt:
+        if (out / "run.json").exists():
+            set_status(out, "interrupted")
+        raise
+    except Exception:
+        if (out / "run.json").exists():
+            set_status(out, "failed")
+        raise
