@@ -51,3 +51,52 @@ def pgbm_manifest(real_data: Path, tmp_path: Path):
     m = tmp_path / "dicom.csv"
     m.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
     return m, series
+
+
+def disc_images(n: int, size: int = 48, seed: int = 0, rgb: bool = False):
+    """``n`` noisy images with one bright disc each, and their 0/255 masks (a learnable toy task)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for _ in range(n):
+        r = rng.uniform(size * 0.12, size * 0.25)
+        cy, cx = rng.uniform(r + 2, size - r - 2, 2)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
+        img = rng.normal(60, 15, (size, size)) + 120 * m
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        if rgb:
+            img = np.stack([img] * 3, -1)
+        out.append((img, (m * 255).astype(np.uint8)))
+    return out
+
+
+def write_seg_pairs(root: Path, n: int = 24, size: int = 48, seed: int = 0, layout: str = "siblings") -> Path:
+    """A segmentation folder: ``NAME.png`` + ``NAME_mask.png`` (siblings) or images/ + masks/."""
+    for i, (img, m) in enumerate(disc_images(n, size, seed)):
+        if layout == "siblings":
+            write_png(root / f"case{i:03d}.png", img)
+            write_png(root / f"case{i:03d}_mask.png", m)
+        else:
+            write_png(root / "images" / f"case{i:03d}.png", img)
+            write_png(root / "masks" / f"case{i:03d}.png", m)
+    return root
+
+
+def write_seg_volumes(root: Path, n: int = 10, shape=(20, 24, 20), seed: int = 0) -> Path:
+    """NIfTI image/label pairs (images/, labels/) with two labelled blobs (values 1 and 2)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    aff = np.diag([1.5, 1.0, 1.0, 1.0])
+    for i in range(n):
+        lab = np.zeros(shape, np.uint8)
+        c = rng.uniform(6, np.array(shape) - 6)
+        lab[((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= 16] = 1
+        lab[((zz - c[0]) ** 2 + (yy - c[1] - 5) ** 2 + (xx - c[2]) ** 2) <= 9] = 2
+        img = rng.normal(100, 20, shape) + 150 * (lab == 1) + 300 * (lab == 2)
+        nib.save(nib.Nifti1Image(img.astype(np.float32), aff), str(root / "images" / f"vol{i:02d}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, aff), str(root / "labels" / f"vol{i:02d}.nii.gz"))
+    return root

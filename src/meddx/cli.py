@@ -225,16 +225,30 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory written by `med
     from meddx.evaluation.evaluate_run import evaluate_run
 
     sub = evaluate_run(run, path, progress=_progress_enabled(no_progress))
-    _print_summary(run, str(sub.relative_to(run)))
+    if json.loads((sub / "metrics.json").read_text()).get("task") == "segment":
+        _print_seg_summary(run, str(sub.relative_to(run)))
+    else:
+        _print_summary(run, str(sub.relative_to(run)))
 
 
 @app.command()
 def predict(run: Path = typer.Argument(..., help="Run directory written by `meddx train`."),
             target: Path = typer.Argument(..., help="An image, DICOM file or series folder, NIfTI, or a folder."),
-            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json (default: CSV to stdout)."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Classifier: write .csv or .json (default: "
+                                               "CSV to stdout). Segmenter: folder for masks and overlays "
+                                               "(default RUN/predictions)."),
             no_progress: bool = typer.Option(False, "--no-progress")):
-    """Write class probabilities for new images."""
+    """Write class probabilities (classifier) or masks in the input's geometry plus overlays (segmenter)."""
     from meddx.evaluation.predict import predict_paths, write_predictions_file
+    from meddx.planning.plan import Plan
+
+    if (run / "plan.yaml").exists() and Plan.load(run / "plan.yaml").task == "segment":
+        from meddx.evaluation.seg_predict import predict_seg_paths
+
+        rows = predict_seg_paths(run, target, out, progress=_progress_enabled(no_progress))
+        for r in rows:
+            console.print(f"{Path(r['file']).name}: mask {r['mask']}, overlay {r['overlay']}")
+        return
 
     rows = predict_paths(run, target, progress=_progress_enabled(no_progress))
     write_predictions_file(rows, out)

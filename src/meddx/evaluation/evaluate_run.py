@@ -36,6 +36,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     """
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
+    if plan.task == "segment":
+        return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
     names = list(plan.data.class_names)
     if dataset is None:
         cs = open_dataset(plan.data.source)
@@ -70,4 +72,24 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     p_val = np.zeros((0, len(names)))
     evaluate_run_outputs(run_dir, plan, cs, {"val": val, "test": test}, p_val, np.zeros(0, dtype=np.int64),
                          p_test, y_test, fit=None, out_dir=sub, title_suffix=" (re-evaluation)")
+    return sub
+
+
+def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progress: bool = True) -> Path:
+    """Segmentation: Dice, IoU, HD95, ASD on the run's test split, or on every case of ``dataset``."""
+    from meddx.evaluation.seg_report import evaluate_seg_outputs
+    from meddx.training.seg_run import open_for_plan
+
+    cs = open_for_plan(dataset or plan.data.source, plan)
+    if dataset is None:
+        split = read_split(run_dir / "split.csv")
+        test = [c for c in cs.cases if split.get(c.case_id) == "test"]
+        sub = run_dir / "evaluations" / "test"
+    else:
+        test = [c for c in cs.cases if c.split == "test"] if cs.official_split else list(cs.cases)
+        sub = run_dir / "evaluations" / cs.name
+    if not test:
+        raise RunError("no test cases to evaluate", path=run_dir, fix="give a dataset with masks")
+    sub.mkdir(parents=True, exist_ok=True)
+    evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
     return sub

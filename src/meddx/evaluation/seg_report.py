@@ -5,12 +5,11 @@ report.html. Metrics are computed in each image's own geometry (native size, spa
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
-from meddx.evaluation.plots import DPI, _figure, _finish, plot_training_curves
+from meddx.evaluation.plots import _figure, _finish, plot_training_curves
 from meddx.evaluation.report import write_report
 from meddx.evaluation.seg_metrics import EMPTY_RULE, METRICS, case_metrics, summarise
 from meddx.transforms.postprocess import postprocess
@@ -86,8 +85,10 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
         for j, nm in enumerate(names):
             for m in METRICS:
                 row[f"{m}_{nm}"] = None if not np.isfinite(pc[m][j]) else round(float(pc[m][j]), 5)
-            row[f"ref_empty_{nm}"] = int(not (t == j + 1).any())
-            row[f"pred_empty_{nm}"] = int(not (p == j + 1).any())
+            # voxel counts let a reader pool cases (e.g. per-patient Dice over slices)
+            row[f"ref_n_{nm}"] = int((t == j + 1).sum())
+            row[f"pred_n_{nm}"] = int((p == j + 1).sum())
+            row[f"inter_n_{nm}"] = int(((t == j + 1) & (p == j + 1)).sum())
         row["mean_dice"] = round(float(np.mean(pc["dice"])), 5)
         rows.append(row)
     with open(out / f"{prefix}per_case.csv", "w", newline="") as f:

@@ -1,0 +1,114 @@
+"""``meddx predict`` for segmentation runs: a mask in the input's own geometry and an overlay.
+
+* NIfTI input -> ``NAME_mask.nii.gz`` with the input's affine (values = the dataset's
+  mask values, e.g. 0/1/2 or 0/255);
+* DICOM series or 3D DICOM -> ``NAME_mask.nii.gz`` whose affine is the series' geometry
+  (LPS converted to NIfTI's RAS), axes in (slice, row, column) order;
+* 2D images (PNG, JPEG, TIFF, 2D DICOM) -> ``NAME_mask.png`` at the input's size;
+* always ``NAME_overlay.png`` (the slice with most foreground for volumes), and one CSV
+  row per input: mask and overlay paths, pixels/voxels per class, volume in mm^3 when the
+  spacing is known.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from meddx.errors import InputError, RunError
+from meddx.io import read_image
+from meddx.io.base import ImageData
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for suf in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
+    """Write ``mask`` (values, spatial shape of ``img``) in the input's geometry."""
+    import nibabel as nib
+
+    fmt = img.meta.get("format", "")
+    if mask.ndim == 3 or fmt == "nifti":
+        if fmt == "nifti":
+            affine = np.asarray(img.meta["affine"], float)
+            data = mask if mask.ndim == 3 else mask[..., None]
+        else:
+            aff = img.meta.get("affine")
+            if aff is not None:
+                affine = LPS_TO_RAS @ np.asarray(aff, float)
+            else:
+                affine = np.diag([*(img.spacing or (1.0, 1.0, 1.0)), 1.0])
+            data = mask
+        path = out_base.with_name(out_base.name + "_mask.nii.gz")
+        dtype = np.uint8 if mask.max(initial=0) <= 255 else np.uint16
+        tmp = path.with_name(path.name + ".tmp.nii.gz")
+        nib.save(nib.Nifti1Image(data.astype(dtype), affine), str(tmp))
+        tmp.replace(path)
+        return path
+    from PIL import Image
+
+    path = out_base.with_name(out_base.name + "_mask.png")
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(mask.astype(np.uint8 if mask.max(initial=0) <= 255 else np.uint16)).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
+                      progress: bool = True) -> list[dict]:
+    """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
+    from meddx.evaluation.predict import collect_inputs
+    from meddx.evaluation.seg_report import _display_plane, overlay_png
+    from meddx.training.run import load_run, progress_callback
+    from meddx.training.seg_run import predict_case
+    from meddx.transforms.postprocess import postprocess
+
+    run_dir = Path(run_dir)
+    plan, model = load_run(run_dir)
+    if plan.task != "segment":
+        raise RunError("not a segmentation run", path=run_dir, fix="use a run trained with --task segment")
+    sg = plan.segment
+    values = np.asarray(sg.label_values)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    rows = []
+    cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
+    try:
+        for p in paths:
+            img = read_image(p)
+            idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
+            mask = values[idx]
+            base = out_dir / _stem(p)
+            mpath = write_mask(mask, img, base)
+            a, _, pl = _display_plane(img.array, idx, idx)
+            opath = base.with_name(base.name + "_overlay.png")
+            overlay_png(a, None, pl, title=f"{p.name}: predicted mask (red)", path=opath)
+            row = {"file": str(p), "mask": str(mpath), "overlay": str(opath)}
+            vox = float(np.prod(img.spacing)) if img.spacing is not None and len(img.spacing) == idx.ndim else None
+            for c, name in enumerate(sg.label_names[1:], start=1):
+                n = int((idx == c).sum())
+                row[f"n_{name}"] = n
+                row[f"volume_mm3_{name}" if idx.ndim == 3 else f"area_mm2_{name}"] = (
+                    round(n * vox, 3) if vox is not None else None)
+            rows.append(row)
+            if cb:
+                cb(1)
+    finally:
+        stop()
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows

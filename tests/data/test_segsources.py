@@ -1,0 +1,146 @@
+"""Segmentation datasets: layouts, mask merging, label sets, size/geometry checks (generated and real data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from meddx_testutils import data_dir, write_png, write_seg_pairs, write_seg_volumes
+
+from meddx.data.fingerprint import compute_fingerprint
+from meddx.data.segsources import infer_label_values, label_index, load_mask_values, open_seg_dataset
+from meddx.errors import DatasetError, ImageContentError
+
+REAL = data_dir()
+needs_real = pytest.mark.skipif(not (REAL / "seg").exists(), reason="real data not found")
+
+
+def test_sibling_masks_pair_by_name(tmp_path):
+    root = write_seg_pairs(tmp_path / "d", n=5)
+    cs = open_seg_dataset(root)
+    assert cs.task == "segment" and cs.kind == "mask beside image" and len(cs) == 5
+    img, m = load_mask_values(cs, cs.cases[0])
+    assert img.spatial_shape == m.shape and set(np.unique(m)) <= {0.0, 255.0}
+
+
+def test_images_masks_folders_and_manifest(tmp_path):
+    root = write_seg_pairs(tmp_path / "d", n=4, layout="folders")
+    cs = open_seg_dataset(root)
+    assert cs.kind == "image/mask folders" and len(cs) == 4
+    man = tmp_path / "m.csv"
+    man.write_text("image,mask,split\n" + "".join(
+        f"d/images/case{i:03d}.png,d/masks/case{i:03d}.png,{'test' if i == 3 else 'train'}\n" for i in range(4)))
+    cm = open_seg_dataset(man)
+    assert cm.kind == "manifest" and cm.official_split and [c.split for c in cm.cases] == ["train"] * 3 + ["test"]
+
+
+def test_several_masks_of_one_image_are_merged(tmp_path):
+    img = np.full((16, 16), 50, np.uint8)
+    a = np.zeros((16, 16), np.uint8)
+    a[2:5, 2:5] = 255
+    b = np.zeros((16, 16), np.uint8)
+    b[10:14, 10:14] = 255
+    write_png(tmp_path / "x.png", img)
+    write_png(tmp_path / "x_mask.png", a)
+    write_png(tmp_path / "x_mask_1.png", b)
+    cs = open_seg_dataset(tmp_path)
+    _, m = load_mask_values(cs, cs.cases[0])
+    assert int((m > 0).sum()) == 9 + 16
+
+
+def test_image_without_mask_and_mask_without_image_are_errors(tmp_path):
+    write_seg_pairs(tmp_path / "a", n=2)
+    write_png(tmp_path / "a" / "lonely.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match="lonely.png.*no mask"):
+        open_seg_dataset(tmp_path / "a")
+    write_seg_pairs(tmp_path / "b", n=2, layout="folders")
+    write_png(tmp_path / "b" / "masks" / "orphan.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DatasetError, match="orphan.png.*no image"):
+        open_seg_dataset(tmp_path / "b")
+
+
+def test_mask_size_mismatch_is_an_error_unless_resampling(tmp_path):
+    write_png(tmp_path / "x.png", np.full((20, 30), 80, np.uint8))
+    m = np.zeros((10, 15), np.uint8)
+    m[2:6, 3:9] = 255
+    write_png(tmp_path / "x_mask.png", m)
+    cs = open_seg_dataset(tmp_path)
+    with pytest.raises(ImageContentError, match=r"mask is 10x15 but its image is 20x30.*--resample-masks"):
+        load_mask_values(cs, cs.cases[0])
+    cs = open_seg_dataset(tmp_path, resample_masks=True)
+    _, mm = load_mask_values(cs, cs.cases[0])
+    assert mm.shape == (20, 30) and int((mm > 0).sum()) == 4 * 6 * 4
+
+
+def test_label_sets_inferred_declared_and_refused(tmp_path):
+    assert infer_label_values({0.0, 255.0}, None, "x")[:2] == ([0, 255], ["background", "foreground"])
+    vals, names, how = infer_label_values({0.0, 1.0, 2.0}, None, "x")
+    assert vals == [0, 1, 2] and "class" in how
+    with pytest.raises(DatasetError, match="non-integer"):
+        infer_label_values({0.0, 0.5}, None, "x")
+    with pytest.raises(DatasetError, match="empty"):
+        infer_label_values({0.0}, None, "x")
+    with pytest.raises(DatasetError, match="not declared"):
+        infer_label_values({0.0, 3.0}, {0: "bg", 1: "a"}, "x")
+    assert label_index(np.array([0.0, 255.0, 255.0]), [0, 255], "m").tolist() == [0, 1, 1]
+    with pytest.raises(ImageContentError, match=r"value\(s\) 7 outside the label set \[0, 1, 2\]"):
+        label_index(np.array([0.0, 7.0]), [0, 1, 2], "m.png")
+
+
+def test_dataset_json_declares_labels_and_fingerprint_reads_them(tmp_path):
+    root = write_seg_volumes(tmp_path / "v", n=3)
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "core", "2": "rim"}}')
+    cs = open_seg_dataset(root)
+    assert cs.declared_labels == {0: "background", 1: "core", 2: "rim"}
+    fp = compute_fingerprint(cs)
+    sg = fp["segmentation"]
+    assert sg["label_values"] == [0, 1, 2] and sg["label_names"] == ["background", "core", "rim"]
+    assert sg["labels_from"] == "declared in dataset.json" and fp["spacing_median"] == [1.5, 1.0, 1.0]
+
+
+def test_group_by_folder_pseudonymises_patient_folders(tmp_path):
+    for pat in ("TCGA_AB_0001", "TCGA_CD_0002"):
+        for i, (img, m) in enumerate([(np.full((8, 8), 9, np.uint8), np.zeros((8, 8), np.uint8))] * 2):
+            write_png(tmp_path / pat / f"{pat}_{i}.png", img)
+            write_png(tmp_path / pat / f"{pat}_{i}_mask.png", m)
+    cs = open_seg_dataset(tmp_path, group_by_folder=True)
+    assert len({c.group for c in cs.cases}) == 2
+    assert not any("TCGA" in c.case_id or "TCGA" in (c.group or "") for c in cs.cases)
+    assert cs.class_names == ["all"]
+
+
+@needs_real
+def test_real_hippocampus_nifti_pairs_keep_geometry():
+    cs = open_seg_dataset(REAL / "seg" / "msd_hippocampus_udacity")
+    assert len(cs) == 260
+    img, m = load_mask_values(cs, cs.cases[0])
+    assert img.spatial_shape == m.shape and set(np.unique(m)) == {0.0, 1.0, 2.0} and img.spacing == (1.0, 1.0, 1.0)
+
+
+@needs_real
+def test_real_dicom_series_with_mask_series(tmp_path):
+    root = REAL / "dicom" / "tcia_brain_tumor_progression_PGBM-001"
+    man = tmp_path / "m.csv"
+    man.write_text(f"image,mask\n{root / '35623-FLAIRreg-79237'},{root / '5388-MaskTumor-63335'}\n")
+    cs = open_seg_dataset(man)
+    img, m = load_mask_values(cs, cs.cases[0])
+    assert img.spatial_shape == m.shape == (24, 320, 260)
+    assert int((m > 0).sum()) == 6809  # the manifest's documented tumour voxel count
+
+
+@needs_real
+def test_real_busi_mismatched_extra_mask_is_named():
+    cs = open_seg_dataset(REAL / "seg" / "busi_subset")
+    case = next(c for c in cs.cases if c.case_id.endswith("benign (4).png"))
+    with pytest.raises(ImageContentError, match=r"benign \(4\)_mask_1.png.*mask is 465x555 but its image is 416x416"):
+        load_mask_values(cs, case)
+
+
+@needs_real
+def test_real_covid_masks_need_resampling():
+    root = REAL / "seg" / "covid19_radiography_viral_pneumonia_subset"
+    cs = open_seg_dataset(root)
+    with pytest.raises(ImageContentError, match="256x256 but its image is 299x299"):
+        load_mask_values(cs, cs.cases[0])
+    cs = open_seg_dataset(root, resample_masks=True)
+    img, m = load_mask_values(cs, cs.cases[0])
+    assert m.shape == (299, 299)

@@ -1,0 +1,49 @@
+"""Segmentation metrics: known values, the empty-mask rule, bootstrap CIs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meddx.evaluation.seg_metrics import case_metrics, summarise
+
+
+def test_dice_iou_and_distances_on_known_squares():
+    t = np.zeros((40, 40), np.uint8)
+    t[10:20, 10:20] = 1
+    p = np.zeros_like(t)
+    p[10:20, 12:22] = 1  # shifted 2 px right: overlap 10x8
+    m = case_metrics(p, t, 2)
+    assert m["dice"][0] == pytest.approx(2 * 80 / 200)
+    assert m["iou"][0] == pytest.approx(80 / 120)
+    assert m["hd95"][0] == pytest.approx(2.0)
+    m2 = case_metrics(p, t, 2, spacing=(1.0, 0.5))  # columns are 0.5 mm: the 2 px shift is 1 mm
+    assert m2["hd95"][0] == pytest.approx(1.0)
+
+
+def test_empty_mask_rule():
+    z = np.zeros((10, 10), np.uint8)
+    one = z.copy()
+    one[2:4, 2:4] = 1
+    both_empty = case_metrics(z, z, 2)
+    assert both_empty["dice"][0] == 1 and both_empty["hd95"][0] == 0
+    missed = case_metrics(z, one, 2)
+    assert missed["dice"][0] == 0 and np.isnan(missed["hd95"][0])
+    s = summarise([both_empty, missed, case_metrics(one, one, 2)], ["lesion"], n_boot=200)
+    assert s["per_class"]["lesion"]["dice"]["value"] == pytest.approx(2 / 3)
+    assert s["per_class"]["lesion"]["hd95"]["n_undefined"] == 1
+    assert s["per_class"]["lesion"]["hd95"]["value"] == 0.0
+
+
+def test_multiclass_and_ci_brackets_the_mean():
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(20):
+        t = rng.integers(0, 3, (12, 12)).astype(np.uint8)
+        p = np.where(rng.random(t.shape) < 0.8, t, rng.integers(0, 3, t.shape)).astype(np.uint8)
+        cases.append(case_metrics(p, t, 3))
+    s = summarise(cases, ["a", "b"], n_boot=500)
+    for name in ("a", "b"):
+        d = s["per_class"][name]["dice"]
+        assert 0.6 < d["value"] < 0.95 and d["ci_low"] < d["value"] < d["ci_high"]
+    assert s["mean"]["dice"]["value"] == pytest.approx(np.mean([np.mean(c["dice"]) for c in cases]))

@@ -1,0 +1,126 @@
+"""Segmentation runs end to end on generated data: training, resume, outputs, predict geometry, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from meddx_testutils import write_seg_pairs, write_seg_volumes
+
+from meddx.evaluation.seg_predict import predict_seg_paths
+from meddx.planning.plan import Plan
+from meddx.training.seg_run import train_seg_run
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    root = write_seg_pairs(tmp_path_factory.mktemp("d2") / "discs", n=40, size=48)
+    out = tmp_path_factory.mktemp("r2") / "run"
+    train_seg_run(str(root), out, overrides={"train.epochs": 12, "data.input_size": [48, 48]}, progress=False,
+                  log=lambda *a: None)
+    return root, out
+
+
+def test_2d_run_learns_discs_and_writes_every_output(run2d):
+    root, out = run2d
+    for f in ("plan.yaml", "fingerprint.json", "split.csv", "log.jsonl", "metrics.json", "per_case.csv",
+              "report.html", "training_curves.png", "dice_per_case.png", "checkpoints/best.pt"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    m = json.loads((out / "metrics.json").read_text())
+    dice = m["summary"]["mean"]["dice"]
+    assert dice["value"] > 0.8, dice  # bright discs on noise are easy
+    assert dice["ci_low"] <= dice["value"] <= dice["ci_high"]
+    assert "both masks empty" in m["empty_rule"] and len(list((out / "worst_cases").glob("*.png"))) >= 1
+    plan = Plan.load(out / "plan.yaml")
+    assert plan.task == "segment" and any(d.rule == "S10 post-processing" for d in plan.decisions)
+    assert "Worst case 1" in (out / "report.html").read_text()
+
+
+def test_2d_predict_writes_mask_at_input_size_and_overlay(run2d, tmp_path):
+    root, out = run2d
+    from PIL import Image
+
+    big = tmp_path / "in" / "big.png"
+    big.parent.mkdir()
+    Image.open(root / "case000.png").resize((96, 72)).save(big)
+    rows = predict_seg_paths(out, big.parent, tmp_path / "pred", progress=False)
+    mask = np.array(Image.open(rows[0]["mask"]))
+    assert mask.shape == (72, 96) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "pred" / "big_overlay.png").exists() and (tmp_path / "pred" / "predictions.csv").exists()
+
+
+def test_3d_patch_run_predicts_nifti_in_input_geometry(tmp_path):
+    import nibabel as nib
+
+    root = write_seg_volumes(tmp_path / "vols", n=12)
+    out = tmp_path / "run3d"
+    train_seg_run(str(root), out, overrides={"train.epochs": 3, "segment.patch_size": [16, 16, 16]},
+                  progress=False, log=lambda *a: None)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["distance_units"] == "mm" and set(m["summary"]["per_class"]) == {"label_1", "label_2"}
+    src = root / "images" / "vol00.nii.gz"
+    rows = predict_seg_paths(out, src, tmp_path / "p", progress=False)
+    a, b = nib.load(rows[0]["mask"]), nib.load(str(src))
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine)
+    assert set(np.unique(np.asarray(a.dataobj))) <= {0, 1, 2}
+    assert rows[0]["volume_mm3_label_1"] == pytest.approx(rows[0]["n_label_1"] * 1.5)
+
+
+def test_resume_continues_a_killed_segmentation_run(tmp_path):
+    root = write_seg_pairs(tmp_path / "d", n=16, size=32)
+    full = tmp_path / "full"
+    train_seg_run(str(root), full, overrides={"train.epochs": 4, "data.input_size": [32, 32]}, progress=False,
+                  log=lambda *a: None)
+    part = tmp_path / "part"
+    calls = {"n": 0}
+
+    def stop_after_two(rec):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    import meddx.training.seg_engine as se
+
+    orig = se.run_epochs
+
+    def patched(*a, **kw):
+        kw["on_epoch"] = stop_after_two
+        return orig(*a, **kw)
+
+    se.run_epochs = patched
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_seg_run(str(root), part, overrides={"train.epochs": 4, "data.input_size": [32, 32]},
+                          progress=False, log=lambda *a: None)
+    finally:
+        se.run_epochs = orig
+    assert json.loads((part / "run.json").read_text())["status"] == "interrupted"
+    train_seg_run(None, part, resume=True, progress=False, log=lambda *a: None)
+    a = torch.load(full / "checkpoints" / "best.pt", weights_only=True)["model"]
+    b = torch.load(part / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "meddx.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_segment_train_evaluate_and_bad_input(tmp_path, run2d):
+    root, out = run2d
+    r = _cli("evaluate", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "Dice" in r.stdout and (out / "evaluations" / "test" / "metrics.json").exists()
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    (bad / "case000_mask.png").unlink()
+    r = _cli("train", str(bad), "--task", "segment", "--out", str(tmp_path / "x"), "--epochs", "1")
+    assert r.returncode == 2 and "case000.png" in r.stderr and "no mask" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x").exists()
+    r = _cli("inspect", str(root), "--task", "segment", "--no-progress")
+    assert r.returncode == 0 and "mask labels" in r.stdout and "255=foreground" in r.stdout
