@@ -10,15 +10,17 @@ for the MedMNIST reference recipe (stride-1 ResNet-18, Adam 1e-3, batch 128, no
 augmentation) given the same wall time; test AUC is logged per epoch for that
 measurement only, model selection still uses validation.
 
-Usage: python benchmarks/medmnist.py [--seeds 0 1 2] [--datasets pneumoniamnist ...]
+Usage: python benchmarks/medmnist.py [--seeds 0 1 2] [--datasets pneumoniamnist ...] [--merge]
+
+``--merge`` keeps the previous file's runs of the datasets not named in ``--datasets``
+(and its time-to-reach table unless re-measured); every run records the date and git
+commit that produced it, and the table says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("MEDDX_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+from _common import DATA, HERE, git_commit, run_meddx
 
-# Training time budget per run (seconds): the bar allows 10 minutes; these leave headroom.
-BUDGET = {"pneumoniamnist": 120, "breastmnist": 60, "retinamnist": 60, "adrenalmnist3d": 150,
-          "adrenalmnist3d_64": 200, "vesselmnist3d": 240}
+# Training time budget per run (seconds): the bar allows 10 minutes. BreastMNIST 150 s and
+# VesselMNIST3D 480 s were raised from 60 s and 240 s on validation evidence (breast: mean
+# validation accuracy 0.915 at 150 s against 0.889 at 60 s over seeds 0-2; vessel: validation
+# AUC still rising when the 240 s schedule ended).
+BUDGET = {"pneumoniamnist": 120, "breastmnist": 150, "retinamnist": 60, "adrenalmnist3d": 150,
+          "adrenalmnist3d_64": 200, "vesselmnist3d": 480}
 # MedMNIST v2 (Yang et al. 2023), test AUC / ACC: ResNet-18 (28) for 2D, ResNet-18 + 3D for 3D,
 # and the best published result of any method (for the later ablation bar).
 REFERENCE = {
@@ -46,28 +50,21 @@ REFERENCE = {
 
 def run_one(flag: str, seed: int, out_root: Path) -> dict:
     out = out_root / f"{flag}_s{seed}"
-    cmd = [sys.executable, "-m", "meddx.cli", "train", str(DATA / "medmnist" / f"{flag}.npz"), "--out", str(out),
-           "--seed", str(seed), "--time-budget", f"{BUDGET[flag]}s", "--no-progress"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    log = proc.stdout.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{flag} seed {seed} failed:\n{log[-3000:]}")
+    wall, rss = run_meddx(["train", str(DATA / "medmnist" / f"{flag}.npz"), "--out", str(out), "--seed", str(seed),
+                           "--time-budget", f"{BUDGET[flag]}s", "--no-progress"], f"{flag} seed {seed}")
     m = json.loads((out / "metrics.json").read_text())
     ov = m["operating_points"]["argmax / 0.5"]["overall"]
+    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": git_commit(), "budget_s": BUDGET[flag]}
     auc = ov.get("auc") or ov.get("auc_macro")
     return {"dataset": flag, "seed": seed, "auc": auc["value"], "auc_ci": [auc["ci_low"], auc["ci_high"]],
             "acc": ov["accuracy"]["value"], "acc_ci": [ov["accuracy"]["ci_low"], ov["accuracy"]["ci_high"]],
-            "train_s": m["training"]["train_seconds"], "wall_s": round(wall, 1),
+            "train_s": m["training"]["train_seconds"], "wall_s": wall,
             "epochs": m["training"]["epochs_run"], "best_epoch": m["training"]["best_epoch"],
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+            "peak_rss_mib": rss, **stamp}
 
 
 def time_to_reach(seconds: float, target_auc: float, seed: int = 0) -> dict:
     """Per-epoch test AUC for meddx's default plan and for the MedMNIST reference recipe."""
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from meddx.data.sources import open_dataset
@@ -137,7 +134,9 @@ def write_results(rows: list[dict], ttr: dict | None, args, info: dict) -> None:
              f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, device {info['machine']['device']}. "
              + "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".", "",
              f"Seeds: {sorted({r['seed'] for r in rows})}. Default plan of `meddx train` with `--time-budget` per "
-             "dataset below; test split as published; model chosen by validation AUC; ACC at argmax / 0.5.", "",
+             "dataset below; test split as published; model chosen by validation AUC; ACC at argmax / 0.5. "
+             "With `--merge`, datasets not named were kept from the previous run: the date and commit of every run "
+             "are in the per-run table (all runs on this machine).", "",
              "| dataset | budget | meddx AUC (mean ± sd) | ResNet-18 AUC | meddx ACC (mean ± sd) | ResNet-18 ACC | beats both? | train s / run | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     summary = {}
@@ -147,18 +146,20 @@ def write_results(rows: list[dict], ttr: dict | None, args, info: dict) -> None:
         auc_m, acc_m = np.mean([r["auc"] for r in rs]), np.mean([r["acc"] for r in rs])
         beats = auc_m > ref_auc and acc_m > ref_acc
         summary[flag] = {"auc_mean": auc_m, "acc_mean": acc_m, "beats_resnet18": bool(beats)}
-        lines.append(f"| {flag} | {BUDGET[flag]} s | {fmt_ms([r['auc'] for r in rs])} | {ref_auc:.3f} | "
+        budget = rs[0].get("budget_s", BUDGET[flag])
+        lines.append(f"| {flag} | {budget} s | {fmt_ms([r['auc'] for r in rs])} | {ref_auc:.3f} | "
                      f"{fmt_ms([r['acc'] for r in rs])} | {ref_acc:.3f} | {'yes' if beats else 'no'} | "
                      f"{np.mean([r['train_s'] for r in rs]):.0f} (max {max(r['train_s'] for r in rs):.0f}) | "
                      f"{max(r['peak_rss_mib'] for r in rs):.0f} |")
     lines += ["", "Reference: MedMNIST v2 (Yang et al., Sci. Data 2023) ResNet-18 (28) for 2D, ResNet-18 + 3D for 3D "
               "(28³; the 64³ file is compared with the same row).", "", "## Every run", "",
-              "| dataset | seed | test AUC [95% CI] | test ACC [95% CI] | epochs (best) | train s | peak RSS MiB |",
-              "|---|---|---|---|---|---|---|"]
+              "| dataset | seed | test AUC [95% CI] | test ACC [95% CI] | epochs (best) | train s | peak RSS MiB | run (date, commit) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['seed']} | {r['auc']:.3f} [{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}] | "
                      f"{r['acc']:.3f} [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}] | {r['epochs']} ({r['best_epoch']}) | "
-                     f"{r['train_s']:.0f} | {r['peak_rss_mib']:.0f} |")
+                     f"{r['train_s']:.0f} | {r['peak_rss_mib']:.0f} | {r.get('date', '2026-11-24')}, "
+                     f"{r.get('commit', 'earlier')} |")
     if ttr:
         lines += ["", "## Time to reach ResNet-18 (28)'s test AUC 0.944 on PneumoniaMNIST (same wall time, seed 0)", "",
                   "| recipe | epochs in budget | seconds to AUC ≥ 0.944 | best test AUC | final test AUC |",
@@ -179,8 +180,12 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(BUDGET))
     ap.add_argument("--skip-time-to-reach", action="store_true")
     ap.add_argument("--ttr-seconds", type=float, default=BUDGET["pneumoniamnist"])
+    ap.add_argument("--merge", action="store_true", help="Keep the previous runs of datasets not run now.")
     args = ap.parse_args()
     rows = []
+    old = {}
+    if args.merge and (HERE / "results" / "medmnist.json").exists():
+        old = json.loads((HERE / "results" / "medmnist.json").read_text())
     with tempfile.TemporaryDirectory(prefix="meddx-bench-") as td:
         for flag in args.datasets:
             for seed in args.seeds:
@@ -188,6 +193,13 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
                 rows.append(r)
     ttr = None if args.skip_time_to_reach else time_to_reach(args.ttr_seconds, REFERENCE["pneumoniamnist"]["resnet18"][0])
+    if old:
+        kept = [r for r in old.get("runs", []) if r["dataset"] not in args.datasets]
+        for r in kept:  # runs from before --merge existed carry the budget of their time
+            r.setdefault("budget_s", old.get("budgets_s", {}).get(r["dataset"]))
+        order = list(BUDGET)
+        rows = sorted(kept + rows, key=lambda r: (order.index(r["dataset"]), r["seed"]))
+        ttr = ttr or old.get("time_to_reach")
     write_results(rows, ttr, args, machine_info())
 
 

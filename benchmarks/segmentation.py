@@ -28,17 +28,13 @@ import argparse
 import csv
 import datetime as _dt
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("MEDDX_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+from _common import DATA, HERE, git_commit, run_meddx
 SEG = DATA / "seg"
 
 BUDGET = {"hippocampus": 1200, "lgg": 150, "busi": 150, "covid": 480}  # training seconds per run
@@ -48,14 +44,6 @@ REFERENCE = {
     "busi": "U-Net (256 px, 70/30 splits): Dice 0.770, IoU 0.686; CMUNeXt Dice 0.799",
     "covid": "Lung segmentation on adult CXR (Idiap U-Net): Dice 0.95-0.98; bar Dice 0.95",
 }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def write_manifest(path: Path, rows: list[tuple]) -> Path:
@@ -68,20 +56,13 @@ def write_manifest(path: Path, rows: list[tuple]) -> Path:
 
 
 def train(manifest: Path, out: Path, budget: float, seed: int = 0, extra: tuple[str, ...] = ()) -> dict:
-    cmd = [sys.executable, "-m", "meddx.cli", "train", str(manifest), "--task", "segment", "--out", str(out),
-           "--seed", str(seed), "--time-budget", f"{budget:.0f}s", "--no-progress", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    log = proc.stdout.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{out.name} failed:\n{log[-3000:]}")
+    wall, rss = run_meddx(["train", str(manifest), "--task", "segment", "--out", str(out), "--seed", str(seed),
+                           "--time-budget", f"{budget:.0f}s", "--no-progress", *extra], out.name)
     m = json.loads((out / "metrics.json").read_text())
     with open(out / "per_case.csv", newline="") as f:
         per_case = list(csv.DictReader(f))
-    return {"metrics": m, "per_case": per_case, "wall_s": round(time.perf_counter() - t0, 1),
-            "train_s": m["training"]["train_seconds"], "epochs": m["training"]["epochs_run"],
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {"metrics": m, "per_case": per_case, "wall_s": wall, "train_s": m["training"]["train_seconds"],
+            "epochs": m["training"]["epochs_run"], "peak_rss_mib": rss}
 
 
 def _ci(m: dict) -> str:
@@ -241,7 +222,7 @@ def main() -> None:
         for name in args.datasets:
             out = RUNNERS[name](Path(td), args.budget_scale)
             out.update({"command": "python benchmarks/segmentation.py " + " ".join(sys.argv[1:]),
-                        "date": _dt.date.today().isoformat(), "commit": _git_commit(),
+                        "date": _dt.date.today().isoformat(), "commit": git_commit(),
                         "budget_s": BUDGET[name] * args.budget_scale, "reference": REFERENCE[name], **info})
             results[name] = out
             print("\n".join(out["lines"]), flush=True)

@@ -34,18 +34,23 @@ def _progress_enabled(no_progress: bool) -> bool:
     return not no_progress
 
 
-TASK_HELP = "classify (labels per image) | segment (masks: NAME_mask.png beside images, images/ + masks/, or image,mask CSV)"
+TASK_HELP = ("classify (labels per image) | segment (masks: NAME_mask.png beside images, images/ + masks/, or "
+             "image,mask CSV) | detect (boxes: CSV image,x1,y1,x2,y2,label)")
 RESAMPLE_HELP = "Segmentation: resize masks whose size differs from their image (nearest neighbour) instead of failing."
 GROUP_HELP = "Segmentation: each image's folder is one patient; no patient is split across train/val/test."
 
 
 def _open(path: str, task: str, resample_masks: bool = False, group_by_folder: bool = False):
+    if task == "detect":
+        from meddx.data.detsources import open_det_dataset
+
+        return open_det_dataset(path)
     if task == "segment":
         from meddx.data.segsources import open_seg_dataset
 
         return open_seg_dataset(path, resample_masks=resample_masks, group_by_folder=group_by_folder)
     if task != "classify":
-        raise MeddxError(f"unknown task '{task}'", fix="use --task classify or --task segment")
+        raise MeddxError(f"unknown task '{task}'", fix="use --task classify, segment or detect")
     from meddx.data.sources import open_dataset
 
     return open_dataset(path)
@@ -116,7 +121,7 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
 
     cs = _open(path, task, resample_masks, group_by_folder)
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress))
-    if task == "segment":
+    if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder)
     else:
         p = make_plan(fp, source=str(Path(path).resolve()), seed=seed)
@@ -146,6 +151,8 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
                                                              help="With --threshold-rule sensitivity."),
           task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP + " (default: classify, or the plan's)"),
           loss: Optional[str] = typer.Option(None, "--loss", help="Segmentation: dice | dice_ce | dice_focal | tversky"),
+          detector: Optional[str] = typer.Option(None, "--detector", help="Detection: components (boxes from a "
+                                                 "segmenter) | heatmap (centre-heatmap head, 2D)"),
           resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
           group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")):
@@ -157,23 +164,23 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
     ov = {"seed": seed, "train.time_budget_s": budget, "train.epochs": epochs, "model.name": model,
           "train.batch_size": batch_size, "optim.lr": lr, "optim.name": optimizer, "schedule.name": schedule,
           "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity,
-          "segment.loss": loss}
+          "segment.loss": loss, "segment.detector": detector}
     ov = {k: v for k, v in ov.items() if v is not None}
     if task is None:
         src = (out / "plan.yaml") if resume else plan_file
         task = Plan.load(src).task if src is not None and Path(src).exists() else "classify"
-    if task == "segment":
+    if task in ("segment", "detect"):
         from meddx.training.seg_run import train_seg_run
 
         if image_size:
             ov["data.input_size"] = [image_size, image_size]
         run = train_seg_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
-                            resample_masks=resample_masks, group_by_folder=group_by_folder,
+                            resample_masks=resample_masks, group_by_folder=group_by_folder, task=task,
                             progress=_progress_enabled(no_progress), log=console.print)
         _print_seg_summary(run)
         return
     if task != "classify":
-        raise MeddxError(f"unknown task '{task}'", fix="use --task classify or --task segment")
+        raise MeddxError(f"unknown task '{task}'", fix="use --task classify, segment or detect")
     run = train_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
                     image_size=image_size, progress=_progress_enabled(no_progress), log=console.print)
     _print_summary(run)
@@ -181,6 +188,17 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
 
 def _print_seg_summary(run: Path, sub: str = "") -> None:
     m = json.loads((run / sub / "metrics.json").read_text())
+    det = m.get("detection")
+    if det:
+        t = Table(title=f"detection on {m['dataset']} (n={m['n_test']}, IoU >= {det['iou_threshold']})")
+        for c in ("finding", "AP", "FROC mean sensitivity"):
+            t.add_column(c)
+        for name, v in det["per_class"].items():
+            t.add_row(name, f"{v['ap']:.3f}", f"{v['froc']['mean']:.3f}")
+        console.print(t)
+    if "summary" not in m:
+        console.print(f"report: {run / sub / 'report.html'}")
+        return
     t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']}, distances in {m['distance_units']})")
     for c in ("class", "Dice", "IoU", "HD95", "ASD"):
         t.add_column(c)
@@ -225,7 +243,7 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory written by `med
     from meddx.evaluation.evaluate_run import evaluate_run
 
     sub = evaluate_run(run, path, progress=_progress_enabled(no_progress))
-    if json.loads((sub / "metrics.json").read_text()).get("task") == "segment":
+    if json.loads((sub / "metrics.json").read_text()).get("task") in ("segment", "detect"):
         _print_seg_summary(run, str(sub.relative_to(run)))
     else:
         _print_summary(run, str(sub.relative_to(run)))
@@ -242,12 +260,21 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `medd
     from meddx.evaluation.predict import predict_paths, write_predictions_file
     from meddx.planning.plan import Plan
 
-    if (run / "plan.yaml").exists() and Plan.load(run / "plan.yaml").task == "segment":
+    task = Plan.load(run / "plan.yaml").task if (run / "plan.yaml").exists() else "classify"
+    if task == "segment":
         from meddx.evaluation.seg_predict import predict_seg_paths
 
         rows = predict_seg_paths(run, target, out, progress=_progress_enabled(no_progress))
         for r in rows:
             console.print(f"{Path(r['file']).name}: mask {r['mask']}, overlay {r['overlay']}")
+        return
+    if task == "detect":
+        from meddx.evaluation.seg_predict import predict_seg_paths
+
+        rows = predict_seg_paths(run, target, out, progress=_progress_enabled(no_progress))
+        n = sum(1 for r in rows if r["finding"])
+        console.print(f"{n} detection(s) in {len({r['file'] for r in rows})} image(s): "
+                      f"{Path(rows[0]['overlay']).parent / 'predictions.csv'}")
         return
 
     rows = predict_paths(run, target, progress=_progress_enabled(no_progress))
@@ -258,11 +285,11 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `medd
 
 @app.command()
 def models():
-    """List the models in the registry."""
+    """List the models in the registry (classifiers and segmenters)."""
     from meddx.models import list_models
 
-    for name in list_models():
-        console.print(name)
+    for task in ("classify", "segment"):
+        console.print(f"{task}: " + ", ".join(list_models(task)))
 
 
 @app.command()

@@ -60,7 +60,7 @@ def test_attention_none_string_means_no_attention():
 
 
 def test_common_options_accepted_by_every_model():
-    for name in list_models():
+    for name in list_models("classify"):
         opts = model_options(name)
         assert {"attention", "dropout", "width"} <= set(opts), name
         assert opts["attention"] is None and opts["dropout"] == 0.0 and opts["width"] == 1.0

@@ -75,7 +75,8 @@ def test_time_budget_sizes_the_schedule(tmp_path):
 def test_ema_tracks_weights_and_tta_averages_flips():
     import torch.nn as nn
 
-    from meddx.training.engine import EMA, predict_proba
+    from meddx.training.engine import predict_proba
+    from meddx.training.loop import EMA
 
     m = nn.Linear(2, 2)
     ema = EMA(m, decay=0.5)

@@ -85,7 +85,7 @@ def test_resume_continues_a_killed_segmentation_run(tmp_path):
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    import meddx.training.seg_engine as se
+    import meddx.training.loop as se
 
     orig = se.run_epochs
 

@@ -26,6 +26,7 @@ class Case:
         path: file or series folder, for file-backed datasets.
         index: row in an in-memory array, for array-backed datasets (MedMNIST).
         masks: segmentation only: the mask file(s) of this image (several are merged).
+        boxes: detection only: ``(x1, y1, x2, y2, class)`` per finding, pixel coordinates.
     """
 
     case_id: str
@@ -35,6 +36,7 @@ class Case:
     path: Path | None = None
     index: int | None = None
     masks: tuple[Path, ...] = ()
+    boxes: tuple = ()
 
 
 def pseudonymise(value: str, salt: str = "meddx") -> str:

@@ -45,7 +45,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     integer_valued = True
     dims_example: dict[str, str] = {}
     data_hash = hashlib.sha256()
-    seg = _MaskStats() if cs.task == "segment" else None
+    seg = _MaskStats() if cs.task in ("segment", "detect") else None
     for c in cs.cases:
         where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
         try:
@@ -96,6 +96,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     fp: dict = {
         "dataset": cs.name,
         "kind": cs.kind,
+        "task": cs.task,
         "n_cases": len(cs.cases),
         "n_readable": len(shapes),
         "class_names": cs.class_names,

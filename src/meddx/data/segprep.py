@@ -28,9 +28,13 @@ class SegData:
     images: list[torch.Tensor]
     labels: list[torch.Tensor]
     case_ids: list[str] = field(default_factory=list)
+    boxes: list = field(default_factory=list)  # detection: reference boxes per case, input-size coordinates
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def head(self, n: int) -> "SegData":
+        return SegData(self.images[:n], self.labels[:n], self.case_ids[:n], self.boxes[:n])
 
 
 def image_spec(plan, img: ImageData) -> PreprocessSpec:
@@ -67,13 +71,15 @@ def build_seg_data(cs: CaseSet, parts: dict[str, list[Case]], plan,
     """Preprocess every split; standardisation statistics come from the training split only."""
     import psutil
 
-    raw: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[str]]] = {}
+    raw: dict[str, tuple] = {}
     budget = psutil.virtual_memory().available * MEMORY_FRACTION
     used = 0
     for s, cases in parts.items():
-        ims, labs, ids = [], [], []
+        ims, labs, ids, boxes = [], [], [], []
         for c in cases:
-            a, lab, _ = prepare_case(cs, c, plan)
+            a, lab, img = prepare_case(cs, c, plan)
+            if cs.task == "detect":
+                boxes.append(scaled_boxes(c, img.spatial_shape, a.shape[1:]))
             used += a.nbytes + lab.nbytes
             if used > budget:
                 raise ImageContentError(
@@ -84,7 +90,7 @@ def build_seg_data(cs: CaseSet, parts: dict[str, list[Case]], plan,
             ids.append(c.case_id)
             if progress:
                 progress(1)
-        raw[s] = (ims, labs, ids)
+        raw[s] = (ims, labs, ids, boxes)
     tr = raw["train"][0]
     total = sum(a.size for a in tr)
     mean = sum(float(a.sum(dtype=np.float64)) for a in tr) / max(1, total)
@@ -92,7 +98,18 @@ def build_seg_data(cs: CaseSet, parts: dict[str, list[Case]], plan,
     plan.data.norm_mean = float(mean)
     plan.data.norm_std = float(np.sqrt(var)) or 1.0
     out = {}
-    for s, (ims, labs, ids) in raw.items():
+    for s, (ims, labs, ids, boxes) in raw.items():
         out[s] = SegData(images=[torch.from_numpy((a - mean) / plan.data.norm_std).float() for a in ims],
-                         labels=[torch.from_numpy(lab) for lab in labs], case_ids=ids)
+                         labels=[torch.from_numpy(lab) for lab in labs], case_ids=ids, boxes=boxes)
     return out
+
+
+def scaled_boxes(case: Case, native: tuple[int, ...], size: tuple[int, ...]):
+    """A detection case's reference boxes in the coordinates of the resized model input."""
+    from meddx.data.detsources import reference_boxes
+    from meddx.evaluation.detection import Box
+
+    f = [s / n for s, n in zip(size, native)]
+    return [Box(tuple(int(np.floor(v * k)) for v, k in zip(b.lo, f)),
+                tuple(max(int(np.ceil(v * k)), int(np.floor(lo * k)) + 1) for v, lo, k in zip(b.hi, b.lo, f)),
+                b.cls) for b in reference_boxes(case)]

@@ -246,6 +246,10 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
 
     img = image if image is not None else cs.load(case)
     shape = img.spatial_shape
+    if cs.task == "detect":  # boxes drawn as a label map at the image's size
+        from meddx.data.detsources import draw_boxes
+
+        return img, draw_boxes(shape, case.boxes)
     merged = None
     for mp in case.masks:
         m = read_image(mp)

@@ -36,7 +36,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     """
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
-    if plan.task == "segment":
+    if plan.task in ("segment", "detect"):
         return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
     names = list(plan.data.class_names)
     if dataset is None:
@@ -76,8 +76,9 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
 
 
 def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progress: bool = True) -> Path:
-    """Segmentation: Dice, IoU, HD95, ASD on the run's test split, or on every case of ``dataset``."""
-    from meddx.evaluation.seg_report import evaluate_seg_outputs
+    """Segmentation: Dice, IoU, HD95, ASD (and detection) on the run's test split, or on every case of
+    ``dataset``; heatmap detectors: AP and FROC."""
+    from meddx.evaluation.seg_report import evaluate_det_outputs, evaluate_seg_outputs
     from meddx.training.seg_run import open_for_plan
 
     cs = open_for_plan(dataset or plan.data.source, plan)
@@ -91,5 +92,8 @@ def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progres
     if not test:
         raise RunError("no test cases to evaluate", path=run_dir, fix="give a dataset with masks")
     sub.mkdir(parents=True, exist_ok=True)
-    evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+    if plan.task == "detect" and plan.segment.detector == "heatmap":
+        evaluate_det_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+    else:
+        evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
     return sub

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise
-from meddx.errors import InputError, RunError
+from meddx.errors import InputError
 from meddx.io import is_readable_path, read_image
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run

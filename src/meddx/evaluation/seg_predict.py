@@ -63,17 +63,26 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
     return path
 
 
+def write_rows(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
                       progress: bool = True) -> list[dict]:
     """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
     from meddx.evaluation.predict import collect_inputs
     from meddx.evaluation.seg_report import _display_plane, overlay_png
     from meddx.training.run import load_run, progress_callback
-    from meddx.training.seg_run import predict_case
+    from meddx.evaluation.seg_infer import predict_case
     from meddx.transforms.postprocess import postprocess
 
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
+    if plan.task == "detect":
+        return predict_det_paths(run_dir, plan, model, target, out_dir, progress=progress)
     if plan.task != "segment":
         raise RunError("not a segmentation run", path=run_dir, fix="use a run trained with --task segment")
     sg = plan.segment
@@ -107,8 +116,44 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
                 cb(1)
     finally:
         stop()
-    with open(out_dir / "predictions.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(rows, out_dir / "predictions.csv")
+    return rows
+
+
+def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
+    """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
+    from meddx.evaluation.detection import boxes_from_labels
+    from meddx.evaluation.predict import collect_inputs
+    from meddx.evaluation.seg_infer import predict_boxes, predict_case
+    from meddx.evaluation.seg_report import boxes_png
+    from meddx.training.run import progress_callback
+
+    sg = plan.segment
+    names = sg.label_names
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    rows = []
+    cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
+    try:
+        for p in paths:
+            img = read_image(p)
+            if sg.detector == "heatmap":
+                boxes = predict_boxes(model, plan, img, str(p))
+            else:
+                lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
+                boxes = boxes_from_labels(lab, probs.astype(np.float32), len(sg.label_values))
+            opath = out_dir / f"{_stem(p)}_overlay.png"
+            boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)
+            for b in sorted(boxes, key=lambda b: -b.score):
+                rows.append({"file": str(p), "finding": names[b.cls], "score": round(float(b.score), 4),
+                             "x1": b.lo[1], "y1": b.lo[0], "x2": b.hi[1], "y2": b.hi[0], "overlay": str(opath)})
+            if not boxes:
+                rows.append({"file": str(p), "finding": "", "score": None, "x1": None, "y1": None, "x2": None,
+                             "y2": None, "overlay": str(opath)})
+            if cb:
+                cb(1)
+    finally:
+        stop()
+    write_rows(rows, out_dir / "predictions.csv")
     return rows

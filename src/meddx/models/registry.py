@@ -2,9 +2,10 @@
 
 A builder is ``fn(*, spatial_dims, in_channels, num_classes, input_size, **options)``
 whose options are explicit keyword arguments, so unknown options can be
-reported by name. Every model accepts ``attention``, ``dropout`` and ``width``
+reported by name. Every classifier accepts ``attention``, ``dropout`` and ``width``
 and sets ``cam_layer`` (the module Grad-CAM should hook) and
-``classifier_layer`` (the final ``nn.Linear``).
+``classifier_layer`` (the final ``nn.Linear``); segmenters (``task="segment"``)
+accept ``dropout`` and ``width`` and set ``divisor`` (see ``models/segmenters.py``).
 """
 
 from __future__ import annotations

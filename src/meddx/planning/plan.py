@@ -106,6 +106,8 @@ class SegmentConfig(_Strict):
     choose_postprocess: bool = True  # try the options below on validation and keep those that help
     postprocess: list[Literal["largest_component", "fill_holes", "remove_small"]] = []
     min_size: int = Field(default=0, ge=0)  # remove_small: drop components under this many pixels/voxels
+    detector: Literal["components", "heatmap"] = "components"  # task detect: boxes from segmentation components,
+    # or a centre-heatmap head (2D)
 
 
 class Decision(_Strict):
@@ -118,7 +120,7 @@ class Decision(_Strict):
 
 class Plan(_Strict):
     version: int = 1
-    task: Literal["classify", "segment"] = "classify"
+    task: Literal["classify", "segment", "detect"] = "classify"
     seed: int = 0
     data: DataConfig
     model: ModelConfig = ModelConfig()

@@ -208,7 +208,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         aug = AugmentConfig(rotate_deg=10, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1)
     note("augment", aug.model_dump(), "S7 augmentation", "rule-based", spatial_dims=sd)
     plan = Plan(
-        task="segment", seed=seed,
+        task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
                         channels=ch, input_size=size, intensity=scheme, clip=clip,
                         split="official" if fp["official_split"] else "seeded"),

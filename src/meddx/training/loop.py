@@ -152,6 +152,75 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                      epochs_planned=epochs, train_seconds=float(elapsed), history=history, stopped_by=stopped_by)
 
 
+def measure_epoch_seconds(trainer, train, val, probe_steps: int = 4, val_probe: int = 4) -> float:
+    """Seconds per epoch of a task trainer, from a few steps and a partial validation on a
+    throwaway copy of its model (the real one is untouched).
+
+    ``trainer`` has ``model``, ``plan``, ``batches(data, epoch)``, ``step(model, batch)``,
+    ``validate(model, data)`` and ``steps_per_epoch(n)``; ``val`` has ``head(n)``.
+    """
+    model = copy.deepcopy(trainer.model).train()
+    opt = create_optimizer(model.parameters(), trainer.plan.optim)
+    sched = create_scheduler(opt, trainer.plan.schedule, 10, 1)
+    times = []
+    for i, batch in enumerate(trainer.batches(train, 10_000)):
+        if i > probe_steps:
+            break
+        t0 = time.perf_counter()
+        loss = trainer.step(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i > 0:  # the first step pays one-off allocation costs
+            times.append(time.perf_counter() - t0)
+    sub = val.head(val_probe)
+    t0 = time.perf_counter()
+    trainer.validate(model, sub)
+    val_s = (time.perf_counter() - t0) * max(1.0, len(val) / max(1, len(sub)))
+    return float(np.median(times) if times else 0.0) * trainer.steps_per_epoch(len(train)) + val_s
+
+
+class TaskTrainer:
+    """Base for trainers on lists of preprocessed cases (segmentation, detection).
+
+    Subclasses define ``batches(data, epoch)``, ``step(model, batch)``,
+    ``validate(model, data) -> (score, fields)`` and ``select_name``.
+    """
+
+    select_name = "metric"
+
+    def __init__(self, plan, model: nn.Module, run_dir: Path, *, device: torch.device | None = None,
+                 progress: bool = True):
+        from meddx.training.engine import get_device
+
+        self.plan = plan
+        self.device = device or get_device()
+        self.model = model.to(self.device)
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+
+    def steps_per_epoch(self, n: int) -> int:
+        return max(1, int(np.ceil(n / self.plan.train.batch_size)))
+
+    def epoch_indices(self, n: int, bs: int, g: torch.Generator) -> list[list[int]]:
+        """Case indices of each batch of an epoch: shuffled, topped up from a new shuffle to fill the last batch."""
+        steps = self.steps_per_epoch(n)
+        perm = torch.randperm(n, generator=g).tolist()
+        while len(perm) < steps * bs:
+            perm += torch.randperm(n, generator=g).tolist()
+        return [perm[s * bs:(s + 1) * bs] for s in range(steps)]
+
+    def measure_epoch_seconds(self, train, val) -> float:
+        return measure_epoch_seconds(self, train, val)
+
+    def fit(self, train, val, *, resume: bool = False) -> FitResult:
+        return run_epochs(self.plan, self.model, self.run_dir, steps_per_epoch=self.steps_per_epoch(len(train)),
+                          batches=lambda e: self.batches(train, e), step=self.step,
+                          validate=lambda m: self.validate(m, val), select_name=self.select_name, resume=resume,
+                          progress=self.progress, device=self.device)
+
+
 class Progress:
     """A rich progress bar with ETA and the live validation metric (no-op when disabled)."""
 

@@ -81,8 +81,10 @@ def set_status(run_dir: Path, status: str, **extra) -> None:
 def build_model(plan: Plan) -> torch.nn.Module:
     from meddx.models import create_model
 
-    seg = plan.segment if plan.task == "segment" else None
+    seg = plan.segment if plan.task in ("segment", "detect") else None
     k = len(seg.label_values) if seg else len(plan.data.class_names)
+    if seg and plan.task == "detect" and seg.detector == "heatmap":
+        k = len(seg.label_values) - 1 + 2  # a heatmap per finding class, box height and width
     size = seg.patch_size if seg and seg.patch_size else plan.data.input_size
     return create_model(plan.model.name, spatial_dims=plan.data.spatial_dims, in_channels=plan.data.channels,
                         num_classes=k, input_size=tuple(size), **plan.model.params)

@@ -9,8 +9,6 @@ seeded by ``(seed, epoch)``, so a resumed run repeats exactly; the epoch loop it
 
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +18,8 @@ import torch.nn.functional as F
 
 from meddx.data.segprep import SegData
 from meddx.losses.segmentation import SegLoss
-from meddx.training.loop import FitResult, run_epochs
-from meddx.training.optim import create_optimizer, create_scheduler
+from meddx.training.loop import TaskTrainer
 from meddx.transforms.augment import BatchAugment
-
-
-def get_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,24 +69,19 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-class SegTrainer:
+class SegTrainer(TaskTrainer):
     """Trains a segmentation network on ``SegData`` according to ``plan``."""
+
+    select_name = "dice"
 
     def __init__(self, plan, model: nn.Module, run_dir: Path, *, device: torch.device | None = None,
                  progress: bool = True):
-        self.plan = plan
-        self.device = device or get_device()
-        self.model = model.to(self.device)
-        self.run_dir = Path(run_dir)
-        self.progress = progress
+        super().__init__(plan, model, run_dir, device=device, progress=progress)
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
         self.loss_fn = SegLoss(plan.segment.loss, plan.segment.class_weights).to(self.device)
         self.k = len(plan.segment.label_values)
 
     # -- batches --------------------------------------------------------------------------
-    def steps_per_epoch(self, n: int) -> int:
-        return max(1, int(np.ceil(n / self.plan.train.batch_size)))
-
     def _crop(self, img: torch.Tensor, lab: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         patch = self.plan.segment.patch_size
         shape = np.array(lab.shape)
@@ -122,11 +110,7 @@ class SegTrainer:
         rng = np.random.default_rng(seed)
         n = len(data)
         bs = min(self.plan.train.batch_size, n) if not self.plan.segment.patch_size else self.plan.train.batch_size
-        perm = torch.randperm(n, generator=g).tolist()
-        while len(perm) < self.steps_per_epoch(n) * bs:
-            perm += torch.randperm(n, generator=g).tolist()
-        for s in range(self.steps_per_epoch(n)):
-            idx = perm[s * bs:(s + 1) * bs]
+        for idx in self.epoch_indices(n, bs, g):
             if self.plan.segment.patch_size:
                 pairs = [self._crop(data.images[i], data.labels[i], rng) for i in idx]
                 xb = torch.stack([p[0] for p in pairs])
@@ -158,33 +142,3 @@ class SegTrainer:
         for c, name in enumerate(self.plan.segment.label_names[1:]):
             fields[f"val_dice_{name}"] = float(s[:, c].mean())
         return float(s.mean()), fields
-
-    def measure_epoch_seconds(self, train: SegData, val: SegData, probe_steps: int = 4) -> float:
-        """Time a few steps and one validation pass on a throwaway copy of the model."""
-        model = copy.deepcopy(self.model).train()
-        opt = create_optimizer(model.parameters(), self.plan.optim)
-        sched = create_scheduler(opt, self.plan.schedule, 10, 1)
-        times = []
-        for i, batch in enumerate(self.batches(train, epoch=10_000)):
-            if i > probe_steps:
-                break
-            t0 = time.perf_counter()
-            loss = self.step(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if i > 0:  # the first step pays one-off allocation costs
-                times.append(time.perf_counter() - t0)
-        step_s = float(np.median(times)) if times else 0.0
-        sub = SegData(images=val.images[:4], labels=val.labels[:4])
-        t0 = time.perf_counter()
-        self.validate(model, sub)
-        val_s = (time.perf_counter() - t0) * max(1.0, len(val) / max(1, len(sub)))
-        return step_s * self.steps_per_epoch(len(train)) + val_s
-
-    def fit(self, train: SegData, val: SegData, *, resume: bool = False) -> FitResult:
-        return run_epochs(self.plan, self.model, self.run_dir, steps_per_epoch=self.steps_per_epoch(len(train)),
-                          batches=lambda e: self.batches(train, e), step=self.step,
-                          validate=lambda m: self.validate(m, val), select_name="dice", resume=resume,
-                          progress=self.progress, device=self.device)

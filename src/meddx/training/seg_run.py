@@ -1,9 +1,11 @@
-"""A segmentation run, end to end: dataset -> fingerprint -> plan -> split -> train ->
-post-processing chosen on validation -> test metrics at native resolution -> report.
+"""A segmentation or detection run, end to end: dataset -> fingerprint -> plan -> split ->
+train -> post-processing chosen on validation -> test metrics at native resolution -> report.
 
 The run directory holds what a classification run holds (``plan.yaml``,
 ``fingerprint.json``, ``split.csv``, ``checkpoints/``, ``log.jsonl``, ``metrics.json``,
-``report.html``) plus ``per_case.csv`` and overlays of the worst test cases.
+``report.html``) plus ``per_case.csv`` and overlays of the worst test cases. Detection
+(``task: detect``, a box manifest) trains either a segmenter on the drawn boxes whose
+connected components become detections, or the centre-heatmap detector.
 """
 
 from __future__ import annotations
@@ -15,56 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from meddx.data.case import Case, CaseSet
-from meddx.data.segprep import build_seg_data, prepare_image
-from meddx.data.segsources import label_index, load_mask_values, open_seg_dataset
+from meddx.data.case import CaseSet
+from meddx.data.detsources import open_det_dataset
+from meddx.data.segprep import build_seg_data
+from meddx.data.segsources import open_seg_dataset
 from meddx.data.split import apply_split, make_split, read_split, write_split
 from meddx.errors import MeddxError, PlanError, RunError
-from meddx.io.base import ImageData
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
 from meddx.training.run import (_check_out_dir, build_model, fingerprint_dataset, machine, progress_callback,
                                 set_status, versions, write_json)
-from meddx.training.seg_engine import SegTrainer, dice_per_class, segment_probs
+from meddx.evaluation.seg_infer import predict_cases
+from meddx.training.seg_engine import SegTrainer, dice_per_class
 
 
 def open_for_plan(dataset: str, plan: Plan) -> CaseSet:
+    if plan.task == "detect":
+        return open_det_dataset(dataset)
     return open_seg_dataset(dataset, resample_masks=plan.segment.resample_masks,
                             group_by_folder=plan.segment.group_by_folder)
-
-
-def predict_case(model: torch.nn.Module, plan: Plan, img: ImageData, where: str,
-                 device: torch.device | None = None) -> np.ndarray:
-    """Class-index map ``(*S)`` in the image's own geometry (before post-processing)."""
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(prepare_image(plan, img, where))
-    p = segment_probs(model, x, plan, device=device)
-    native = tuple(img.spatial_shape[-plan.data.spatial_dims:])
-    if tuple(p.shape[1:]) != native:
-        p = F.interpolate(p[None], size=native, mode="bilinear" if len(native) == 2 else "trilinear",
-                          align_corners=False)[0]
-    return p.argmax(0).numpy().astype(np.uint8)
-
-
-def predict_cases(cs: CaseSet, cases: list[Case], plan: Plan, model, progress: bool, desc: str):
-    """Native-resolution predictions and references for ``cases``."""
-    preds, truths, spacings = [], [], []
-    cb, stop = progress_callback(progress, len(cases), desc)
-    try:
-        for c in cases:
-            img, values = load_mask_values(cs, c)
-            truths.append(label_index(values, plan.segment.label_values, c.masks[0]).astype(np.uint8))
-            preds.append(predict_case(model, plan, img, str(c.path)))
-            spacings.append(img.spacing)
-            if cb:
-                cb(1)
-    finally:
-        stop()
-    return preds, truths, spacings
 
 
 def choose_postprocessing(plan: Plan, fp: dict, preds, truths) -> None:
@@ -85,8 +58,8 @@ def choose_postprocessing(plan: Plan, fp: dict, preds, truths) -> None:
 
 def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
                   overrides: dict[str, Any] | None = None, resume: bool = False, resample_masks: bool = False,
-                  group_by_folder: bool = False, progress: bool = True, log=print) -> Path:
-    """Train, evaluate and report a segmentation model. Returns the run directory."""
+                  group_by_folder: bool = False, task: str = "segment", progress: bool = True, log=print) -> Path:
+    """Train, evaluate and report a segmentation (or detection) model. Returns the run directory."""
     out = Path(out)
     overrides = dict(overrides or {})
     created = False
@@ -102,13 +75,17 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
     else:
         _check_out_dir(out)
         plan = Plan.load(plan_path) if plan_path else None
-        if plan is not None and plan.task != "segment":
+        if plan is not None and plan.task not in ("segment", "detect"):
             raise PlanError(f"the plan is for task '{plan.task}'", path=plan_path,
-                            fix="use a segmentation plan, or drop --task segment")
+                            fix="use a segmentation or detection plan, or drop --task")
         if plan is None and dataset is None:
             raise RunError("no dataset given", fix="pass a dataset path or --plan")
-        cs = (open_for_plan(dataset or plan.data.source, plan) if plan is not None else
-              open_seg_dataset(dataset, resample_masks=resample_masks, group_by_folder=group_by_folder))
+        if plan is not None:
+            cs = open_for_plan(dataset or plan.data.source, plan)
+        elif task == "detect":
+            cs = open_det_dataset(dataset)
+        else:
+            cs = open_seg_dataset(dataset, resample_masks=resample_masks, group_by_folder=group_by_folder)
         fp = fingerprint_dataset(cs, progress)
         if plan is None:
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
@@ -140,7 +117,16 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             data = build_seg_data(cs, {s: parts[s] for s in ("train", "val")}, plan, cb)
         finally:
             stop()
-        trainer = SegTrainer(plan, build_model(plan), out, progress=progress)
+        heatmap = plan.task == "detect" and plan.segment.detector == "heatmap"
+        if heatmap and plan.data.spatial_dims != 2:
+            raise PlanError("the heatmap detector is 2D only", path=plan_path or cs.source,
+                            fix="use segment.detector: components for 3D")
+        if heatmap:
+            from meddx.training.det_engine import HeatmapTrainer
+
+            trainer = HeatmapTrainer(plan, build_model(plan), out, progress=progress)
+        else:
+            trainer = SegTrainer(plan, build_model(plan), out, progress=progress)
         started = (out / "checkpoints" / "last.pt").exists()
         sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
         if plan.train.time_budget_s and not started and not sized:
@@ -160,13 +146,16 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             f"{plan.train.epochs} epochs) -> {out}")
         result = trainer.fit(data["train"], data["val"], resume=resume)
         model = trainer.model.eval()
-        if plan.segment.choose_postprocess:
+        if plan.segment.choose_postprocess and not heatmap:
             pv, tv, _ = predict_cases(cs, parts["val"], plan, model, progress, "choosing post-processing")
             choose_postprocessing(plan, fp, pv, tv)
         plan.save(out / "plan.yaml")
-        from meddx.evaluation.seg_report import evaluate_seg_outputs
+        from meddx.evaluation.seg_report import evaluate_det_outputs, evaluate_seg_outputs
 
-        evaluate_seg_outputs(out, plan, cs, parts["test"], model, fit=result, progress=progress)
+        if heatmap:
+            evaluate_det_outputs(out, plan, cs, parts["test"], model, fit=result, progress=progress)
+        else:
+            evaluate_seg_outputs(out, plan, cs, parts["test"], model, fit=result, progress=progress)
         set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
         return out

@@ -79,9 +79,19 @@ class BatchAugment:
             "noise_seed": torch.randint(0, 2**31 - 1, (1,), generator=gen),
         }
 
+    def _grid(self, params: dict[str, torch.Tensor], keep: torch.Tensor, shape, device, dtype) -> torch.Tensor:
+        """Sampling grid of the sampled rotation, zoom and shift (identity where not applied)."""
+        d = self.spatial_dims
+        n = shape[0]
+        a = params["angles"]
+        rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
+        theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
+        ident = torch.cat([torch.eye(d).expand(n, d, d), torch.zeros(n, d, 1)], -1)
+        theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(device, dtype)
+        return F.affine_grid(theta, list(shape), align_corners=False)
+
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Apply sampled parameters deterministically to ``x`` of shape ``(N, C, *spatial)``."""
-        d = self.spatial_dims
         keep = params["apply"].to(x.device)
         sel = keep.view(-1, *([1] * (x.ndim - 1)))
         out = x
@@ -89,12 +99,7 @@ class BatchAugment:
             m = (params["flip"][:, j].to(x.device) & keep).view(-1, *([1] * (x.ndim - 1)))
             out = torch.where(m, out.flip(2 + ax), out)
         if self.rotate_deg or self.scale or self.translate:
-            a = params["angles"]
-            rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
-            theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
-            ident = torch.cat([torch.eye(d).expand(x.shape[0], d, d), torch.zeros(x.shape[0], d, 1)], -1)
-            theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(x.device, x.dtype)
-            grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+            grid = self._grid(params, keep, out.shape, x.device, x.dtype)
             out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.contrast or self.brightness:
             c = params["contrast"].to(x.device).view(-1, *([1] * (x.ndim - 1)))
@@ -119,13 +124,7 @@ class BatchAugment:
             m = (params["flip"][:, j].to(y.device) & keep).view(-1, *([1] * (out.ndim - 1)))
             out = torch.where(m, out.flip(2 + ax), out)
         if self.rotate_deg or self.scale or self.translate:
-            d = self.spatial_dims
-            a = params["angles"]
-            rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
-            theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
-            ident = torch.cat([torch.eye(d).expand(y.shape[0], d, d), torch.zeros(y.shape[0], d, 1)], -1)
-            theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(y.device, torch.float32)
-            grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+            grid = self._grid(params, keep, out.shape, y.device, torch.float32)
             out = F.grid_sample(out.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
         return out[:, 0].to(y.dtype)
 

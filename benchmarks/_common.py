@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/<name>.py``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("MEDDX_DATA_DIR", HERE.parent.parent / "shared" / "data"))
+
+
+def git_commit() -> str:
+    """Short hash of the commit that produced a number (``unknown`` outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_meddx(args: list[str], what: str) -> tuple[float, float]:
+    """Run ``meddx <args>`` in its own process; return (wall seconds, peak RSS MiB). Raises on failure."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "meddx.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    log = proc.stdout.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{what} failed:\n{log[-3000:]}")
+    return round(time.perf_counter() - t0, 1), round(usage.ru_maxrss / 1024, 1)

@@ -1,0 +1,138 @@
+"""Lesion detection metrics: boxes from label maps, average precision and FROC.
+
+Boxes are ``(lo..., hi...)`` in pixel/voxel index coordinates, half-open, 2D or 3D. A
+detection matches a reference box of the same class when their IoU is at least the
+threshold (0.5); each reference box is matched once, highest score first (PASCAL VOC).
+AP is the area under the all-point interpolated precision-recall curve. FROC gives the
+sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per image and their mean
+(the competition performance metric of LUNA16 / CAMELYON). We write these ourselves:
+MONAI's detection metrics expect its RetinaNet app's data structures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class Box:
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    cls: int = 1
+    score: float = 1.0
+
+    def as_dict(self) -> dict:
+        return {"lo": list(self.lo), "hi": list(self.hi), "class": self.cls, "score": round(float(self.score), 5)}
+
+
+def iou(a: Box, b: Box) -> float:
+    lo = np.maximum(a.lo, b.lo)
+    hi = np.minimum(a.hi, b.hi)
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    va = float(np.prod(np.subtract(a.hi, a.lo)))
+    vb = float(np.prod(np.subtract(b.hi, b.lo)))
+    return inter / (va + vb - inter) if va + vb - inter > 0 else 0.0
+
+
+def boxes_from_labels(labels: np.ndarray, probs: np.ndarray | None = None, k: int | None = None,
+                      min_size: int = 0) -> list[Box]:
+    """One box per connected component of each foreground class.
+
+    Args:
+        labels: class-index map ``(*S)``.
+        probs: optional ``(K, *S)`` probabilities; a box's score is the mean probability of
+            its class inside the component (1.0 without probabilities).
+        k: number of classes (default: ``labels.max() + 1``).
+        min_size: components under this many pixels/voxels are ignored.
+    """
+    from scipy import ndimage
+
+    k = int(labels.max()) + 1 if k is None else k
+    out = []
+    for c in range(1, k):
+        comp, n = ndimage.label(labels == c)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())
+        for i, sl in enumerate(ndimage.find_objects(comp), start=1):
+            if sl is None or sizes[i] < max(1, min_size):
+                continue
+            score = float(probs[c][comp == i].mean()) if probs is not None else 1.0
+            out.append(Box(tuple(s.start for s in sl), tuple(s.stop for s in sl), c, score))
+    return out
+
+
+def _match(preds: list[list[Box]], refs: list[list[Box]], cls: int | None, thr: float):
+    """Scores, TP flags and image index of every detection (sorted by score), and the number of references."""
+    dets = [(b.score, i, b) for i, bs in enumerate(preds) for b in bs if cls is None or b.cls == cls]
+    dets.sort(key=lambda t: -t[0])
+    used = [np.zeros(len(r), bool) for r in refs]
+    tp = np.zeros(len(dets), bool)
+    for j, (_, i, b) in enumerate(dets):
+        best, best_k = thr, -1
+        for kk, r in enumerate(refs[i]):
+            if used[i][kk] or r.cls != b.cls:
+                continue
+            v = iou(b, r)
+            if v >= best:
+                best, best_k = v, kk
+        if best_k >= 0:
+            used[i][best_k] = True
+            tp[j] = True
+    n_ref = sum(1 for r in refs for x in r if cls is None or x.cls == cls)
+    return np.array([d[0] for d in dets]), tp, n_ref
+
+
+def average_precision(preds: list[list[Box]], refs: list[list[Box]], cls: int | None = None,
+                      iou_threshold: float = 0.5) -> float:
+    """All-point interpolated AP over images (NaN when there is no reference box)."""
+    _, tp, n_ref = _match(preds, refs, cls, iou_threshold)
+    if n_ref == 0:
+        return float("nan")
+    if len(tp) == 0:
+        return 0.0
+    ctp = np.cumsum(tp)
+    recall = ctp / n_ref
+    precision = ctp / np.arange(1, len(tp) + 1)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def froc(preds: list[list[Box]], refs: list[list[Box]], cls: int | None = None, iou_threshold: float = 0.5,
+         rates: Sequence[float] = FROC_RATES) -> dict:
+    """Sensitivity at each false-positive rate per image, and their mean."""
+    scores, tp, n_ref = _match(preds, refs, cls, iou_threshold)
+    n_img = max(1, len(preds))
+    sens = {}
+    if n_ref == 0:
+        return {"sensitivity": {str(r): float("nan") for r in rates}, "mean": float("nan"), "n_reference": 0,
+                "n_images": len(preds)}
+    ctp = np.cumsum(tp)
+    cfp = np.cumsum(~tp)
+    for r in rates:
+        ok = np.where(cfp / n_img <= r)[0]
+        sens[str(r)] = float(ctp[ok[-1]] / n_ref) if len(ok) else 0.0
+    return {"sensitivity": sens, "mean": float(np.mean(list(sens.values()))), "n_reference": int(n_ref),
+            "n_images": len(preds), "max_sensitivity": float(ctp[-1] / n_ref) if len(ctp) else 0.0}
+
+
+def detection_summary(preds: list[list[Box]], refs: list[list[Box]], class_names: Sequence[str],
+                      iou_threshold: float = 0.5) -> dict:
+    """AP@IoU and FROC per foreground class and pooled over classes."""
+    out = {"iou_threshold": iou_threshold, "per_class": {}, "rule": (
+        f"a detection is a hit when IoU >= {iou_threshold} with an unmatched reference box of its class; "
+        "AP: all-point interpolation; FROC: sensitivity at 1/8..8 false positives per image")}
+    for c, name in enumerate(class_names, start=1):
+        out["per_class"][name] = {"ap": average_precision(preds, refs, c, iou_threshold),
+                                  "froc": froc(preds, refs, c, iou_threshold)}
+    out["ap_mean"] = float(np.nanmean([v["ap"] for v in out["per_class"].values()])) if class_names else float("nan")
+    out["froc_pooled"] = froc(preds, refs, None, iou_threshold)
+    return out

@@ -1,0 +1,53 @@
+"""Box manifests for detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from meddx_testutils import write_png
+
+from meddx.data.detsources import draw_boxes, open_det_dataset, reference_boxes
+from meddx.data.segsources import load_mask_values
+from meddx.errors import DatasetError
+
+
+def _images(tmp_path, n=3):
+    for i in range(n):
+        write_png(tmp_path / f"im{i}.png", np.full((32, 40), 30 * i, np.uint8))
+
+
+def test_box_manifest_groups_rows_by_image_and_draws_boxes(tmp_path):
+    _images(tmp_path)
+    (tmp_path / "b.csv").write_text(
+        "image,x,y,w,h,label,patient_id\n"
+        "im0.png,4,2,10,6,Mass,P001\nim0.png,20,20,8,8,Nodule,P001\n"
+        "im1.png,0,0,4,4,Mass,P002\nim2.png,,,,,,P003\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    assert cs.task == "detect" and len(cs) == 3
+    assert cs.declared_labels == {0: "background", 1: "Mass", 2: "Nodule"}
+    c0 = cs.cases[0]
+    assert c0.boxes == ((4, 2, 14, 8, 1), (20, 20, 28, 28, 2)) and "P001" not in c0.case_id
+    img, lab = load_mask_values(cs, c0)
+    assert lab.shape == (32, 40) and int((lab == 1).sum()) == 60 and int((lab == 2).sum()) == 64
+    assert [(b.lo, b.hi, b.cls) for b in reference_boxes(c0)] == [((2, 4), (8, 14), 1), ((20, 20), (28, 28), 2)]
+    assert cs.cases[2].boxes == ()
+
+
+def test_scale_column_and_errors(tmp_path):
+    _images(tmp_path, 1)
+    (tmp_path / "s.csv").write_text("image,x1,y1,x2,y2,label,scale\nim0.png,8,8,40,40,Mass,0.25\n")
+    assert open_det_dataset(tmp_path / "s.csv").cases[0].boxes == ((2, 2, 10, 10, 1),)
+    (tmp_path / "e.csv").write_text("image,x1,y1,x2,y2,label\nim0.png,8,8,4,40,Mass\n")
+    with pytest.raises(DatasetError, match="line 2: the box has no area"):
+        open_det_dataset(tmp_path / "e.csv")
+    (tmp_path / "m.csv").write_text("image,x1,y1,x2,y2,label\nnope.png,1,1,4,4,Mass\n")
+    with pytest.raises(DatasetError, match="do not exist"):
+        open_det_dataset(tmp_path / "m.csv")
+    (tmp_path / "c.csv").write_text("image,label\nim0.png,Mass\n")
+    with pytest.raises(DatasetError, match="x1,y1,x2,y2"):
+        open_det_dataset(tmp_path / "c.csv")
+
+
+def test_draw_boxes_later_box_wins():
+    lab = draw_boxes((10, 10), [(0, 0, 6, 6, 1), (3, 3, 8, 8, 2)])
+    assert lab[4, 4] == 2 and lab[1, 1] == 1 and lab[9, 9] == 0
