@@ -13,10 +13,15 @@ DATA = Path(os.environ.get("MEDDX_DATA_DIR", HERE.parent.parent / "shared" / "da
 
 
 def git_commit() -> str:
-    """Short hash of the commit that produced a number (``unknown`` outside git)."""
+    """Short hash of the commit that produced a number, ``+dirty`` when tracked source files differ
+    from it (``unknown`` outside git)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                                ":(exclude)benchmarks/results"], cwd=HERE.parent, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["nih", "busi"], choices=["nih", "busi"])
     ap.add_argument("--budget-scale", type=float, default=1.0)
     args = ap.parse_args()
+    commit = git_commit()  # the code that runs, even if the tree moves on while it does
     res = HERE / "results"
     res.mkdir(exist_ok=True)
     jpath = res / "detection.json"
@@ -183,7 +184,7 @@ def main() -> None:
         for name in args.datasets:
             out = run_dataset(name, Path(td), args.budget_scale)
             out.update({"command": "python benchmarks/detection.py " + " ".join(sys.argv[1:]),
-                        "date": _dt.date.today().isoformat(), "commit": git_commit(),
+                        "date": _dt.date.today().isoformat(), "commit": commit,
                         "budget_s": BUDGET[name] * args.budget_scale, **info})
             results[name] = out
             print("\n".join(out["lines"]), flush=True)

@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
     ap.add_argument("--budget-scale", type=float, default=1.0, help="Multiply every training budget (quick checks).")
     args = ap.parse_args()
+    commit = git_commit()  # the code that runs, even if the tree moves on while it does
     res = HERE / "results"
     res.mkdir(exist_ok=True)
     jpath = res / "segmentation.json"
@@ -222,7 +223,7 @@ def main() -> None:
         for name in args.datasets:
             out = RUNNERS[name](Path(td), args.budget_scale)
             out.update({"command": "python benchmarks/segmentation.py " + " ".join(sys.argv[1:]),
-                        "date": _dt.date.today().isoformat(), "commit": git_commit(),
+                        "date": _dt.date.today().isoformat(), "commit": commit,
                         "budget_s": BUDGET[name] * args.budget_scale, "reference": REFERENCE[name], **info})
             results[name] = out
             print("\n".join(out["lines"]), flush=True)

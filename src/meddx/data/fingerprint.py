@@ -46,6 +46,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     dims_example: dict[str, str] = {}
     data_hash = hashlib.sha256()
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
+    axcodes: Counter = Counter()
     for c in cs.cases:
         where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
         try:
@@ -72,6 +73,9 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         dims_example.setdefault(str(img.spatial_dims), c.case_id)  # case ids carry no patient id
         if img.spacing is not None:
             spacings.append(tuple(float(s) for s in img.spacing))
+        codes = _axcodes(img)
+        if codes:
+            axcodes[codes] += 1
         flat = a.reshape(-1)
         k = min(PIXEL_SAMPLE, flat.size)
         samples.append(flat[rng.integers(0, flat.size, k)])
@@ -126,6 +130,9 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "distinct_shapes": len(set(shapes)),
         "spacing_median": [round(float(x), 4) for x in np.median(np.array(spacings), 0)] if spacings and len(set(map(len, spacings))) == 1 else None,
         "n_with_spacing": len(spacings),
+        # anatomical direction of each array axis (RAS letters), when >= 90 % of the images agree
+        "axcodes": (list(axcodes.most_common(1)[0][0]) if axcodes and axcodes.most_common(1)[0][1] >= 0.9 * len(shapes)
+                    else None),
         "intensity": {
             "min": vmin, "max": vmax,
             "mean": float(pix.mean()), "std": float(pix.std()),
@@ -157,6 +164,22 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"class imbalance {fp['imbalance_ratio']}:1")
     fp["findings"] = findings
     return fp
+
+
+def _axcodes(img) -> tuple[str, ...] | None:
+    """Orientation letters of the spatial axes: NIfTI's own, or from a DICOM series' LPS affine."""
+    codes = img.meta.get("axcodes")
+    if codes:
+        return tuple(codes[: img.spatial_dims])
+    aff = img.meta.get("affine")
+    if aff is None or img.meta.get("format") == "nifti" or img.spatial_dims != 3:
+        return None
+    import nibabel as nib
+
+    try:
+        return tuple(nib.aff2axcodes(np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(aff, float)))
+    except Exception:  # noqa: BLE001 - degenerate geometry: orientation unknown
+        return None
 
 
 class _MaskStats:

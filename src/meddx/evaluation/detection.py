@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+MAX_PER_IMAGE = 100  # highest-scoring detections kept per image (COCO's maxDets)
 
 
 @dataclass
@@ -58,31 +59,47 @@ def boxes_from_labels(labels: np.ndarray, probs: np.ndarray | None = None, k: in
         comp, n = ndimage.label(labels == c)
         if n == 0:
             continue
-        sizes = np.bincount(comp.ravel())
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        means = (ndimage.mean(probs[c].astype(np.float32), comp, index=np.arange(1, n + 1))
+                 if probs is not None else np.ones(n))
         for i, sl in enumerate(ndimage.find_objects(comp), start=1):
             if sl is None or sizes[i] < max(1, min_size):
                 continue
-            score = float(probs[c][comp == i].mean()) if probs is not None else 1.0
-            out.append(Box(tuple(s.start for s in sl), tuple(s.stop for s in sl), c, score))
+            out.append(Box(tuple(s.start for s in sl), tuple(s.stop for s in sl), c, float(means[i - 1])))
     return out
 
 
+def _iou_matrix(a: list[Box], b: list[Box]) -> np.ndarray:
+    """Pairwise IoU of two box lists, vectorised."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    alo, ahi = np.array([x.lo for x in a], float), np.array([x.hi for x in a], float)
+    blo, bhi = np.array([x.lo for x in b], float), np.array([x.hi for x in b], float)
+    inter = np.prod(np.clip(np.minimum(ahi[:, None], bhi[None]) - np.maximum(alo[:, None], blo[None]), 0, None), -1)
+    va, vb = np.prod(ahi - alo, -1), np.prod(bhi - blo, -1)
+    union = va[:, None] + vb[None] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def _match(preds: list[list[Box]], refs: list[list[Box]], cls: int | None, thr: float):
-    """Scores, TP flags and image index of every detection (sorted by score), and the number of references."""
-    dets = [(b.score, i, b) for i, bs in enumerate(preds) for b in bs if cls is None or b.cls == cls]
+    """Scores and TP flags of every detection (sorted by score), and the number of references."""
+    dets = []  # (score, image, IoU row against that image's references of the same class)
+    for i, bs in enumerate(preds):
+        keep = sorted((b for b in bs if cls is None or b.cls == cls), key=lambda b: -b.score)[:MAX_PER_IMAGE]
+        m = _iou_matrix(keep, refs[i])
+        same = np.array([[p.cls == r.cls for r in refs[i]] for p in keep], bool).reshape(m.shape)
+        m = np.where(same, m, 0.0)
+        dets += [(b.score, i, m[j]) for j, b in enumerate(keep)]
     dets.sort(key=lambda t: -t[0])
     used = [np.zeros(len(r), bool) for r in refs]
     tp = np.zeros(len(dets), bool)
-    for j, (_, i, b) in enumerate(dets):
-        best, best_k = thr, -1
-        for kk, r in enumerate(refs[i]):
-            if used[i][kk] or r.cls != b.cls:
-                continue
-            v = iou(b, r)
-            if v >= best:
-                best, best_k = v, kk
-        if best_k >= 0:
-            used[i][best_k] = True
+    for j, (_, i, row) in enumerate(dets):
+        if not len(row):
+            continue
+        cand = np.where(used[i], -1.0, row)
+        kk = int(np.argmax(cand))
+        if cand[kk] >= thr:
+            used[i][kk] = True
             tp[j] = True
     n_ref = sum(1 for r in refs for x in r if cls is None or x.cls == cls)
     return np.array([d[0] for d in dets]), tp, n_ref

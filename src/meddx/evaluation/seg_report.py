@@ -1,5 +1,7 @@
-"""Segmentation evaluation outputs: metrics.json, per_case.csv, plots, worst-case overlays,
-report.html. Metrics are computed in each image's own geometry (native size, spacing).
+"""Segmentation and detection evaluation outputs: metrics.json, per_case.csv, plots,
+worst-case overlays, report.html. Metrics are computed in each image's own geometry
+(native size, spacing). Segmentation runs also report lesion detection derived from
+their masks (connected components as boxes, scored by mean probability).
 """
 
 from __future__ import annotations
@@ -48,6 +50,61 @@ def overlay_png(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, t
     return _finish(fig, path)
 
 
+def boxes_png(image: np.ndarray, refs, preds, title: str = "", path: str | Path | None = None,
+              max_pred: int = 10) -> bytes:
+    """2D image with reference boxes (green) and the highest-scoring predicted boxes (red, with scores)."""
+    from matplotlib.patches import Rectangle
+
+    a = image.astype(np.float32)
+    if a.ndim == 3:
+        a = a.mean(0)
+    lo, hi = np.percentile(a, [1, 99])
+    a = np.clip((a - lo) / (hi - lo + 1e-8), 0, 1)
+    fig = _figure((4.2, 4.2))
+    ax = fig.subplots()
+    ax.imshow(a, cmap="gray", interpolation="nearest")
+    for b in refs:
+        ax.add_patch(Rectangle((b.lo[1] - 0.5, b.lo[0] - 0.5), b.hi[1] - b.lo[1], b.hi[0] - b.lo[0], fill=False,
+                               ec="#2ca02c", lw=1.5))
+    for b in sorted(preds, key=lambda b: -b.score)[:max_pred]:
+        ax.add_patch(Rectangle((b.lo[1] - 0.5, b.lo[0] - 0.5), b.hi[1] - b.lo[1], b.hi[0] - b.lo[0], fill=False,
+                               ec="#d62728", lw=1.0))
+        ax.text(b.lo[1], b.lo[0] - 1, f"{b.score:.2f}", color="#d62728", fontsize=6)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_froc(det: dict, path=None) -> bytes:
+    """Sensitivity against false positives per image (log scale), per class and pooled."""
+    fig = _figure((5.0, 3.8))
+    ax = fig.subplots()
+    curves = {**{k: v["froc"] for k, v in det["per_class"].items()}, "all findings": det["froc_pooled"]}
+    for name, f in curves.items():
+        xs = [float(r) for r in f["sensitivity"]]
+        ys = [f["sensitivity"][r] for r in f["sensitivity"]]
+        ax.plot(xs, ys, marker="o", ms=3, lw=2.0 if name == "all findings" else 1.0, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("sensitivity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"FROC (hit: IoU >= {det['iou_threshold']})")
+    ax.legend(fontsize=7)
+    return _finish(fig, path)
+
+
+def _det_table(det: dict) -> list[dict]:
+    rows = []
+    for name, v in {**det["per_class"], "all findings (pooled)": {"ap": det["ap_mean"], "froc": det["froc_pooled"]}}.items():
+        f = v["froc"]
+        rows.append({"finding": name, "AP@0.5": f"{v['ap']:.3f}" if v["ap"] == v["ap"] else "n/a",
+                     **{f"sens @ {r} FP/img": f"{x:.3f}" for r, x in f["sensitivity"].items()},
+                     "FROC mean": f"{f['mean']:.3f}" if f["mean"] == f["mean"] else "n/a",
+                     "reference boxes": f.get("n_reference", 0)})
+    return rows
+
+
 def plot_case_dice(per_case: list[dict], names: list[str], path=None) -> bytes:
     """Per-case Dice of each class as points over a box plot."""
     fig = _figure((max(4.0, 1.6 * len(names) + 2), 3.6))
@@ -67,15 +124,22 @@ def plot_case_dice(per_case: list[dict], names: list[str], path=None) -> bytes:
 def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progress: bool = True,
                          prefix: str = "") -> dict:
     """Predict ``cases`` in native geometry, post-process, score and write the outputs."""
+    from meddx.data.detsources import reference_boxes
+    from meddx.evaluation.detection import boxes_from_labels, detection_summary
+    from meddx.evaluation.seg_infer import predict_cases
     from meddx.training.run import write_json
-    from meddx.training.seg_run import predict_cases
 
     out = Path(out)
     sg = plan.segment
     k = len(sg.label_values)
     names = list(sg.label_names[1:])
-    preds, truths, spacings = predict_cases(cs, cases, plan, model, progress, "evaluating")
+    preds, truths, spacings, probs = predict_cases(cs, cases, plan, model, progress, "evaluating", with_probs=True)
     preds = [postprocess(p, sg.postprocess, k, sg.min_size) for p in preds]
+    det_pred = [boxes_from_labels(p, pr.astype(np.float32), k) for p, pr in zip(preds, probs)]
+    del probs
+    det_ref = [reference_boxes(c) if cs.task == "detect" else boxes_from_labels(t, None, k)
+               for c, t in zip(cases, truths)]
+    det = detection_summary(det_pred, det_ref, names)
     per_case = [case_metrics(p, t, k, s) for p, t, s in zip(preds, truths, spacings)]
     summary = summarise(per_case, names, n_boot=plan.evaluate.n_boot, seed=plan.seed)
     units = "mm" if all(s is not None for s in spacings) else "px"
@@ -108,8 +172,14 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
         title = f"{rows[i]['case_id']}  mean Dice {rows[i]['mean_dice']:.3f}  (green: reference, red: prediction)"
         plots[f"Worst case {rank + 1}: {rows[i]['case_id']}"] = overlay_png(a, t, p, title,
                                                                             path=wdir / f"worst_{rank + 1}.png")
+    plots["FROC (detections = connected components)"] = plot_froc(det, path=out / f"{prefix}froc.png")
+    if cs.task == "detect" and truths and truths[0].ndim == 2:
+        for rank, i in enumerate(worst[:2]):
+            plots[f"Detections, case {rows[i]['case_id']}"] = boxes_png(
+                cs.load(cases[i]).array, det_ref[i], det_pred[i], title=f"{rows[i]['case_id']} (green: reference, red: "
+                f"detections)", path=wdir / f"boxes_{rank + 1}.png")
     metrics = {
-        "task": "segment", "dataset": cs.name, "n_test": len(cases), "label_names": names,
+        "task": plan.task, "dataset": cs.name, "detection": det, "n_test": len(cases), "label_names": names,
         "distance_units": units, "empty_rule": EMPTY_RULE, "postprocess": list(sg.postprocess),
         "summary": summary, "worst_cases": [rows[i]["case_id"] for i in worst],
     }
@@ -147,5 +217,61 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
                         "Metrics are per test case in the image's own geometry, then averaged; 95% CIs are "
                         "percentile bootstrap over cases.",
                         "Worst cases are the lowest mean Dice; their overlays show the slice with most foreground."],
-                 tables={"Test metrics per class": table, "Per case": rows})
+                 tables={"Test metrics per class": table,
+                         "Detection from the masks (components as boxes, IoU >= 0.5)": _det_table(det),
+                         "Per case": rows})
+    return metrics
+
+
+def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progress: bool = True) -> dict:
+    """Heatmap detector: AP and FROC on ``cases`` in each image's pixel coordinates."""
+    from meddx.data.detsources import reference_boxes
+    from meddx.evaluation.detection import detection_summary
+    from meddx.evaluation.seg_infer import predict_boxes
+    from meddx.training.run import progress_callback, write_json
+
+    out = Path(out)
+    names = list(plan.segment.label_names[1:])
+    preds, refs = [], []
+    cb, stop = progress_callback(progress, len(cases), "evaluating")
+    try:
+        for c in cases:
+            preds.append(predict_boxes(model, plan, cs.load(c), str(c.path)))
+            refs.append(reference_boxes(c))
+            if cb:
+                cb(1)
+    finally:
+        stop()
+    det = detection_summary(preds, refs, names)
+    plots: dict[str, bytes] = {}
+    if fit is not None and fit.history:
+        plots["Training curves"] = plot_training_curves(fit.history, path=out / "training_curves.png")
+    plots["FROC"] = plot_froc(det, path=out / "froc.png")
+    wdir = out / "examples"
+    wdir.mkdir(exist_ok=True)
+    with_ref = [i for i, r in enumerate(refs) if r][:3]
+    for rank, i in enumerate(with_ref):
+        plots[f"Detections, case {cases[i].case_id}"] = boxes_png(
+            cs.load(cases[i]).array, refs[i], preds[i], title=f"{cases[i].case_id} (green: reference, red: detections)",
+            path=wdir / f"boxes_{rank + 1}.png")
+    rows = [{"case_id": c.case_id, "reference_boxes": len(r), "detections": len(p),
+             "best_score": round(max((b.score for b in p), default=0.0), 4)} for c, r, p in zip(cases, refs, preds)]
+    with open(out / "per_case.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    metrics = {"task": "detect", "detector": "heatmap", "dataset": cs.name, "n_test": len(cases),
+               "label_names": names, "detection": det}
+    if fit is not None:
+        metrics["training"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+                               "epochs_planned": fit.epochs_planned, "train_seconds": round(fit.train_seconds, 2),
+                               "stopped_by": fit.stopped_by, "select_metric": "froc",
+                               "best_val_metric": fit.best_metric}
+    info = {"dataset": f"{cs.name} ({cs.kind})", "findings": ", ".join(names), "test images": len(cases),
+            "detector": f"centre heatmap on {plan.model.name}", "input": f"2D resized to {plan.data.input_size}",
+            "seed": plan.seed}
+    write_json(out / "metrics.json", metrics)
+    write_report(out / "report.html", title=f"meddx detection report: {cs.name}", summary=info, metrics={},
+                 plots=plots, notes=[det["rule"] + ".", "Boxes are compared in each image's own pixel coordinates."],
+                 tables={"Detection (IoU >= 0.5)": _det_table(det), "Per image": rows})
     return metrics

@@ -32,7 +32,9 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
     S5 loss [fixed]: Dice + cross-entropy (nnU-Net's default); deep supervision weights 1, 1/2, 1/4.
     S6 sampling [fixed]: 3D patches centred on foreground with probability 0.33 (nnU-Net).
     S7 augmentation [rule-based]: rotation, zoom, shift, brightness and contrast; 2D adds
-       left-right flips; 3D no flips (left/right anatomy labels stay meaningful).
+       left-right flips; 3D mirrors only along the left-right axis when the orientation is
+       known (NIfTI/DICOM geometry), also as flip test-time augmentation (a mirror along
+       another axis would swap anatomy such as anterior/posterior hippocampus); else no flips.
     S8 epochs [rule-based]: as R9.
     S9 model selection [fixed]: best validation mean Dice over the foreground classes.
     S10 post-processing [empirical]: largest component, hole filling and small-component
@@ -202,11 +204,13 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     note("train.batch_size", bs, "S4 batch size", "rule-based", input_size=size)
     note("segment.loss", "dice_ce", "S5 loss", "fixed")
     note("segment.fg_oversample", 0.33, "S6 sampling", "fixed")
+    codes = fp.get("axcodes")
+    lr = [i for i, c in enumerate(codes or []) if c in ("L", "R")] if sd == 3 else []
     if sd == 2:
         aug = AugmentConfig(flip_axes=[1], rotate_deg=15, scale=0.15, translate=0.05, brightness=0.1, contrast=0.15)
     else:
-        aug = AugmentConfig(rotate_deg=10, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1)
-    note("augment", aug.model_dump(), "S7 augmentation", "rule-based", spatial_dims=sd)
+        aug = AugmentConfig(flip_axes=lr[:1], rotate_deg=10, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1)
+    note("augment", aug.model_dump(), "S7 augmentation", "rule-based", spatial_dims=sd, axcodes=codes)
     plan = Plan(
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
@@ -216,7 +220,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16),
         segment=SegmentConfig(label_values=sg["label_values"], label_names=sg["label_names"],
                               resample_masks=bool(sg.get("resample_masks")), group_by_folder=group_by_folder,
-                              patch_size=patch),
+                              patch_size=patch, tta_flip_axes=lr[:1]),
         decisions=dec,
     )
     note("train.select_metric", "dice", "S9 model selection", "fixed")

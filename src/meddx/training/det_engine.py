@@ -24,6 +24,7 @@ from meddx.transforms.augment import BatchAugment
 
 MAX_DETECTIONS = 20
 SCORE_FLOOR = 0.02
+HEAT_PRIOR = -2.19  # logit offset so an untrained head predicts ~0.1 everywhere (CenterNet's bias init)
 
 
 def heatmap_targets(shape: tuple[int, int], boxes: list[Box], n_cls: int) -> torch.Tensor:
@@ -52,7 +53,7 @@ def centernet_loss(pred: torch.Tensor, target: torch.Tensor, n_cls: int, size_we
     """Penalty-reduced focal loss (alpha 2, beta 4) on heatmaps + L1 on sizes at centres."""
     if pred.ndim == target.ndim + 1:  # deep supervision heads: use the full-resolution one
         pred = pred[:, 0]
-    heat = torch.sigmoid(pred[:, :n_cls].float()).clamp(1e-4, 1 - 1e-4)
+    heat = torch.sigmoid(pred[:, :n_cls].float() + HEAT_PRIOR).clamp(1e-4, 1 - 1e-4)
     gt = target[:, :n_cls]
     pos = gt.eq(1).float()
     neg = 1 - pos
@@ -68,7 +69,7 @@ def centernet_loss(pred: torch.Tensor, target: torch.Tensor, n_cls: int, size_we
 @torch.no_grad()
 def decode(out: torch.Tensor, n_cls: int, max_det: int = MAX_DETECTIONS, floor: float = SCORE_FLOOR) -> list[Box]:
     """Boxes from one image's raw output ``(n_cls + 2, H, W)`` (input-size coordinates)."""
-    heat = torch.sigmoid(out[:n_cls].float())
+    heat = torch.sigmoid(out[:n_cls].float() + HEAT_PRIOR)
     peaks = heat * (F.max_pool2d(heat[None], 3, stride=1, padding=1)[0] == heat)
     scores, idx = peaks.flatten().topk(min(max_det, peaks.numel()))
     h, w = heat.shape[1:]

@@ -128,8 +128,9 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
             if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
                 stop = "early_stopping"
             if cfg.time_budget_s and epoch < epochs:
+                # stop before an epoch that would end past the budget (the bar is a hard limit)
                 per_epoch = elapsed / max(1, len(history))
-                if elapsed + per_epoch > cfg.time_budget_s * 1.03:
+                if elapsed + per_epoch > cfg.time_budget_s:
                     stop = "time_budget"
             save_checkpoint(ckpt_path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
