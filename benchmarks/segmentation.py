@@ -37,7 +37,7 @@ import numpy as np
 from _common import DATA, HERE, git_commit, run_meddx
 SEG = DATA / "seg"
 
-BUDGET = {"hippocampus": 1200, "lgg": 150, "busi": 150, "covid": 480}  # training seconds per run
+BUDGET = {"hippocampus": 1200, "lgg": 120, "busi": 120, "covid": 360}  # training seconds per run
 REFERENCE = {
     "hippocampus": "nnU-Net (MSD Task04): about 0.90 / 0.89 Dice (anterior / posterior); bar mean Dice 0.89",
     "lgg": "Buda et al. 2019 (110 patients): mean per-patient Dice 0.82",
