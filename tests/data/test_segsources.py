@@ -144,3 +144,24 @@ def test_real_covid_masks_need_resampling():
     cs = open_seg_dataset(root, resample_masks=True)
     img, m = load_mask_values(cs, cs.cases[0])
     assert m.shape == (299, 299)
+
+
+def test_bilevel_and_8bit_masks_mean_the_same_foreground(tmp_path):
+    """BUSI mixes mode-1 (bilevel) and 8-bit 0/255 masks: both must give one foreground class."""
+    from PIL import Image
+
+    from meddx.data.fingerprint import compute_fingerprint
+
+    img = np.full((12, 12), 80, np.uint8)
+    img[3:7, 3:7] = 200
+    m = np.zeros((12, 12), np.uint8)
+    m[3:7, 3:7] = 255
+    write_png(tmp_path / "a.png", img)
+    write_png(tmp_path / "a_mask.png", m)
+    write_png(tmp_path / "b.png", img)
+    Image.fromarray(m > 0).save(tmp_path / "b_mask.png")  # mode "1"
+    cs = open_seg_dataset(tmp_path)
+    _, mb = load_mask_values(cs, cs.cases[1])
+    assert set(np.unique(mb)) == {0.0, 255.0}
+    sg = compute_fingerprint(cs)["segmentation"]
+    assert sg["label_values"] == [0, 255] and sg["label_names"] == ["background", "foreground"]

@@ -225,6 +225,8 @@ def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
     a = a[0]
     if not np.isfinite(a).all():
         raise ImageContentError("mask contains NaN or infinite values", path=where, fix="re-export the mask")
+    if img.meta.get("mode") == "1":  # a bilevel PNG/TIFF: on is 255, as Pillow's own conversion to 8 bit has it
+        a = a * 255.0
     return a
 
 
