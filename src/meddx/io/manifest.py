@@ -93,7 +93,8 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True,
     if missing:
         m, q = missing[0]
         raise DatasetError(
-            f"{len(missing)} listed files do not exist; first: '{q}' (line {m.line})",
+            f"{len(missing)} of {sum(1 + len(r.masks) for r in rows)} listed files do not exist; first: '{q}' "
+            f"(line {m.line})",
             path=p, fix="correct the paths (relative paths are taken from the CSV's folder) or remove those lines")
     return rows
 
