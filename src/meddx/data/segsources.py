@@ -131,25 +131,10 @@ def _cases_from_siblings(root: Path) -> list[Case]:
 
 
 def _cases_from_manifest(path: Path) -> tuple[list[Case], bool]:
+    from meddx.data.sources import manifest_cases
     from meddx.io.manifest import read_manifest
 
-    rows = read_manifest(path, require_label=False, require_mask=True)
-    have_split = [r.split is not None for r in rows]
-    if any(have_split) and not all(have_split):
-        first = next(r for r in rows if r.split is None)
-        raise DatasetError(f"the split column is empty on line {first.line} but filled on others", path=path,
-                           fix="give every row a split (train/val/test) or drop the column")
-    cases = []
-    for r in rows:
-        try:
-            cid = str(r.path.relative_to(path.parent))
-        except ValueError:
-            cid = str(r.path)
-        if r.patient_id:
-            cid = cid.replace(r.patient_id, pseudonymise(r.patient_id))
-        cases.append(Case(case_id=cid, label=None, split=r.split, path=r.path, masks=r.masks,
-                          group=pseudonymise(r.patient_id) if r.patient_id else None))
-    return cases, all(have_split)
+    return manifest_cases(path, read_manifest(path, require_label=False, require_mask=True), lambda r: None)
 
 
 def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by_folder: bool = False) -> CaseSet:
@@ -198,16 +183,6 @@ def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by
     idx = {n: i for i, n in enumerate(names)}
     for c, s in zip(cases, strata):
         c.label = idx[s if s is not None else names[0]]
-    seen: set[str] = set()
-    for c in cases:
-        if c.case_id in seen:
-            raise DatasetError(f"'{c.case_id}' is listed twice", path=p, fix="list each image once")
-        seen.add(c.case_id)
-    if official:
-        present = {c.split for c in cases}
-        if "train" not in present or "test" not in present:
-            raise DatasetError(f"the split column names only {sorted(present)}; meddx needs at least train and test",
-                               path=p, fix="add train and test rows, or drop the split column to let meddx split")
     return CaseSet(name=p.stem if p.is_file() else p.name, source=str(p), kind=kind, class_names=names,
                    cases=cases, official_split=official, loader=lambda c: read_image(c.path), task="segment",
                    declared_labels=_declared_labels(root), resample_masks=resample_masks)

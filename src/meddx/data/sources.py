@@ -116,13 +116,13 @@ def open_folder(path: Path) -> CaseSet:
                    official_split=False, loader=_load_file, notes=notes)
 
 
-def open_manifest(path: Path) -> CaseSet:
-    """CSV manifest ``path,label[,split][,patient_id]``."""
-    from meddx.io.manifest import read_manifest
+def manifest_cases(path: Path, rows, label_of) -> tuple[list[Case], bool]:
+    """Cases of manifest rows (classification or segmentation) and whether their split is official.
 
-    rows = read_manifest(path)
-    names = _sort_labels({r.label for r in rows})
-    idx = {n: i for i, n in enumerate(names)}
+    Case ids are paths relative to the CSV, with an embedded patient identifier replaced
+    by its pseudonym; a split column must be filled on every row or none, and name at
+    least train and test.
+    """
     have_split = [r.split is not None for r in rows]
     if any(have_split) and not all(have_split):
         first = next(r for r in rows if r.split is None)
@@ -144,8 +144,8 @@ def open_manifest(path: Path) -> CaseSet:
             raise DatasetError(f"'{cid}' is listed twice (line {r.line})", path=path,
                                fix="list each image once")
         seen.add(cid)
-        cases.append(Case(case_id=cid, label=idx[r.label], split=r.split,
-                          group=pseudonymise(r.patient_id) if r.patient_id else None, path=r.path))
+        cases.append(Case(case_id=cid, label=label_of(r), split=r.split, path=r.path, masks=r.masks,
+                          group=pseudonymise(r.patient_id) if r.patient_id else None))
     official = all(have_split)
     if official:
         present = {r.split for r in rows}
@@ -154,6 +154,17 @@ def open_manifest(path: Path) -> CaseSet:
                 f"the split column names only {sorted(present)}; meddx needs at least train and test",
                 path=path, fix="add train and test rows, or drop the split column to let meddx split",
             )
+    return cases, official
+
+
+def open_manifest(path: Path) -> CaseSet:
+    """CSV manifest ``path,label[,split][,patient_id]``."""
+    from meddx.io.manifest import read_manifest
+
+    rows = read_manifest(path)
+    names = _sort_labels({r.label for r in rows})
+    idx = {n: i for i, n in enumerate(names)}
+    cases, official = manifest_cases(path, rows, lambda r: idx[r.label])
     return CaseSet(name=path.stem, source=str(path), kind="manifest", class_names=names, cases=cases,
                    official_split=official, loader=_load_file)
 

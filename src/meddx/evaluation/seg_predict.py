@@ -63,6 +63,18 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
     return path
 
 
+def _inputs_and_out_dir(run_dir: Path, plan, target, out_dir) -> tuple[Path, list[Path]]:
+    """The output folder (default ``RUN/predictions``), created, and the input files under ``target``."""
+    from meddx.evaluation.predict import collect_inputs
+
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
+    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, paths
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -73,7 +85,6 @@ def write_rows(rows: list[dict], path: Path) -> None:
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
                       progress: bool = True) -> list[dict]:
     """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
-    from meddx.evaluation.predict import collect_inputs
     from meddx.evaluation.seg_report import _display_plane, overlay_png
     from meddx.training.run import load_run, progress_callback
     from meddx.evaluation.seg_infer import predict_case
@@ -87,11 +98,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
         raise RunError("not a segmentation run", path=run_dir, fix="use a run trained with --task segment")
     sg = plan.segment
     values = np.asarray(sg.label_values)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    out_dir, paths = _inputs_and_out_dir(run_dir, plan, target, out_dir)
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
     try:
@@ -123,16 +130,13 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
 def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
     """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
     from meddx.evaluation.detection import boxes_from_labels
-    from meddx.evaluation.predict import collect_inputs
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback
 
     sg = plan.segment
     names = sg.label_names
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    out_dir, paths = _inputs_and_out_dir(run_dir, plan, target, out_dir)
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
     try:

@@ -56,6 +56,21 @@ def _round8(x: float) -> int:
     return int(max(8, round(x / 8) * 8))
 
 
+def _start(cuda: bool | None):
+    """``(cuda, decisions, note)``: whether a GPU counts, and a recorder of each decision with its rule."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    dec: list[Decision] = []
+
+    def note(field, value, rule, kind, **reads):
+        dec.append(Decision(field=field, value=value, rule=rule, kind=kind, reads=reads))
+        return value
+
+    return cuda, dec, note
+
+
 def _rule_dims(fp: dict, source: str, note) -> int:
     dims = fp.get("spatial_dims") or []
     if len(dims) != 1:
@@ -97,15 +112,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
 
     ``cuda`` (default: whether a GPU is visible) only relaxes the 3D size cap.
     """
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    dec: list[Decision] = []
-
-    def note(field, value, rule, kind, **reads):
-        dec.append(Decision(field=field, value=value, rule=rule, kind=kind, reads=reads))
-        return value
+    cuda, dec, note = _start(cuda)
 
     sd = _rule_dims(fp, source, note)
     ch = _rule_channels(fp, note)
@@ -168,15 +175,7 @@ def _round_up(x: float, m: int) -> int:
 def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None,
                   cuda: bool | None = None, group_by_folder: bool = False) -> Plan:
     """Build a segmentation plan (rules R1, R2, R4 and S1-S10 in the module docstring)."""
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
-    dec: list[Decision] = []
-
-    def note(field, value, rule, kind, **reads):
-        dec.append(Decision(field=field, value=value, rule=rule, kind=kind, reads=reads))
-        return value
+    cuda, dec, note = _start(cuda)
 
     sg = fp["segmentation"]
     sd = _rule_dims(fp, source, note)

@@ -131,22 +131,87 @@ def _check_out_dir(out: Path) -> None:
                        fix="choose a new --out, or add --resume to continue that run")
 
 
+def resume_state(out: Path) -> tuple[Plan, dict]:
+    """Plan and fingerprint of a stopped run in ``out`` (refuses a missing or complete one)."""
+    if not (out / "plan.yaml").exists():
+        raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
+    info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    if info.get("status") == "complete":
+        raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
+    return Plan.load(out / "plan.yaml"), json.loads((out / "fingerprint.json").read_text())
+
+
+def split_for_run(cs: CaseSet, plan: Plan, out: Path, resume: bool) -> dict:
+    """Check the plan's split fits the dataset; the run's own split when resuming, else a new one."""
+    if plan.data.split == "official" and not cs.official_split:
+        raise PlanError("the plan asks for the dataset's own split but it has none", path=cs.source,
+                        fix="set data.split: seeded")
+    if resume and (out / "split.csv").exists():
+        split = read_split(out / "split.csv")  # the split the run started with, whatever changed since
+    else:
+        split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
+    return apply_split(cs, split)
+
+
+def start_run_dir(out: Path, plan: Plan, fp: dict, cs: CaseSet) -> None:
+    """Create the run directory with run.json (running), fingerprint, split and plan."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", {"status": "running", "task": plan.task,
+                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": plan.seed,
+                                  "data_hash": fp.get("data_hash"), "versions": versions(), "machine": machine()})
+    write_json(out / "fingerprint.json", fp)
+    write_split(out / "split.csv", cs)
+    plan.save(out / "plan.yaml")  # so a run killed while preprocessing can be resumed
+
+
+def size_epochs(plan: Plan, out: Path, measure, rule: str, fraction: float) -> None:
+    """R9/S8: with a time budget, epochs = fraction x budget / measured epoch seconds (once per run)."""
+    started = (out / "checkpoints" / "last.pt").exists()
+    sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
+    if not plan.train.time_budget_s or started or sized:
+        return
+    per_epoch = measure()
+    epochs = int(np.clip(plan.train.time_budget_s * fraction // max(per_epoch, 1e-6), 1,
+                         plan.train.max_epochs_with_budget))
+    plan.train.epochs = epochs
+    plan.decisions.append(Decision(field="train.epochs", value=epochs, rule=rule, kind="rule-based",
+                                   reads={"time_budget_s": plan.train.time_budget_s,
+                                          "measured_epoch_s": round(per_epoch, 3)}))
+
+
+class RunGuard:
+    """On the way out of a failed run: remove it when bad input stopped it before any checkpoint,
+    else mark ``run.json`` failed or interrupted (a run never looks finished when it is not)."""
+
+    def __init__(self, out: Path, resume: bool):
+        self.out, self.resume, self.created = out, resume, False
+
+    def __enter__(self) -> "RunGuard":
+        return self
+
+    def __exit__(self, et, e, tb) -> bool:
+        out = self.out
+        if et is None:
+            return False
+        if issubclass(et, MeddxError):
+            if self.created and not self.resume and not (out / "checkpoints" / "last.pt").exists():
+                shutil.rmtree(out, ignore_errors=True)
+            elif out.exists():
+                set_status(out, "failed")
+        elif (out / "run.json").exists():
+            set_status(out, "interrupted" if issubclass(et, KeyboardInterrupt) else "failed")
+        return False
+
+
 def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
               overrides: dict[str, Any] | None = None, resume: bool = False, image_size: int | None = None,
               progress: bool = True, log=print) -> Path:
     """Train, evaluate and report. Returns the run directory."""
     out = Path(out)
     overrides = dict(overrides or {})
-    created = False
     if resume:
-        if not (out / "plan.yaml").exists():
-            raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
-        info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-        if info.get("status") == "complete":
-            raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
-        plan = Plan.load(out / "plan.yaml")
+        plan, fp = resume_state(out)
         cs = open_dataset(dataset or plan.data.source)
-        fp = json.loads((out / "fingerprint.json").read_text())
     else:
         _check_out_dir(out)
         if plan_path:
@@ -171,39 +236,17 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
             overrides["data.input_size"] = [int(image_size)] * plan.data.spatial_dims
         plan = apply_overrides(plan, overrides)
     seed_everything(plan.seed)
-    if plan.data.split == "official" and not cs.official_split:
-        raise PlanError("the plan asks for the dataset's own split but it has none", path=cs.source,
-                        fix="set data.split: seeded")
-    if resume and (out / "split.csv").exists():
-        split = read_split(out / "split.csv")  # the split the run started with, whatever changed since
-    else:
-        split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
-    parts = apply_split(cs, split)
-    try:
+    parts = split_for_run(cs, plan, out, resume)
+    with RunGuard(out, resume) as guard:
         if not resume:
-            out.mkdir(parents=True, exist_ok=True)
-            created = True
-            write_json(out / "run.json", {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                          "seed": plan.seed, "data_hash": fp.get("data_hash"),
-                                          "versions": versions(), "machine": machine()})
-            write_json(out / "fingerprint.json", fp)
-            write_split(out / "split.csv", cs)
-            plan.save(out / "plan.yaml")  # so a run killed while preprocessing can be resumed
+            start_run_dir(out, plan, fp, cs)
+            guard.created = True
         tensors = prepare_tensors(cs, parts, plan, progress)
         model = build_model(plan)
         trainer = Trainer(plan, model, out, progress=progress)
         xtr, ytr = tensors["train"]
         xva, yva = tensors["val"]
-        started = (out / "checkpoints" / "last.pt").exists()
-        sized = any(d.rule == "R9 epochs" for d in plan.decisions)
-        if plan.train.time_budget_s and not started and not sized:
-            per_epoch = trainer.measure_epoch_seconds(xtr, ytr, xva.shape[0])
-            epochs = int(np.clip(plan.train.time_budget_s * 0.97 // max(per_epoch, 1e-6), 1,
-                                 plan.train.max_epochs_with_budget))
-            plan.train.epochs = epochs
-            plan.decisions.append(Decision(field="train.epochs", value=epochs, rule="R9 epochs", kind="rule-based",
-                                           reads={"time_budget_s": plan.train.time_budget_s,
-                                                  "measured_epoch_s": round(per_epoch, 3)}))
+        size_epochs(plan, out, lambda: trainer.measure_epoch_seconds(xtr, ytr, xva.shape[0]), "R9 epochs", 0.97)
         plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
         seed_everything(plan.seed)
         # re-create so the weights do not depend on whether the budget probe ran
@@ -221,20 +264,6 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
         return out
-    except MeddxError:
-        if created and not resume and not (out / "checkpoints" / "last.pt").exists():
-            shutil.rmtree(out, ignore_errors=True)
-        elif out.exists():
-            set_status(out, "failed")
-        raise
-    except KeyboardInterrupt:
-        if (out / "run.json").exists():
-            set_status(out, "interrupted")
-        raise
-    except Exception:
-        if (out / "run.json").exists():
-            set_status(out, "failed")
-        raise
 
 
 def load_run(run_dir: str | Path) -> tuple[Plan, torch.nn.Module]:

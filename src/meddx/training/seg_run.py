@@ -10,25 +10,21 @@ connected components become detections, or the centre-heatmap detector.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from meddx.data.case import CaseSet
 from meddx.data.detsources import open_det_dataset
 from meddx.data.segprep import build_seg_data
 from meddx.data.segsources import open_seg_dataset
-from meddx.data.split import apply_split, make_split, read_split, write_split
-from meddx.errors import MeddxError, PlanError, RunError
+from meddx.errors import PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
-from meddx.training.run import (_check_out_dir, build_model, fingerprint_dataset, machine, progress_callback,
-                                set_status, versions, write_json)
+from meddx.training.run import (RunGuard, _check_out_dir, build_model, fingerprint_dataset, progress_callback,
+                                resume_state, set_status, size_epochs, split_for_run, start_run_dir)
 from meddx.evaluation.seg_infer import predict_cases
 from meddx.training.seg_engine import SegTrainer, dice_per_class
 
@@ -62,16 +58,9 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
     """Train, evaluate and report a segmentation (or detection) model. Returns the run directory."""
     out = Path(out)
     overrides = dict(overrides or {})
-    created = False
     if resume:
-        if not (out / "plan.yaml").exists():
-            raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
-        info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-        if info.get("status") == "complete":
-            raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
-        plan = Plan.load(out / "plan.yaml")
+        plan, fp = resume_state(out)
         cs = open_for_plan(dataset or plan.data.source, plan)
-        fp = json.loads((out / "fingerprint.json").read_text())
     else:
         _check_out_dir(out)
         plan = Plan.load(plan_path) if plan_path else None
@@ -95,23 +84,11 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         overrides.pop("seed", None)
         plan = apply_overrides(plan, overrides)
     seed_everything(plan.seed)
-    if plan.data.split == "official" and not cs.official_split:
-        raise PlanError("the plan asks for the dataset's own split but it has none", path=cs.source,
-                        fix="set data.split: seeded")
-    split = read_split(out / "split.csv") if resume and (out / "split.csv").exists() else \
-        make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
-    parts = apply_split(cs, split)
-    try:
+    parts = split_for_run(cs, plan, out, resume)
+    with RunGuard(out, resume) as guard:
         if not resume:
-            out.mkdir(parents=True, exist_ok=True)
-            created = True
-            write_json(out / "run.json", {"status": "running", "task": "segment",
-                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": plan.seed,
-                                          "data_hash": fp.get("data_hash"), "versions": versions(),
-                                          "machine": machine()})
-            write_json(out / "fingerprint.json", fp)
-            write_split(out / "split.csv", cs)
-            plan.save(out / "plan.yaml")
+            start_run_dir(out, plan, fp, cs)
+            guard.created = True
         cb, stop = progress_callback(progress, len(cs.cases), "preprocessing")
         try:
             data = build_seg_data(cs, {s: parts[s] for s in ("train", "val")}, plan, cb)
@@ -127,17 +104,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             trainer = HeatmapTrainer(plan, build_model(plan), out, progress=progress)
         else:
             trainer = SegTrainer(plan, build_model(plan), out, progress=progress)
-        started = (out / "checkpoints" / "last.pt").exists()
-        sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
-        if plan.train.time_budget_s and not started and not sized:
-            per_epoch = trainer.measure_epoch_seconds(data["train"], data["val"])
-            # leave ~8% of the budget for post-processing choice and test evaluation
-            epochs = int(np.clip(plan.train.time_budget_s * 0.92 // max(per_epoch, 1e-6), 1,
-                                 plan.train.max_epochs_with_budget))
-            plan.train.epochs = epochs
-            plan.decisions.append(Decision(field="train.epochs", value=epochs, rule="S8 epochs", kind="rule-based",
-                                           reads={"time_budget_s": plan.train.time_budget_s,
-                                                  "measured_epoch_s": round(per_epoch, 3)}))
+        # leave ~8% of the budget for post-processing choice and test evaluation
+        size_epochs(plan, out, lambda: trainer.measure_epoch_seconds(data["train"], data["val"]), "S8 epochs", 0.92)
         plan.save(out / "plan.yaml")
         seed_everything(plan.seed)
         trainer.model = build_model(plan).to(trainer.device)
@@ -159,17 +127,3 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
         return out
-    except MeddxError:
-        if created and not resume and not (out / "checkpoints" / "last.pt").exists():
-            shutil.rmtree(out, ignore_errors=True)
-        elif out.exists():
-            set_status(out, "failed")
-        raise
-    except KeyboardInterrupt:
-        if (out / "run.json").exists():
-            set_status(out, "interrupted")
-        raise
-    except Exception:
-        if (out / "run.json").exists():
-            set_status(out, "failed")
-        raise
