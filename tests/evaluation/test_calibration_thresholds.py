@@ -88,3 +88,21 @@ def test_choose_threshold():
         choose_threshold([0, 0, 0], [[0.9, 0.1]] * 3)
     with pytest.raises(MeddxError, match="binary"):
         choose_threshold([0, 1, 2], np.full((3, 3), 1 / 3))
+
+
+def test_temperature_scaling_fixes_overconfidence_and_keeps_ranking():
+    from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    y = rng.integers(0, 2, n)
+    true_logit = rng.normal(0, 1.5, n) + (2 * y - 1) * 1.0
+    p1 = 1 / (1 + np.exp(-3.0 * true_logit))  # logits scaled x3: overconfident by a temperature of 3
+    p = np.stack([1 - p1, p1], 1)
+    t = fit_temperature(y, p)
+    assert 2.4 < t < 3.6
+    q = apply_temperature(p, t)
+    assert expected_calibration_error(y, q) < 0.5 * expected_calibration_error(y, p)
+    assert np.array_equal(q.argmax(1), p.argmax(1))
+    assert np.allclose(q.sum(1), 1)
+    assert fit_temperature(np.zeros(5, int), p[:5]) == 1.0  # one class: nothing to fit

@@ -69,3 +69,45 @@ def reliability_curve(y_true, proba, n_bins: int = 15) -> dict:
         "bin_count": [int(c) for c in count],
         "bin_edges": [float(e) for e in np.linspace(0.0, 1.0, int(n_bins) + 1)],
     }
+
+
+def apply_temperature(proba, temperature: float) -> np.ndarray:
+    """Rescale probabilities by a temperature: ``softmax(log(p) / T)``.
+
+    Works on probabilities rather than logits so it also calibrates averaged outputs
+    (test-time augmentation, ensembles) and the ONNX runtime's softmax output.
+    """
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0)
+    z = np.log(p) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(y_true, proba, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature scaling (Guo et al., 2017): the ``T`` that minimises the negative
+    log-likelihood of ``softmax(log(p) / T)`` on held-out (validation) data.
+
+    One scalar, so ranking (AUC) and argmax never change; only confidences do. Solved
+    by bounded scalar minimisation over ``log T`` (the NLL is smooth and unimodal in it).
+
+    Returns:
+        The fitted temperature (1.0 when the data cannot inform it: under 2 cases or one class).
+    """
+    from scipy.optimize import minimize_scalar
+
+    y, p = check_labels_proba(y_true, proba)
+    if y.shape[0] < 2 or len(np.unique(y)) < 2:
+        return 1.0
+    logp = np.log(np.clip(p, 1e-12, 1.0))
+    idx = np.arange(y.shape[0])
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[idx, y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-4})
+    t = float(np.exp(res.x))
+    return t if nll(np.log(t)) <= nll(0.0) else 1.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from meddx.evaluation.calibration import expected_calibration_error
+from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from meddx.evaluation.metrics import classification_metrics
 from meddx.evaluation.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
 from meddx.evaluation.report import write_report
@@ -24,6 +24,33 @@ def operating_points(plan, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, An
                 "why": "multi-class: argmax" if p_val.shape[1] != 2 else "validation has one class"}
     ev = plan.evaluate
     return choose_threshold(y_val, p_val, rule=ev.threshold_rule, target_sensitivity=ev.target_sensitivity)
+
+
+def calibration(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray,
+                p_test: np.ndarray, refit: bool) -> dict[str, Any]:
+    """Temperature fitted on validation (``calibration.json``), with ECE before and after on both splits.
+
+    A new training run refits; re-evaluating an existing run keeps its temperature (never fitted on test).
+    """
+    from meddx.training.run import write_json
+
+    path = run_dir / "calibration.json"
+    fitted = refit or (not path.exists() and len(y_val) > 1)
+    if fitted:
+        t = fit_temperature(y_val, p_val)
+    elif path.exists():
+        t = float(json.loads(path.read_text())["temperature"])
+    else:
+        t = 1.0  # nothing to fit on and nothing fitted before: uncalibrated
+    bins = plan.evaluate.ece_bins
+    cal = {"method": "temperature scaling on validation log-probabilities", "temperature": t, "ece_bins": bins}
+    for split, y, p in (("val", y_val, p_val), ("test", y_test, p_test)):
+        if len(y):
+            cal[f"ece_{split}_before"] = float(expected_calibration_error(y, p, n_bins=bins))
+            cal[f"ece_{split}_after"] = float(expected_calibration_error(y, apply_temperature(p, t), n_bins=bins))
+    if fitted:
+        write_json(path, cal)
+    return cal
 
 
 def metric_sets(plan, y: np.ndarray, p: np.ndarray, threshold: dict) -> dict[str, dict]:
@@ -71,6 +98,7 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         write_json(thr_path, thr)
     else:
         thr = json.loads(thr_path.read_text())
+    cal = calibration(run_dir, plan, y_val, p_val, y_test, p_test, refit=fit is not None)
     sets = metric_sets(plan, y_test, p_test, thr)
     rows = [(c.case_id, "val", int(c.label), p) for c, p in zip(parts.get("val", []), p_val)] if fit else []
     rows += [(c.case_id, c.split or "test", c.label, p) for c, p in zip(parts["test"], p_test)]
@@ -92,6 +120,7 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         "dataset": cs.name, "n_test": int(len(y_test)), "class_names": names,
         "operating_points": sets, "threshold": thr,
         "ece_test": float(expected_calibration_error(y_test, p_test, n_bins=plan.evaluate.ece_bins)),
+        "calibration": cal,
     }
     if val_metrics is not None:
         metrics["validation"] = {"auc": val_metrics["overall"].get("auc_macro"),
