@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meddx.errors import PlanError
 
@@ -49,6 +49,10 @@ class AugmentConfig(_Strict):
     brightness: float = 0.0          # additive, in standardised units
     contrast: float = 0.0            # multiplicative, uniform in [1 - c, 1 + c]
     noise_std: float = 0.0           # Gaussian noise, standardised units
+    gamma: float = Field(default=0.0, ge=0.0, lt=1.0)  # gamma in [1/(1+g), 1+g] on the min-max rescaled image
+    blur_sigma: float = Field(default=0.0, ge=0.0)     # Gaussian blur, sigma uniform in [0, s] pixels
+    elastic: float = Field(default=0.0, ge=0.0)        # smooth random displacement, fraction of the image size
+    elastic_grid: int = Field(default=4, ge=2)         # control points per axis of the elastic field
     p: float = Field(default=1.0, ge=0.0, le=1.0)  # chance a sample is augmented at all
 
 
@@ -70,8 +74,16 @@ class ScheduleConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    loss: Literal["ce"] = "ce"
+    loss: Literal["ce", "focal"] = "ce"
+    focal_gamma: float = Field(default=2.0, ge=0)     # loss "focal": (1 - p_t)^gamma down-weights easy cases
+    logit_adjust: float = Field(default=0.0, ge=0)    # tau of logit-adjusted CE (Menon et al. 2021); 0 = off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    sampler: Literal["none", "weighted", "oversample", "undersample"] = "none"  # class balance of the batches
+    mixup: float = Field(default=0.0, ge=0)           # Beta(a, a) mixing of image pairs and labels; 0 = off
+    cutmix: float = Field(default=0.0, ge=0)          # Beta(a, a) box pasting between image pairs; 0 = off
+    mix_prob: float = Field(default=0.5, ge=0, le=1)  # share of batches mixed when mixup/cutmix is on
+    head: Literal["deep", "pca_linear"] = "deep"      # pca_linear: PCA of the trained features + logistic regression
+    pca_components: int = Field(default=32, ge=1)
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
     early_stopping_patience: Optional[int] = None
@@ -79,6 +91,24 @@ class TrainConfig(_Strict):
     time_budget_s: Optional[float] = None
     max_epochs_with_budget: int = 200
     eval_batch_size: int = 256
+
+
+class EnsembleConfig(_Strict):
+    """Several members whose softmax outputs are averaged; the time budget is shared between them.
+
+    ``seeds``: independent initialisations and batch orders; ``kfold``: member i leaves out fold i of
+    the training split; ``snapshot``: member i continues from member i-1 with a fresh cosine cycle
+    (Huang et al. 2017). Each member keeps its best-validation epoch.
+    """
+
+    kind: Literal["none", "seeds", "kfold", "snapshot"] = "none"
+    members: int = Field(default=1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _enough_members(self):
+        if self.kind != "none" and self.members < 2:
+            raise ValueError(f"ensemble '{self.kind}' needs members >= 2 (got {self.members})")
+        return self
 
 
 class EvaluateConfig(_Strict):
@@ -129,6 +159,7 @@ class Plan(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     segment: Optional[SegmentConfig] = None
     decisions: list[Decision] = []
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from meddx.errors import DatasetError
+from meddx.errors import DatasetError, PlanError
 from meddx.planning.plan import (AugmentConfig, DataConfig, Decision, ModelConfig, OptimConfig, Plan,
                                  ScheduleConfig, SegmentConfig, TrainConfig)
 
@@ -241,4 +241,12 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
         node[parts[-1]] = value
         raw["decisions"].append({"field": key, "value": value, "rule": "set by the user", "kind": "user",
                                  "reads": {}})
-    return Plan.model_validate(raw)
+    from pydantic import ValidationError
+
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise PlanError(f"plan field '{loc}': {err['msg']}",
+                        fix=f"check the override of '{loc}' (see `meddx plan` for the fields)") from None
