@@ -32,7 +32,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset")
     ap.add_argument("--name", required=True)
-    ap.add_argument("--budget", type=float, required=True, help="training seconds per run")
+    grp = ap.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--budget", type=float, help="training seconds per run (depends on how busy the CPU is)")
+    grp.add_argument("--epochs", type=int, help="epochs per run (the same work however busy the CPU is)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variant", action="append", required=True,
                     help="NAME:key=value,key=value (empty after ':' = the default plan)")
@@ -47,20 +49,27 @@ def main() -> None:
             set_args = [a for kv in sets.split(",") if kv for a in ("--set", kv)]
             for seed in args.seeds:
                 out = Path(tmp) / f"{vname}_s{seed}"
+                amount = ["--time-budget", f"{args.budget}s"] if args.budget else ["--epochs", str(args.epochs)]
                 wall, rss = run_meddx(["train", args.dataset, "--out", str(out), "--seed", str(seed), "--task", args.task,
-                                       "--time-budget", f"{args.budget}s", "--no-progress", *set_args],
-                                      f"{vname} seed {seed}")
+                                       *amount, "--no-progress", *set_args], f"{vname} seed {seed}")
                 m = json.loads((out / "metrics.json").read_text())
                 v = {k: (x["value"] if isinstance(x, dict) else x) for k, x in (m.get("validation") or {}).items()}
                 rows.append({"variant": vname, "sets": sets, "seed": seed, "val_auc": v.get("auc"),
                              "val_accuracy": v.get("accuracy"), "val_dice": v.get("dice"),
                              "train_s": m.get("training", {}).get("train_seconds"), "wall_s": wall})
                 print(f"{vname} seed {seed}: val AUC {v.get('auc')}, val ACC {v.get('accuracy')}", flush=True)
+                write(args, rows, out_md)
+
+
+def write(args, rows: list[dict], out_md: Path) -> None:
+    """The table so far (written after every run, so an interrupted comparison keeps its evidence)."""
+    amount = f"--budget {args.budget:g}" if args.budget else f"--epochs {args.epochs}"
     lines = [f"# Validation-only choice: {args.name}", "",
-             f"Command: `python benchmarks/choose_on_val.py {args.dataset} --name {args.name} --budget {args.budget:g} "
+             f"Command: `python benchmarks/choose_on_val.py {args.dataset} --name {args.name} {amount} "
              f"--seeds {' '.join(map(str, args.seeds))} " + " ".join(f"--variant '{v}'" for v in args.variant) + "`",
-             f"Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}. Budget {args.budget:g} s per run. Only validation "
-             "numbers are shown; the test split played no part.", "",
+             f"Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}. {amount.lstrip('-')} per run. Only validation "
+             "numbers are shown; the test split played no part. Runs finished so far: "
+             f"{len(rows)} of {len(args.variant) * len(args.seeds)}.", "",
              "| variant | overrides | val AUC (mean ± sd) | val ACC (mean ± sd) | per seed (AUC / ACC) |", "|---|---|---|---|---|"]
     for vname in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == vname]
@@ -72,7 +81,6 @@ def main() -> None:
     out_md.write_text("\n".join(lines) + "\n")
     out_md.with_suffix(".json").write_text(json.dumps({"command_args": vars(args), "commit": COMMIT, "rows": rows},
                                                       indent=2))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

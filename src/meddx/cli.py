@@ -134,6 +134,10 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
          task: str = typer.Option("classify", "--task", help=TASK_HELP),
          resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
+         time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Training time the plan is sized "
+                                                   "for, e.g. 10m (epochs, ensemble, empirical choices)."),
+         memory_budget: Optional[float] = typer.Option(None, "--memory-budget", help="GiB one training step may "
+                                                       "use (caps the batch size); default 4 (2D) / 8 (3D)."),
          set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
          no_progress: bool = typer.Option(False, "--no-progress")):
     """Write the plan (editable YAML) that `meddx train --plan` would run."""
@@ -144,9 +148,11 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress))
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
-                          overrides=parse_sets(set_))
+                          overrides=parse_sets(set_), time_budget_s=parse_duration(time_budget),
+                          memory_budget_gb=memory_budget)
     else:
-        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=parse_sets(set_))
+        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=parse_sets(set_),
+                      time_budget_s=parse_duration(time_budget), memory_budget_gb=memory_budget)
     p.save(out)
     console.print(f"plan written to {out}")
     for d in p.decisions:
@@ -314,6 +320,31 @@ def models():
 
     for task in ("classify", "segment"):
         console.print(f"{task}: " + ", ".join(list_models(task)))
+
+
+@app.command()
+def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
+           out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs and ablation.md/.json/.png "
+                                    "(an interrupted ablation continues in it)."),
+           time_budget: str = typer.Option("60s", "--time-budget", help="Training time of every run, e.g. 60s."),
+           seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
+           components: Optional[str] = typer.Option(None, "--components",
+                                                    help="Comma-separated subset of the components (default: all)."),
+           no_progress: bool = typer.Option(False, "--no-progress")):
+    """Measure every optimisation: baseline, baseline + each component, full plan - each, full plan."""
+    from meddx.evaluation.ablation import COMPONENTS, run_ablation
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
+    comps = [c.strip() for c in components.split(",")] if components else None
+    budget = parse_duration(time_budget)
+    res = run_ablation(path, out, budget_s=budget, seeds=seed_list, components=comps,
+                       progress=_progress_enabled(no_progress), log=console.print)
+    console.print((out / "ablation.md").read_text())
+    console.print(f"components: {', '.join(COMPONENTS)}; plot: {out / 'ablation.png'}")
+    return res
 
 
 @app.command()

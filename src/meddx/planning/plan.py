@@ -32,6 +32,7 @@ class DataConfig(_Strict):
     norm_std: float = 1.0
     split: Literal["official", "seeded"] = "official"
     split_fractions: list[float] = [0.7, 0.1, 0.2]
+    split_seed: Optional[int] = None  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
 
 
 class ModelConfig(_Strict):
@@ -90,6 +91,7 @@ class TrainConfig(_Strict):
     select_metric: Literal["auc", "accuracy", "loss", "dice"] = "auc"
     time_budget_s: Optional[float] = None
     max_epochs_with_budget: int = 200
+    memory_budget_gb: Optional[float] = Field(default=None, gt=0)  # caps the batch size (planner rule R6)
     eval_batch_size: int = 256
 
 
@@ -140,6 +142,17 @@ class SegmentConfig(_Strict):
     # or a centre-heatmap head (2D)
 
 
+class Choice(_Strict):
+    """An empirical choice made at the start of training: each option (dotted overrides) is trained
+    for a share of the time budget and scored on the validation split; the best is applied."""
+
+    name: str
+    options: list[dict[str, Any]]
+    budget_fraction: float = Field(default=0.3, gt=0, lt=1)  # of train.time_budget_s, shared by the options
+    chosen: Optional[int] = None      # filled in by training
+    val_scores: list[float] = []      # validation selection metric of each option's trial
+
+
 class Decision(_Strict):
     field: str
     value: Any
@@ -160,6 +173,7 @@ class Plan(_Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    choices: list[Choice] = []
     segment: Optional[SegmentConfig] = None
     decisions: list[Decision] = []
 

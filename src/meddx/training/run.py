@@ -167,7 +167,8 @@ def split_for_run(cs: CaseSet, plan: Plan, out: Path, resume: bool) -> dict:
     if resume and (out / "split.csv").exists():
         split = read_split(out / "split.csv")  # the split the run started with, whatever changed since
     else:
-        split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
+        seed = plan.seed if plan.data.split_seed is None else plan.data.split_seed
+        split = make_split(cs, seed=seed, fractions=tuple(plan.data.split_fractions))
     return apply_split(cs, split)
 
 
@@ -243,7 +244,9 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         fp = fingerprint_dataset(cs, progress)
         if plan is None:
             plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
-                             seed=int(overrides.pop("seed", 0) or 0))
+                             seed=int(overrides.pop("seed", 0) or 0),
+                             time_budget_s=overrides.get("train.time_budget_s"),
+                             memory_budget_gb=overrides.get("train.memory_budget_gb"))
         elif "seed" in overrides and overrides["seed"] is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)
@@ -282,16 +285,20 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     from meddx.training.checkpoint import save_checkpoint
     from meddx.training.ensemble import fit_members, n_members
 
+    def make_trainer(p, model, d):
+        return Trainer(p, model, d, progress=progress)
+
+    if any(c.chosen is None for c in plan.choices):
+        from meddx.training.empirical import run_choices
+
+        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
+        plan.save(out / "plan.yaml")
     k = n_members(plan)
     head = plan.train.head
     if head == "pca_linear":
         plan.train.pca_components = int(min(plan.train.pca_components, max(1, xtr.shape[0] - 1)))
     deep = plan.model_copy(deep=True)
     deep.train.head = "deep"  # members train with their own linear layer; the PCA head comes after
-
-    def make_trainer(p, model, d):
-        return Trainer(p, model, d, progress=progress)
-
     probe = make_trainer(deep, build_single_model(deep), out)
     size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xtr, ytr, xva.shape[0]) * k, "R9 epochs", 0.97)
     plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs

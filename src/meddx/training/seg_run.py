@@ -78,7 +78,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         fp = fingerprint_dataset(cs, progress)
         if plan is None:
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
-                                 group_by_folder=group_by_folder)
+                                 group_by_folder=group_by_folder, time_budget_s=overrides.get("train.time_budget_s"),
+                                 memory_budget_gb=overrides.get("train.memory_budget_gb"))
         elif overrides.get("seed") is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)

@@ -1,0 +1,62 @@
+"""``meddx ablate``: the arms it builds and an end-to-end run on phantoms."""
+
+import json
+
+import pytest
+
+from meddx.evaluation.ablation import COMPONENTS, arms, baseline_overrides, run_ablation
+from meddx.planning.planner import apply_overrides
+from meddx_testutils import make_plan_for
+
+
+def test_baseline_strips_every_component_and_each_arm_adds_one():
+    full = make_plan_for()
+    full.augment.rotate_deg = 10
+    full.ensemble.kind, full.ensemble.members = "seeds", 3
+    full.model.params = {"dropout": 0.1, "attention": "se"}
+    base = apply_overrides(full, baseline_overrides(full))
+    assert not base.augment.rotate_deg and base.ensemble.kind == "none"
+    assert base.model.params == {"dropout": 0.1} and base.train.loss == "ce" and base.train.sampler == "none"
+    names = [a for a, _ in arms(full)]
+    assert names[0] == "baseline" and names[-1] == "full"
+    assert "+ focal_loss" in names and "+ tta" not in names  # tta is 3D only
+    # "full - X" only for what the full plan has
+    assert {"full - augmentation", "full - ensemble", "full - attention"} <= set(names)
+    assert "full - focal_loss" not in names
+    for name, ov in arms(full):
+        p = apply_overrides(full, ov)  # every arm is a valid plan
+        if name == "+ focal_loss":
+            assert p.train.loss == "focal" and not p.augment.rotate_deg
+        if name == "full - ensemble":
+            assert p.ensemble.kind == "none" and p.augment.rotate_deg == 10
+    full3 = make_plan_for(spatial_dims=3)
+    assert "+ tta" in [a for a, _ in arms(full3)]
+    assert set(COMPONENTS) >= {"augmentation", "balanced_sampling", "focal_loss", "mixup_cutmix", "ensemble"}
+
+
+def test_unknown_component_is_refused():
+    from meddx.errors import MeddxError
+
+    with pytest.raises(MeddxError, match="unknown ablation component"):
+        arms(make_plan_for(), ["augmentation", "magic"])
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_on_phantoms(tmp_path):
+    res = run_ablation("synthetic:phantoms:120", tmp_path / "abl", budget_s=3, seeds=[0, 1],
+                       components=["augmentation", "focal_loss"], progress=False, log=lambda *a: None)
+    arm_names = [r["arm"] for r in res["arms"]]
+    assert arm_names[0] == "baseline" and arm_names[-1] == "full" and "+ focal_loss" in arm_names
+    for r in res["arms"]:
+        assert 0 <= r["test_accuracy_mean"] <= 1 and len(r["runs"]) == 2
+        if r["arm"] != "baseline":
+            assert 0 < r["p_accuracy"] <= 1 and 0 < r["p_auc"] <= 1
+    assert (tmp_path / "abl" / "ablation.md").read_text().count("|") > 20
+    assert (tmp_path / "abl" / "ablation.png").stat().st_size > 1000
+    # an interrupted ablation continues: finished runs are reused, not retrained
+    stamp = (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime
+    run_ablation("synthetic:phantoms:120", tmp_path / "abl", budget_s=3, seeds=[0, 1],
+                 components=["augmentation", "focal_loss"], progress=False, log=lambda *a: None)
+    assert (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime == stamp
+    saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert saved["budget_s"] == 3 and saved["seeds"] == [0, 1]
