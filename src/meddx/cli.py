@@ -330,9 +330,14 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
            seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
            components: Optional[str] = typer.Option(None, "--components",
                                                     help="Comma-separated subset of the components (default: all)."),
+           task: str = typer.Option("classify", "--task", help="classify | segment"),
+           resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
            no_progress: bool = typer.Option(False, "--no-progress")):
     """Measure every optimisation: baseline, baseline + each component, full plan - each, full plan."""
-    from meddx.evaluation.ablation import COMPONENTS, run_ablation
+    from meddx.evaluation.ablation import COMPONENTS, SEG_COMPONENTS, run_ablation
+
+    if task not in ("classify", "segment"):
+        raise MeddxError(f"ablation of task '{task}' is not available", fix="use --task classify or segment")
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -340,10 +345,11 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
         raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
     comps = [c.strip() for c in components.split(",")] if components else None
     budget = parse_duration(time_budget)
-    res = run_ablation(path, out, budget_s=budget, seeds=seed_list, components=comps,
-                       progress=_progress_enabled(no_progress), log=console.print)
+    res = run_ablation(path, out, budget_s=budget, seeds=seed_list, components=comps, task=task,
+                       resample_masks=resample_masks, progress=_progress_enabled(no_progress), log=console.print)
     console.print((out / "ablation.md").read_text())
-    console.print(f"components: {', '.join(COMPONENTS)}; plot: {out / 'ablation.png'}")
+    names = SEG_COMPONENTS if task == "segment" else COMPONENTS
+    console.print(f"components: {', '.join(names)}; plot: {out / 'ablation.png'}")
     return res
 
 

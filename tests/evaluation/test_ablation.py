@@ -60,3 +60,17 @@ def test_ablation_end_to_end_on_phantoms(tmp_path):
     assert (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime == stamp
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert saved["budget_s"] == 3 and saved["seeds"] == [0, 1]
+
+
+@pytest.mark.slow
+def test_segmentation_ablation_reports_dice(tmp_path):
+    from meddx_testutils import write_seg_pairs
+
+    root = write_seg_pairs(tmp_path / "seg", n=20, size=32)
+    res = run_ablation(str(root), tmp_path / "abl", budget_s=3, seeds=[0], components=["dice_ce_loss", "tta"],
+                       task="segment", progress=False, log=lambda *a: None)
+    names = [r["arm"] for r in res["arms"]]
+    assert names == ["baseline", "+ dice_ce_loss", "+ tta", "full - dice_ce_loss", "full"]
+    for r in res["arms"]:
+        assert 0 <= r["test_dice_mean"] <= 1
+    assert "test Dice" in (tmp_path / "abl" / "ablation.md").read_text()

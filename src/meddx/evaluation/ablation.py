@@ -88,26 +88,50 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
 ]}
 
 
+SEG_COMPONENTS: dict[str, Component] = {c.name: c for c in [
+    COMPONENTS["augmentation"],
+    COMPONENTS["extra_augmentation"],
+    Component("dice_ce_loss", "Dice + cross-entropy instead of Dice alone", lambda p: {"segment.loss": "dice_ce"},
+              lambda p: p.segment.loss == "dice_ce", lambda p: {"segment.loss": "dice"}),
+    Component("attention", "SE attention after each U-Net encoder level", lambda p: {"model.params.attention": "se"},
+              lambda p: bool(p.model.params.get("attention")), lambda p: {"model.params.attention": None},
+              applies=lambda p: p.model.name == "unet"),
+    Component("postprocess", "largest component / hole filling / small-component removal chosen on validation",
+              lambda p: {"segment.choose_postprocess": True},
+              lambda p: p.segment.choose_postprocess, lambda p: {"segment.choose_postprocess": False,
+                                                                   "segment.postprocess": []}),
+    Component("tta", "flip test-time augmentation along the left-right axis",
+              lambda p: {"segment.tta_flip_axes": [p.data.spatial_dims - 1]},
+              lambda p: bool(p.segment.tta_flip_axes), lambda p: {"segment.tta_flip_axes": []}),
+]}
+
+
+def components_for(plan: Plan) -> dict[str, Component]:
+    return SEG_COMPONENTS if plan.task == "segment" else COMPONENTS
+
+
 def baseline_overrides(full: Plan) -> dict[str, Any]:
     """Overrides that turn the planner's full plan into the plain baseline."""
     ov: dict[str, Any] = {}
-    for c in COMPONENTS.values():
+    for c in components_for(full).values():
         ov.update(c.off(full))
     ov["augment"] = {}
     ov["choices"] = []
-    ov["model.params"] = {k: v for k, v in full.model.params.items() if k == "dropout"}
+    ov["model.params"] = {k: v for k, v in full.model.params.items() if k in ("dropout", "deep_supervision")}
     return ov
 
 
 def arms(full: Plan, components: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``(name, overrides)`` of every arm, in table order."""
-    names = components or list(COMPONENTS)
-    unknown = [n for n in names if n not in COMPONENTS]
+    table = components_for(full)
+    names = components or list(table)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise MeddxError(f"unknown ablation component(s) {unknown}", fix=f"use some of: {', '.join(COMPONENTS)}")
+        raise MeddxError(f"unknown ablation component(s) {unknown} for task {full.task}",
+                         fix=f"use some of: {', '.join(table)}")
     base = baseline_overrides(full)
     out = [("baseline", base)]
-    comps = [COMPONENTS[n] for n in names if COMPONENTS[n].applies(full)]
+    comps = [table[n] for n in names if table[n].applies(full)]
     for c in comps:
         out.append((f"+ {c.name}", {**base, **c.on(full)}))
     for c in comps:
@@ -129,6 +153,24 @@ def _read_probs(run: Path, split: str, class_names: list[str]) -> tuple[np.ndarr
     return np.array(ys, dtype=np.int64), np.array(ps, dtype=np.float64), ids
 
 
+def _read_dice(run: Path) -> tuple[np.ndarray, float]:
+    """Per-test-case mean Dice (``per_case.csv``) and the best validation Dice of a segmentation run."""
+    with open(run / "per_case.csv", newline="") as f:
+        dice = np.array([float(r["mean_dice"]) for r in csv.DictReader(f)])
+    m = json.loads((run / "metrics.json").read_text())
+    return dice, float(m["training"]["best_val_metric"])
+
+
+def paired_bootstrap_mean(a: list[np.ndarray], b: list[np.ndarray], n_boot: int = 2000, seed: int = 0) -> float:
+    """Two-sided paired-bootstrap p-value that per-case scores ``a`` and ``b`` (lists over seeds, the same
+    cases in each) have the same mean; resamples cases, centred on the observed difference."""
+    d = np.mean([x - y for x, y in zip(a, b)], axis=0)
+    rng = np.random.default_rng(seed)
+    obs = float(d.mean())
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    return float((1 + np.count_nonzero(np.abs(boots - obs) >= abs(obs) - 1e-12)) / (1 + n_boot))
+
+
 def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     from meddx.evaluation.metrics import classification_metrics
 
@@ -139,20 +181,38 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[int] | tuple[int, ...] = (0, 1, 2),
-                 components: list[str] | None = None, progress: bool = True, log=print) -> dict:
+                 components: list[str] | None = None, task: str = "classify", resample_masks: bool = False,
+                 progress: bool = True, log=print) -> dict:
     """Train every arm with every seed (skipping finished runs) and write ``ablation.json``/``.md``/``.png``."""
-    from meddx.planning.planner import make_plan
+    from meddx.planning.planner import make_plan, make_seg_plan
     from meddx.training.run import fingerprint_dataset, train_run
-    from meddx.data.sources import open_dataset
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cs = open_dataset(dataset)
-    fp = fingerprint_dataset(cs, progress)
-    full = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
-                     time_budget_s=budget_s)
+    if task == "segment":
+        from meddx.data.segsources import open_seg_dataset
+        from meddx.training.seg_run import train_seg_run
+
+        cs = open_seg_dataset(dataset, resample_masks=resample_masks)
+        fp = fingerprint_dataset(cs, progress)
+        full = make_seg_plan(fp, source=str(Path(cs.source).resolve()), time_budget_s=budget_s)
+
+        def train(rdir, ov):
+            return train_seg_run(dataset, rdir, overrides=ov, resample_masks=resample_masks, task="segment",
+                                 progress=False, log=lambda *a, **k: None)
+    else:
+        from meddx.data.sources import open_dataset
+
+        cs = open_dataset(dataset)
+        fp = fingerprint_dataset(cs, progress)
+        full = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
+                         time_budget_s=budget_s)
+
+        def train(rdir, ov):
+            return train_run(dataset, rdir, overrides=ov, progress=False, log=lambda *a, **k: None)
     arm_list = arms(full, components)
     names = list(full.data.class_names)
+    task = full.task
     total = len(arm_list) * len(seeds)
     done = 0
     t0 = time.perf_counter()
@@ -168,20 +228,23 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[
 
                     shutil.rmtree(rdir)  # an interrupted run: start it again
                 # one split for every seed and arm (seeded splits included), so test cases pair up
-                train_run(dataset, rdir, overrides={**ov, "seed": seed, "train.time_budget_s": budget_s,
-                                                    "data.split_seed": 0},
-                          progress=False, log=lambda *a, **k: None)
+                train(rdir, {**ov, "seed": seed, "train.time_budget_s": budget_s, "data.split_seed": 0})
             done += 1
             el = time.perf_counter() - t0
             log(f"[{done}/{total}] {arm} seed {seed} ({el / 60:.1f} min elapsed)")
             runs.append(rdir)
+        t_sec = [json.loads((r / "metrics.json").read_text())["training"]["train_seconds"] for r in runs]
+        if task == "segment":
+            dice, val = zip(*[_read_dice(r) for r in runs])
+            results[arm] = {"overrides": ov, "runs": [str(r) for r in runs], "case_dice": list(dice),
+                            "test": [{"dice": float(np.mean(d))} for d in dice], "val": [{"dice": v} for v in val],
+                            "train_seconds": t_sec}
+            continue
         y_te, p_te, _ = zip(*[_read_probs(r, "test", names) for r in runs])
         y_va, p_va, _ = zip(*[_read_probs(r, "val", names) for r in runs])
         results[arm] = {"overrides": ov, "runs": [str(r) for r in runs], "y_test": y_te[0],
                         "p_test": list(p_te), "test": [_scores(y_te[0], p) for p in p_te],
-                        "val": [_scores(y, p) for y, p in zip(y_va, p_va)],
-                        "train_seconds": [json.loads((r / "metrics.json").read_text())["training"]["train_seconds"]
-                                          for r in runs]}
+                        "val": [_scores(y, p) for y, p in zip(y_va, p_va)], "train_seconds": t_sec}
     return summarise(results, out, dataset=cs.name, budget_s=budget_s, seeds=list(seeds), full=full)
 
 
@@ -191,9 +254,22 @@ def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: fl
     from meddx.evaluation.metrics import paired_bootstrap_pvalue
 
     base = results["baseline"]
+    seg = full.task == "segment"
     table = []
     for arm, r in results.items():
         row = {"arm": arm, "overrides": r["overrides"]}
+        if seg:
+            for split in ("test", "val"):
+                v = np.array([s["dice"] for s in r[split]], dtype=float)
+                row[f"{split}_dice_mean"] = float(v.mean())
+                row[f"{split}_dice_sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            row["delta_dice"] = row["test_dice_mean"] - float(np.mean([s["dice"] for s in base["test"]]))
+            if arm != "baseline":
+                row["p_dice"] = paired_bootstrap_mean(r["case_dice"], base["case_dice"])
+            row["train_seconds_mean"] = float(np.mean(r["train_seconds"]))
+            row["runs"] = r["runs"]
+            table.append(row)
+            continue
         for split in ("test", "val"):
             for m in ("accuracy", "balanced_accuracy", "auc", "sensitivity"):
                 v = np.array([s[m] for s in r[split]], dtype=float)
@@ -208,10 +284,12 @@ def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: fl
         row["train_seconds_mean"] = float(np.mean(r["train_seconds"]))
         row["runs"] = r["runs"]
         table.append(row)
-    res = {"dataset": dataset, "budget_s": budget_s, "seeds": seeds, "date": time.strftime("%Y-%m-%d"),
+    res = {"dataset": dataset, "task": full.task, "budget_s": budget_s, "seeds": seeds,
+           "date": time.strftime("%Y-%m-%d"),
            "full_plan": {"augment": full.augment.model_dump(), "train": full.train.model_dump(),
-                         "ensemble": full.ensemble.model_dump(), "model": full.model.model_dump()},
-           "components": {c.name: c.what for c in COMPONENTS.values()}, "arms": table}
+                         "ensemble": full.ensemble.model_dump(), "model": full.model.model_dump(),
+                         "segment": full.segment.model_dump() if full.segment else None},
+           "components": {c.name: c.what for c in components_for(full).values()}, "arms": table}
     from meddx.training.run import write_json
 
     write_json(out / "ablation.json", res)
@@ -225,6 +303,15 @@ def _f(mean: float, sd: float) -> str:
 
 
 def markdown_table(res: dict) -> str:
+    if res.get("task") == "segment":
+        lines = [f"### {res['dataset']} (segmentation, {res['budget_s']:g} s per run, seeds "
+                 f"{', '.join(map(str, res['seeds']))})", "",
+                 "| arm | test Dice | Δ Dice | p (Dice) | val Dice |", "|---|---|---|---|---|"]
+        for r in res["arms"]:
+            p = f"{r['p_dice']:.3f}" if "p_dice" in r else ""
+            lines.append(f"| {r['arm']} | {_f(r['test_dice_mean'], r['test_dice_sd'])} | {r['delta_dice']:+.3f} | {p} "
+                         f"| {_f(r['val_dice_mean'], r['val_dice_sd'])} |")
+        return "\n".join(lines) + "\n"
     lines = [f"### {res['dataset']} ({res['budget_s']:g} s per run, seeds {', '.join(map(str, res['seeds']))})", "",
              "| arm | test ACC | Δ ACC | p (ACC) | balanced ACC | test AUC | Δ AUC | p (AUC) | sensitivity | val ACC | val AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -248,15 +335,16 @@ def plot_ablation(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in res["arms"] if r["arm"] != "baseline"]
+    metric = "dice" if res.get("task") == "segment" else "accuracy"
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
     y = np.arange(len(rows))
-    d = [r["delta_accuracy"] for r in rows]
+    d = [r[f"delta_{metric}"] for r in rows]
     colors = ["#2a7" if v > 0 else "#c44" for v in d]
-    ax.barh(y, d, xerr=[r["test_accuracy_sd"] for r in rows], color=colors, alpha=0.8)
-    ax.set_yticks(y, [r["arm"] + (" *" if r.get("p_accuracy", 1) < 0.05 else "") for r in rows])
+    ax.barh(y, d, xerr=[r[f"test_{metric}_sd"] for r in rows], color=colors, alpha=0.8)
+    ax.set_yticks(y, [r["arm"] + (" *" if r.get(f"p_{metric}", 1) < 0.05 else "") for r in rows])
     ax.axvline(0, color="k", lw=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy - baseline (mean over seeds; bar = sd; * p < 0.05)")
+    ax.set_xlabel(f"test {metric} - baseline (mean over seeds; bar = sd; * p < 0.05)")
     ax.set_title(f"ablation: {res['dataset']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
