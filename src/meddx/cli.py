@@ -326,7 +326,10 @@ def models():
 def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
            out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs and ablation.md/.json/.png "
                                     "(an interrupted ablation continues in it)."),
-           time_budget: str = typer.Option("60s", "--time-budget", help="Training time of every run, e.g. 60s."),
+           time_budget: Optional[str] = typer.Option(None, "--time-budget",
+                                                     help="Training time of every run, e.g. 60s."),
+           epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of every run instead of a time budget "
+                                                "(an ensemble's members share them); default 20."),
            seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
            components: Optional[str] = typer.Option(None, "--components",
                                                     help="Comma-separated subset of the components (default: all)."),
@@ -345,7 +348,11 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
         raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
     comps = [c.strip() for c in components.split(",")] if components else None
     budget = parse_duration(time_budget)
-    res = run_ablation(path, out, budget_s=budget, seeds=seed_list, components=comps, task=task,
+    if budget and epochs:
+        raise MeddxError("give --time-budget or --epochs, not both", fix="drop one of them")
+    if not budget and not epochs:
+        epochs = 20
+    res = run_ablation(path, out, budget_s=budget, epochs=epochs, seeds=seed_list, components=comps, task=task,
                        resample_masks=resample_masks, progress=_progress_enabled(no_progress), log=console.print)
     console.print((out / "ablation.md").read_text())
     names = SEG_COMPONENTS if task == "segment" else COMPONENTS

@@ -43,8 +43,8 @@ def test_unknown_component_is_refused():
 
 @pytest.mark.slow
 def test_ablation_end_to_end_on_phantoms(tmp_path):
-    res = run_ablation("synthetic:phantoms:120", tmp_path / "abl", budget_s=3, seeds=[0, 1],
-                       components=["augmentation", "focal_loss"], progress=False, log=lambda *a: None)
+    res = run_ablation("synthetic:phantoms:120", tmp_path / "abl", epochs=5, seeds=[0, 1],
+                       components=["augmentation", "focal_loss", "ensemble"], progress=False, log=lambda *a: None)
     arm_names = [r["arm"] for r in res["arms"]]
     assert arm_names[0] == "baseline" and arm_names[-1] == "full" and "+ focal_loss" in arm_names
     for r in res["arms"]:
@@ -55,11 +55,14 @@ def test_ablation_end_to_end_on_phantoms(tmp_path):
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 1000
     # an interrupted ablation continues: finished runs are reused, not retrained
     stamp = (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime
-    run_ablation("synthetic:phantoms:120", tmp_path / "abl", budget_s=3, seeds=[0, 1],
-                 components=["augmentation", "focal_loss"], progress=False, log=lambda *a: None)
+    run_ablation("synthetic:phantoms:120", tmp_path / "abl", epochs=5, seeds=[0, 1],
+                 components=["augmentation", "focal_loss", "ensemble"], progress=False, log=lambda *a: None)
     assert (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime == stamp
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
-    assert saved["budget_s"] == 3 and saved["seeds"] == [0, 1]
+    assert saved["epochs"] == 5 and saved["budget_s"] is None and saved["seeds"] == [0, 1]
+    # epoch mode: the ensemble's 5 members share the 5 epochs (1 each), so every arm does equal work
+    ens = next(r for r in saved["arms"] if r["arm"] == "+ ensemble")
+    assert ens["overrides"]["train.epochs"] == 1 and ens["overrides"]["ensemble.members"] == 5
 
 
 @pytest.mark.slow

@@ -78,9 +78,12 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
     Component("pca_head", "PCA (16) + logistic regression on the trained features",
               lambda p: {"train.head": "pca_linear", "train.pca_components": 16},
               lambda p: p.train.head == "pca_linear", lambda p: {"train.head": "deep"}),
-    Component("ensemble", "ensemble of 5 seeds sharing the budget",
-              lambda p: {"ensemble.kind": "seeds", "ensemble.members": 5},
-              lambda p: p.ensemble.kind != "none", lambda p: {"ensemble.kind": "none", "ensemble.members": 1}),
+    Component("ensemble", "ensemble of 5 seeds sharing the budget (time, or epochs: each member gets 1/5)",
+              lambda p: {"ensemble.kind": "seeds", "ensemble.members": 5,
+                         **({} if p.train.time_budget_s else {"train.epochs": max(1, p.train.epochs // 5)})},
+              lambda p: p.ensemble.kind != "none",
+              lambda p: {"ensemble.kind": "none", "ensemble.members": 1,
+                         **({} if p.train.time_budget_s else {"train.epochs": p.train.epochs * p.ensemble.members})}),
     Component("tta", "flip test-time augmentation on every axis (3D only: 2D laterality matters)",
               lambda p: {"evaluate.tta_flip_axes": list(range(p.data.spatial_dims))},
               lambda p: bool(p.evaluate.tta_flip_axes), lambda p: {"evaluate.tta_flip_axes": []},
@@ -180,10 +183,18 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "auc": (ov.get("auc") or ov["auc_macro"])["value"], "sensitivity": sens["value"]}
 
 
-def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[int] | tuple[int, ...] = (0, 1, 2),
-                 components: list[str] | None = None, task: str = "classify", resample_masks: bool = False,
-                 progress: bool = True, log=print) -> dict:
-    """Train every arm with every seed (skipping finished runs) and write ``ablation.json``/``.md``/``.png``."""
+def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None, epochs: int | None = None,
+                 seeds: list[int] | tuple[int, ...] = (0, 1, 2), components: list[str] | None = None,
+                 task: str = "classify", resample_masks: bool = False, progress: bool = True, log=print) -> dict:
+    """Train every arm with every seed (skipping finished runs) and write ``ablation.json``/``.md``/``.png``.
+
+    Give either ``budget_s`` (every arm trains for the same time) or ``epochs`` (the same number of
+    epochs; an ensemble's members share them): epochs make the comparison independent of how busy
+    the CPU is.
+    """
+    if (budget_s is None) == (epochs is None):
+        raise MeddxError("give the ablation either a time budget or a number of epochs", fix="--time-budget or --epochs")
+    amount = {"train.time_budget_s": budget_s} if budget_s else {"train.epochs": int(epochs), "train.time_budget_s": None}
     from meddx.planning.planner import make_plan, make_seg_plan
     from meddx.training.run import fingerprint_dataset, train_run
 
@@ -196,6 +207,8 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[
         cs = open_seg_dataset(dataset, resample_masks=resample_masks)
         fp = fingerprint_dataset(cs, progress)
         full = make_seg_plan(fp, source=str(Path(cs.source).resolve()), time_budget_s=budget_s)
+        if epochs:
+            full.train.epochs = int(epochs)
 
         def train(rdir, ov):
             return train_seg_run(dataset, rdir, overrides=ov, resample_masks=resample_masks, task="segment",
@@ -207,6 +220,8 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[
         fp = fingerprint_dataset(cs, progress)
         full = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
                          time_budget_s=budget_s)
+        if epochs:
+            full.train.epochs = int(epochs)
 
         def train(rdir, ov):
             return train_run(dataset, rdir, overrides=ov, progress=False, log=lambda *a, **k: None)
@@ -228,7 +243,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[
 
                     shutil.rmtree(rdir)  # an interrupted run: start it again
                 # one split for every seed and arm (seeded splits included), so test cases pair up
-                train(rdir, {**ov, "seed": seed, "train.time_budget_s": budget_s, "data.split_seed": 0})
+                train(rdir, {**amount, **ov, "seed": seed, "data.split_seed": 0})
             done += 1
             el = time.perf_counter() - t0
             log(f"[{done}/{total}] {arm} seed {seed} ({el / 60:.1f} min elapsed)")
@@ -245,11 +260,11 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float, seeds: list[
         results[arm] = {"overrides": ov, "runs": [str(r) for r in runs], "y_test": y_te[0],
                         "p_test": list(p_te), "test": [_scores(y_te[0], p) for p in p_te],
                         "val": [_scores(y, p) for y, p in zip(y_va, p_va)], "train_seconds": t_sec}
-    return summarise(results, out, dataset=cs.name, budget_s=budget_s, seeds=list(seeds), full=full)
+    return summarise(results, out, dataset=cs.name, budget_s=budget_s, epochs=epochs, seeds=list(seeds), full=full)
 
 
-def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: float, seeds: list[int],
-              full: Plan) -> dict:
+def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: float | None, epochs: int | None,
+              seeds: list[int], full: Plan) -> dict:
     """Means, spreads and p-values against the baseline; writes the JSON, Markdown and plot."""
     from meddx.evaluation.metrics import paired_bootstrap_pvalue
 
@@ -284,7 +299,7 @@ def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: fl
         row["train_seconds_mean"] = float(np.mean(r["train_seconds"]))
         row["runs"] = r["runs"]
         table.append(row)
-    res = {"dataset": dataset, "task": full.task, "budget_s": budget_s, "seeds": seeds,
+    res = {"dataset": dataset, "task": full.task, "budget_s": budget_s, "epochs": epochs, "seeds": seeds,
            "date": time.strftime("%Y-%m-%d"),
            "full_plan": {"augment": full.augment.model_dump(), "train": full.train.model_dump(),
                          "ensemble": full.ensemble.model_dump(), "model": full.model.model_dump(),
@@ -298,13 +313,17 @@ def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: fl
     return res
 
 
+def amount_text(res: dict) -> str:
+    return f"{res['budget_s']:g} s per run" if res.get("budget_s") else f"{res['epochs']} epochs per run"
+
+
 def _f(mean: float, sd: float) -> str:
     return f"{mean:.3f} ± {sd:.3f}"
 
 
 def markdown_table(res: dict) -> str:
     if res.get("task") == "segment":
-        lines = [f"### {res['dataset']} (segmentation, {res['budget_s']:g} s per run, seeds "
+        lines = [f"### {res['dataset']} (segmentation, {amount_text(res)}, seeds "
                  f"{', '.join(map(str, res['seeds']))})", "",
                  "| arm | test Dice | Δ Dice | p (Dice) | val Dice |", "|---|---|---|---|---|"]
         for r in res["arms"]:
@@ -312,7 +331,7 @@ def markdown_table(res: dict) -> str:
             lines.append(f"| {r['arm']} | {_f(r['test_dice_mean'], r['test_dice_sd'])} | {r['delta_dice']:+.3f} | {p} "
                          f"| {_f(r['val_dice_mean'], r['val_dice_sd'])} |")
         return "\n".join(lines) + "\n"
-    lines = [f"### {res['dataset']} ({res['budget_s']:g} s per run, seeds {', '.join(map(str, res['seeds']))})", "",
+    lines = [f"### {res['dataset']} ({amount_text(res)}, seeds {', '.join(map(str, res['seeds']))})", "",
              "| arm | test ACC | Δ ACC | p (ACC) | balanced ACC | test AUC | Δ AUC | p (AUC) | sensitivity | val ACC | val AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["arms"]:
