@@ -77,3 +77,23 @@ def test_segmentation_ablation_reports_dice(tmp_path):
     for r in res["arms"]:
         assert 0 <= r["test_dice_mean"] <= 1
     assert "test Dice" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_changed_arm_definition_invalidates_its_runs(tmp_path, monkeypatch):
+    import meddx.evaluation.ablation as ab
+
+    calls = []
+
+    def fake_train_run(dataset, rdir, overrides, **kw):
+        calls.append(str(rdir))
+        raise RuntimeError("stop")  # only the bookkeeping before training is under test
+
+    monkeypatch.setattr("meddx.training.run.train_run", fake_train_run)
+    out = tmp_path / "abl"
+    (out / "baseline" / "seed0").mkdir(parents=True)
+    (out / "baseline" / "seed0" / "metrics.json").write_text("{}")
+    (out / "baseline" / "arm.json").write_text('{"old": "definition"}')
+    with pytest.raises(RuntimeError):
+        ab.run_ablation("synthetic:phantoms:60", out, epochs=1, seeds=[0], components=["augmentation"],
+                        progress=False, log=lambda *a: None)
+    assert calls and calls[0].endswith("baseline/seed0")  # the stale finished run was thrown away and retrained

@@ -235,6 +235,14 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     for arm, ov in arm_list:
         key = arm.replace(" ", "").replace("+", "plus_").replace("-", "minus_")
         runs = []
+        spec = json.dumps({**amount, **ov}, sort_keys=True, default=str)
+        stale = (out / key / "arm.json").exists() and (out / key / "arm.json").read_text() != spec
+        if stale:  # the arm's definition changed (e.g. the planner's full plan): its runs no longer count
+            import shutil
+
+            shutil.rmtree(out / key)
+        (out / key).mkdir(parents=True, exist_ok=True)
+        (out / key / "arm.json").write_text(spec)
         for seed in seeds:
             rdir = out / key / f"seed{seed}"
             if not (rdir / "metrics.json").exists():
