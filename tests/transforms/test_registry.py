@@ -24,6 +24,8 @@ def test_registry_names_and_parameters():
 @pytest.mark.parametrize("shape", [(2, 20, 24), (1, 10, 12, 14)])
 def test_every_preprocessor_runs_with_defaults_2d_3d(name, shape):
     a = (np.random.default_rng(0).random(shape) * 200 - 50).astype(np.float32)
+    before = a.copy()
     out = PREPROCESSORS[name](a)
+    np.testing.assert_array_equal(a, before)  # the input is never modified in place
     assert out.shape == a.shape and out.dtype == np.float32 and np.isfinite(out).all()
     assert not np.array_equal(out, a)  # each one changes a noisy image

@@ -68,7 +68,7 @@ def ct_window(a: np.ndarray, center: float = 50.0, width: float = 400.0, preset:
         raise ParameterError(f"ct_window: center must be finite, got {center!r}")
     w = positive("ct_window", "width", width)
     tf = ScaleIntensityRange(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0, b_max=1.0, clip=True)
-    return _keep_dtype(np.asarray(tf(x)), a)
+    return _keep_dtype(np.asarray(tf(x.copy())), a)  # never modify the caller's array
 
 
 def percentile_clip(a: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
@@ -100,7 +100,7 @@ def zscore(a: np.ndarray, mask: np.ndarray | None = None, eps: float = 1e-8) -> 
 
     x = check_image(a, "zscore")
     if mask is None:
-        out = np.asarray(NormalizeIntensity(channel_wise=True)(x))
+        out = np.asarray(NormalizeIntensity(channel_wise=True)(x.copy()))  # MONAI works in place
         return _keep_dtype(out, a)
     m = np.asarray(mask)
     if m.shape == (1,) + x.shape[1:]:
