@@ -52,9 +52,34 @@ def _aug_active(p: Plan) -> bool:
     return bool(a.flip_axes or a.rotate_deg or a.scale or a.translate or a.brightness or a.contrast)
 
 
+_DENOISERS = ("median", "gaussian", "bilateral", "nlm")
+
+
+def _with_step(p: Plan, step: dict) -> dict:
+    return {"data.preprocess": [s.model_dump() for s in p.data.preprocess] + [step]}
+
+
+def _without(p: Plan, names) -> dict:
+    return {"data.preprocess": [s.model_dump() for s in p.data.preprocess if s.name not in names]}
+
+
+def _denoise_step(p: Plan) -> dict:
+    return {"name": "nlm", "params": {}} if p.data.spatial_dims == 2 else {"name": "median", "params": {"radius": 1}}
+
+
 _EXTRA_AUG = {"augment.elastic": 0.03, "augment.gamma": 0.2, "augment.blur_sigma": 0.5, "augment.noise_std": 0.05}
 
+_DENOISE = Component("denoising", "non-local means (2D) / 3x3x3 median (3D) before the intensity scheme",
+                     lambda p: _with_step(p, _denoise_step(p)),
+                     lambda p: any(s.name in _DENOISERS for s in p.data.preprocess), lambda p: _without(p, _DENOISERS))
+_CLAHE = Component("clahe", "contrast-limited adaptive histogram equalisation (2D)",
+                   lambda p: _with_step(p, {"name": "clahe", "params": {}}),
+                   lambda p: any(s.name == "clahe" for s in p.data.preprocess), lambda p: _without(p, ("clahe",)),
+                   applies=lambda p: p.data.spatial_dims == 2)
+
 COMPONENTS: dict[str, Component] = {c.name: c for c in [
+    _DENOISE,
+    _CLAHE,
     Component("augmentation", "the plan's geometric and intensity augmentation", _aug_on, _aug_active,
               lambda p: {"augment": {}}),
     Component("extra_augmentation", "elastic deformation, gamma, blur and noise on top of the plan's augmentation",
@@ -92,6 +117,7 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
 
 
 SEG_COMPONENTS: dict[str, Component] = {c.name: c for c in [
+    _DENOISE,
     COMPONENTS["augmentation"],
     COMPONENTS["extra_augmentation"],
     Component("dice_ce_loss", "Dice + cross-entropy instead of Dice alone", lambda p: {"segment.loss": "dice_ce"},
@@ -120,6 +146,7 @@ def baseline_overrides(full: Plan) -> dict[str, Any]:
         ov.update(c.off(full))
     ov["augment"] = {}
     ov["choices"] = []
+    ov["data.preprocess"] = []
     ov["model.params"] = {k: v for k, v in full.model.params.items() if k in ("dropout", "deep_supervision")}
     return ov
 

@@ -19,6 +19,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PreprocessStep(_Strict):
+    """One deterministic preprocessing step from ``meddx.transforms.PREPROCESSORS`` (denoising,
+    CT windowing, CLAHE, ...), applied to every image before the intensity scheme."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
 class DataConfig(_Strict):
     source: str
     kind: str
@@ -26,6 +34,7 @@ class DataConfig(_Strict):
     spatial_dims: Literal[2, 3]
     channels: int = Field(ge=1)
     input_size: list[int]
+    preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
     intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
     clip: Optional[list[float]] = None
     norm_mean: float = 0.0

@@ -21,6 +21,9 @@ Rules (kind in brackets, as nnU-Net documents its own):
     R9 epochs [rule-based]: with a time budget, sized from a measured epoch time at the start of
        training (ensemble members share the budget); else 30.
     R10 model selection [fixed]: best validation AUC; threshold chosen on validation (Youden).
+    R11 denoising [rule-based]: median relative noise of the images (wavelet-MAD sigma / robust
+       range, on a 200-case sample) above the measured threshold (0.03, benchmarks/denoise.py) ->
+       non-local means (2D) or a 3x3x3 median (3D) before the intensity scheme; else none.
     R12 class imbalance [rule-based]: majority:minority >= 10 -> class-balanced batches (weighted
        sampler); below, the training mix is kept (see IMBALANCE_SAMPLER_RATIO).
     R14 ensemble [rule-based]: under 2000 training cases and a budget of 30 minutes or more -> 3
@@ -67,7 +70,7 @@ import numpy as np
 
 from meddx.errors import DatasetError, PlanError
 from meddx.planning.plan import (AugmentConfig, Choice, DataConfig, Decision, EnsembleConfig, ModelConfig,
-                                 OptimConfig, Plan, ScheduleConfig, SegmentConfig, TrainConfig)
+                                 OptimConfig, Plan, PreprocessStep, ScheduleConfig, SegmentConfig, TrainConfig)
 
 
 def _round8(x: float) -> int:
@@ -124,6 +127,20 @@ def _rule_intensity(fp: dict, note) -> tuple[str, list[float] | None]:
     return scheme, clip
 
 
+def _rule_denoise(fp: dict, sd: int, note) -> list[PreprocessStep]:
+    """R11: denoise when the dataset's median relative noise is above the measured threshold
+    (``transforms/noise.py``): non-local means in 2D, a 3x3x3 median in 3D (3D NLM costs minutes
+    per volume on CPU)."""
+    nz = fp.get("noise")
+    steps: list[PreprocessStep] = []
+    if nz and nz["denoise_recommended"]:
+        steps = [PreprocessStep(name="nlm") if sd == 2 else PreprocessStep(name="median", params={"radius": 1})]
+    note("data.preprocess", [st.model_dump() for st in steps], "R11 denoising", "rule-based",
+         relative_noise_median=(round(nz["relative_median"], 4) if nz else None),
+         threshold=(nz["threshold"] if nz else None))
+    return steps
+
+
 def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None,
               cuda: bool | None = None, time_budget_s: float | None = None,
               memory_budget_gb: float | None = None) -> Plan:
@@ -150,6 +167,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
          distinct_shapes=fp["distinct_shapes"], cuda=cuda)
 
     scheme, clip = _rule_intensity(fp, note)
+    steps = _rule_denoise(fp, sd, note)
 
     model = ModelConfig(name="small_cnn", params={"dropout": 0.1})
     note("model.name", model.name, "R5 model", "fixed")
@@ -179,7 +197,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     plan = Plan(
         seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
-                        channels=ch, input_size=size, intensity=scheme, clip=clip,
+                        channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
                         split="official" if fp["official_split"] else "seeded"),
         model=model,
         augment=aug,
@@ -313,6 +331,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     sd = _rule_dims(fp, source, note)
     ch = _rule_channels(fp, note)
     scheme, clip = _rule_intensity(fp, note)
+    steps = _rule_denoise(fp, sd, note)
     note("segment.label_values", sg["label_values"], "S1 labels", "rule-based", mask_values=sg["mask_values"],
          labels_from=sg["labels_from"])
     med = fp["shape_median"]
@@ -349,7 +368,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     plan = Plan(
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
-                        channels=ch, input_size=size, intensity=scheme, clip=clip,
+                        channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
                         split="official" if fp["official_split"] else "seeded"),
         model=model, augment=aug, optim=OptimConfig(lr=3e-3, weight_decay=1e-4), schedule=ScheduleConfig(),
         train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16, time_budget_s=time_budget_s),
