@@ -43,35 +43,39 @@ def kfold_train_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [tr for tr, _ in splitter.split(idx, y)]
 
 
-def fit_members(plan: Plan, out: Path, make_model, make_trainer, x_train: torch.Tensor, y_train: torch.Tensor,
-                x_val: torch.Tensor, y_val: torch.Tensor, *, resume: bool, post=None, log=print
-                ) -> tuple[EnsembleModel, FitResult]:
+def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fold_labels: np.ndarray, *,
+                resume: bool, post=None, log=print) -> tuple[EnsembleModel, FitResult]:
     """Train each member and return the ensemble (members at their best-validation weights).
 
-    ``make_model(member_plan)`` builds a fresh member, ``make_trainer(member_plan, model, dir)`` its
-    trainer; ``post(model, member_plan) -> model`` (optional) runs on each trained member (e.g. the PCA head).
+    ``make_model(member_plan)`` builds a fresh member and ``make_trainer(member_plan, model, dir)`` its
+    trainer; ``fit_member(trainer, train_indices_or_None, resume) -> FitResult`` trains it (on the
+    training cases at those indices for ``kfold``, else on all of them); ``fold_labels`` are the
+    training cases' labels the k folds are stratified by; ``post(model, member_plan) -> model``
+    (optional) runs on each trained member (e.g. the PCA head).
     """
+    from meddx.training.engine import seed_everything
+
     k = n_members(plan)
     kind = plan.ensemble.kind
-    folds = kfold_train_indices(y_train.numpy(), k, plan.seed) if kind == "kfold" else None
+    folds = kfold_train_indices(np.asarray(fold_labels), k, plan.seed) if kind == "kfold" else None
     members, results = [], []
     prev_final = None
     for i in range(k):
         mp = member_plan(plan, i)
         mdir = out / "members" / str(i)
-        from meddx.training.engine import seed_everything
-
         seed_everything(mp.seed)
         model = make_model(mp)
         started = (mdir / "checkpoints" / "last.pt").exists()
         if kind == "snapshot" and prev_final is not None and not started:
             model.load_state_dict(prev_final)  # warm restart from the previous cycle's final weights
-        xtr, ytr = (x_train, y_train) if folds is None else (x_train[folds[i]], y_train[folds[i]])
-        log(f"member {i + 1}/{k} ({kind}): {xtr.shape[0]} training cases, {mp.train.epochs} epochs")
-        res = make_trainer(mp, model, mdir).fit(xtr, ytr, x_val, y_val, resume=resume and started)
+        idx = None if folds is None else folds[i]
+        n = len(fold_labels) if idx is None else len(idx)
+        log(f"member {i + 1}/{k} ({kind}): {n} training cases, {mp.train.epochs} epochs")
+        trainer = make_trainer(mp, model, mdir)
+        res = fit_member(trainer, idx, resume and started)
         if kind == "snapshot":
             prev_final = load_checkpoint(mdir / "checkpoints" / "last.pt")["model"]
-        model = post(model, mp) if post else model
+        model = post(trainer.model, mp) if post else trainer.model
         members.append(model)
         results.append(res)
     history = []

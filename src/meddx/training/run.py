@@ -326,8 +326,12 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     else:
         log(f"training an ensemble of {k} {plan.model.name} ({plan.ensemble.kind}) on {xtr.shape[0]} cases, "
             f"{plan.train.epochs} epochs each -> {out}")
-        model, result = fit_members(deep, out, build_single_model, make_trainer, xtr, ytr, xva, yva, resume=resume,
-                                    post=post, log=log)
+        def fit_member(trainer, idx, res):
+            x, y = (xtr, ytr) if idx is None else (xtr[idx], ytr[idx])
+            return trainer.fit(x, y, xva, yva, resume=res)
+
+        model, result = fit_members(deep, out, build_single_model, make_trainer, fit_member, ytr.numpy(),
+                                    resume=resume, post=post, log=log)
     save_checkpoint(out / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": result.best_epoch})
     return result, model
 
