@@ -128,3 +128,20 @@ def test_set_overrides_on_the_command_line(tmp_path):
 
     with pytest.raises(MeddxError):
         parse_sets(["no-equals-sign"])
+
+
+def test_empirical_choice_trains_each_option_on_validation_and_records_the_winner(tmp_path):
+    ov = {"train.time_budget_s": 8, "choices": [{"name": "structure", "budget_fraction": 0.5,
+                                                 "options": [{"model.params.attention": None},
+                                                             {"model.params.attention": "se"}]}]}
+    run = train_run("synthetic:phantoms:120", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    plan = Plan.load(run / "plan.yaml")
+    ch = plan.choices[0]
+    assert ch.chosen in (0, 1) and len(ch.val_scores) == 2
+    assert ch.val_scores[ch.chosen] == max(ch.val_scores)
+    dec = next(d for d in plan.decisions if d.kind == "empirical" and d.field == "structure")
+    assert dec.value == ch.options[ch.chosen] and dec.reads["val_scores"] == ch.val_scores
+    assert plan.model.params.get("attention") == ch.options[ch.chosen]["model.params.attention"]
+    assert plan.train.time_budget_s < 8  # the trials' time came off the main training's budget
+    for i in (0, 1):
+        assert (run / "choices" / "structure" / str(i) / "checkpoints" / "best.pt").exists()
