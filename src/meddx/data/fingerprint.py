@@ -25,6 +25,21 @@ def check_pixels(array: np.ndarray, where: str) -> None:
                                 fix="remove the blank image or re-export it")
 
 
+def _target_spacing(spacings: list, shapes: list) -> dict | None:
+    """nnU-Net's target spacing for the dataset (``transforms/resample.py``) when every image has one."""
+    if not spacings or len(spacings) != len(shapes) or len(set(map(len, spacings))) != 1:
+        return None
+    if len(spacings[0]) != 3 or any(len(s) != 3 for s in shapes):
+        return None
+    from meddx.transforms.resample import target_spacing_decision
+
+    try:
+        d = target_spacing_decision(spacings, shapes)
+    except MeddxError:
+        return None
+    return {k: d[k] for k in ("spacing", "median_spacing", "anisotropic", "coarse_axis", "rule")}
+
+
 NOISE_SAMPLE = 200  # cases whose noise level is estimated
 
 
@@ -146,6 +161,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "distinct_shapes": len(set(shapes)),
         "spacing_median": [round(float(x), 4) for x in np.median(np.array(spacings), 0)] if spacings and len(set(map(len, spacings))) == 1 else None,
         "n_with_spacing": len(spacings),
+        "distinct_spacings": len(set(spacings)),
+        "target_spacing": _target_spacing(spacings, shapes),
         # anatomical direction of each array axis (RAS letters), when >= 90 % of the images agree
         "axcodes": (list(axcodes.most_common(1)[0][0]) if axcodes and axcodes.most_common(1)[0][1] >= 0.9 * len(shapes)
                     else None),

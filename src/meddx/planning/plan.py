@@ -35,6 +35,7 @@ class DataConfig(_Strict):
     channels: int = Field(ge=1)
     input_size: list[int]
     preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
+    target_spacing: Optional[list[float]] = None  # 3D segmentation: resample every volume to this spacing (mm)
     intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
     clip: Optional[list[float]] = None
     norm_mean: float = 0.0

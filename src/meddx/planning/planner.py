@@ -42,6 +42,9 @@ Rules (kind in brackets, as nnU-Net documents its own):
 Segmentation (``task: segment``) shares R1, R2 and R4, then:
     S1 labels [rule-based]: declared in dataset.json, else a binary mask {0, v} is
        background/foreground, else each mask value is a class.
+    S2b target spacing [rule-based]: 3D volumes whose spacings differ are resampled to nnU-Net's
+       target spacing (median per axis; the 10th percentile along a >3x coarser axis); the patch
+       is then sized on the resampled median shape; predictions go back to each native grid.
     S2 input and patch size [rule-based]: 2D: whole images resized to a square side of the
        median longer side, clamped to [64, 160] on CPU ([64, 256] with CUDA), rounded up to 32;
        3D: native grid, patch = median shape rounded up to the divisor (8), each axis capped at
@@ -335,6 +338,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     note("segment.label_values", sg["label_values"], "S1 labels", "rule-based", mask_values=sg["mask_values"],
          labels_from=sg["labels_from"])
     med = fp["shape_median"]
+    target = None
     if sd == 2:
         cap = 256 if cuda else 160
         side = min(_round_up(float(np.clip(max(med), 64, cap)), 32), cap)
@@ -342,6 +346,18 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         note("data.input_size", size, "S2 input and patch size", "rule-based", shape_median=med)
     else:
         cap = 128 if cuda else 64
+        tsd = fp.get("target_spacing")
+        if tsd and (fp.get("distinct_spacings") or 1) > 1 and fp.get("spacing_median"):
+            # S2b: volumes with different spacings are resampled to nnU-Net's target spacing
+            target = [round(float(v), 4) for v in tsd["spacing"]]
+            med = [float(m) * float(sp) / t for m, sp, t in zip(med, fp["spacing_median"], target)]
+            note("data.target_spacing", target, "S2b target spacing", "rule-based",
+                 distinct_spacings=fp["distinct_spacings"], median_spacing=tsd["median_spacing"],
+                 anisotropic=tsd["anisotropic"], nnunet_rule=tsd["rule"])
+        else:
+            target = None
+            note("data.target_spacing", None, "S2b target spacing", "rule-based",
+                 distinct_spacings=fp.get("distinct_spacings"))
         patch = [min(cap, _round_up(s, 8)) for s in med]
         size = patch
         note("segment.patch_size", patch, "S2 input and patch size", "rule-based", shape_median=med, cuda=cuda)
@@ -369,7 +385,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
                         channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
-                        split="official" if fp["official_split"] else "seeded"),
+                        target_spacing=target, split="official" if fp["official_split"] else "seeded"),
         model=model, augment=aug, optim=OptimConfig(lr=3e-3, weight_decay=1e-4), schedule=ScheduleConfig(),
         train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16, time_budget_s=time_budget_s),
         segment=SegmentConfig(label_values=sg["label_values"], label_names=sg["label_names"],
