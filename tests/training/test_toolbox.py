@@ -145,3 +145,66 @@ def test_empirical_choice_trains_each_option_on_validation_and_records_the_winne
     assert plan.train.time_budget_s < 8  # the trials' time came off the main training's budget
     for i in (0, 1):
         assert (run / "choices" / "structure" / str(i) / "checkpoints" / "best.pt").exists()
+
+
+def test_learned_denoiser_is_fitted_on_training_images_and_kept_in_front_of_the_network(tmp_path):
+    from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+    ov = {"train.epochs": 1, "data.learned_denoise": {"epochs": 2}}
+    run = train_run("synthetic:phantoms:100", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    rec = json.loads((run / "fitted_inputs.json").read_text())["learned_denoise"]
+    assert rec["epochs_run"] == 2 and rec["masked_loss_last"] < rec["masked_loss_first"]
+    plan, model = load_run(run)
+    assert type(model).__name__ == "DenoisedInput"
+    den = SelfSupervisedDenoiser.load(run / "denoiser.pt")
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(model.denoise(x), den.transform(x), atol=1e-5)  # the same transform at inference
+    model.train()
+    assert not model.denoiser.training  # frozen, statistics included
+
+
+def test_synthetic_counts_fill_minorities_up_to_the_target():
+    from meddx.training.fitted_inputs import synthetic_counts
+
+    y = torch.tensor([0] * 100 + [1] * 30 + [2] * 80)
+    assert synthetic_counts(y, 1.0, 1.0) == {1: 30, 2: 20}  # class 1 capped at one fake per real image
+    assert synthetic_counts(y, 0.5, 5.0) == {1: 20}
+    assert synthetic_counts(torch.tensor([0, 1] * 10), 1.0, 1.0) == {}
+
+
+def test_synthetic_samples_are_added_only_when_the_quality_check_passes(tmp_path, monkeypatch):
+    import meddx.data.synthesis as syn
+    from meddx.data.synthetic import make_phantoms
+    from meddx.planning.plan import SyntheticConfig
+    from meddx.training.fitted_inputs import add_synthetic
+
+    real_check = syn.quality_check
+    verdict = {"passed": False}
+
+    def check(*a, **k):
+        res = real_check(*a, **k)
+        res["passed"] = verdict["passed"]
+        return res
+
+    monkeypatch.setattr(syn, "quality_check", check)
+    imgs, labels = make_phantoms(90, seed=1)
+    keep = np.r_[np.nonzero(labels == 0)[0], np.nonzero(labels == 1)[0][:20]]  # 2:1 imbalance
+    x = torch.from_numpy(imgs[keep, None] / 255.0).float()
+    y = torch.from_numpy(labels[keep])
+    plan = make_plan_for()
+    plan.train.time_budget_s = 8
+    plan.train.synthetic = SyntheticConfig(epochs=3)
+    (tmp_path / "no").mkdir()
+    x1, y1, spent = add_synthetic(plan, tmp_path / "no", x, y, log=_quiet)
+    rec = json.loads((tmp_path / "no" / "fitted_inputs.json").read_text())["synthetic"]
+    assert rec["passed"] is False and rec["added"] == 0 and rec["quality_check"]["classes"]
+    assert torch.equal(x1, x) and spent > 0  # refused: training data untouched
+    verdict["passed"] = True
+    (tmp_path / "yes").mkdir()
+    x2, y2, _ = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)
+    rec = json.loads((tmp_path / "yes" / "fitted_inputs.json").read_text())["synthetic"]
+    n_min = int((y == 1).sum())
+    assert rec["passed"] is True and rec["added"] == n_min  # up to the majority, at most 1 fake per real
+    assert x2.shape[0] == x.shape[0] + n_min and int((y2 == 1).sum()) == 2 * n_min
+    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)  # resume: the saved samples
+    assert spent3 == 0.0 and torch.equal(x3, x2)

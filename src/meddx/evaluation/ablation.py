@@ -79,6 +79,9 @@ _CLAHE = Component("clahe", "contrast-limited adaptive histogram equalisation (2
 
 COMPONENTS: dict[str, Component] = {c.name: c for c in [
     _DENOISE,
+    Component("learned_denoising", "self-supervised CNN denoiser (blind-spot, 10 epochs) fitted on the training images",
+              lambda p: {"data.learned_denoise": {"epochs": 10}}, lambda p: p.data.learned_denoise is not None,
+              lambda p: {"data.learned_denoise": None}),
     _CLAHE,
     Component("augmentation", "the plan's geometric and intensity augmentation", _aug_on, _aug_active,
               lambda p: {"augment": {}}),
@@ -94,6 +97,9 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
               lambda p: p.train.loss == "focal", lambda p: {"train.loss": "ce"}),
     Component("logit_adjustment", "logit-adjusted cross-entropy (tau 1)", lambda p: {"train.logit_adjust": 1.0},
               lambda p: p.train.logit_adjust > 0, lambda p: {"train.logit_adjust": 0.0}),
+    Component("synthetic_gan", "conditional-GAN minority samples (50 GAN epochs), used only if the quality check "
+              "passes (2D)", lambda p: {"train.synthetic": {"epochs": 50}}, lambda p: p.train.synthetic is not None,
+              lambda p: {"train.synthetic": None}, applies=lambda p: p.data.spatial_dims == 2),
     Component("mixup_cutmix", "mixup (0.2) or cutmix (1.0) on half the batches",
               lambda p: {"train.mixup": 0.2, "train.cutmix": 1.0},
               lambda p: bool(p.train.mixup or p.train.cutmix), lambda p: {"train.mixup": 0.0, "train.cutmix": 0.0}),

@@ -1,5 +1,5 @@
-"""Ensembles and swapped heads as ordinary modules, so every consumer of a run's model
-(predict, evaluate, Grad-CAM, ONNX export) handles them without special cases."""
+"""Ensembles, swapped heads and a fitted input denoiser as ordinary modules, so every consumer
+of a run's model (predict, evaluate, Grad-CAM, ONNX export) handles them without special cases."""
 
 from __future__ import annotations
 
@@ -70,3 +70,49 @@ class PCALinearHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pca(self.backbone(x)))
+
+
+class DenoisedInput(nn.Module):
+    """A fitted self-supervised denoiser (``SelfSupervisedDenoiser``) in front of a network.
+
+    Reproduces ``SelfSupervisedDenoiser.transform`` as part of the forward pass: standardise with
+    the denoiser's statistics, pad to a multiple of 4 (replicate), add the predicted correction,
+    crop, undo the standardisation. The denoiser stays frozen and in eval mode.
+    """
+
+    MULTIPLE = 4
+
+    def __init__(self, denoiser_net: nn.Module, mean: float, std: float, net: nn.Module):
+        super().__init__()
+        self.denoiser = denoiser_net
+        for p in self.denoiser.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("den_mean", torch.tensor(float(mean)))
+        self.register_buffer("den_std", torch.tensor(float(std)))
+        self.net = net
+        for attr in ("cam_layer", "classifier_layer"):
+            if getattr(net, attr, None):
+                setattr(self, attr, f"net.{getattr(net, attr)}")
+        if hasattr(net, "model_config"):
+            self.model_config = {**net.model_config, "learned_denoise": True}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.denoiser.eval()  # frozen: its batch-norm statistics must not move
+        return self
+
+    def denoise(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.shape[2:]
+        z = (x - self.den_mean) / self.den_std
+        pads = []
+        for s in reversed(list(spatial)):
+            pads += [0, max(s + (-s) % self.MULTIPLE, self.MULTIPLE) - s]
+        zp = nn.functional.pad(z, pads, mode="replicate") if any(pads) else z
+        y = zp + self.denoiser(zp)
+        y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+        return y * self.den_std + self.den_mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.denoise(x)
+        return self.net(x)

@@ -27,6 +27,15 @@ class PreprocessStep(_Strict):
     params: dict[str, Any] = {}
 
 
+class LearnedDenoiseConfig(_Strict):
+    """The self-supervised CNN denoiser (``transforms/learned_denoise.py``), fitted on the training
+    images at the start of training and kept in front of the network (classifiers)."""
+
+    budget_fraction: float = Field(default=0.15, gt=0, lt=1)  # of train.time_budget_s
+    epochs: int = Field(default=40, ge=1)                      # cap (and the amount without a budget)
+    mask_fraction: float = Field(default=0.05, gt=0, le=0.5)
+
+
 class DataConfig(_Strict):
     source: str
     kind: str
@@ -36,6 +45,7 @@ class DataConfig(_Strict):
     input_size: list[int]
     preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
     target_spacing: Optional[list[float]] = None  # 3D segmentation: resample every volume to this spacing (mm)
+    learned_denoise: Optional[LearnedDenoiseConfig] = None
     intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
     clip: Optional[list[float]] = None
     norm_mean: float = 0.0
@@ -94,6 +104,7 @@ class TrainConfig(_Strict):
     cutmix: float = Field(default=0.0, ge=0)          # Beta(a, a) box pasting between image pairs; 0 = off
     mix_prob: float = Field(default=0.5, ge=0, le=1)  # share of batches mixed when mixup/cutmix is on
     head: Literal["deep", "pca_linear"] = "deep"      # pca_linear: PCA of the trained features + logistic regression
+    synthetic: Optional[SyntheticConfig] = None       # GAN minority samples (checked before use)
     pca_components: int = Field(default=32, ge=1)
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
@@ -103,6 +114,16 @@ class TrainConfig(_Strict):
     max_epochs_with_budget: int = 200
     memory_budget_gb: Optional[float] = Field(default=None, gt=0)  # caps the batch size (planner rule R6)
     eval_batch_size: int = 256
+
+
+class SyntheticConfig(_Strict):
+    """Synthetic minority images from a conditional GAN fitted on the training split only
+    (``data/synthesis.py``); added to training only if the measured quality check passes."""
+
+    target_ratio: float = Field(default=1.0, gt=0, le=1)  # raise each class towards this share of the largest
+    max_per_real: float = Field(default=1.0, gt=0)        # at most this many fakes per real image of a class
+    budget_fraction: float = Field(default=0.3, gt=0, lt=1)  # of train.time_budget_s (GAN + check)
+    epochs: int = Field(default=300, ge=1)                # GAN epochs cap (and the amount without a budget)
 
 
 class EnsembleConfig(_Strict):

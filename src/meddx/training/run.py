@@ -102,10 +102,18 @@ def build_model(plan: Plan) -> torch.nn.Module:
     from meddx.training.ensemble import n_members
 
     if n_members(plan) == 1:
-        return build_single_model(plan)
-    from meddx.models.ensemble import EnsembleModel
+        model = build_single_model(plan)
+    else:
+        from meddx.models.ensemble import EnsembleModel
 
-    return EnsembleModel([build_single_model(plan) for _ in range(n_members(plan))])
+        model = EnsembleModel([build_single_model(plan) for _ in range(n_members(plan))])
+    if plan.task == "classify" and plan.data.learned_denoise:
+        from meddx.models.ensemble import DenoisedInput
+        from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+        net = SelfSupervisedDenoiser(spatial_dims=plan.data.spatial_dims, channels=plan.data.channels)._build()
+        model = DenoisedInput(net, 0.0, 1.0, model)  # statistics and weights come from the checkpoint
+    return model
 
 
 def progress_callback(enabled: bool, total: int, desc: str):
@@ -288,6 +296,20 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     def make_trainer(p, model, d):
         return Trainer(p, model, d, progress=progress)
 
+    den = None
+    if plan.data.learned_denoise:
+        from meddx.training.fitted_inputs import fit_learned_denoiser
+
+        den, spent = fit_learned_denoiser(plan, out, xtr, log=log)
+        xtr, xva = den.transform(xtr), den.transform(xva)  # the network trains on denoised images
+        if plan.train.time_budget_s and spent:
+            plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+    if plan.train.synthetic:
+        from meddx.training.fitted_inputs import add_synthetic
+
+        xtr, ytr, spent = add_synthetic(plan, out, xtr, ytr, log=log)
+        if plan.train.time_budget_s and spent:
+            plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
     if any(c.chosen is None for c in plan.choices):
         from meddx.training.empirical import run_choices
 
@@ -332,6 +354,10 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
 
         model, result = fit_members(deep, out, build_single_model, make_trainer, fit_member, ytr.numpy(),
                                     resume=resume, post=post, log=log)
+    if den is not None:
+        from meddx.models.ensemble import DenoisedInput
+
+        model = DenoisedInput(den.net_, den.mean_, den.std_, model)  # raw images in, as at inference
     save_checkpoint(out / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": result.best_epoch})
     return result, model
 
