@@ -31,8 +31,9 @@ from _common import DATA, HERE, git_commit
 
 COMMIT = git_commit()
 # Epochs per run (not seconds: the comparison must not depend on how busy the CPU is while the
-# hours of runs go by). About 40-75 s of training each on a quiet 2-core machine.
-EPOCHS = {"pneumoniamnist": 8, "breastmnist": 50, "retinamnist": 25, "adrenalmnist3d": 5, "busi": 20}
+# hours of runs go by). About 30-60 s of training each on a quiet 2-core machine; the whole
+# benchmark is some 250 runs.
+EPOCHS = {"pneumoniamnist": 6, "breastmnist": 40, "retinamnist": 20, "adrenalmnist3d": 4, "busi": 15}
 PATHS = {"pneumoniamnist": ("medmnist/pneumoniamnist.npz", "classify"),
          "breastmnist": ("medmnist/breastmnist.npz", "classify"),
          "retinamnist": ("medmnist/retinamnist.npz", "classify"),

@@ -43,10 +43,10 @@ def test_unknown_component_is_refused():
 
 @pytest.mark.slow
 def test_ablation_end_to_end_on_phantoms(tmp_path):
-    res = run_ablation("synthetic:phantoms:120", tmp_path / "abl", epochs=5, seeds=[0, 1],
-                       components=["augmentation", "focal_loss", "ensemble"], progress=False, log=lambda *a: None)
+    res = run_ablation("synthetic:phantoms:100", tmp_path / "abl", epochs=5, seeds=[0, 1],
+                       components=["augmentation", "ensemble"], progress=False, log=lambda *a: None)
     arm_names = [r["arm"] for r in res["arms"]]
-    assert arm_names[0] == "baseline" and arm_names[-1] == "full" and "+ focal_loss" in arm_names
+    assert arm_names[0] == "baseline" and arm_names[-1] == "full" and "+ ensemble" in arm_names
     for r in res["arms"]:
         assert 0 <= r["test_accuracy_mean"] <= 1 and len(r["runs"]) == 2
         if r["arm"] != "baseline":
@@ -55,8 +55,8 @@ def test_ablation_end_to_end_on_phantoms(tmp_path):
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 1000
     # an interrupted ablation continues: finished runs are reused, not retrained
     stamp = (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime
-    run_ablation("synthetic:phantoms:120", tmp_path / "abl", epochs=5, seeds=[0, 1],
-                 components=["augmentation", "focal_loss", "ensemble"], progress=False, log=lambda *a: None)
+    run_ablation("synthetic:phantoms:100", tmp_path / "abl", epochs=5, seeds=[0, 1],
+                 components=["augmentation", "ensemble"], progress=False, log=lambda *a: None)
     assert (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime == stamp
     saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert saved["epochs"] == 5 and saved["budget_s"] is None and saved["seeds"] == [0, 1]

@@ -265,8 +265,20 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     done = 0
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
+    from meddx.planning.planner import apply_overrides
+
+    seen: dict[str, str] = {}  # resolved plan -> first arm with it: identical arms share their runs
     for arm, ov in arm_list:
         key = arm.replace(" ", "").replace("+", "plus_").replace("-", "minus_")
+        resolved = apply_overrides(full.model_copy(deep=True), {**amount, **ov}).model_dump(mode="json",
+                                                                                            exclude={"decisions"})
+        sig = json.dumps(resolved, sort_keys=True, default=str)
+        if sig in seen:
+            results[arm] = {**results[seen[sig]], "overrides": ov, "same_as": seen[sig]}
+            done += len(seeds)
+            log(f"{arm}: the same plan as {seen[sig]} (runs shared)")
+            continue
+        seen[sig] = arm
         runs = []
         spec = json.dumps({**amount, **ov}, sort_keys=True, default=str)
         stale = (out / key / "arm.json").exists() and (out / key / "arm.json").read_text() != spec
@@ -314,6 +326,8 @@ def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: fl
     table = []
     for arm, r in results.items():
         row = {"arm": arm, "overrides": r["overrides"]}
+        if r.get("same_as"):
+            row["same_as"] = r["same_as"]
         if seg:
             for split in ("test", "val"):
                 v = np.array([s["dice"] for s in r[split]], dtype=float)
@@ -369,7 +383,8 @@ def markdown_table(res: dict) -> str:
                  "| arm | test Dice | Δ Dice | p (Dice) | val Dice |", "|---|---|---|---|---|"]
         for r in res["arms"]:
             p = f"{r['p_dice']:.3f}" if "p_dice" in r else ""
-            lines.append(f"| {r['arm']} | {_f(r['test_dice_mean'], r['test_dice_sd'])} | {r['delta_dice']:+.3f} | {p} "
+            name = r["arm"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
+            lines.append(f"| {name} | {_f(r['test_dice_mean'], r['test_dice_sd'])} | {r['delta_dice']:+.3f} | {p} "
                          f"| {_f(r['val_dice_mean'], r['val_dice_sd'])} |")
         return "\n".join(lines) + "\n"
     lines = [f"### {res['dataset']} ({amount_text(res)}, seeds {', '.join(map(str, res['seeds']))})", "",
@@ -378,8 +393,9 @@ def markdown_table(res: dict) -> str:
     for r in res["arms"]:
         p_acc = f"{r['p_accuracy']:.3f}" if "p_accuracy" in r else ""
         p_auc = f"{r['p_auc']:.3f}" if "p_auc" in r else ""
+        name = r["arm"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
         lines.append(
-            f"| {r['arm']} | {_f(r['test_accuracy_mean'], r['test_accuracy_sd'])} | {r['delta_accuracy']:+.3f} | {p_acc} "
+            f"| {name} | {_f(r['test_accuracy_mean'], r['test_accuracy_sd'])} | {r['delta_accuracy']:+.3f} | {p_acc} "
             f"| {_f(r['test_balanced_accuracy_mean'], r['test_balanced_accuracy_sd'])} "
             f"| {_f(r['test_auc_mean'], r['test_auc_sd'])} | {r['delta_auc']:+.3f} | {p_auc} "
             f"| {_f(r['test_sensitivity_mean'], r['test_sensitivity_sd'])} "
