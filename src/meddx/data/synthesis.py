@@ -488,6 +488,8 @@ def quality_check(real_x, real_y, fake_x, fake_y, *, seed: int = 0, classifier_e
     if unknown:
         raise ImageContentError(f"quality_check: fake labels {unknown} have no real images")
     counts = torch.bincount(ry, minlength=n_classes)
+    if int(counts[counts > 0].min()) < 2:
+        raise DatasetError("quality_check: every class needs at least 2 real images (the check splits them in two)")
     for c in sorted(set(fy.tolist())):
         if counts[c] < 8:
             raise DatasetError(f"quality_check: class {c} has only {int(counts[c])} real images; at least 8 are "

@@ -164,7 +164,9 @@ class SelfSupervisedDenoiser:
                         idx = torch.cat([idx, order[:1]])
                     batch = self._crop_flip(z[idx], p, gen)
                     mask = torch.rand((batch.shape[0], 1) + batch.shape[2:], generator=gen) < self.mask_fraction
-                    mask = mask.expand_as(batch)
+                    if not mask.any():  # tiny patches: keep at least one scored pixel (else the loss is NaN)
+                        mask.view(-1)[int(torch.randint(0, mask.numel(), (1,), generator=gen))] = True
+                    mask = mask.expand_as(batch)  # all channels of a pixel are hidden together
                     inp = torch.where(mask, _donut_mean(batch), batch)
                     pred = self._forward(inp)
                     loss = ((pred - batch) ** 2)[mask].mean()
