@@ -109,9 +109,14 @@ def dataset_noise(arrays: Iterable[np.ndarray], max_images: int | None = 500, se
         x = check_image(items[i], "dataset_noise", where=f"image {int(i)}")
         sig.append(estimate_noise(x))
         rel.append(estimate_noise(x, relative=True))
+    return summarise_noise(sig, rel, threshold)
+
+
+def summarise_noise(sig: list[float], rel: list[float], threshold: float = DENOISE_RELATIVE_THRESHOLD) -> dict:
+    """The summary ``dataset_noise`` returns, from per-image estimates (absolute and relative)."""
     rel_med = float(np.median(rel))
     return {
-        "n": int(len(idx)),
+        "n": int(len(rel)),
         "sigma_median": float(np.median(sig)),
         "sigma_p90": float(np.percentile(sig, 90)),
         "relative_median": rel_med,
