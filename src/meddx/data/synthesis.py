@@ -402,7 +402,7 @@ def _train_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: in
                              input_size=tuple(x.shape[2:]))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
-    bs = min(64, x.shape[0])
+    bs = min(32 if x.shape[0] < 1000 else 64, x.shape[0])  # small sets still get several steps per epoch
     t0 = time.perf_counter()
     model.train()
     for _ in range(epochs):
