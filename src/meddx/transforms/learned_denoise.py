@@ -9,7 +9,8 @@ for noise that is independent between pixels it cannot learn the identity; the b
 can do is predict the pixel's clean value from its surroundings. No clean images are needed.
 
 The network is a small MONAI ``UNet`` (2D or 3D, residual units; a full-resolution first
-level, then two down-samplings) that predicts a correction added to its input. Images are standardised with the training set's
+level, then two down-samplings) that predicts a correction added to its input. Images are
+standardised with the training set's
 mean and standard deviation and trained on random patches with random flips. At inference
 the whole image goes through the network (as in Noise2Void), padded to a multiple of 4.
 
@@ -70,7 +71,9 @@ class SelfSupervisedDenoiser:
         batch_size: patches per step.
         patch_size: training patch side in pixels (None: 64 in 2D, 32 in 3D, at most the image),
             rounded down to a multiple of 4.
-        features: UNet channels at full resolution, 1/2, 1/4 and the bottom (also 1/4).
+        features: UNet channels at full resolution, 1/2, 1/4 and the bottom (also 1/4). Three
+            values give the first version's layout (no full-resolution level), so denoisers
+            saved by it still load.
         lr: Adam learning rate.
         seed: seeds the initial weights, batches, patches, flips and masks.
 
@@ -95,7 +98,7 @@ class SelfSupervisedDenoiser:
             raise ParameterError(f"SelfSupervisedDenoiser: time_budget_s must be > 0, got {time_budget_s!r}")
         if patch_size is not None and (not isinstance(patch_size, int) or patch_size < _MULTIPLE):
             raise ParameterError(f"SelfSupervisedDenoiser: patch_size must be an int >= 4, got {patch_size!r}")
-        if len(features) != 4 or not all(isinstance(f, int) and f > 0 for f in features):
+        if len(features) not in (3, 4) or not all(isinstance(f, int) and f > 0 for f in features):
             raise ParameterError(f"SelfSupervisedDenoiser: features must be 4 positive ints, got {features!r}")
         self.spatial_dims = spatial_dims
         self.channels = channels
@@ -114,7 +117,8 @@ class SelfSupervisedDenoiser:
         from monai.networks.nets import UNet
 
         return UNet(spatial_dims=self.spatial_dims, in_channels=self.channels, out_channels=self.channels,
-                    channels=self.features, strides=(1, 2, 2), num_res_units=1, norm="batch")
+                    channels=self.features, strides=(1, 2, 2) if len(self.features) == 4 else (2, 2),
+                    num_res_units=1, norm="batch")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net_(x)  # residual: the network predicts the correction
