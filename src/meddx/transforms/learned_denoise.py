@@ -10,9 +10,9 @@ can do is predict the pixel's clean value from its surroundings. No clean images
 
 The network is a small MONAI ``UNet`` (2D or 3D, residual units; a full-resolution first
 level, then two down-samplings) that predicts a correction added to its input. Images are
-standardised with the training set's
-mean and standard deviation and trained on random patches with random flips. At inference
-the whole image goes through the network (as in Noise2Void), padded to a multiple of 4.
+standardised with the training set's mean and standard deviation and trained on random
+patches with random flips. At inference the whole image goes through the network (as in
+Noise2Void), padded to a multiple of 4.
 
 Written here because MONAI has the networks but no blind-spot training; the masking and
 the loss are the only parts of our own.
