@@ -58,3 +58,18 @@ def test_errors():
         dataset_noise(bad)
     with pytest.raises(ImageContentError, match="channel-first"):
         estimate_noise(np.zeros(16))
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "pneumoniamnist"])
+def test_real_medmnist_estimate_tracks_known_added_noise(real_data, flag):
+    """On real images the estimate follows sqrt(sigma_0^2 + sigma_added^2) (sigma_0: without added noise)."""
+    imgs = np.load(real_data / "medmnist" / f"{flag}.npz")["test_images"][:40].astype(np.float32)[:, None]
+    rng = np.random.default_rng(0)
+    base = np.array([estimate_noise(a) for a in imgs])
+    for sigma in (5.0, 10.0, 20.0, 40.0):
+        est = np.array([estimate_noise(a + rng.normal(0, sigma, a.shape)) for a in imgs])
+        ratio = np.median(est / np.sqrt(base**2 + sigma**2))
+        assert ratio == pytest.approx(1.0, abs=0.15), (sigma, ratio)
+    summary = dataset_noise(imgs + rng.normal(0, 20, imgs.shape))
+    assert summary["denoise_recommended"]  # 20 grey levels is ~0.08 of the range
+    assert not dataset_noise(np.zeros((3, 1, 8, 8)) + np.arange(8))["denoise_recommended"]

@@ -8,10 +8,11 @@ replaced pixels only. The network never sees a pixel's own value when predicting
 for noise that is independent between pixels it cannot learn the identity; the best it
 can do is predict the pixel's clean value from its surroundings. No clean images are needed.
 
-The network is a small MONAI ``UNet`` (2D or 3D, two down-samplings, residual units) that
-predicts a correction added to its input. Images are standardised with the training set's
-mean and standard deviation and trained on random patches with random flips. At inference
-the whole image goes through the network (as in Noise2Void), padded to a multiple of 4.
+The network is a small MONAI ``UNet`` (2D or 3D, residual units; a full-resolution first
+level, then two down-samplings) that predicts a correction added to its input. Images are
+standardised with the training set's mean and standard deviation and trained on random
+patches with random flips. At inference the whole image goes through the network (as in
+Noise2Void), padded to a multiple of 4.
 
 Written here because MONAI has the networks but no blind-spot training; the masking and
 the loss are the only parts of our own.
@@ -70,7 +71,9 @@ class SelfSupervisedDenoiser:
         batch_size: patches per step.
         patch_size: training patch side in pixels (None: 64 in 2D, 32 in 3D, at most the image),
             rounded down to a multiple of 4.
-        features: UNet channels per level.
+        features: UNet channels at full resolution, 1/2, 1/4 and the bottom (also 1/4). Three
+            values give the first version's layout (no full-resolution level), so denoisers
+            saved by it still load.
         lr: Adam learning rate.
         seed: seeds the initial weights, batches, patches, flips and masks.
 
@@ -82,7 +85,7 @@ class SelfSupervisedDenoiser:
 
     def __init__(self, spatial_dims: int = 2, channels: int = 1, mask_fraction: float = 0.05, epochs: int = 100,
                  time_budget_s: float | None = 60.0, batch_size: int = 32, patch_size: int | None = None,
-                 features: tuple[int, ...] = (16, 32, 64), lr: float = 2e-3, seed: int = 0):
+                 features: tuple[int, ...] = (16, 32, 64, 64), lr: float = 2e-3, seed: int = 0):
         if spatial_dims not in (2, 3):
             raise ParameterError(f"SelfSupervisedDenoiser: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if not isinstance(channels, int) or channels < 1:
@@ -95,8 +98,8 @@ class SelfSupervisedDenoiser:
             raise ParameterError(f"SelfSupervisedDenoiser: time_budget_s must be > 0, got {time_budget_s!r}")
         if patch_size is not None and (not isinstance(patch_size, int) or patch_size < _MULTIPLE):
             raise ParameterError(f"SelfSupervisedDenoiser: patch_size must be an int >= 4, got {patch_size!r}")
-        if len(features) != 3 or not all(isinstance(f, int) and f > 0 for f in features):
-            raise ParameterError(f"SelfSupervisedDenoiser: features must be 3 positive ints, got {features!r}")
+        if len(features) not in (3, 4) or not all(isinstance(f, int) and f > 0 for f in features):
+            raise ParameterError(f"SelfSupervisedDenoiser: features must be 4 positive ints, got {features!r}")
         self.spatial_dims = spatial_dims
         self.channels = channels
         self.mask_fraction = float(mask_fraction)
@@ -114,7 +117,8 @@ class SelfSupervisedDenoiser:
         from monai.networks.nets import UNet
 
         return UNet(spatial_dims=self.spatial_dims, in_channels=self.channels, out_channels=self.channels,
-                    channels=self.features, strides=(2, 2), num_res_units=1, norm="batch")
+                    channels=self.features, strides=(1, 2, 2) if len(self.features) == 4 else (2, 2),
+                    num_res_units=1, norm="batch")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net_(x)  # residual: the network predicts the correction
@@ -164,7 +168,9 @@ class SelfSupervisedDenoiser:
                         idx = torch.cat([idx, order[:1]])
                     batch = self._crop_flip(z[idx], p, gen)
                     mask = torch.rand((batch.shape[0], 1) + batch.shape[2:], generator=gen) < self.mask_fraction
-                    mask = mask.expand_as(batch)
+                    if not mask.any():  # tiny patches: keep at least one scored pixel (else the loss is NaN)
+                        mask.view(-1)[int(torch.randint(0, mask.numel(), (1,), generator=gen))] = True
+                    mask = mask.expand_as(batch)  # all channels of a pixel are hidden together
                     inp = torch.where(mask, _donut_mean(batch), batch)
                     pred = self._forward(inp)
                     loss = ((pred - batch) ** 2)[mask].mean()
@@ -269,8 +275,10 @@ class SelfSupervisedDenoiser:
 
     def _crop_flip(self, b: torch.Tensor, p: int, gen: torch.Generator) -> torch.Tensor:
         spatial = b.shape[2:]
-        starts = [int(torch.randint(0, s - p + 1, (1,), generator=gen)) for s in spatial]
-        b = b[(slice(None), slice(None)) + tuple(slice(st, st + p) for st in starts)]
+        if any(s > p for s in spatial):  # a random patch per image
+            starts = [torch.randint(0, s - p + 1, (b.shape[0],), generator=gen).tolist() for s in spatial]
+            b = torch.stack([b[(i, slice(None)) + tuple(slice(st[i], st[i] + p) for st in starts)]
+                             for i in range(b.shape[0])])
         for ax in range(2, b.ndim):
             if bool(torch.rand(1, generator=gen) < 0.5):
                 b = b.flip(ax)

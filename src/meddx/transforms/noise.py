@@ -8,12 +8,12 @@ by the image's robust intensity range (p0.5 to p99.5), so 8-bit photographs, CT 
 MRI in scanner units compare on one scale.
 
 Rule the planner applies (``DENOISE_RELATIVE_THRESHOLD``): denoise when the dataset's median
-relative noise is above the threshold. The threshold is measured, not assumed:
-``python benchmarks/denoise.py`` adds known Gaussian noise to real images and finds the
-estimated relative noise above which the best classical denoiser brings the images closer
-to the originals (PSNR and SSIM both gain) instead of blurring real structure; see
-``benchmarks/results/denoise.md``. It is an image-fidelity threshold: whether denoising
-also raises a classifier's accuracy is measured by the ablation, not here.
+relative noise is above the threshold. ``python benchmarks/denoise.py`` is the measurement
+that sets it: it adds known Gaussian noise to real images and finds the estimated relative
+noise above which the best classical denoiser brings the images closer to the originals
+(PSNR and SSIM both gain) instead of blurring real structure (``benchmarks/results/denoise.md``).
+It is an image-fidelity threshold: whether denoising also raises a classifier's accuracy is
+measured by the ablation, not here.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from meddx.transforms._checks import check_image
 
 DENOISE_RELATIVE_THRESHOLD = 0.03
 """Median relative noise (sigma / robust range) above which denoising is worth it.
-Measured by ``benchmarks/denoise.py`` (results/denoise.md, "Where denoising starts to pay"):
-on BreastMNIST, PneumoniaMNIST, paediatric chest X-rays, LGG FLAIR MRI and BUSI ultrasound,
-at estimated relative noise <= 0.02 no classical denoiser raised both PSNR and SSIM against
-the original image on average; from 0.03 up the best one did on every set."""
+PROVISIONAL, NOT YET MEASURED: 0.03 is a prior (3 % of the intensity range, about 8 grey
+levels on 8-bit images), not a result. ``benchmarks/denoise.py`` measures it (section 2 of
+results/denoise.md, "Where denoising starts to pay") but could not be run when this was
+written (no CPU time was free); replace this value by its measured threshold."""
 
 
 LABEL_LIKE_MAX_VALUES = 4
