@@ -24,7 +24,7 @@ BATCHES_3D = (1, 2, 4, 8)
 
 
 # -- the CPU's peak ---------------------------------------------------------------------------
-def cpu_peak() -> dict:
+def cpu_peak(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     """Theoretical fp32 peak of this machine's CPU, from ``/proc/cpuinfo``.
 
     peak = cores x clock x FLOPs per cycle per core, where FLOPs per cycle = fp32 lanes of
@@ -34,11 +34,11 @@ def cpu_peak() -> dict:
     clock is the reported ``cpu MHz`` (a VM usually reports the base clock; turbo would
     raise the true peak, so the achieved fraction is an upper estimate).
     """
-    info: dict = {"source": "/proc/cpuinfo"}
+    info: dict = {"source": str(cpuinfo)}
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path(cpuinfo).read_text()
     except OSError:
-        return {"peak_gflops": None, "note": "no /proc/cpuinfo: peak unknown"}
+        return {"peak_gflops": None, "note": f"no {cpuinfo}: peak unknown"}
     first = text.split("\n\n")[0]
 
     def field(name):
