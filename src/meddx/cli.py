@@ -370,7 +370,10 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
                            seed=seed, data=data)
     b = compress_run(run, out, opts, overwrite=overwrite, progress=_progress_enabled(no_progress), log=console.print)
     s = json.loads((b / "compression.json").read_text())
-    r, src = s["result"], s["source"]
+    r, src = s["result"], s.get("source")
+    if src is None:  # segmentation: int8 only
+        console.print("test Dice " + ", ".join(f"{k}: {r[f'{k}_test_dice']['value']:.4f}" for k in ("fp32", "int8")))
+        return
     console.print(f"parameters {src['params']:,} -> {r['params']:,}; FLOPs {src['flops'] / 1e6:.2f} M -> "
                   f"{r['flops'] / 1e6:.2f} M; validation AUC {r['val_auc']['value']:.4f}; test AUC "
                   f"{r['test_auc']['value']:.4f} [{r['test_auc']['ci_low']:.4f}, {r['test_auc']['ci_high']:.4f}]")

@@ -222,10 +222,15 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     if not (opts.prune or opts.distill_from or opts.int8 or opts.student):
         raise PlanError("nothing to do", fix="give --prune, --distill-from, --student and/or --int8")
     plan, model = load_run(run_dir)
+    if plan.task == "segment":
+        if opts.prune or opts.distill_from or opts.student:
+            raise RunError("segmentation runs can only be int8-quantised here (Torch-Pruning cannot trace MONAI "
+                           "UNet's concatenations, and distillation is implemented for classifiers)", path=run_dir,
+                           fix="use --int8 alone, or export the run as it is with `meddx export`")
+        return _compress_seg_int8(run_dir, plan, model, out, opts, overwrite=overwrite, progress=progress, log=log)
     if plan.task != "classify":
-        raise RunError(f"compress handles classification runs; this is a {plan.task} run", path=run_dir,
-                       fix="export it as it is (`meddx export`), or int8-quantise its bundle with "
-                           "`meddx.deploy.quantise.quantise_static`")
+        raise RunError(f"compress handles classification and segmentation runs; this is a {plan.task} run",
+                       path=run_dir, fix="compress a classification or segmentation run")
     if opts.seed is not None:
         plan.seed = int(opts.seed)
     source_params = int(count_parameters(model))
@@ -314,6 +319,100 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
                                         "teacher_run": summary.get("teacher", {}).get("run")}},
                                     card_extra=card, overwrite=overwrite,
                                     extra_files={"student.pt": st, "compression.json": work / "compression.json"})
+    log(f"bundle written to {bundle}")
+    return bundle
+
+
+def mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean over cases with a percentile-bootstrap 95 % CI."""
+    v = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    boots = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    return {"value": float(v.mean()), "ci_low": float(np.percentile(boots, 2.5)),
+            "ci_high": float(np.percentile(boots, 97.5)), "n": int(v.size)}
+
+
+def seg_windows(images: list, roi, n: int, seed: int = 0, labels: list | None = None) -> np.ndarray:
+    """``n`` training windows of size ``roi`` (half centred on foreground when labels are given),
+    zero-padded where a volume is smaller: int8 calibration inputs for a sliding-window model."""
+    rng = np.random.default_rng(seed)
+    roi = np.asarray(roi)
+    out = []
+    for k in range(n):
+        i = int(rng.integers(len(images)))
+        x = np.asarray(images[i], np.float32)
+        pad = np.maximum(roi - np.array(x.shape[1:]), 0)
+        if pad.any():
+            x = np.pad(x, [(0, 0)] + [(int(p) // 2, int(p) - int(p) // 2) for p in pad])
+        hi = np.array(x.shape[1:]) - roi
+        start = np.array([rng.integers(h + 1) for h in hi])
+        if labels is not None and k % 2 == 0:
+            fg = np.argwhere(np.asarray(labels[i]) > 0)
+            if len(fg):
+                start = np.clip(fg[rng.integers(len(fg))] + pad // 2 - roi // 2, 0, hi)
+        out.append(x[(slice(None), *(slice(int(s), int(s) + int(r)) for s, r in zip(start, roi)))])
+    return np.stack(out)
+
+
+def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOptions, *, overwrite: bool,
+                       progress: bool, log) -> Path:
+    """Static int8 of a segmentation run, calibrated on training windows; Dice of fp32 and int8 on
+    the validation and test cases through the runtime's sliding window."""
+    from meddx.data.segprep import build_seg_data
+    from meddx.data.split import apply_split, read_split
+    from meddx.deploy.export import export_onnx, model_input_shape, write_model_bundle
+    from meddx.deploy.quantise import quantise_static
+    from meddx.runtime import load
+    from meddx.runtime.postprocess import postprocess
+    from meddx.training.seg_engine import dice_per_class
+    from meddx.training.seg_run import open_for_plan
+
+    if not opts.int8:
+        raise PlanError("nothing to do for a segmentation run", fix="give --int8")
+    cs = open_for_plan(opts.data or plan.data.source, plan)
+    parts = apply_split(cs, read_split(run_dir / "split.csv"))
+    log("preparing the run's data")
+    data = build_seg_data(cs, parts, copy.deepcopy(plan))
+    shape = model_input_shape(plan)
+    k = len(plan.segment.label_values)
+    with tempfile.TemporaryDirectory(prefix="meddx-compress-") as td:
+        work = Path(td)
+        fp32 = export_onnx(model, shape, work / "fp32.onnx")
+        tr = data["train"]
+        n_cal = min(opts.calibration_images, 64)
+        cal = seg_windows([x.numpy() for x in tr.images], shape[1:], n_cal, seed=plan.seed,
+                          labels=[y.numpy() for y in tr.labels])
+        log(f"calibrating int8 on {n_cal} training windows")
+        q = quantise_static(fp32, work / "int8.onnx", cal, method=opts.calibration_method)
+        precision = "int8 (static, QDQ: uint8 activations, int8 per-channel weights)"
+        b32 = write_model_bundle(work / "b32", model, plan, run_dir=run_dir)
+        b8 = write_model_bundle(work / "b8", model, plan, run_dir=run_dir, onnx_path=q, precision=precision)
+        result: dict[str, Any] = {}
+        sg = plan.segment
+        for name, b in (("fp32", load(b32)), ("int8", load(b8))):
+            for split in ("val", "test"):
+                d = data[split]
+                scores = []
+                for x, y in zip(d.images, d.labels):
+                    idx = postprocess(b.segment_proba(x.numpy()).argmax(0).astype(np.uint8), sg.postprocess, k,
+                                      sg.min_size)
+                    scores.append(dice_per_class(idx, y.numpy(), k).mean())
+                result[f"{name}_{split}_dice"] = mean_ci(np.array(scores))
+        summary = {"source_run": str(run_dir), "options": asdict(opts),
+                   "steps": [{"step": "int8", "calibration_windows": int(n_cal),
+                              "calibration_method": opts.calibration_method}],
+                   "result": {**result, "precision": precision},
+                   "note": "Dice per case (mean over foreground classes) on the preprocessed grid, "
+                           "post-processing as in the plan; bootstrap 95 % CI over cases"}
+        (work / "compression.json").write_text(json.dumps(summary, indent=2, default=str))
+        r = result
+        card = (f"## Compression\nStatic int8 calibrated on {n_cal} training windows. Test Dice fp32 "
+                f"{r['fp32_test_dice']['value']:.4f}, int8 {r['int8_test_dice']['value']:.4f}. Details: "
+                "`compression.json`.")
+        bundle = write_model_bundle(out, model, plan, run_dir=run_dir, onnx_path=q, precision=precision,
+                                    extra_manifest={"compression": {"steps": ["int8"], "teacher_run": None}},
+                                    card_extra=card, overwrite=overwrite,
+                                    extra_files={"compression.json": work / "compression.json"})
     log(f"bundle written to {bundle}")
     return bundle
 
