@@ -309,7 +309,6 @@ def write(results: dict, info: dict, args) -> None:
         if flag == "hippocampus":
             continue
         v = r["variants"]
-        t = v["torch fp32 eager"]
         lines += [f"## {flag} (seed {r['seed']}; teacher {r['budgets_s']['teacher']:.0f} s, students "
                   f"{r['budgets_s']['student']:.0f} s, fine-tuning {r['budgets_s']['finetune']:.0f} s of training; "
                   f"{r.get('date', '')}, commit {r.get('commit', '')})", "",

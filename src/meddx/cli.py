@@ -358,7 +358,7 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
              no_progress: bool = typer.Option(False, "--no-progress")):
     """Prune, distil and/or int8-quantise a classifier; writes a bundle with compression.json."""
-    from meddx.deploy.compress import CompressOptions, compress_run
+    from meddx.deploy.compress import CompressOptions, compress_run, fmt_metric
 
     if prune is not None and not 0 < prune < 1:
         raise MeddxError(f"--prune must be between 0 and 1, got {prune}", fix="e.g. --prune 0.5")
@@ -372,11 +372,11 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
     s = json.loads((b / "compression.json").read_text())
     r, src = s["result"], s.get("source")
     if src is None:  # segmentation: int8 only
-        console.print("test Dice " + ", ".join(f"{k}: {r[f'{k}_test_dice']['value']:.4f}" for k in ("fp32", "int8")))
+        console.print("test Dice " + ", ".join(f"{k}: {fmt_metric(r[f'{k}_test_dice'])}" for k in ("fp32", "int8")))
         return
     console.print(f"parameters {src['params']:,} -> {r['params']:,}; FLOPs {src['flops'] / 1e6:.2f} M -> "
-                  f"{r['flops'] / 1e6:.2f} M; validation AUC {r['val_auc']['value']:.4f}; test AUC "
-                  f"{r['test_auc']['value']:.4f} [{r['test_auc']['ci_low']:.4f}, {r['test_auc']['ci_high']:.4f}]")
+                  f"{r['flops'] / 1e6:.2f} M; validation AUC {fmt_metric(r['val_auc'])}; test AUC "
+                  f"{fmt_metric(r['test_auc'])}")
 
 
 @app.command()

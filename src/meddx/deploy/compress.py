@@ -176,6 +176,15 @@ def train_phase(plan, model, tensors, work: Path, *, teacher=None, affine=(1.0, 
             "distilled": teacher is not None, "stopped_by": res.stopped_by}
 
 
+def fmt_metric(m: dict | None) -> str:
+    """``0.9512 [0.9301, 0.9688]``, or ``n/a`` when undefined (e.g. one class in a tiny split)."""
+    if not m or m.get("value") is None or m["value"] != m["value"]:
+        return "n/a"
+    if m.get("ci_low") is None:
+        return f"{m['value']:.4f}"
+    return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+
+
 def _auc(y: np.ndarray, p: np.ndarray, names) -> dict:
     from meddx.evaluation.metrics import classification_metrics
 
@@ -210,7 +219,6 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     from meddx.deploy.quantise import calibration_sample, quantise_static
     from meddx.evaluation.calibration import fit_temperature
     from meddx.evaluation.run_report import operating_points
-    from meddx.models import create_model
     from meddx.models.registry import count_parameters
     from meddx.runtime.spec import BundleError
     from meddx.training.run import build_model, load_run
@@ -309,9 +317,8 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         card = ("## Compression\n"
                 f"Steps: {', '.join(s['step'] for s in summary['steps'])}. Parameters {source_params:,} -> "
                 f"{r['params']:,}; FLOPs {source_flops / 1e6:.2f} M -> {r['flops'] / 1e6:.2f} M per image. "
-                f"Validation AUC {r['val_auc']['value']:.4f}; test AUC {r['test_auc']['value']:.4f} "
-                f"[{r['test_auc']['ci_low']:.4f}, {r['test_auc']['ci_high']:.4f}]"
-                + (f" (source run: {summary['source']['test_auc']['value']:.4f})" if summary["source"].get("test_auc")
+                f"Validation AUC {fmt_metric(r['val_auc'])}; test AUC {fmt_metric(r['test_auc'])}"
+                + (f" (source run: {fmt_metric(summary['source']['test_auc'])})" if summary["source"].get("test_auc")
                    else "") + ". Details: `compression.json`.")
         bundle = write_model_bundle(out, model, plan, run_dir=run_dir, onnx_path=onnx_path, precision=precision,
                                     thresholds=thr, extra_manifest={"compression": {
