@@ -83,17 +83,22 @@ def time_calls(fn: Callable[[], object], *, seconds: float = 2.0, min_calls: int
 
 
 def measure(run_batch: Callable[[np.ndarray], object], input_shape: tuple[int, ...], *, batches=None,
-            seconds: float = 2.0, seed: int = 0) -> dict:
-    """Latency at batch 1 and throughput at each batch size for ``run_batch(x)``."""
+            seconds: float = 2.0, seed: int = 0, on_step: Callable[[int], None] | None = None) -> dict:
+    """Latency at batch 1 and throughput at each batch size for ``run_batch(x)``
+    (``on_step(1)`` after each of the ``1 + len(batches)`` measurements)."""
     rng = np.random.default_rng(seed)
     batches = batches or (BATCHES_3D if len(input_shape) == 4 else BATCHES_2D)
     x1 = rng.standard_normal((1, *input_shape)).astype(np.float32)
     lat = time_calls(lambda: run_batch(x1), seconds=seconds)
+    if on_step:
+        on_step(1)
     per_batch = {}
     for b in batches:
         xb = rng.standard_normal((b, *input_shape)).astype(np.float32)
         t = time_calls(lambda: run_batch(xb), seconds=seconds / 2, min_calls=3, warmup=1)
         per_batch[int(b)] = float(b / np.median(t))
+        if on_step:
+            on_step(1)
     best = max(per_batch, key=per_batch.get)
     return {"latency_ms_p50": float(np.percentile(lat, 50) * 1e3), "latency_ms_p99": float(np.percentile(lat, 99) * 1e3),
             "latency_calls": int(lat.size), "throughput": per_batch[best], "best_batch": best,
@@ -136,8 +141,9 @@ def torch_size_bytes(model) -> int:
     return buf.getbuffer().nbytes
 
 
-def bench_path(target: str | Path, *, threads: int | None = None, seconds: float = 2.0, batches=None) -> dict:
-    """Benchmark a run directory (torch fp32 eager) or a bundle (ONNX Runtime)."""
+def bench_path(target: str | Path, *, threads: int | None = None, seconds: float = 2.0, batches=None,
+               progress: bool = False) -> dict:
+    """Benchmark a run directory (torch fp32 eager) or a bundle (ONNX Runtime); ``progress`` shows a bar."""
     from meddx.errors import RunError
 
     target = Path(target)
@@ -147,7 +153,7 @@ def bench_path(target: str | Path, *, threads: int | None = None, seconds: float
         b = load(target)  # verifies checksums before timing anything
         m = b.manifest["model"]
         shape = tuple(int(s) for s in m["input_shape"][1:])
-        res = measure(ort_runner(target / "model.onnx", threads), shape, batches=batches, seconds=seconds)
+        res = _measure_with_bar(ort_runner(target / "model.onnx", threads), shape, batches, seconds, progress)
         res.update({"target": str(target), "kind": f"onnxruntime {m.get('precision', 'fp32')}",
                     "params": int(m["params"]), "flops": int(m["flops"]), "file_bytes": (target / "model.onnx").stat().st_size,
                     "input_shape": list(shape)})
@@ -161,7 +167,7 @@ def bench_path(target: str | Path, *, threads: int | None = None, seconds: float
 
         plan, model = load_run(target)
         shape = model_input_shape(plan)
-        res = measure(torch_runner(model, threads), shape, batches=batches, seconds=seconds)
+        res = _measure_with_bar(torch_runner(model, threads), shape, batches, seconds, progress)
         res.update({"target": str(target), "kind": "torch fp32 eager", "params": int(count_parameters(model)),
                     "flops": torch_flops(model, torch.zeros(1, *shape)), "file_bytes": torch_size_bytes(model),
                     "input_shape": list(shape)})
@@ -170,6 +176,17 @@ def bench_path(target: str | Path, *, threads: int | None = None, seconds: float
                        fix="pass a folder written by `meddx train`, `meddx export` or `meddx compress`")
     add_efficiency(res)
     return res
+
+
+def _measure_with_bar(run, shape, batches, seconds, progress) -> dict:
+    from meddx.training.run import progress_callback
+
+    batches = batches or (BATCHES_3D if len(shape) == 4 else BATCHES_2D)
+    cb, stop = progress_callback(progress, 1 + len(batches), "timing")
+    try:
+        return measure(run, shape, batches=batches, seconds=seconds, on_step=cb)
+    finally:
+        stop()
 
 
 def add_efficiency(res: dict, peak: dict | None = None) -> dict:
