@@ -246,10 +246,15 @@ def _session(root: Path, threads: int | None):
     try:
         return ort.InferenceSession(str(root / MODEL), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        msg = str(e).splitlines()[0][:300]
-        if "opset" in msg.lower():
-            raise BundleError(f"onnxruntime {ort.__version__} cannot run this model's opset ({msg})",
-                              path=root / MODEL, fix="upgrade onnxruntime, or re-export with a lower --opset") from None
+        import re
+
+        text = str(e)
+        m = re.search(r"[Oo]pset (\d+)", text)
+        if m or "opset" in text.lower():
+            which = f"ONNX opset {m.group(1)}" if m else "this model's ONNX opset"
+            raise BundleError(f"onnxruntime {ort.__version__} does not support {which}", path=root / MODEL,
+                              fix="upgrade onnxruntime, or re-export with `meddx export --opset 17`") from None
+        msg = text.splitlines()[0].split(" failed:")[-1][:200] if text else type(e).__name__
         raise BundleError(f"onnxruntime cannot load the model ({msg})", path=root / MODEL, fix=REEXPORT) from None
 
 
