@@ -82,8 +82,9 @@ def write_seg_pairs(root: Path, n: int = 24, size: int = 48, seed: int = 0, layo
     return root
 
 
-def write_seg_volumes(root: Path, n: int = 10, shape=(20, 24, 20), seed: int = 0) -> Path:
-    """NIfTI image/label pairs (images/, labels/) with two labelled blobs (values 1 and 2)."""
+def write_seg_volumes(root: Path, n: int = 10, shape=(20, 24, 20), seed: int = 0, spacings=None) -> Path:
+    """NIfTI image/label pairs (images/, labels/) with two labelled blobs (values 1 and 2);
+    ``spacings`` (one per volume, cycled) sets each header's voxel size (default 1.5 x 1 x 1 mm)."""
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
@@ -92,6 +93,8 @@ def write_seg_volumes(root: Path, n: int = 10, shape=(20, 24, 20), seed: int = 0
     zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
     aff = np.diag([1.5, 1.0, 1.0, 1.0])
     for i in range(n):
+        if spacings:
+            aff = np.diag([*spacings[i % len(spacings)], 1.0])
         lab = np.zeros(shape, np.uint8)
         c = rng.uniform(6, np.array(shape) - 6)
         lab[((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) <= 16] = 1
@@ -100,3 +103,11 @@ def write_seg_volumes(root: Path, n: int = 10, shape=(20, 24, 20), seed: int = 0
         nib.save(nib.Nifti1Image(img.astype(np.float32), aff), str(root / "images" / f"vol{i:02d}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, aff), str(root / "labels" / f"vol{i:02d}.nii.gz"))
     return root
+
+
+def make_plan_for(n_classes: int = 2, spatial_dims: int = 2, size: int = 28):
+    """A minimal classification plan for unit tests of engine pieces."""
+    from meddx.planning.plan import DataConfig, Plan
+
+    return Plan(data=DataConfig(source="t", kind="synthetic", class_names=[f"c{i}" for i in range(n_classes)],
+                                spatial_dims=spatial_dims, channels=1, input_size=[size] * spatial_dims))

@@ -22,9 +22,12 @@ from meddx.runtime.preprocess import prepare as rt_prepare
 from meddx.runtime.spec import Preprocessing
 
 
-def _plan(dims, channels, size, intensity="scale255", clip=None, mean=0.31, std=0.27):
+def _plan(dims, channels, size, intensity="scale255", clip=None, mean=0.31, std=0.27, steps=()):
+    from meddx.planning.plan import PreprocessStep
+
     return Plan(data=DataConfig(source="x", kind="folder", class_names=["a", "b"], spatial_dims=dims, channels=channels,
-                                input_size=[size] * dims, intensity=intensity, clip=clip, norm_mean=mean, norm_std=std))
+                                input_size=[size] * dims, intensity=intensity, clip=clip, norm_mean=mean, norm_std=std,
+                                preprocess=[PreprocessStep(name=n, params=p) for n, p in steps]))
 
 
 def _files(real_data):
@@ -50,6 +53,7 @@ PLANS = [
     _plan(2, 1, 64, "clip_scale", [-200.0, 400.0]), _plan(2, 1, 40, "image_zscore", mean=0.0, std=1.0),
     _plan(3, 1, 32, "image_zscore", mean=0.01, std=0.98), _plan(3, 1, 16, "clip_scale", [0.0, 900.0]),
     _plan(3, 2, 24),
+    _plan(2, 1, 28, steps=[("median", {}), ("percentile_clip", {})]),   # the plan's preprocessing steps
 ]
 
 
@@ -91,3 +95,18 @@ def test_spec_round_trip_and_validation(tmp_path):
     del bad["intensity"]
     with pytest.raises(BundleError, match="lacks the field 'intensity'"):
         Preprocessing.from_dict(bad, tmp_path / "preprocess.json")
+
+
+def test_target_spacing_size_matches_segmentation_prep(real_data):
+    from meddx.data.segprep import image_spec
+    from meddx.planning.plan import SegmentConfig
+    from meddx.runtime.preprocess import target_size
+
+    f = sorted((real_data / "seg" / "msd_hippocampus_udacity" / "images").iterdir())[0]
+    img = read_image(f)
+    plan = _plan(3, 1, 32, "image_zscore")
+    plan.task = "segment"
+    plan.data.target_spacing = [1.5, 0.8, 2.0]
+    plan.segment = SegmentConfig(label_values=[0, 1, 2], label_names=["bg", "a", "p"], patch_size=[32, 32, 32])
+    spec = Preprocessing.from_dict(json.loads(json.dumps(preprocessing_from_plan(plan).to_dict())), f)
+    assert target_size(spec, img) == tuple(image_spec(plan, img).size) != img.spatial_shape

@@ -124,3 +124,54 @@ def test_cli_segment_train_evaluate_and_bad_input(tmp_path, run2d):
     assert "Traceback" not in r.stderr and not (tmp_path / "x").exists()
     r = _cli("inspect", str(root), "--task", "segment", "--no-progress")
     assert r.returncode == 0 and "mask labels" in r.stdout and "255=foreground" in r.stdout
+
+
+def test_segmentation_kfold_ensemble_trains_members_and_predicts(tmp_path):
+    from meddx.training.run import load_run
+    from meddx.training.seg_run import train_seg_run
+    from meddx_testutils import write_seg_pairs
+
+    root = write_seg_pairs(tmp_path / "d", n=18, size=32)
+    run = train_seg_run(str(root), tmp_path / "r", overrides={"train.epochs": 2, "ensemble.kind": "kfold",
+                                                             "ensemble.members": 2}, progress=False,
+                        log=lambda *a: None)
+    assert (run / "members" / "1" / "checkpoints" / "best.pt").exists()
+    plan, model = load_run(run)
+    assert type(model).__name__ == "EnsembleModel" and len(model.members) == 2
+    import json
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["training"]["epochs_run"] == 4 and 0 <= m["summary"]["mean"]["dice"]["value"] <= 1
+
+
+def test_volumes_with_different_spacings_are_resampled_and_predicted_back_on_their_own_grid(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.segsources import open_seg_dataset
+    from meddx.planning.planner import make_seg_plan
+    from meddx.training.seg_run import train_seg_run
+    from meddx_testutils import write_seg_volumes
+
+    root = write_seg_volumes(tmp_path / "v", n=10, spacings=[(1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.0, 2.0)])
+    fp = compute_fingerprint(open_seg_dataset(str(root)))
+    assert fp["distinct_spacings"] == 2
+    plan = make_seg_plan(fp, source=str(root), cuda=False)
+    assert plan.data.target_spacing == [1.0, 1.0, 1.0]  # S2b: median spacing per axis
+    from meddx.data.segprep import image_spec
+    from meddx.io import read_image
+
+    coarse = read_image(root / "images" / "vol02.nii.gz")
+    assert image_spec(plan, coarse).size == (20, 24, 40)  # 2 mm axis resampled to 1 mm
+    run = train_seg_run(str(root), tmp_path / "r", overrides={"train.epochs": 1}, progress=False,
+                        log=lambda *a: None)
+    out = tmp_path / "pred"
+    from meddx.evaluation.seg_predict import predict_seg_paths
+
+    predict_seg_paths(run, root / "images" / "vol02.nii.gz", out, progress=False)
+    mask = nib.load(str(next(out.glob("*_mask.nii.gz"))))
+    src = nib.load(str(root / "images" / "vol02.nii.gz"))
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)  # back on the native grid
+    assert json.loads((run / "metrics.json").read_text())["n_test"] >= 1

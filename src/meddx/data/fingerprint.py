@@ -25,6 +25,24 @@ def check_pixels(array: np.ndarray, where: str) -> None:
                                 fix="remove the blank image or re-export it")
 
 
+def _target_spacing(spacings: list, shapes: list) -> dict | None:
+    """nnU-Net's target spacing for the dataset (``transforms/resample.py``) when every image has one."""
+    if not spacings or len(spacings) != len(shapes) or len(set(map(len, spacings))) != 1:
+        return None
+    if len(spacings[0]) != 3 or any(len(s) != 3 for s in shapes):
+        return None
+    from meddx.transforms.resample import target_spacing_decision
+
+    try:
+        d = target_spacing_decision(spacings, shapes)
+    except MeddxError:
+        return None
+    return {k: d[k] for k in ("spacing", "median_spacing", "anisotropic", "coarse_axis", "rule")}
+
+
+NOISE_SAMPLE = 200  # cases whose noise level is estimated
+
+
 def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                         progress: Callable[[int], None] | None = None) -> dict:
     """Read every case once and summarise the dataset.
@@ -47,7 +65,12 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     data_hash = hashlib.sha256()
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
     axcodes: Counter = Counter()
-    for c in cs.cases:
+    # noise is estimated on a seeded sample of cases (wavelet MAD per image, see transforms/noise.py)
+    noise_pick = set(np.random.default_rng(seed).choice(len(cs.cases), size=min(NOISE_SAMPLE, len(cs.cases)),
+                                                        replace=False).tolist()) if cs.cases else set()
+    noise_abs: list[float] = []
+    noise_rel: list[float] = []
+    for ci, c in enumerate(cs.cases):
         where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
         try:
             if seg is not None:
@@ -76,6 +99,11 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         codes = _axcodes(img)
         if codes:
             axcodes[codes] += 1
+        if ci in noise_pick:
+            from meddx.transforms.noise import estimate_noise
+
+            noise_abs.append(estimate_noise(a))
+            noise_rel.append(estimate_noise(a, relative=True))
         flat = a.reshape(-1)
         k = min(PIXEL_SAMPLE, flat.size)
         samples.append(flat[rng.integers(0, flat.size, k)])
@@ -120,7 +148,10 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         fp["segmentation"] = seg.summary(cs)
     arr_shapes = np.array([s for s in shapes if len(s) == max(dims)]) if shapes else np.zeros((0, 2))
     pix = np.concatenate(samples)
+    from meddx.transforms.noise import summarise_noise
+
     fp.update({
+        "noise": summarise_noise(noise_abs, noise_rel) if noise_rel else None,
         "spatial_dims": sorted(set(dims)),
         "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
@@ -130,6 +161,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "distinct_shapes": len(set(shapes)),
         "spacing_median": [round(float(x), 4) for x in np.median(np.array(spacings), 0)] if spacings and len(set(map(len, spacings))) == 1 else None,
         "n_with_spacing": len(spacings),
+        "distinct_spacings": len(set(spacings)),
+        "target_spacing": _target_spacing(spacings, shapes),
         # anatomical direction of each array axis (RAS letters), when >= 90 % of the images agree
         "axcodes": (list(axcodes.most_common(1)[0][0]) if axcodes and axcodes.most_common(1)[0][1] >= 0.9 * len(shapes)
                     else None),

@@ -36,12 +36,26 @@ class SegData:
     def head(self, n: int) -> "SegData":
         return SegData(self.images[:n], self.labels[:n], self.case_ids[:n], self.boxes[:n])
 
+    def subset(self, idx) -> "SegData":
+        """The cases at the given indices (k-fold ensemble members)."""
+        idx = [int(i) for i in idx]
+        return SegData([self.images[i] for i in idx], [self.labels[i] for i in idx],
+                       [self.case_ids[i] for i in idx] if self.case_ids else [],
+                       [self.boxes[i] for i in idx] if self.boxes else [])
+
 
 def image_spec(plan, img: ImageData) -> PreprocessSpec:
-    """The preprocessing for one image: 2D to the plan's size, 3D on its own grid."""
+    """The preprocessing for one image: 2D to the plan's size, 3D on its own grid (resampled to
+    ``data.target_spacing`` when the plan sets one)."""
     spec = PreprocessSpec.from_plan(plan.data)
     if plan.data.spatial_dims == 3:
         spec.size = tuple(img.spatial_shape[-3:]) if img.spatial_dims >= 3 else spec.size
+        ts = plan.data.target_spacing
+        if ts and img.spacing is not None and len(img.spacing) >= 3:
+            # resampling to the target spacing = resizing by the spacing ratio (predictions go back to the
+            # native grid in seg_infer); masks follow with nearest neighbour in prepare_case
+            sp = tuple(float(v) for v in img.spacing[-3:])
+            spec.size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(spec.size, sp, ts))
     return spec
 
 

@@ -253,6 +253,10 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         affine = _check_teacher(run_dir, plan, tdir, tplan)
         summary["teacher"] = {"run": str(tdir), "model": tplan.model.name, "params": int(count_parameters(teacher)),
                               "flops": torch_flops(teacher, torch.zeros(1, *shape))}
+    if getattr(model, "classifier_layer", None) is None and (opts.prune or (teacher is not None and not opts.student)):
+        raise RunError(f"this run's model is a {type(model).__name__} (ensemble, learned denoiser or PCA head); "
+                       "pruning and fine-tuning need a single registry network", path=run_dir,
+                       fix="distil it into a fresh network with --student NAME --distill-from RUN, or use --int8 alone")
     log("preparing the run's data")
     cs, parts, tensors = load_split_tensors(run_dir, plan, opts.data, progress)
     names = list(plan.data.class_names)
@@ -262,6 +266,13 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         if opts.student:
             name, params = parse_student(opts.student)
             plan.model.name, plan.model.params = name, params
+            # the student is one plain network on the standardised images (no ensemble, denoiser or PCA head)
+            if getattr(plan, "ensemble", None) is not None:
+                plan.ensemble.kind, plan.ensemble.members = "none", 1
+            if getattr(plan.data, "learned_denoise", None) is not None:
+                plan.data.learned_denoise = None
+            if getattr(plan.train, "head", "deep") != "deep":
+                plan.train.head = "deep"
             seed_everything(plan.seed)
             model = build_model(plan)
             log(f"student {name} {params or ''}: {count_parameters(model):,} parameters")

@@ -25,6 +25,7 @@ from meddx.errors import RunError
 from meddx.runtime.spec import MANIFEST, BundleError, Labels, Preprocessing, Thresholds
 
 OPSET = 17
+TORCH_STEPS = ("ct_window", "zscore")  # preprocessing steps implemented with MONAI: the runtime cannot run them
 TOLERANCE = 1e-4  # max |p_onnx - p_torch| over the check inputs (the bar for fp32)
 
 
@@ -41,7 +42,9 @@ def preprocessing_from_plan(plan) -> Preprocessing:
         roi_size=[int(s) for s in seg.patch_size] if seg is not None and seg.patch_size else None,
         overlap=float(seg.sw_overlap) if seg else 0.5, blend=seg.sw_mode if seg else "gaussian",
         window_batch=int(plan.train.batch_size) if seg else 4,
-        postprocess=list(seg.postprocess) if seg else [], min_size=int(seg.min_size) if seg else 0)
+        postprocess=list(seg.postprocess) if seg else [], min_size=int(seg.min_size) if seg else 0,
+        steps=[[st.name, dict(st.params)] for st in getattr(d, "preprocess", [])],
+        target_spacing=[float(t) for t in d.target_spacing] if getattr(d, "target_spacing", None) else None)
 
 
 def labels_from_plan(plan) -> Labels:
@@ -215,6 +218,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = OPSET, over
 
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
+    torch_steps = [st.name for st in getattr(plan.data, "preprocess", []) if st.name in TORCH_STEPS]
+    if torch_steps:
+        raise RunError(f"the plan's preprocessing step(s) {torch_steps} run on MONAI (torch), which the edge "
+                       f"runtime does not have", path=run_dir / "plan.yaml",
+                       fix="train with percentile_clip or the plan's intensity clip instead, then export")
     if plan.task == "detect":
         raise RunError("detection runs cannot be exported yet (their box decoding runs in torch)", path=run_dir,
                        fix="export a classification or segmentation run")

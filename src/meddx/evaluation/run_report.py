@@ -13,7 +13,7 @@ import numpy as np
 from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from meddx.evaluation.metrics import classification_metrics
 from meddx.evaluation.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
-from meddx.evaluation.report import write_report
+from meddx.evaluation.report import decision_rows, write_report
 from meddx.evaluation.thresholds import choose_threshold
 
 
@@ -155,8 +155,13 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     else:
         notes.append(f"Operating point: argmax ({thr.get('why', '')}).")
     write_json(out_dir / "metrics.json", metrics)
+    notes.append(f"Calibration: temperature {cal['temperature']:.3f} fitted on validation "
+                 f"(test ECE {cal.get('ece_test_before', float('nan')):.3f} before, "
+                 f"{cal.get('ece_test_after', float('nan')):.3f} after; stored in calibration.json). The metrics "
+                 "above use the uncalibrated probabilities (temperature scaling does not move argmax or AUC).")
     write_report(out_dir / "report.html", title=f"meddx report: {cs.name}{title_suffix}", summary=summary,
-                 metrics=sets, plots=plots, notes=notes)
+                 metrics=sets, plots=plots, notes=notes,
+                 tables={"Plan decisions (rule, kind, what it read)": decision_rows(plan)})
     write_model_card(out_dir / "model_card.md", plan, cs, sets, summary)
     return metrics
 

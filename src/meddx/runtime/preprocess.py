@@ -45,10 +45,32 @@ def _squeeze_to(a: np.ndarray, spatial_dims: int, where: str) -> np.ndarray:
 
 
 def target_size(spec: Preprocessing, img: ImageData) -> tuple[int, ...]:
-    """The resize target: the spec's size, or the volume's own grid for 3D segmentation."""
+    """The resize target: the spec's size, or for 3D segmentation the volume's own grid (scaled by
+    spacing / target spacing when the spec has one, as ``meddx.data.segprep.image_spec``)."""
     if spec.size is not None:
         return tuple(int(s) for s in spec.size)
-    return tuple(img.spatial_shape[-spec.spatial_dims:])
+    size = tuple(img.spatial_shape[-spec.spatial_dims:])
+    ts = spec.target_spacing
+    if ts and img.spacing is not None and len(img.spacing) >= 3:
+        sp = tuple(float(v) for v in img.spacing[-3:])
+        size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, sp, ts))
+    return size
+
+
+def apply_steps(a: np.ndarray, steps, where: str) -> np.ndarray:
+    """The plan's preprocessing steps, by name from ``meddx.transforms.PREPROCESSORS`` (as training's
+    ``meddx.data.preprocess.apply_steps``; the export refuses steps that need torch)."""
+    if not steps:
+        return a
+    from meddx.runtime.spec import BundleError
+    from meddx.transforms import PREPROCESSORS
+
+    for name, params in steps:
+        if name not in PREPROCESSORS:
+            raise BundleError(f"unknown preprocessing step '{name}' in the bundle", path=where,
+                              fix="install the meddx version that exported the bundle")
+        a = PREPROCESSORS[name](a.astype(np.float32, copy=False), **params)
+    return np.asarray(a, dtype=np.float32)
 
 
 def prepare(img: ImageData, spec: Preprocessing, where: str) -> np.ndarray:
@@ -60,6 +82,6 @@ def prepare(img: ImageData, spec: Preprocessing, where: str) -> np.ndarray:
     if conv is None:
         raise ImageContentError(f"has {a.shape[0]} channels; the model expects {spec.channels}", path=where,
                                 fix="use images with the same channels as the training data")
-    a = apply_scheme(conv, spec.intensity, tuple(spec.clip) if spec.clip else None)
+    a = apply_scheme(apply_steps(conv, spec.steps, where), spec.intensity, tuple(spec.clip) if spec.clip else None)
     a = resize(a, target_size(spec, img))
     return ((a - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)

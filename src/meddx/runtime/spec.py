@@ -76,6 +76,10 @@ class Preprocessing:
         roi_size, overlap, blend: 3D segmentation sliding window (MONAI's rules).
         window_batch: windows per model call.
         postprocess, min_size: segmentation post-processing chosen on validation.
+        steps: the plan's preprocessing steps ``[name, params]`` (``meddx.transforms.PREPROCESSORS``),
+            applied after the channel conversion, before the intensity scheme.
+        target_spacing: 3D segmentation: volumes are resized by spacing / target before the network
+            and the probabilities brought back to the native grid.
     """
 
     task: str
@@ -93,6 +97,8 @@ class Preprocessing:
     window_batch: int = 4
     postprocess: list[str] = field(default_factory=list)
     min_size: int = 0
+    steps: list = field(default_factory=list)
+    target_spacing: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": f"{FORMAT}/preprocess/{FORMAT_VERSION}", **asdict(self)}
@@ -109,7 +115,8 @@ class Preprocessing:
                 tta_flip_axes=list(d.get("tta_flip_axes", [])), roi_size=d.get("roi_size"),
                 overlap=float(d.get("overlap", 0.5)), blend=str(d.get("blend", "gaussian")),
                 window_batch=int(d.get("window_batch", 4)), postprocess=list(d.get("postprocess", [])),
-                min_size=int(d.get("min_size", 0)))
+                min_size=int(d.get("min_size", 0)), steps=[list(x) for x in d.get("steps", [])],
+                target_spacing=d.get("target_spacing"))
         p.validate(where)
         return p
 
@@ -139,6 +146,10 @@ class Preprocessing:
             bad(f"sliding window overlap {self.overlap} / blend {self.blend!r} invalid")
         if any(op not in SEG_POSTPROCESS for op in self.postprocess):
             bad(f"unknown post-processing in {self.postprocess}")
+        if any(not (isinstance(st, (list, tuple)) and len(st) == 2 and isinstance(st[1], dict)) for st in self.steps):
+            bad("steps must be [name, params] pairs")
+        if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
+            bad(f"target_spacing {self.target_spacing} must be 3 positive numbers")
 
 
 @dataclass

@@ -1,0 +1,110 @@
+"""Components fitted on the training split before the network trains: the self-supervised
+denoiser (plan ``data.learned_denoise``) and GAN minority samples (plan ``train.synthetic``).
+
+Both are fitted on training cases only, charge their time to the run's budget, are saved in
+the run directory (so ``--resume`` reuses them rather than refitting) and record what they
+did in ``RUN/fitted_inputs.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddx.planning.plan import Plan
+
+
+def _budget(plan: Plan, fraction: float) -> float | None:
+    return plan.train.time_budget_s * fraction if plan.train.time_budget_s else None
+
+
+def _record(out: Path, key: str, value: dict) -> None:
+    from meddx.training.run import write_json
+
+    p = out / "fitted_inputs.json"
+    rec = json.loads(p.read_text()) if p.exists() else {}
+    rec[key] = value
+    write_json(p, rec)
+
+
+def fit_learned_denoiser(plan: Plan, out: Path, x_train: torch.Tensor, log=print):
+    """Fit (or, when resuming, load) the denoiser on the training tensor; returns ``(denoiser, seconds)``."""
+    from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+    cfg = plan.data.learned_denoise
+    path = out / "denoiser.pt"
+    if path.exists():
+        return SelfSupervisedDenoiser.load(path), 0.0
+    t0 = time.perf_counter()
+    den = SelfSupervisedDenoiser(spatial_dims=plan.data.spatial_dims, channels=plan.data.channels,
+                                 mask_fraction=cfg.mask_fraction, epochs=cfg.epochs,
+                                 time_budget_s=_budget(plan, cfg.budget_fraction), seed=plan.seed).fit(x_train)
+    den.save(path)
+    spent = time.perf_counter() - t0
+    loss = den.loss_history_
+    _record(out, "learned_denoise", {"epochs_run": den.epochs_run_, "seconds": round(spent, 1),
+                                     "masked_loss_first": loss[0] if loss else None,
+                                     "masked_loss_last": loss[-1] if loss else None})
+    log(f"learned denoiser: {den.epochs_run_} epochs in {spent:.0f} s (masked loss "
+        f"{loss[0]:.4f} -> {loss[-1]:.4f})" if loss else "learned denoiser fitted")
+    return den, spent
+
+
+def synthetic_counts(y: torch.Tensor, target_ratio: float, max_per_real: float) -> dict[int, int]:
+    """Fakes to generate per class: up to ``target_ratio`` x the largest class, at most
+    ``max_per_real`` per real image of that class."""
+    counts = torch.bincount(y).tolist()
+    top = max(counts)
+    out = {}
+    for c, n in enumerate(counts):
+        want = int(round(target_ratio * top)) - n
+        k = int(min(want, np.floor(max_per_real * n)))
+        if k > 0 and n > 0:
+            out[c] = k
+    return out
+
+
+def add_synthetic(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Tensor, log=print
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Fit the conditional GAN on the training split, measure its minority samples and add them to the
+    training data only if the quality check passes. Returns ``(x, y, seconds spent)``."""
+    from meddx.data.synthesis import ConditionalGAN, quality_check
+
+    cfg = plan.train.synthetic
+    saved = out / "synthetic.pt"
+    if saved.exists():  # resume: the same samples (or the same refusal) as before
+        st = torch.load(saved, weights_only=True)
+        if st["x"].shape[0]:
+            return torch.cat([x_train, st["x"]]), torch.cat([y_train, st["y"]]), 0.0
+        return x_train, y_train, 0.0
+    t0 = time.perf_counter()
+    todo = synthetic_counts(y_train, cfg.target_ratio, cfg.max_per_real)
+    if not todo:
+        _record(out, "synthetic", {"added": 0, "why": "the classes are already balanced to the target ratio"})
+        torch.save({"x": x_train[:0], "y": y_train[:0]}, saved)
+        return x_train, y_train, 0.0
+    size = plan.data.input_size[0]
+    budget = _budget(plan, cfg.budget_fraction)
+    gan = ConditionalGAN(spatial_dims=plan.data.spatial_dims, channels=plan.data.channels, size=size,
+                         n_classes=len(plan.data.class_names), epochs=cfg.epochs,
+                         time_budget_s=budget * 0.7 if budget else None, seed=plan.seed).fit(x_train, y_train)
+    fx = torch.cat([gan.sample(n, c) for c, n in todo.items()])
+    fy = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in todo.items()])
+    check = quality_check(x_train, y_train, fx, fy, seed=plan.seed,
+                          classifier_time_budget_s=budget * 0.3 if budget else 60.0)
+    spent = time.perf_counter() - t0
+    passed = bool(check["passed"])
+    rec = {"generated": {plan.data.class_names[c]: n for c, n in todo.items()}, "passed": passed,
+           "added": int(fx.shape[0]) if passed else 0, "gan_epochs": gan.epochs_run_, "seconds": round(spent, 1),
+           "quality_check": check}
+    _record(out, "synthetic", rec)
+    torch.save({"x": fx if passed else x_train[:0], "y": fy if passed else y_train[:0]}, saved)
+    log(f"synthetic samples: {'added' if passed else 'REFUSED by the quality check:'} "
+        f"{int(fx.shape[0])} ({', '.join(f'{k}: {v}' for k, v in rec['generated'].items())}) in {spent:.0f} s")
+    if not passed:
+        return x_train, y_train, spent
+    return torch.cat([x_train, fx]), torch.cat([y_train, fy]), spent

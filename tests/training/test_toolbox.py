@@ -1,0 +1,210 @@
+"""Issue 4's training components: samplers, focal loss, logit adjustment, mixup/cutmix,
+ensembles (seeds, k-fold, snapshot) and the PCA head."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from meddx.errors import PlanError
+from meddx.losses import create_loss
+from meddx.losses.classification import LogitAdjusted
+from meddx.planning.plan import Plan
+from meddx.training.engine import Trainer, cutmix, mixup
+from meddx.training.run import load_run, train_run
+from meddx_testutils import make_plan_for
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+def _plan(**train):
+    p = make_plan_for(n_classes=2)
+    for k, v in train.items():
+        setattr(p.train, k, v)
+    return p
+
+
+@pytest.mark.parametrize("sampler", ["weighted", "oversample", "undersample"])
+def test_samplers_balance_the_batches(tmp_path, sampler):
+    y = torch.tensor([0] * 90 + [1] * 10)
+    t = Trainer(_plan(sampler=sampler, batch_size=20), torch.nn.Linear(1, 2), tmp_path, progress=False)
+    t._setup_loss(y)
+    order = t._epoch_order(100, torch.Generator().manual_seed(0))
+    share = float((y[order] == 1).float().mean())
+    assert 0.35 < share < 0.65, share  # 10 % minority in the data, about half in the batches
+    expect = {"weighted": 100, "oversample": 180, "undersample": 20}[sampler]
+    assert len(order) == expect == t._epoch_len(100)
+    if sampler == "oversample":
+        assert set(order.tolist()) == set(range(100))  # every case still seen each epoch
+    if sampler == "undersample":
+        assert len(set(order.tolist())) == 20  # no repeats
+
+
+def test_focal_loss_matches_its_formula_and_downweights_easy_cases():
+    logits = torch.tensor([[2.0, -1.0], [0.2, 0.1], [-0.5, 1.5]])
+    y = torch.tensor([0, 1, 1])
+    fl = create_loss("focal", gamma=2.0)
+    p = logits.softmax(1)[torch.arange(3), y]
+    assert torch.allclose(fl(logits, y), (-(1 - p) ** 2 * p.log()).mean(), atol=1e-6)
+    ce = create_loss("ce")
+    assert fl(logits, y) < ce(logits, y)
+    assert torch.allclose(create_loss("focal", gamma=0.0)(logits, y), ce(logits, y), atol=1e-6)
+    with pytest.raises(PlanError):
+        create_loss("focal", label_smoothing=0.1)
+
+
+def test_logit_adjustment_adds_the_log_prior():
+    prior = torch.tensor([0.9, 0.1])
+    la = LogitAdjusted(create_loss("ce"), prior, tau=1.0)
+    logits = torch.zeros(4, 2)
+    y = torch.tensor([1, 1, 0, 0])
+    expect = create_loss("ce")(logits + prior.log(), y)
+    assert torch.allclose(la(logits, y), expect)
+    # the rare class costs more than under plain CE at equal logits: larger margin wanted
+    assert la(logits[:1], y[:1]) > create_loss("ce")(logits[:1], y[:1])
+
+
+def test_mixup_and_cutmix_mix_pairs_with_the_stated_weight():
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8)])
+    out, perm, lam = mixup(x, 0.4, g)
+    assert 0 <= lam <= 1 and torch.allclose(out, lam * x + (1 - lam) * x[perm])
+    x3 = torch.stack([torch.zeros(1, 8, 8, 8), torch.ones(1, 8, 8, 8)])
+    out, perm, lam = cutmix(x3, 1.0, torch.Generator().manual_seed(3))
+    for i in range(2):
+        if perm[i] != i:  # the pasted share equals 1 - lam exactly
+            assert abs(float((out[i] != x3[i]).float().mean()) - (1 - lam)) < 1e-6
+
+
+@pytest.mark.parametrize("kind, members", [("seeds", 2), ("kfold", 3), ("snapshot", 2)])
+def test_ensembles_train_each_member_and_load_as_one_model(tmp_path, kind, members):
+    ov = {"train.epochs": 2, "ensemble.kind": kind, "ensemble.members": members}
+    run = train_run("synthetic:phantoms:120", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    for i in range(members):
+        assert (run / "members" / str(i) / "checkpoints" / "best.pt").exists()
+    plan, model = load_run(run)
+    assert type(model).__name__ == "EnsembleModel" and len(model.members) == members
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        mean_p = model.member_probabilities(x).mean(0)
+        assert torch.allclose(model(x).softmax(1), mean_p, atol=1e-5)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["training"]["epochs_run"] == 2 * members
+    if kind == "snapshot":  # member 2 started from member 1's final weights, not from scratch
+        first = torch.load(run / "members" / "0" / "checkpoints" / "last.pt", weights_only=True)["model"]
+        second_log = (run / "members" / "1" / "log.jsonl").read_text().splitlines()
+        assert len(second_log) == 2 and first
+    if kind == "kfold":
+        sizes = [len(r) for r in __import__("meddx.training.ensemble", fromlist=["x"]).kfold_train_indices(
+            np.array([0, 1] * 42), 3, 0)]
+        assert sizes == [56, 56, 56]
+
+
+def test_ensemble_needs_two_members():
+    with pytest.raises(PlanError, match="members >= 2"):
+        train_run("synthetic:phantoms:60", "/nonexistent/never", overrides={"ensemble.kind": "seeds"},
+                  progress=False, log=_quiet)
+
+
+def test_pca_head_replaces_the_linear_layer_and_predicts(tmp_path):
+    ov = {"train.epochs": 2, "train.head": "pca_linear", "train.pca_components": 8}
+    run = train_run("synthetic:phantoms:160", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    plan, model = load_run(run)
+    assert type(model).__name__ == "PCALinearHead"
+    assert model.pca.out_features == 8 and model.fc.in_features == 8
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["operating_points"]["argmax / 0.5"]["overall"]["auc"]["value"] > 0.5
+
+
+def test_set_overrides_on_the_command_line(tmp_path):
+    from meddx.cli import parse_sets
+
+    assert parse_sets(["train.epochs=3", "augment.flip_axes=[0, 1]", "ensemble.kind=seeds"]) == {
+        "train.epochs": 3, "augment.flip_axes": [0, 1], "ensemble.kind": "seeds"}
+    from meddx.errors import MeddxError
+
+    with pytest.raises(MeddxError):
+        parse_sets(["no-equals-sign"])
+
+
+def test_empirical_choice_trains_each_option_on_validation_and_records_the_winner(tmp_path):
+    ov = {"train.time_budget_s": 8, "choices": [{"name": "structure", "budget_fraction": 0.5,
+                                                 "options": [{"model.params.attention": None},
+                                                             {"model.params.attention": "se"}]}]}
+    run = train_run("synthetic:phantoms:120", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    plan = Plan.load(run / "plan.yaml")
+    ch = plan.choices[0]
+    assert ch.chosen in (0, 1) and len(ch.val_scores) == 2
+    assert ch.val_scores[ch.chosen] == max(ch.val_scores)
+    dec = next(d for d in plan.decisions if d.kind == "empirical" and d.field == "structure")
+    assert dec.value == ch.options[ch.chosen] and dec.reads["val_scores"] == ch.val_scores
+    assert plan.model.params.get("attention") == ch.options[ch.chosen]["model.params.attention"]
+    assert plan.train.time_budget_s < 8  # the trials' time came off the main training's budget
+    for i in (0, 1):
+        assert (run / "choices" / "structure" / str(i) / "checkpoints" / "best.pt").exists()
+
+
+def test_learned_denoiser_is_fitted_on_training_images_and_kept_in_front_of_the_network(tmp_path):
+    from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+    ov = {"train.epochs": 1, "data.learned_denoise": {"epochs": 2}}
+    run = train_run("synthetic:phantoms:100", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    rec = json.loads((run / "fitted_inputs.json").read_text())["learned_denoise"]
+    assert rec["epochs_run"] == 2 and rec["masked_loss_last"] < rec["masked_loss_first"]
+    plan, model = load_run(run)
+    assert type(model).__name__ == "DenoisedInput"
+    den = SelfSupervisedDenoiser.load(run / "denoiser.pt")
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(model.denoise(x), den.transform(x), atol=1e-5)  # the same transform at inference
+    model.train()
+    assert not model.denoiser.training  # frozen, statistics included
+
+
+def test_synthetic_counts_fill_minorities_up_to_the_target():
+    from meddx.training.fitted_inputs import synthetic_counts
+
+    y = torch.tensor([0] * 100 + [1] * 30 + [2] * 80)
+    assert synthetic_counts(y, 1.0, 1.0) == {1: 30, 2: 20}  # class 1 capped at one fake per real image
+    assert synthetic_counts(y, 0.5, 5.0) == {1: 20}
+    assert synthetic_counts(torch.tensor([0, 1] * 10), 1.0, 1.0) == {}
+
+
+def test_synthetic_samples_are_added_only_when_the_quality_check_passes(tmp_path, monkeypatch):
+    import meddx.data.synthesis as syn
+    from meddx.data.synthetic import make_phantoms
+    from meddx.planning.plan import SyntheticConfig
+    from meddx.training.fitted_inputs import add_synthetic
+
+    real_check = syn.quality_check
+    verdict = {"passed": False}
+
+    def check(*a, **k):
+        res = real_check(*a, **k)
+        res["passed"] = verdict["passed"]
+        return res
+
+    monkeypatch.setattr(syn, "quality_check", check)
+    imgs, labels = make_phantoms(90, seed=1)
+    keep = np.r_[np.nonzero(labels == 0)[0], np.nonzero(labels == 1)[0][:20]]  # 2:1 imbalance
+    x = torch.from_numpy(imgs[keep, None] / 255.0).float()
+    y = torch.from_numpy(labels[keep])
+    plan = make_plan_for()
+    plan.train.time_budget_s = 8
+    plan.train.synthetic = SyntheticConfig(epochs=3)
+    (tmp_path / "no").mkdir()
+    x1, y1, spent = add_synthetic(plan, tmp_path / "no", x, y, log=_quiet)
+    rec = json.loads((tmp_path / "no" / "fitted_inputs.json").read_text())["synthetic"]
+    assert rec["passed"] is False and rec["added"] == 0 and rec["quality_check"]["classes"]
+    assert torch.equal(x1, x) and spent > 0  # refused: training data untouched
+    verdict["passed"] = True
+    (tmp_path / "yes").mkdir()
+    x2, y2, _ = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)
+    rec = json.loads((tmp_path / "yes" / "fitted_inputs.json").read_text())["synthetic"]
+    n_min = int((y == 1).sum())
+    assert rec["passed"] is True and rec["added"] == n_min  # up to the majority, at most 1 fake per real
+    assert x2.shape[0] == x.shape[0] + n_min and int((y2 == 1).sum()) == 2 * n_min
+    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)  # resume: the saved samples
+    assert spent3 == 0.0 and torch.equal(x3, x2)
