@@ -95,8 +95,7 @@ class DistillTrainer(Trainer):
         a, b = self.affine
         with torch.no_grad():
             t = self.teacher(xb * a + b if (a, b) != (1.0, 0.0) else xb)
-        self.kd.hard_loss = self.loss_fn  # the plan's CE (class weights, label smoothing)
-        return self.kd(model(xb), t, yb)
+        return self.kd(model(xb), t, yb, hard_loss=self.loss_fn)  # the plan's label loss (weights, smoothing)
 
 
 # -- data -----------------------------------------------------------------------------------------

@@ -47,8 +47,10 @@ class DistillationLoss(nn.Module):
         self.temperature, self.alpha = float(temperature), float(alpha)
         self.hard_loss = hard_loss or nn.CrossEntropyLoss()
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                hard_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``hard_loss`` overrides the label loss for this call (a trainer's class-weighted CE)."""
         soft = soft_kl(student_logits, teacher_logits.detach(), self.temperature)
         if self.alpha >= 1.0:
             return soft
-        return self.alpha * soft + (1.0 - self.alpha) * self.hard_loss(student_logits, target)
+        return self.alpha * soft + (1.0 - self.alpha) * (hard_loss or self.hard_loss)(student_logits, target)
