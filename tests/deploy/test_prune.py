@@ -49,7 +49,7 @@ def test_pruning_keeps_the_strongest_channels():
     """L1 importance: the channels whose filters were zeroed are the ones removed."""
     torch.manual_seed(0)
     m = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=28, depth=1).eval()
-    conv, bn = m.stages[0][0].conv1  # the block's internal channels: a group of their own
+    conv, bn = m.stages[0][0].conv1[:2]  # conv-BN(-ReLU): the block's internal channels, a group of their own
     dead = torch.arange(0, 24, 2)
     with torch.no_grad():
         bn.weight.copy_(1 + torch.arange(24) / 100)  # distinct, to recognise the survivors
