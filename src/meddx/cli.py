@@ -385,6 +385,96 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folde
     _print_summary(run)
 
 
+# -- export, compression and the edge runtime (issue 6) ------------------------------------------
+@app.command()
+def export(run: Path = typer.Argument(..., help="Run directory written by `meddx train` (classify or segment)."),
+           out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
+           opset: int = typer.Option(17, "--opset", help="ONNX opset of model.onnx."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder.")):
+    """Write a deployable bundle: model.onnx, preprocess.json, labels.json, thresholds.json, model_card.md."""
+    from meddx.deploy.export import export_run, read_manifest
+
+    b = export_run(run, out, opset=opset, overwrite=overwrite)
+    m = read_manifest(b)
+    chk = m.get("export_check", {})
+    console.print(f"bundle written to {b}: {m['model']['params']:,} weights, {m['model']['flops'] / 1e6:.2f} MFLOPs, "
+                  f"{m['model']['file_bytes'] / 1024:.0f} KiB; ONNX vs torch max |dp| {chk.get('max_abs_prob_diff', 0):.1e}")
+
+
+@app.command()
+def compress(run: Path = typer.Argument(..., help="Classification run to compress (its model is the student)."),
+             out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
+             prune: Optional[float] = typer.Option(None, "--prune", help="Remove this fraction of every layer's "
+                                                   "channels (0-1), then fine-tune."),
+             distill_from: Optional[Path] = typer.Option(None, "--distill-from", help="Teacher run: train/fine-tune "
+                                                         "the student on its soft labels."),
+             int8: bool = typer.Option(False, "--int8", help="Static int8 (ONNX Runtime, QDQ), calibrated on "
+                                       "training images."),
+             student: Optional[str] = typer.Option(None, "--student", help="Train a fresh registry model instead "
+                                                   "of RUN's, e.g. small_cnn:width=0.5,first_stride=2."),
+             epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each training phase."),
+             time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Time of each training phase, "
+                                                       "e.g. 2m."),
+             lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the plan's; a quarter "
+                                                "of it when fine-tuning)."),
+             kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="Distillation temperature."),
+             kd_alpha: float = typer.Option(0.9, "--kd-alpha", help="Weight of the teacher term (0-1)."),
+             calibration_images: int = typer.Option(256, "--calibration-images", help="int8: training images "
+                                                    "used to calibrate activation ranges."),
+             seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default: the run's)."),
+             data: Optional[str] = typer.Option(None, "--data", help="Dataset path, if it moved since training."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
+             no_progress: bool = typer.Option(False, "--no-progress")):
+    """Prune, distil and/or int8-quantise a classifier; writes a bundle with compression.json."""
+    from meddx.deploy.compress import CompressOptions, compress_run, fmt_metric
+
+    if prune is not None and not 0 < prune < 1:
+        raise MeddxError(f"--prune must be between 0 and 1, got {prune}", fix="e.g. --prune 0.5")
+    if not epochs and not time_budget and (prune or distill_from or student):
+        raise MeddxError("training needs a length", fix="give --epochs N or --time-budget 2m")
+    opts = CompressOptions(prune=prune, distill_from=str(distill_from) if distill_from else None, int8=int8,
+                           student=student, epochs=epochs, time_budget_s=parse_duration(time_budget), lr=lr,
+                           kd_temperature=kd_temperature, kd_alpha=kd_alpha, calibration_images=calibration_images,
+                           seed=seed, data=data)
+    b = compress_run(run, out, opts, overwrite=overwrite, progress=_progress_enabled(no_progress), log=console.print)
+    s = json.loads((b / "compression.json").read_text())
+    r, src = s["result"], s.get("source")
+    if src is None:  # segmentation: int8 only
+        console.print("test Dice " + ", ".join(f"{k}: {fmt_metric(r[f'{k}_test_dice'])}" for k in ("fp32", "int8")))
+        return
+    console.print(f"parameters {src['params']:,} -> {r['params']:,}; FLOPs {src['flops'] / 1e6:.2f} M -> "
+                  f"{r['flops'] / 1e6:.2f} M; validation AUC {fmt_metric(r['val_auc'])}; test AUC "
+                  f"{fmt_metric(r['test_auc'])}")
+
+
+@app.command()
+def bench(target: Path = typer.Argument(..., help="Run directory (torch fp32 eager) or bundle (ONNX Runtime)."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="Threads (default: the library's choice)."),
+          seconds: float = typer.Option(2.0, "--seconds", help="Timing length per measurement."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON.")):
+    """Latency (batch 1, p50/p99), throughput (best batch), parameters, FLOPs and file size on this machine."""
+    from meddx.deploy.bench import bench_path
+
+    r = bench_path(target, threads=threads, seconds=seconds, progress=True)
+    t = Table(title=f"{target} ({r['kind']})", show_header=False)
+    t.add_row("latency, batch 1", f"p50 {r['latency_ms_p50']:.3f} ms, p99 {r['latency_ms_p99']:.3f} ms "
+              f"({r['latency_calls']} calls)")
+    t.add_row("throughput", f"{r['throughput']:.1f} inputs/s at batch {r['best_batch']} ("
+              + ", ".join(f"{b}: {v:.0f}" for b, v in r["throughput_by_batch"].items()) + ")")
+    t.add_row("parameters", f"{r['params']:,}")
+    t.add_row("FLOPs per input", f"{r['flops'] / 1e6:.2f} M")
+    t.add_row("file size", f"{r['file_bytes'] / 1024:.1f} KiB")
+    peak = r["cpu_peak"]
+    t.add_row("achieved", f"{r['gflops_achieved']:.2f} GFLOP/s"
+              + (f" = {r['fraction_of_peak']:.1%} of {peak['peak_gflops']} GFLOP/s peak ({peak['formula']})"
+                 if r.get("fraction_of_peak") is not None else ""))
+    console.print(t)
+    if json_out:
+        from meddx.training.run import write_json
+
+        write_json(Path(json_out), r)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -1,0 +1,44 @@
+"""``python -m meddx.runtime BUNDLE FILE...``: one JSON line per input, no torch needed.
+
+Segmenters also write ``NAME_mask.nii.gz`` / ``NAME_mask.png`` into ``--masks DIR``.
+Errors print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from meddx.errors import MeddxError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m meddx.runtime", description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", help="bundle folder written by `meddx export` or `meddx compress`")
+    ap.add_argument("files", nargs="+", help="PNG/JPEG/TIFF, DICOM file or series folder, NIfTI")
+    ap.add_argument("--masks", type=Path, default=None, help="segmenters: folder for the masks")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    a = ap.parse_args(argv)
+    try:
+        from meddx.runtime import load
+
+        b = load(a.bundle, threads=a.threads)
+        for f in a.files:
+            r = b.predict(f)
+            d = r.to_dict()
+            if b.task == "segment" and a.masks is not None:
+                a.masks.mkdir(parents=True, exist_ok=True)
+                from meddx.evaluation.seg_predict import _stem
+
+                d["mask_file"] = str(r.write_mask(a.masks / _stem(Path(f))))
+            print(json.dumps(d), flush=True)
+    except MeddxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""``meddx export``, ``compress`` and ``bench`` through the command line, on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deploy_testutils import make_run
+
+
+def meddx(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "meddx.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+@pytest.mark.parametrize("cmd", ["export", "compress", "bench"])
+def test_help(cmd):
+    r = meddx(cmd, "--help")
+    assert "Usage" in r.stdout and len(r.stdout) > 100
+
+
+@pytest.mark.slow
+def test_train_compress_all_three_bench_and_run_without_torch_cli(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress")
+    out = tmp_path / "small"
+    r = meddx("compress", run, "--out", out, "--prune", "0.5", "--distill-from", run, "--int8", "--epochs", "1",
+              "--calibration-images", "16", "--no-progress")
+    assert "parameters" in r.stdout and "test AUC" in r.stdout
+    s = json.loads((out / "compression.json").read_text())
+    assert [st["step"] for st in s["steps"]] == ["prune", "int8"]
+    assert s["steps"][0]["fine_tune"]["distilled"] is True
+    assert s["result"]["params"] < 0.35 * s["source"]["params"] and s["result"]["flops"] < 0.35 * s["source"]["flops"]
+    man = json.loads((out / "bundle.json").read_text())
+    assert man["model"]["precision"].startswith("int8") and man["compression"]["steps"] == ["prune", "int8"]
+    r = meddx("bench", out, "--seconds", "0.2", "--json", tmp_path / "b.json")
+    assert "latency" in r.stdout and "GFLOP/s" in r.stdout
+    assert json.loads((tmp_path / "b.json").read_text())["kind"].startswith("onnxruntime int8")
+    img = next((tiny_folder / "lesion").iterdir())
+    r = subprocess.run([sys.executable, "-m", "meddx.runtime", str(out), str(img)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["label"] in ("lesion", "normal")
+    meddx("export", run, "--out", tmp_path / "fp32")
+    assert (tmp_path / "fp32" / "model.onnx").exists()
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path):
+    run = make_run(tmp_path / "run")
+    cases = [
+        ("export", tmp_path / "nope", "--out", tmp_path / "b"),
+        ("compress", run, "--out", tmp_path / "c"),                       # nothing to do
+        ("compress", run, "--out", tmp_path / "c", "--prune", "1.5", "--epochs", "1"),
+        ("compress", run, "--out", tmp_path / "c", "--prune", "0.5"),     # no training length
+        ("bench", tmp_path),
+    ]
+    for args in cases:
+        r = meddx(*args, check=False)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "c").exists() and not (tmp_path / "b").exists()

@@ -1,0 +1,156 @@
+"""Bad bundles give one-line errors naming the file and the fix (missing file, wrong opset,
+tampered weights, damaged specs); the runtime CLI exits with code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from deploy_testutils import make_run
+from meddx.deploy.export import export_run
+from meddx.runtime import BundleError, load, verify
+from meddx.runtime.spec import sha256_file
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("bundle")
+    return export_run(make_run(tmp / "run"), tmp / "bundle")
+
+
+@pytest.fixture
+def copy(bundle, tmp_path) -> Path:
+    dst = tmp_path / "b"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def _resum(b: Path, name: str) -> None:
+    man = json.loads((b / "bundle.json").read_text())
+    man["files"][name] = sha256_file(b / name)
+    (b / "bundle.json").write_text(json.dumps(man))
+
+
+def _one_line(e: BundleError) -> str:
+    s = str(e)
+    assert "\n" not in s and "Fix:" in s
+    return s
+
+
+def test_intact_bundle_loads(bundle):
+    b = load(bundle)
+    assert b.task == "classify" and b.labels.class_names == ["normal", "pneumonia"]
+    assert b.thresholds.temperature == pytest.approx(1.7) and b.thresholds.threshold == pytest.approx(0.42)
+    p = b.predict_proba(np.zeros((3, 1, 28, 28), np.float32))
+    assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "preprocess.json", "labels.json", "thresholds.json", "model_card.md"])
+def test_missing_file(copy, name):
+    (copy / name).unlink()
+    with pytest.raises(BundleError) as e:
+        load(copy)
+    msg = _one_line(e.value)
+    assert name in msg and "missing" in msg
+
+
+def test_missing_manifest(copy):
+    (copy / "bundle.json").unlink()
+    with pytest.raises(BundleError, match="has no bundle.json"):
+        load(copy)
+
+
+def test_tampered_weights_fail_the_checksum(copy):
+    m = onnx.load(str(copy / "model.onnx"))
+    w = next(i for i in m.graph.initializer if len(i.dims) == 4)
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr.flat[0] += 0.5
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    onnx.save(m, str(copy / "model.onnx"))
+    with pytest.raises(BundleError) as e:
+        load(copy)
+    msg = _one_line(e.value)
+    assert "model.onnx" in msg and "SHA-256" in msg
+
+
+def test_edited_spec_fails_the_checksum(copy):
+    spec = json.loads((copy / "preprocess.json").read_text())
+    spec["mean"] = 0.0
+    (copy / "preprocess.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="preprocess.json does not match its SHA-256"):
+        verify(copy)
+
+
+def test_truncated_model(copy):
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 2])
+    _resum(copy, "model.onnx")  # a consistent but broken bundle: onnxruntime must refuse it
+    with pytest.raises(BundleError, match="onnxruntime cannot load the model"):
+        load(copy)
+
+
+def test_opset_newer_than_onnxruntime(copy):
+    m = onnx.load(str(copy / "model.onnx"))
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 99
+    onnx.save(m, str(copy / "model.onnx"))
+    _resum(copy, "model.onnx")
+    with pytest.raises(BundleError) as e:
+        load(copy)
+    msg = _one_line(e.value)
+    assert "opset" in msg and "model.onnx" in msg
+
+
+def test_opset_too_old_in_manifest(copy):
+    man = json.loads((copy / "bundle.json").read_text())
+    man["model"]["opset"] = 9
+    (copy / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="opset 9; this runtime needs 13"):
+        load(copy)
+
+
+def test_other_format_version(copy):
+    man = json.loads((copy / "bundle.json").read_text())
+    man["version"] = 2
+    (copy / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="format version 2"):
+        load(copy)
+
+
+def test_damaged_json_spec(copy):
+    (copy / "labels.json").write_text("{not json")
+    _resum(copy, "labels.json")
+    with pytest.raises(BundleError, match="labels is not valid JSON"):
+        load(copy)
+
+
+def test_not_a_folder(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        load(tmp_path / "nope")
+
+
+def test_bad_image_names_the_file(bundle, tmp_path):
+    f = tmp_path / "broken.png"
+    f.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    from meddx.errors import MeddxError
+
+    with pytest.raises(MeddxError) as e:
+        load(bundle).predict(f)
+    assert "broken.png" in str(e.value)
+
+
+def test_runtime_cli_exits_2_with_one_line(copy, tmp_path):
+    (copy / "labels.json").unlink()
+    proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(copy), str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "labels.json" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
