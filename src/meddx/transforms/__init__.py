@@ -16,26 +16,31 @@ from typing import Callable
 
 import numpy as np
 
-from meddx.transforms.denoise import bilateral, gaussian, median, nlm
-from meddx.transforms.enhance import CT_WINDOWS, clahe, ct_window, hist_equalise, percentile_clip, zscore
 
-PREPROCESSORS: dict[str, Callable[..., np.ndarray]] = {
-    "median": median,
-    "gaussian": gaussian,
-    "bilateral": bilateral,
-    "nlm": nlm,
-    "ct_window": ct_window,
-    "percentile_clip": percentile_clip,
-    "zscore": zscore,
-    "clahe": clahe,
-    "hist_equalise": hist_equalise,
-}
+def _registry() -> dict[str, Callable[..., np.ndarray]]:
+    # imported on first use: the torch-free runtime imports meddx.transforms.intensity, and this
+    # package's import must not pull in scipy, scikit-image or MONAI for it
+    from meddx.transforms.denoise import bilateral, gaussian, median, nlm
+    from meddx.transforms.enhance import clahe, ct_window, hist_equalise, percentile_clip, zscore
+
+    return {"median": median, "gaussian": gaussian, "bilateral": bilateral, "nlm": nlm, "ct_window": ct_window,
+            "percentile_clip": percentile_clip, "zscore": zscore, "clahe": clahe, "hist_equalise": hist_equalise}
+
+
+def __getattr__(name: str):
+    if name == "PREPROCESSORS":
+        return _registry()
+    if name == "CT_WINDOWS":
+        from meddx.transforms.enhance import CT_WINDOWS
+
+        return CT_WINDOWS
+    raise AttributeError(f"module 'meddx.transforms' has no attribute {name!r}")
 
 
 def list_preprocessors() -> list[dict]:
     """Every registered preprocessor: ``name``, ``params`` ({name: default}) and ``doc`` (first line)."""
     out = []
-    for name, fn in PREPROCESSORS.items():
+    for name, fn in _registry().items():
         params = {p.name: (None if p.default is inspect.Parameter.empty else p.default)
                   for p in list(inspect.signature(fn).parameters.values())[1:]}
         out.append({"name": name, "params": params, "doc": (fn.__doc__ or "").strip().splitlines()[0]})
