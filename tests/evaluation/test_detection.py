@@ -51,3 +51,20 @@ def test_each_reference_matches_once_and_classes_are_separate():
     assert average_precision(wrong_class, ref, cls=1) == 0.0
     s = detection_summary(dup, ref, ["lesion"])
     assert s["per_class"]["lesion"]["ap"] == 1.0 and np.isfinite(s["ap_mean"])
+
+
+def test_boxes_from_probability_maps_find_what_argmax_misses():
+    import numpy as np
+
+    from meddx.evaluation.detection import boxes_from_segmentation
+
+    probs = np.zeros((3, 20, 20), np.float32)
+    probs[0] = 1.0
+    probs[2, 5:10, 6:12] = 0.3  # a rare class, always under background
+    probs[0, 5:10, 6:12] = 0.7
+    labels = probs.argmax(0)
+    assert boxes_from_segmentation(labels, probs, 3, None) == []
+    boxes = boxes_from_segmentation(labels, probs, 3, 0.2)
+    assert len(boxes) == 1 and boxes[0].cls == 2 and boxes[0].lo == (5, 6) and boxes[0].hi == (10, 12)
+    assert abs(boxes[0].score - 0.3) < 1e-6
+    assert boxes_from_segmentation(labels, probs, 3, 0.5) == []

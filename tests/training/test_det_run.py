@@ -68,6 +68,13 @@ def test_detect_run_reports_ap_froc_and_predicts_boxes(box_manifest, tmp_path, d
     floor = 0.5 if detector == "components" else 0.1
     assert det["per_class"]["spot"]["ap"] > floor and det["froc_pooled"]["max_sensitivity"] > 0.3, det
     assert (out / "froc.png").exists() and "AP@0.5" in (out / "report.html").read_text()
+    if detector == "components":  # S11: the detection threshold was chosen on validation and recorded
+        from meddx.planning.plan import Plan
+
+        plan = Plan.load(out / "plan.yaml")
+        s11 = next(d for d in plan.decisions if d.rule.startswith("S11"))
+        assert s11.kind == "empirical" and set(s11.reads["validation"]) == {"argmax", "0.5", "0.3", "0.15", "0.08"}
+        assert plan.segment.det_threshold == s11.value and not plan.segment.choose_det_threshold
     rows = predict_seg_paths(out, box_manifest.parent / "im1.png", tmp_path / "p", progress=False)
     assert rows[0]["finding"] in ("spot", "") and (tmp_path / "p" / "im1_overlay.png").exists()
 

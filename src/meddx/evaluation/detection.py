@@ -40,6 +40,20 @@ def iou(a: Box, b: Box) -> float:
     return inter / (va + vb - inter) if va + vb - inter > 0 else 0.0
 
 
+def boxes_from_segmentation(labels: np.ndarray, probs: np.ndarray | None, k: int,
+                            threshold: float | None = None) -> list[Box]:
+    """Detections of a segmenter: components of the argmax map (``threshold`` None), or of each
+    class's probability map at ``threshold`` (finds classes the argmax never picks, e.g. a rare
+    finding whose probability stays under the background's)."""
+    if threshold is None or probs is None:
+        return boxes_from_labels(labels, probs, k)
+    out = []
+    for c in range(1, k):
+        hits = boxes_from_labels((probs[c] >= threshold).astype(np.uint8), probs[[0, c]], 2)
+        out += [Box(b.lo, b.hi, c, b.score) for b in hits]
+    return out
+
+
 def boxes_from_labels(labels: np.ndarray, probs: np.ndarray | None = None, k: int | None = None,
                       min_size: int = 0) -> list[Box]:
     """One box per connected component of each foreground class.

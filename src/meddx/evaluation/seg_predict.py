@@ -129,7 +129,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
 
 def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
     """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
-    from meddx.evaluation.detection import boxes_from_labels
+    from meddx.evaluation.detection import boxes_from_segmentation
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback
@@ -146,7 +146,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
                 boxes = predict_boxes(model, plan, img, str(p))
             else:
                 lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
-                boxes = boxes_from_labels(lab, probs.astype(np.float32), len(sg.label_values))
+                boxes = boxes_from_segmentation(lab, probs.astype(np.float32), len(sg.label_values), sg.det_threshold)
             opath = out_dir / f"{_stem(p)}_overlay.png"
             boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)
             for b in sorted(boxes, key=lambda b: -b.score):

@@ -125,7 +125,7 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
                          prefix: str = "") -> dict:
     """Predict ``cases`` in native geometry, post-process, score and write the outputs."""
     from meddx.data.detsources import reference_boxes
-    from meddx.evaluation.detection import boxes_from_labels, detection_summary
+    from meddx.evaluation.detection import boxes_from_labels, boxes_from_segmentation, detection_summary
     from meddx.evaluation.seg_infer import predict_cases
     from meddx.training.run import write_json
 
@@ -135,7 +135,7 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     names = list(sg.label_names[1:])
     preds, truths, spacings, probs = predict_cases(cs, cases, plan, model, progress, "evaluating", with_probs=True)
     preds = [postprocess(p, sg.postprocess, k, sg.min_size) for p in preds]
-    det_pred = [boxes_from_labels(p, pr.astype(np.float32), k) for p, pr in zip(preds, probs)]
+    det_pred = [boxes_from_segmentation(p, pr.astype(np.float32), k, sg.det_threshold) for p, pr in zip(preds, probs)]
     del probs
     det_ref = [reference_boxes(c) if cs.task == "detect" else boxes_from_labels(t, None, k)
                for c, t in zip(cases, truths)]

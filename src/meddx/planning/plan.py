@@ -169,6 +169,8 @@ class SegmentConfig(_Strict):
     choose_postprocess: bool = True  # try the options below on validation and keep those that help
     postprocess: list[Literal["largest_component", "fill_holes", "remove_small"]] = []
     min_size: int = Field(default=0, ge=0)  # remove_small: drop components under this many pixels/voxels
+    det_threshold: Optional[float] = Field(default=None, gt=0, lt=1)  # components from p_class >= t (None: argmax)
+    choose_det_threshold: bool = True  # task detect, components: pick det_threshold on validation (S11)
     detector: Literal["components", "heatmap"] = "components"  # task detect: boxes from segmentation components,
     # or a centre-heatmap head (2D)
 

@@ -63,6 +63,9 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
     S9 model selection [fixed]: best validation mean Dice over the foreground classes.
     S10 post-processing [empirical]: largest component, hole filling and small-component
        removal are each tried on validation cases and kept when they raise mean Dice.
+    S11 detection threshold [empirical] (components detector): boxes from the argmax map or from
+       each class's probability map at 0.5 / 0.3 / 0.15 / 0.08, whichever gives the best mean FROC
+       (then AP) on the validation cases (a rare finding's probability can stay under background's).
 """
 
 from __future__ import annotations

@@ -55,6 +55,34 @@ def choose_postprocessing(plan: Plan, fp: dict, preds, truths) -> None:
                                    kind="empirical", reads={"validation_mean_dice": trace, "min_size": min_size}))
 
 
+DET_THRESHOLDS = (None, 0.5, 0.3, 0.15, 0.08)
+
+
+def choose_det_threshold(plan: Plan, cs, val_cases, model, progress: bool) -> None:
+    """S11 (detection with the components detector): boxes from the argmax map or from each class's
+    probability map at a threshold, whichever gives the best mean FROC (then AP) on validation."""
+    from meddx.data.detsources import reference_boxes
+    from meddx.evaluation.detection import boxes_from_segmentation, detection_summary
+
+    sg = plan.segment
+    k = len(sg.label_values)
+    preds, _, _, probs = predict_cases(cs, val_cases, plan, model, progress, "choosing the detection threshold",
+                                       with_probs=True)
+    refs = [reference_boxes(c) for c in val_cases]
+    trace, best, best_key = {}, None, (-1.0, -1.0)
+    for t in DET_THRESHOLDS:
+        det = detection_summary([boxes_from_segmentation(p, pr.astype(np.float32), k, t) for p, pr in zip(preds, probs)],
+                                refs, list(sg.label_names[1:]))
+        key = (det["froc_pooled"]["mean"], 0.0 if np.isnan(det["ap_mean"]) else det["ap_mean"])
+        trace["argmax" if t is None else str(t)] = {"froc": round(key[0], 4), "ap": round(key[1], 4)}
+        if key > best_key:
+            best, best_key = t, key
+    sg.det_threshold = best
+    sg.choose_det_threshold = False
+    plan.decisions.append(Decision(field="segment.det_threshold", value=best, rule="S11 detection threshold",
+                                   kind="empirical", reads={"validation": trace}))
+
+
 def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
                   overrides: dict[str, Any] | None = None, resume: bool = False, resample_masks: bool = False,
                   group_by_folder: bool = False, task: str = "segment", progress: bool = True, log=print) -> Path:
@@ -140,6 +168,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if plan.segment.choose_postprocess and not heatmap:
             pv, tv, _ = predict_cases(cs, parts["val"], plan, model, progress, "choosing post-processing")
             choose_postprocessing(plan, fp, pv, tv)
+        if plan.task == "detect" and not heatmap and plan.segment.choose_det_threshold and parts["val"]:
+            choose_det_threshold(plan, cs, parts["val"], model, progress)
         plan.save(out / "plan.yaml")
         from meddx.evaluation.seg_report import evaluate_det_outputs, evaluate_seg_outputs
 
