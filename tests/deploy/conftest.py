@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from trained_runs import API_KEY, busi_run, disc_seg_run, free_port
+
+
+@pytest.fixture(scope="session")
+def busi(tmp_path_factory):
+    return busi_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory):
+    return disc_seg_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def live_server(busi):
+    """``meddx serve`` on 127.0.0.1 on a free port (real uvicorn), stopped at the end of the session."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, MEDDX_API_KEY=API_KEY)
+    proc = subprocess.Popen([sys.executable, "-m", "meddx.cli", "serve", str(busi), "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("meddx serve exited: " + proc.stdout.read().decode(errors="replace"))
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("meddx serve did not come up within 120 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
