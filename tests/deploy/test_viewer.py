@@ -48,6 +48,11 @@ def _canvas_alpha_share(pg, cid: str) -> float:
         return n / (c.width * c.height); }""", cid)
 
 
+def _set_range(pg, cid: str, value: float) -> None:
+    pg.evaluate("([id, v]) => { const e = document.getElementById(id); e.value = String(v); "
+                "e.dispatchEvent(new Event('input')); }", [cid, value])
+
+
 def test_viewer_upload_shows_label_overlay_and_card(page, live_server):
     pg = page
     pg.goto(live_server + "/")
@@ -69,12 +74,10 @@ def test_viewer_upload_shows_label_overlay_and_card(page, live_server):
     assert (w, h) == Image.open(img).size
     before = pg.evaluate("document.getElementById('image').getContext('2d').getImageData(0,0,1,1).data[0]")
     pg.select_option("#preset", "1")  # full range: the image is redrawn with another window
-    pg.fill("#heatalpha", "0")
-    pg.dispatch_event("#heatalpha", "input")
+    _set_range(pg, "heatalpha", 0)
     assert "Test metrics" in pg.inner_text("#card")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    pg.fill("#heatalpha", "0.5")
-    pg.dispatch_event("#heatalpha", "input")
+    _set_range(pg, "heatalpha", 0.5)
     pg.evaluate("document.getElementById('cardbox').open = true")
     pg.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
     assert (ARTIFACTS / "viewer.png").stat().st_size > 10_000

@@ -21,8 +21,10 @@ the request id, status, size and latency.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import re
 import io
 import json
 import logging
@@ -249,7 +251,8 @@ class ModelService:
                "calibrated_probabilities": {n: round(float(v), 6) for n, v in zip(self.names, pc[0])},
                "confidence": round(float(pc[0].max()), 6), "temperature": round(float(self.temperature), 6)}
         method = self.triage.get("method_used") or "confidence"
-        with self._sample_lock:
+        lock = self._sample_lock if method == "mc_dropout" else contextlib.nullcontext()
+        with lock:
             score, used, why = uncertainty_scores(self.plan, self.members, x, pc, method=method, seed=0)
         thr = self.triage.get("threshold")
         res["uncertainty"] = {"method": used, "score": round(float(score[0]), 6),
@@ -420,8 +423,12 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
                 out = svc.predict(path, want_explanation=explain, method=method)
             except MeddxError as e:
                 msg = str(e).replace(str(path), "the uploaded file").replace(tmp, "")
-                status = 413 if "more than" in msg and ("pixels" in msg or "voxels" in msg) else 422
-                raise HTTPException(status, msg) from None
+                big = re.search(r"would decode to (\d+) (?:pixels|voxels) x channels, above the limit", msg)
+                if big:
+                    raise HTTPException(413, f"the uploaded image would decode to {big.group(1)} pixels x "
+                                             f"channels, over this server's limit of {max_pixels}; send a "
+                                             "smaller image") from None
+                raise HTTPException(422, msg) from None
             except (ValueError, OSError, RuntimeError, IndexError, TypeError) as e:
                 raise HTTPException(422, f"the uploaded file could not be read as an image "
                                          f"({type(e).__name__}); send PNG, JPEG, TIFF, DICOM or NIfTI") from None

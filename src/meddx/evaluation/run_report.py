@@ -99,7 +99,7 @@ def triage(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np
         "test": U.triage_summary(y_test, pt, s_test, thr),
         "accuracy_coverage_test": curves,
     }
-    if refit or not path.exists():
+    if refit:
         write_json(path, out)
     return out
 
