@@ -100,3 +100,11 @@ def write_seg_volumes(root: Path, n: int = 10, shape=(20, 24, 20), seed: int = 0
         nib.save(nib.Nifti1Image(img.astype(np.float32), aff), str(root / "images" / f"vol{i:02d}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, aff), str(root / "labels" / f"vol{i:02d}.nii.gz"))
     return root
+
+
+def make_plan_for(n_classes: int = 2, spatial_dims: int = 2, size: int = 28):
+    """A minimal classification plan for unit tests of engine pieces."""
+    from meddx.planning.plan import DataConfig, Plan
+
+    return Plan(data=DataConfig(source="t", kind="synthetic", class_names=[f"c{i}" for i in range(n_classes)],
+                                spatial_dims=spatial_dims, channels=1, input_size=[size] * spatial_dims))

@@ -30,6 +30,26 @@ def parse_duration(text: str | None) -> float | None:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+SET_HELP = ("Override any plan field, KEY=VALUE with a dotted key (repeatable), e.g. --set ensemble.kind=seeds "
+            "--set ensemble.members=5 --set augment.flip_axes=[1]; VALUE is read as YAML.")
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MeddxError(f"cannot read --set '{item}'", fix="write --set key=value, e.g. --set train.epochs=5")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise MeddxError(f"cannot read the value of --set '{item}'", fix="give a number, word or [list]") from None
+    return out
+
+
 def _progress_enabled(no_progress: bool) -> bool:
     return not no_progress
 
@@ -114,6 +134,11 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
          task: str = typer.Option("classify", "--task", help=TASK_HELP),
          resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
+         time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Training time the plan is sized "
+                                                   "for, e.g. 10m (epochs, ensemble, empirical choices)."),
+         memory_budget: Optional[float] = typer.Option(None, "--memory-budget", help="GiB one training step may "
+                                                       "use (caps the batch size); default 4 (2D) / 8 (3D)."),
+         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
          no_progress: bool = typer.Option(False, "--no-progress")):
     """Write the plan (editable YAML) that `meddx train --plan` would run."""
     from meddx.planning.planner import make_plan, make_seg_plan
@@ -122,9 +147,12 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
     cs = _open(path, task, resample_masks, group_by_folder)
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress))
     if task in ("segment", "detect"):
-        p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder)
+        p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
+                          overrides=parse_sets(set_), time_budget_s=parse_duration(time_budget),
+                          memory_budget_gb=memory_budget)
     else:
-        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed)
+        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=parse_sets(set_),
+                      time_budget_s=parse_duration(time_budget), memory_budget_gb=memory_budget)
     p.save(out)
     console.print(f"plan written to {out}")
     for d in p.decisions:
@@ -155,6 +183,7 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
                                                  "segmenter) | heatmap (centre-heatmap head, 2D)"),
           resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
           group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
+          set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")):
     """Train a classifier or segmenter and write a complete run directory (plan, split, checkpoints, report)."""
     from meddx.planning.plan import Plan
@@ -166,6 +195,7 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity,
           "segment.loss": loss, "segment.detector": detector}
     ov = {k: v for k, v in ov.items() if v is not None}
+    ov.update(parse_sets(set_))
     if task is None:
         src = (out / "plan.yaml") if resume else plan_file
         task = Plan.load(src).task if src is not None and Path(src).exists() else "classify"
@@ -290,6 +320,44 @@ def models():
 
     for task in ("classify", "segment"):
         console.print(f"{task}: " + ", ".join(list_models(task)))
+
+
+@app.command()
+def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
+           out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs and ablation.md/.json/.png "
+                                    "(an interrupted ablation continues in it)."),
+           time_budget: Optional[str] = typer.Option(None, "--time-budget",
+                                                     help="Training time of every run, e.g. 60s."),
+           epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of every run instead of a time budget "
+                                                "(an ensemble's members share them); default 20."),
+           seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
+           components: Optional[str] = typer.Option(None, "--components",
+                                                    help="Comma-separated subset of the components (default: all)."),
+           task: str = typer.Option("classify", "--task", help="classify | segment"),
+           resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
+           no_progress: bool = typer.Option(False, "--no-progress")):
+    """Measure every optimisation: baseline, baseline + each component, full plan - each, full plan."""
+    from meddx.evaluation.ablation import COMPONENTS, SEG_COMPONENTS, run_ablation
+
+    if task not in ("classify", "segment"):
+        raise MeddxError(f"ablation of task '{task}' is not available", fix="use --task classify or segment")
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
+    comps = [c.strip() for c in components.split(",")] if components else None
+    budget = parse_duration(time_budget)
+    if budget and epochs:
+        raise MeddxError("give --time-budget or --epochs, not both", fix="drop one of them")
+    if not budget and not epochs:
+        epochs = 20
+    res = run_ablation(path, out, budget_s=budget, epochs=epochs, seeds=seed_list, components=comps, task=task,
+                       resample_masks=resample_masks, progress=_progress_enabled(no_progress), log=console.print)
+    console.print((out / "ablation.md").read_text())
+    names = SEG_COMPONENTS if task == "segment" else COMPONENTS
+    console.print(f"components: {', '.join(names)}; plot: {out / 'ablation.png'}")
+    return res
 
 
 @app.command()

@@ -57,3 +57,7 @@ class RunError(MeddxError):
 
 class DataUnavailableError(MeddxError):
     """Data that meddx can fetch is neither on disk nor downloadable (offline, blocked, wrong URL)."""
+
+
+class ParameterError(PlanError):
+    """A component's parameter is missing, of the wrong type or out of range (from a plan or a direct call)."""

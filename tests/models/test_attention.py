@@ -5,10 +5,11 @@ from torch import nn
 
 from meddx.errors import PlanError
 from meddx.models import CBAM, SE, make_attention
+from meddx.models.attention import SpatialAttention
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("kind, cls", [("se", SE), ("cbam", CBAM)])
+@pytest.mark.parametrize("kind, cls", [("se", SE), ("cbam", CBAM), ("spatial", SpatialAttention)])
 def test_shape_preserved_and_output_reweighted(dims, kind, cls):
     torch.manual_seed(0)
     block = make_attention(kind, dims, 16)
@@ -46,5 +47,14 @@ def test_cbam_kernel_sizes():
 
 def test_none_is_identity_and_unknown_raises():
     assert isinstance(make_attention(None, 2, 8), nn.Identity)
-    with pytest.raises(PlanError, match="se, cbam"):
+    with pytest.raises(PlanError, match="se, spatial, cbam"):
         make_attention("eca", 2, 8)
+
+
+def test_spatial_attention_is_the_same_for_every_channel_at_a_position():
+    torch.manual_seed(0)
+    block = SpatialAttention(2, 4).eval()
+    x = torch.rand(1, 4, 7, 7) + 0.5
+    x[..., 3, 3] = 5.0
+    ratio = block(x) / x
+    assert torch.allclose(ratio[0, 0], ratio[0, 1]) and not torch.allclose(ratio[0, 0, 0, 0], ratio[0, 0, 3, 3])

@@ -162,3 +162,19 @@ def test_small_cnn_default_architecture():
 def test_anisotropic_3d_input_size():
     model = build("small_cnn", dims=3, size=(32, 32, 16))
     assert model(torch.randn(1, 1, 32, 32, 16)).shape == (1, 3)
+
+
+def test_small_cnn_multiscale_reads_every_stage():
+    import torch
+
+    from meddx.models import create_model
+
+    m = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=3, input_size=28, multiscale=True)
+    assert m.fc.in_features == 24 + 48 + 96
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+    m3 = create_model("small_cnn", spatial_dims=3, in_channels=1, num_classes=2, input_size=16, multiscale=True)
+    assert m3(torch.randn(2, 1, 16, 16, 16)).shape == (2, 2)
+    # the first stage now reaches the output directly: its weights get gradient from the head's first block
+    m.zero_grad()
+    m(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert m.fc.weight.grad[:, :24].abs().sum() > 0

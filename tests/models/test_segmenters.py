@@ -46,3 +46,19 @@ def test_bad_sizes_and_channels_are_plan_errors():
         create_model("basic_unet", spatial_dims=2, in_channels=1, num_classes=2, input_size=(40, 40))
     with pytest.raises(PlanError, match="3 input channels"):
         create_model("vnet", spatial_dims=2, in_channels=3, num_classes=2, input_size=(32, 32))
+
+
+@pytest.mark.parametrize("att", ["se", "spatial", "cbam"])
+def test_unet_attention_blocks_sit_after_each_encoder_level(att):
+    import torch
+
+    from meddx.models import create_model
+    from meddx.models.attention import CBAM, SE, SpatialAttention
+
+    cls = {"se": SE, "spatial": SpatialAttention, "cbam": CBAM}[att]
+    m = create_model("unet", spatial_dims=2, in_channels=1, num_classes=3, input_size=(32, 32), attention=att)
+    plain = create_model("unet", spatial_dims=2, in_channels=1, num_classes=3, input_size=(32, 32))
+    blocks = [x for x in m.modules() if isinstance(x, cls)]
+    assert len(blocks) >= 4  # every encoder level and the bottleneck (4 levels at 32 px)
+    assert not any(isinstance(x, cls) for x in plain.modules())
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 3, 32, 32)

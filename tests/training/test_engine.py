@@ -147,3 +147,21 @@ def test_every_optimiser_and_l1_shrinks_weights(tmp_path, opt):
         last = torch.load(tmp_path / f"{opt}{l1}" / "checkpoints" / "last.pt", weights_only=True)["model"]
         norms[l1] = sum(v.abs().sum().item() for k, v in last.items() if k.endswith("weight") and v.ndim > 1)
     assert norms[1e-3] < norms[0.0]
+
+
+def test_time_budget_shortens_the_schedule_when_epochs_run_slower_than_estimated(tmp_path, monkeypatch):
+    """A start-of-run estimate that is 3x too optimistic: the cosine schedule is re-sized so the
+    learning rate still anneals inside the budget, instead of being cut off at full height."""
+    import json
+
+    import meddx.training.engine as eng
+
+    real = eng.Trainer.measure_epoch_seconds
+    monkeypatch.setattr(eng.Trainer, "measure_epoch_seconds", lambda self, *a, **k: real(self, *a, **k) / 3)
+    run = train_run("synthetic:phantoms:300", tmp_path / "r", overrides={"train.time_budget_s": 12},
+                    progress=False, log=lambda *_: None)
+    m = json.loads((run / "metrics.json").read_text())["training"]
+    hist = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert m["epochs_run"] < m["epochs_planned"]
+    assert hist[-1]["lr"] < 0.2 * max(h["lr"] for h in hist)  # annealed, not cut off near the peak
+    assert hist[-1]["elapsed_s"] <= 12 + 1e-6

@@ -124,3 +124,21 @@ def test_cli_segment_train_evaluate_and_bad_input(tmp_path, run2d):
     assert "Traceback" not in r.stderr and not (tmp_path / "x").exists()
     r = _cli("inspect", str(root), "--task", "segment", "--no-progress")
     assert r.returncode == 0 and "mask labels" in r.stdout and "255=foreground" in r.stdout
+
+
+def test_segmentation_kfold_ensemble_trains_members_and_predicts(tmp_path):
+    from meddx.training.run import load_run
+    from meddx.training.seg_run import train_seg_run
+    from meddx_testutils import write_seg_pairs
+
+    root = write_seg_pairs(tmp_path / "d", n=18, size=32)
+    run = train_seg_run(str(root), tmp_path / "r", overrides={"train.epochs": 2, "ensemble.kind": "kfold",
+                                                             "ensemble.members": 2}, progress=False,
+                        log=lambda *a: None)
+    assert (run / "members" / "1" / "checkpoints" / "best.pt").exists()
+    plan, model = load_run(run)
+    assert type(model).__name__ == "EnsembleModel" and len(model.members) == 2
+    import json
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["training"]["epochs_run"] == 4 and 0 <= m["summary"]["mean"]["dice"]["value"] <= 1

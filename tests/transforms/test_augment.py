@@ -63,3 +63,40 @@ def test_resize_2d_and_3d():
     assert resize(np.random.rand(1, 10, 12, 14).astype(np.float32), (8, 8, 8)).shape == (1, 8, 8, 8)
     const = np.full((1, 30, 30), 7.0, dtype=np.float32)
     assert np.allclose(resize(const, (10, 10)), 7.0, atol=1e-5)
+
+
+def test_gamma_blur_elastic_replay_and_do_what_they_say():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 24, 24)
+    for kw in ({"gamma": 0.5}, {"blur_sigma": 1.5}, {"elastic": 0.05}):
+        aug = BatchAugment(spatial_dims=2, **kw)
+        assert aug.active
+        y, params = aug(x, g)
+        assert y.shape == x.shape and not torch.allclose(x, y)
+        assert torch.equal(aug.apply(x, params), y)
+    # gamma keeps each image's range and maps min -> min, max -> max
+    aug = BatchAugment(spatial_dims=2, gamma=0.5)
+    y, _ = aug(x, g)
+    assert torch.allclose(y.amin((1, 2, 3)), x.amin((1, 2, 3)), atol=1e-5)
+    assert torch.allclose(y.amax((1, 2, 3)), x.amax((1, 2, 3)), atol=1e-5)
+    # blur lowers the high-frequency energy and keeps the mean (replicate padding, normalised kernel)
+    checker = ((torch.arange(24).view(-1, 1) + torch.arange(24)) % 2).float().expand(2, 1, 24, 24)
+    aug = BatchAugment(spatial_dims=2, blur_sigma=2.0)
+    params = aug.sample(2, g)
+    params["blur"] = torch.tensor([1.0, 0.0])
+    y = aug.apply(checker, params)
+    assert y[0].std() < 0.2 * checker[0].std() and torch.equal(y[1], checker[1])
+    assert abs(float(y[0].mean() - checker[0].mean())) < 0.02
+
+
+def test_elastic_moves_labels_with_images_in_3d():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(2, 1, 16, 16, 16)
+    x[:, :, 5:11, 5:11, 5:11] = 1.0
+    aug = BatchAugment(spatial_dims=3, elastic=0.08, blur_sigma=0.0)
+    y, params = aug(x, g)
+    lab = aug.apply_labels(x[:, 0].long(), params)
+    assert lab.shape == (2, 16, 16, 16)
+    assert not torch.equal(lab, x[:, 0].long())  # the cube moved
+    agree = ((y[:, 0] > 0.5).long() == lab).float().mean()
+    assert agree > 0.97  # image and mask deformed alike

@@ -25,6 +25,9 @@ def check_pixels(array: np.ndarray, where: str) -> None:
                                 fix="remove the blank image or re-export it")
 
 
+NOISE_SAMPLE = 200  # cases whose noise level is estimated
+
+
 def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                         progress: Callable[[int], None] | None = None) -> dict:
     """Read every case once and summarise the dataset.
@@ -47,7 +50,12 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     data_hash = hashlib.sha256()
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
     axcodes: Counter = Counter()
-    for c in cs.cases:
+    # noise is estimated on a seeded sample of cases (wavelet MAD per image, see transforms/noise.py)
+    noise_pick = set(np.random.default_rng(seed).choice(len(cs.cases), size=min(NOISE_SAMPLE, len(cs.cases)),
+                                                        replace=False).tolist()) if cs.cases else set()
+    noise_abs: list[float] = []
+    noise_rel: list[float] = []
+    for ci, c in enumerate(cs.cases):
         where = str(c.path) if c.path is not None else f"{cs.source}#{c.case_id}"
         try:
             if seg is not None:
@@ -76,6 +84,11 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         codes = _axcodes(img)
         if codes:
             axcodes[codes] += 1
+        if ci in noise_pick:
+            from meddx.transforms.noise import estimate_noise
+
+            noise_abs.append(estimate_noise(a))
+            noise_rel.append(estimate_noise(a, relative=True))
         flat = a.reshape(-1)
         k = min(PIXEL_SAMPLE, flat.size)
         samples.append(flat[rng.integers(0, flat.size, k)])
@@ -120,7 +133,10 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         fp["segmentation"] = seg.summary(cs)
     arr_shapes = np.array([s for s in shapes if len(s) == max(dims)]) if shapes else np.zeros((0, 2))
     pix = np.concatenate(samples)
+    from meddx.transforms.noise import summarise_noise
+
     fp.update({
+        "noise": summarise_noise(noise_abs, noise_rel) if noise_rel else None,
         "spatial_dims": sorted(set(dims)),
         "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},

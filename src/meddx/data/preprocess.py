@@ -35,6 +35,7 @@ class PreprocessSpec:
     clip: tuple[float, float] | None = None
     mean: float = 0.0
     std: float = 1.0
+    steps: tuple[tuple[str, dict], ...] = ()  # (name, params) from meddx.transforms.PREPROCESSORS
 
     @classmethod
     def from_plan(cls, data_cfg) -> "PreprocessSpec":
@@ -42,7 +43,25 @@ class PreprocessSpec:
             spatial_dims=data_cfg.spatial_dims, channels=data_cfg.channels, size=tuple(data_cfg.input_size),
             scheme=data_cfg.intensity, clip=tuple(data_cfg.clip) if data_cfg.clip else None,
             mean=data_cfg.norm_mean, std=data_cfg.norm_std,
+            steps=tuple((s.name, dict(s.params)) for s in getattr(data_cfg, "preprocess", [])),
         )
+
+
+def apply_steps(a: np.ndarray, steps, where: str) -> np.ndarray:
+    """Run the plan's preprocessing steps on one ``(C, *spatial)`` image."""
+    if not steps:
+        return a
+    from meddx.errors import PlanError
+    from meddx.transforms import PREPROCESSORS
+
+    for name, params in steps:
+        if name not in PREPROCESSORS:
+            raise PlanError(f"unknown preprocessing step '{name}'", fix=f"use one of: {', '.join(PREPROCESSORS)}")
+        try:
+            a = PREPROCESSORS[name](a.astype(np.float32, copy=False), **params)
+        except TypeError as e:
+            raise PlanError(f"preprocessing step '{name}': {e}", fix="check its params in data.preprocess") from None
+    return np.asarray(a, dtype=np.float32)
 
 
 def prepare(img: ImageData, spec: PreprocessSpec, where: str) -> np.ndarray:
@@ -65,7 +84,7 @@ def prepare(img: ImageData, spec: PreprocessSpec, where: str) -> np.ndarray:
     if conv is None:
         raise ImageContentError(f"has {a.shape[0]} channels; the model expects {spec.channels}", path=where,
                                 fix="use images with the same channels as the training data")
-    a = apply_scheme(conv, spec.scheme, spec.clip)
+    a = apply_scheme(apply_steps(conv, spec.steps, where), spec.scheme, spec.clip)
     return resize(a, spec.size)
 
 

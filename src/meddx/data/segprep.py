@@ -36,6 +36,13 @@ class SegData:
     def head(self, n: int) -> "SegData":
         return SegData(self.images[:n], self.labels[:n], self.case_ids[:n], self.boxes[:n])
 
+    def subset(self, idx) -> "SegData":
+        """The cases at the given indices (k-fold ensemble members)."""
+        idx = [int(i) for i in idx]
+        return SegData([self.images[i] for i in idx], [self.labels[i] for i in idx],
+                       [self.case_ids[i] for i in idx] if self.case_ids else [],
+                       [self.boxes[i] for i in idx] if self.boxes else [])
+
 
 def image_spec(plan, img: ImageData) -> PreprocessSpec:
     """The preprocessing for one image: 2D to the plan's size, 3D on its own grid."""

@@ -190,12 +190,14 @@ def paired_bootstrap_pvalue(
     Both models are scored on the same case resamples. The resampled differences are
     centred on the observed one to mimic the null, and
     ``p = (1 + #{|d_b - d| >= |d|}) / (1 + B)`` over the B resamples where the metric
-    is defined.
+    is defined. ``proba_a`` and ``proba_b`` may also be equal-length lists of (N, K)
+    arrays (one per training seed): the difference is then the mean over seeds of
+    ``metric(a_s) - metric(b_s)``, every seed scored on the same case resample.
 
     Args:
         y_true: (N,) integer labels.
-        proba_a: (N, K) probabilities of model A.
-        proba_b: (N, K) probabilities of model B.
+        proba_a: (N, K) probabilities of model A, or a list of them (seeds).
+        proba_b: (N, K) probabilities of model B, or a list of them (seeds).
         metric: ``"auc"`` (positive-class AUC if binary, else macro one-vs-rest AUC) or
             ``"accuracy"`` (threshold 0.5 if binary, else argmax).
         n_boot: number of resamples.
@@ -206,21 +208,29 @@ def paired_bootstrap_pvalue(
     """
     if metric not in ("auc", "accuracy"):
         raise MeddxError(f"unknown metric {metric!r}", fix="use 'auc' or 'accuracy'")
-    y, pa = check_labels_proba(y_true, proba_a)
-    _, pb = check_labels_proba(y, proba_b)
-    if pa.shape != pb.shape:
-        raise MeddxError(f"proba_a {pa.shape} and proba_b {pb.shape} must have the same shape")
+    list_a = list(proba_a) if isinstance(proba_a, (list, tuple)) else [proba_a]
+    list_b = list(proba_b) if isinstance(proba_b, (list, tuple)) else [proba_b]
+    if len(list_a) != len(list_b) or not list_a:
+        raise MeddxError(f"give as many seeds for A as for B (got {len(list_a)} and {len(list_b)})")
+    y = None
+    scorers = []
+    for pa_raw, pb_raw in zip(list_a, list_b):
+        y, pa = check_labels_proba(y_true, pa_raw)
+        _, pb = check_labels_proba(y, pb_raw)
+        if pa.shape != pb.shape:
+            raise MeddxError(f"proba_a {pa.shape} and proba_b {pb.shape} must have the same shape")
+        scorers.append((_scalar_scorer(y, pa, metric), _scalar_scorer(y, pb, metric)))
     if int(n_boot) < 1:
         raise MeddxError(f"n_boot must be >= 1, got {n_boot}")
     n = y.shape[0]
-    score_a, score_b = _scalar_scorer(y, pa, metric), _scalar_scorer(y, pb, metric)
-    ones = np.ones((1, n))
-    observed = score_a(ones)[0] - score_b(ones)[0]
+
+    def diff(w):
+        return np.mean([sa(w) - sb(w) for sa, sb in scorers], axis=0)
+
+    observed = diff(np.ones((1, n)))[0]
     if np.isnan(observed):
         raise MeddxError(f"{metric} is undefined on these labels (is only one class present?)")
-    diffs = np.concatenate(
-        [score_a(w) - score_b(w) for w in _bootstrap_weights(n, int(n_boot), seed)]
-    )
+    diffs = np.concatenate([diff(w) for w in _bootstrap_weights(n, int(n_boot), seed)])
     diffs = diffs[~np.isnan(diffs)]
     # Float noise would otherwise make |0 - 0| >= |0| depend on rounding.
     tol = 1e-12

@@ -187,6 +187,18 @@ def _render(title, summary, metrics, plots, notes, tables) -> Iterator[str]:
     yield "</body></html>\n"
 
 
+def decision_rows(plan) -> list[dict]:
+    """The plan's decisions as report rows: field, value, rule, kind and what the rule read."""
+    import json
+
+    def short(v, n=120):
+        t = v if isinstance(v, str) else json.dumps(v, default=str)
+        return t if len(t) <= n else t[: n - 3] + "..."
+
+    return [{"field": d.field, "value": short(d.value), "rule": d.rule, "kind": d.kind, "read": short(d.reads)}
+            for d in plan.decisions]
+
+
 def write_report(
     path: str | Path,
     *,

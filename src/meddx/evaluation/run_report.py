@@ -13,7 +13,7 @@ import numpy as np
 from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from meddx.evaluation.metrics import classification_metrics
 from meddx.evaluation.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
-from meddx.evaluation.report import write_report
+from meddx.evaluation.report import decision_rows, write_report
 from meddx.evaluation.thresholds import choose_threshold
 
 
@@ -221,17 +221,21 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         notes.append(f"Operating point: argmax ({thr.get('why', '')}).")
     notes += calibration_triage_notes(cal, tri)
     write_json(out_dir / "metrics.json", metrics)
+    notes.append(f"Calibration: temperature {cal['temperature']:.3f} fitted on validation "
+                 f"(test ECE {cal.get('ece_test_before', float('nan')):.3f} before, "
+                 f"{cal.get('ece_test_after', float('nan')):.3f} after; stored in calibration.json). The metrics "
+                 "above use the uncalibrated probabilities (temperature scaling does not move argmax or AUC).")
     write_report(out_dir / "report.html", title=f"meddx report: {cs.name}{title_suffix}", summary=summary,
-                 metrics=sets, plots=plots, notes=notes, tables=calibration_triage_tables(cal, tri))
+                 metrics=sets, plots=plots, notes=notes,
+                 tables={"Plan decisions (rule, kind, what it read)": decision_rows(plan),
+                         **calibration_triage_tables(cal, tri)})
     write_model_card(out_dir / "model_card.md", plan, cs, sets, summary)
     return metrics
 
 
 def calibration_triage_notes(cal: dict, tri: dict) -> list[str]:
     """Report notes: how the temperature was fitted and what the refer rule does."""
-    notes = [f"Calibration: temperature scaling fitted on the validation split (T = {cal['temperature']:.3f}); "
-             "it changes confidences only, never the ranking (AUC) or the argmax. The served 'calibrated "
-             "confidence' is the top probability after it."]
+    notes = ["The served 'calibrated confidence' (meddx serve) is the top probability after temperature scaling."]
     t = tri.get("test") or {}
     thr = tri.get("threshold")
     if thr is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from meddx.evaluation.plots import _figure, _finish, plot_training_curves
-from meddx.evaluation.report import write_report
+from meddx.evaluation.report import decision_rows, write_report
 from meddx.evaluation.seg_metrics import EMPTY_RULE, METRICS, case_metrics, summarise
 from meddx.transforms.postprocess import postprocess
 
@@ -219,7 +219,7 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
                         "Worst cases are the lowest mean Dice; their overlays show the slice with most foreground."],
                  tables={"Test metrics per class": table,
                          "Detection from the masks (components as boxes, IoU >= 0.5)": _det_table(det),
-                         "Per case": rows})
+                         "Per case": rows, "Plan decisions (rule, kind, what it read)": decision_rows(plan)})
     return metrics
 
 
@@ -273,5 +273,6 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     write_json(out / "metrics.json", metrics)
     write_report(out / "report.html", title=f"meddx detection report: {cs.name}", summary=info, metrics={},
                  plots=plots, notes=[det["rule"] + ".", "Boxes are compared in each image's own pixel coordinates."],
-                 tables={"Detection (IoU >= 0.5)": _det_table(det), "Per image": rows})
+                 tables={"Detection (IoU >= 0.5)": _det_table(det), "Per image": rows,
+                         "Plan decisions (rule, kind, what it read)": decision_rows(plan)})
     return metrics

@@ -79,11 +79,31 @@ class CBAM(nn.Module):
         return x * torch.sigmoid(self.spatial(maps))
 
 
+class SpatialAttention(nn.Module):
+    """Spatial attention alone (CBAM's second half, Woo et al. 2018): a map from the channel-wise
+    mean and max, squashed by a sigmoid, reweights every position. Ours: MONAI lacks it."""
+
+    def __init__(self, spatial_dims: int, channels: int, kernel_size: int | None = None):
+        super().__init__()
+        if kernel_size is None:
+            kernel_size = 7 if spatial_dims == 2 else 5
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.spatial = nn.Sequential(conv(2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False),
+                                     Norm[Norm.BATCH, spatial_dims](1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(maps))
+
+
+ATTENTION_KINDS = ("se", "spatial", "cbam")
+
+
 def make_attention(kind: str | None, spatial_dims: int, channels: int) -> nn.Module:
     """Build an attention block.
 
     Args:
-        kind: ``None`` (identity), ``"se"`` or ``"cbam"``.
+        kind: ``None`` (identity), ``"se"`` (channel), ``"spatial"`` or ``"cbam"`` (both).
         spatial_dims: 2 or 3.
         channels: feature channels the block sees.
 
@@ -97,6 +117,8 @@ def make_attention(kind: str | None, spatial_dims: int, channels: int) -> nn.Mod
         return nn.Identity()
     if kind == "se":
         return SE(spatial_dims, channels)
+    if kind == "spatial":
+        return SpatialAttention(spatial_dims, channels)
     if kind == "cbam":
         return CBAM(spatial_dims, channels)
-    raise PlanError(f"unknown attention {kind!r}", fix="use one of: none, se, cbam")
+    raise PlanError(f"unknown attention {kind!r}", fix="use one of: none, se, spatial, cbam")

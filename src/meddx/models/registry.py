@@ -114,8 +114,9 @@ def _check_common(name: str, spatial_dims: int, in_channels: int, num_classes: i
         if isinstance(att, str):
             att = att.lower()
             att = None if att == "none" else att
-        if att not in (None, "se", "cbam"):
-            raise PlanError(f"model {name!r}: unknown attention {options['attention']!r}", fix="use none, se or cbam")
+        if att not in (None, "se", "spatial", "cbam"):
+            raise PlanError(f"model {name!r}: unknown attention {options['attention']!r}",
+                            fix="use none, se, spatial or cbam")
         options["attention"] = att
     if "dropout" in options:
         p = float(options["dropout"])

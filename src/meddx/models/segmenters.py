@@ -42,13 +42,36 @@ def _finish(model: nn.Module, divisor: int, cam_layer: nn.Module | None) -> nn.M
     return model
 
 
+class _AttentionUNet(nets.UNet):
+    """MONAI's UNet with an attention block (SE, spatial or CBAM) after every encoder level and the
+    bottleneck; MONAI's UNet has no such option, so its layer factory is extended here."""
+
+    def __init__(self, *args, attention: str | None = None, **kwargs):
+        object.__setattr__(self, "_attention_kind", attention)  # read while the parent builds its layers
+        super().__init__(*args, **kwargs)
+
+    def _get_down_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> nn.Module:
+        from meddx.models.attention import make_attention
+
+        layer = super()._get_down_layer(in_channels, out_channels, strides, is_top)
+        return nn.Sequential(layer, make_attention(self._attention_kind, self.dimensions, out_channels))
+
+    def _get_bottom_layer(self, in_channels: int, out_channels: int) -> nn.Module:
+        from meddx.models.attention import make_attention
+
+        layer = super()._get_bottom_layer(in_channels, out_channels)
+        return nn.Sequential(layer, make_attention(self._attention_kind, self.dimensions, out_channels))
+
+
 @register_model("unet", task="segment")
 def unet(*, spatial_dims: int, in_channels: int, num_classes: int, input_size: tuple[int, ...], width: float = 1.0,
-         dropout: float = 0.0, res_units: int = 2) -> nn.Module:
-    """MONAI UNet with residual units; levels chosen from the input size."""
+         dropout: float = 0.0, res_units: int = 2, attention: str | None = None) -> nn.Module:
+    """MONAI UNet with residual units; levels chosen from the input size; ``attention`` (se, spatial,
+    cbam) adds a block after each encoder level."""
     lv = _levels(input_size)
-    m = nets.UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                  channels=_filters(lv, width), strides=[2] * (lv - 1), num_res_units=res_units, dropout=dropout)
+    kw = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+              channels=_filters(lv, width), strides=[2] * (lv - 1), num_res_units=res_units, dropout=dropout)
+    m = _AttentionUNet(**kw, attention=attention) if attention else nets.UNet(**kw)
     _check_divisible("unet", input_size, 2 ** (lv - 1))
     return _finish(m, 2 ** (lv - 1), None)
 

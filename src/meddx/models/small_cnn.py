@@ -56,6 +56,8 @@ class SmallCNN(nn.Module):
         attention: None, "se" or "cbam", after each stage.
         dropout: dropout before the classifier.
         first_stride: stride of the first stage (later stages use 2).
+        multiscale: classify from the pooled features of every stage (fine and coarse scales
+            concatenated), not only the last.
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class SmallCNN(nn.Module):
         attention: str | None = None,
         dropout: float = 0.0,
         first_stride: int = 1,
+        multiscale: bool = False,
     ):
         super().__init__()
+        self.multiscale = bool(multiscale)
         self.stem = make_stem(spatial_dims, in_channels, channels[0], input_size)
         stages = []
         prev = channels[0]
@@ -84,14 +88,20 @@ class SmallCNN(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(prev, num_classes)
+        self.fc = nn.Linear(sum(channels) if self.multiscale else prev, num_classes)
         init_weights(self)
         self.cam_layer = f"stages.{len(channels) - 1}"
         self.classifier_layer = "fc"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+        x = self.stem(x)
+        if not self.multiscale:
+            return self.fc(self.dropout(torch.flatten(self.pool(self.stages(x)), 1)))
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(torch.flatten(self.pool(x), 1))
+        return self.fc(self.dropout(torch.cat(feats, 1)))
 
 
 @register_model("small_cnn")
@@ -106,6 +116,7 @@ def small_cnn(
     width: float = 1.0,
     depth: int | None = None,
     first_stride: int | None = None,
+    multiscale: bool = False,
 ) -> SmallCNN:
     """Build ``small_cnn`` (ours).
 
@@ -114,6 +125,7 @@ def small_cnn(
             channels, base 24 in 2D and 16 in 3D.
         first_stride: 1 keeps the first stage at the stem's resolution, 2 halves it
             (default 1 in 2D, 2 in 3D).
+        multiscale: concatenate every stage's pooled features before the classifier.
     """
     depth = 3 if depth is None else depth
     if not isinstance(depth, int) or not 1 <= depth <= 6:
@@ -123,4 +135,5 @@ def small_cnn(
         raise PlanError(f"model 'small_cnn': first_stride must be 1 or 2, got {first_stride!r}")
     base = BASE_CHANNELS[spatial_dims]
     channels = [scale(base * 2**i, width) for i in range(depth)]
-    return SmallCNN(spatial_dims, in_channels, num_classes, channels, input_size, attention, dropout, first_stride)
+    return SmallCNN(spatial_dims, in_channels, num_classes, channels, input_size, attention, dropout, first_stride,
+                    multiscale)

@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meddx.errors import PlanError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessStep(_Strict):
+    """One deterministic preprocessing step from ``meddx.transforms.PREPROCESSORS`` (denoising,
+    CT windowing, CLAHE, ...), applied to every image before the intensity scheme."""
+
+    name: str
+    params: dict[str, Any] = {}
 
 
 class DataConfig(_Strict):
@@ -26,12 +34,14 @@ class DataConfig(_Strict):
     spatial_dims: Literal[2, 3]
     channels: int = Field(ge=1)
     input_size: list[int]
+    preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
     intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
     clip: Optional[list[float]] = None
     norm_mean: float = 0.0
     norm_std: float = 1.0
     split: Literal["official", "seeded"] = "official"
     split_fractions: list[float] = [0.7, 0.1, 0.2]
+    split_seed: Optional[int] = None  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
 
 
 class ModelConfig(_Strict):
@@ -49,6 +59,10 @@ class AugmentConfig(_Strict):
     brightness: float = 0.0          # additive, in standardised units
     contrast: float = 0.0            # multiplicative, uniform in [1 - c, 1 + c]
     noise_std: float = 0.0           # Gaussian noise, standardised units
+    gamma: float = Field(default=0.0, ge=0.0, lt=1.0)  # gamma in [1/(1+g), 1+g] on the min-max rescaled image
+    blur_sigma: float = Field(default=0.0, ge=0.0)     # Gaussian blur, sigma uniform in [0, s] pixels
+    elastic: float = Field(default=0.0, ge=0.0)        # smooth random displacement, fraction of the image size
+    elastic_grid: int = Field(default=4, ge=2)         # control points per axis of the elastic field
     p: float = Field(default=1.0, ge=0.0, le=1.0)  # chance a sample is augmented at all
 
 
@@ -70,15 +84,42 @@ class ScheduleConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    loss: Literal["ce"] = "ce"
+    loss: Literal["ce", "focal"] = "ce"
+    focal_gamma: float = Field(default=2.0, ge=0)     # loss "focal": (1 - p_t)^gamma down-weights easy cases
+    logit_adjust: float = Field(default=0.0, ge=0)    # tau of logit-adjusted CE (Menon et al. 2021); 0 = off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    sampler: Literal["none", "weighted", "oversample", "undersample"] = "none"  # class balance of the batches
+    mixup: float = Field(default=0.0, ge=0)           # Beta(a, a) mixing of image pairs and labels; 0 = off
+    cutmix: float = Field(default=0.0, ge=0)          # Beta(a, a) box pasting between image pairs; 0 = off
+    mix_prob: float = Field(default=0.5, ge=0, le=1)  # share of batches mixed when mixup/cutmix is on
+    head: Literal["deep", "pca_linear"] = "deep"      # pca_linear: PCA of the trained features + logistic regression
+    pca_components: int = Field(default=32, ge=1)
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
     early_stopping_patience: Optional[int] = None
     select_metric: Literal["auc", "accuracy", "loss", "dice"] = "auc"
     time_budget_s: Optional[float] = None
     max_epochs_with_budget: int = 200
+    memory_budget_gb: Optional[float] = Field(default=None, gt=0)  # caps the batch size (planner rule R6)
     eval_batch_size: int = 256
+
+
+class EnsembleConfig(_Strict):
+    """Several members whose softmax outputs are averaged; the time budget is shared between them.
+
+    ``seeds``: independent initialisations and batch orders; ``kfold``: member i leaves out fold i of
+    the training split; ``snapshot``: member i continues from member i-1 with a fresh cosine cycle
+    (Huang et al. 2017). Each member keeps its best-validation epoch.
+    """
+
+    kind: Literal["none", "seeds", "kfold", "snapshot"] = "none"
+    members: int = Field(default=1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _enough_members(self):
+        if self.kind != "none" and self.members < 2:
+            raise ValueError(f"ensemble '{self.kind}' needs members >= 2 (got {self.members})")
+        return self
 
 
 class EvaluateConfig(_Strict):
@@ -116,6 +157,17 @@ class SegmentConfig(_Strict):
     # or a centre-heatmap head (2D)
 
 
+class Choice(_Strict):
+    """An empirical choice made at the start of training: each option (dotted overrides) is trained
+    for a share of the time budget and scored on the validation split; the best is applied."""
+
+    name: str
+    options: list[dict[str, Any]]
+    budget_fraction: float = Field(default=0.3, gt=0, lt=1)  # of train.time_budget_s, shared by the options
+    chosen: Optional[int] = None      # filled in by training
+    val_scores: list[float] = []      # validation selection metric of each option's trial
+
+
 class Decision(_Strict):
     field: str
     value: Any
@@ -135,6 +187,8 @@ class Plan(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    choices: list[Choice] = []
     segment: Optional[SegmentConfig] = None
     decisions: list[Decision] = []
 

@@ -11,12 +11,33 @@ Rules (kind in brackets, as nnU-Net documents its own):
        (CT in HU) -> ``clip_scale`` to the dataset's [p0.5, p99.5]; anything else -> per-image z-score.
     R5 model [fixed]: ``small_cnn`` (a residual CNN with a stride-1 stem sized for CPU).
     R6 batch size [rule-based]: 2D 128 (64 under 2000 training cases), 3D 16 at <= 32^3, else 4
-       (on VesselMNIST3D validation AUC, 16 beat 32 at equal time: more steps per second).
+       (on VesselMNIST3D validation AUC, 16 beat 32 at equal time: more steps per second); then
+       halved until the training-memory estimate (``planning/memory.py``: one forward pass of the
+       planned network measures its activations) fits the memory budget (``--memory-budget``;
+       default 4 GiB in 2D, 8 GiB in 3D, at most half the free RAM).
     R7 optimiser and schedule [fixed]: AdamW, cosine with 1 warm-up epoch.
     R8 augmentation [rule-based]: 2D: small rotation, zoom, shift and intensity jitter;
        3D: flips on every axis plus the same jitter.
-    R9 epochs [rule-based]: with a time budget, sized from a measured epoch time; else 30.
+    R9 epochs [rule-based]: with a time budget, sized from a measured epoch time at the start of
+       training (ensemble members share the budget); else 30.
     R10 model selection [fixed]: best validation AUC; threshold chosen on validation (Youden).
+    R11 denoising [rule-based]: median relative noise of the images (wavelet-MAD sigma / robust
+       range, on a 200-case sample) above the measured threshold (0.03, benchmarks/denoise.py) ->
+       non-local means (2D) or a 3x3x3 median (3D) before the intensity scheme; else none.
+    R12 class imbalance [rule-based]: majority:minority >= 10 -> class-balanced batches (weighted
+       sampler); below, the training mix is kept (see IMBALANCE_SAMPLER_RATIO).
+    R14 ensemble [rule-based]: under 2000 training cases and a budget of 30 minutes or more -> 3
+       seed members sharing the budget; shorter budgets train one network (validation evidence in
+       ENSEMBLE_MIN_BUDGET_S).
+    R15 head [rule-based]: under 300 training cases, PCA (16 components) of the trained features +
+       logistic regression replaces the deep linear head (the light option for tiny datasets).
+    R17 empirical choice [empirical]: with a budget of 10 minutes or more, 30 % of it goes to short
+       trials of the model structure (plain, SE attention, multi-scale features) scored on the
+       validation split; the winner and every trial score are recorded in the plan.
+    Available to a human editing the plan (measured by ``meddx ablate``): focal loss, logit
+    adjustment, class-weighted CE, over-/under-sampling, mixup/cutmix, elastic/gamma/blur/noise
+    augmentation, SE/spatial/CBAM attention, multi-scale features, k-fold and snapshot ensembles,
+    flip test-time augmentation.
 
 Segmentation (``task: segment``) shares R1, R2 and R4, then:
     S1 labels [rule-based]: declared in dataset.json, else a binary mask {0, v} is
@@ -47,9 +68,9 @@ from typing import Any
 
 import numpy as np
 
-from meddx.errors import DatasetError
-from meddx.planning.plan import (AugmentConfig, DataConfig, Decision, ModelConfig, OptimConfig, Plan,
-                                 ScheduleConfig, SegmentConfig, TrainConfig)
+from meddx.errors import DatasetError, PlanError
+from meddx.planning.plan import (AugmentConfig, Choice, DataConfig, Decision, EnsembleConfig, ModelConfig,
+                                 OptimConfig, Plan, PreprocessStep, ScheduleConfig, SegmentConfig, TrainConfig)
 
 
 def _round8(x: float) -> int:
@@ -106,8 +127,23 @@ def _rule_intensity(fp: dict, note) -> tuple[str, list[float] | None]:
     return scheme, clip
 
 
+def _rule_denoise(fp: dict, sd: int, note) -> list[PreprocessStep]:
+    """R11: denoise when the dataset's median relative noise is above the measured threshold
+    (``transforms/noise.py``): non-local means in 2D, a 3x3x3 median in 3D (3D NLM costs minutes
+    per volume on CPU)."""
+    nz = fp.get("noise")
+    steps: list[PreprocessStep] = []
+    if nz and nz["denoise_recommended"]:
+        steps = [PreprocessStep(name="nlm") if sd == 2 else PreprocessStep(name="median", params={"radius": 1})]
+    note("data.preprocess", [st.model_dump() for st in steps], "R11 denoising", "rule-based",
+         relative_noise_median=(round(nz["relative_median"], 4) if nz else None),
+         threshold=(nz["threshold"] if nz else None))
+    return steps
+
+
 def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None,
-              cuda: bool | None = None) -> Plan:
+              cuda: bool | None = None, time_budget_s: float | None = None,
+              memory_budget_gb: float | None = None) -> Plan:
     """Build a plan from a fingerprint (see the module docstring for the rules).
 
     ``cuda`` (default: whether a GPU is visible) only relaxes the 3D size cap.
@@ -131,6 +167,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
          distinct_shapes=fp["distinct_shapes"], cuda=cuda)
 
     scheme, clip = _rule_intensity(fp, note)
+    steps = _rule_denoise(fp, sd, note)
 
     model = ModelConfig(name="small_cnn", params={"dropout": 0.1})
     note("model.name", model.name, "R5 model", "fixed")
@@ -140,7 +177,9 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         bs = 128 if n_train >= 2000 else 64
     else:
         bs = 16 if max(size) <= 32 else 4
-    note("train.batch_size", bs, "R6 batch size", "rule-based", n_train=n_train, input_size=size)
+    bs, est = _fit_memory(model, sd, ch, len(fp["class_names"]), size, bs, memory_budget_gb, cuda)
+    note("train.batch_size", bs, "R6 batch size", "rule-based", n_train=n_train, input_size=size,
+         memory_budget_gb=round(est["budget_gb"], 2), estimated_gb=round(est["estimated_gb"], 3))
 
     if sd == 2:
         aug = AugmentConfig(rotate_deg=10, scale=0.1, translate=0.08, brightness=0.1, contrast=0.1)
@@ -149,23 +188,133 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
                             contrast=0.05)
     note("augment", aug.model_dump(), "R8 augmentation", "rule-based", spatial_dims=sd)
 
+    train = TrainConfig(batch_size=bs, time_budget_s=time_budget_s)
+    _rule_imbalance(fp, train, note)
+    _rule_head(n_train, train, note)
+    ensemble = _rule_ensemble(n_train, time_budget_s, note)
+    choices = _rule_choices(time_budget_s, note)
+
     plan = Plan(
         seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
-                        channels=ch, input_size=size, intensity=scheme, clip=clip,
+                        channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
                         split="official" if fp["official_split"] else "seeded"),
         model=model,
         augment=aug,
         optim=OptimConfig(),
         schedule=ScheduleConfig(),
-        train=TrainConfig(batch_size=bs),
+        train=train,
+        ensemble=ensemble,
+        choices=choices,
         decisions=dec,
     )
     note("optim/schedule", "adamw + cosine", "R7 optimiser and schedule", "fixed")
+    note("train.epochs", "sized from the time budget at the start of training" if time_budget_s else 30,
+         "R9 epochs", "rule-based", time_budget_s=time_budget_s)
     note("train.select_metric", "auc", "R10 model selection", "fixed")
     if overrides:
         plan = apply_overrides(plan, overrides)
     return plan
+
+
+def _fit_memory(model_cfg: ModelConfig, sd: int, ch: int, k: int, size: list[int], wanted: int,
+                memory_budget_gb: float | None, cuda: bool) -> tuple[int, dict]:
+    """R6: halve the batch until the measured training-memory estimate fits the budget
+    (default: 4 GiB for 2D, 8 GiB for 3D, and at most half the free RAM)."""
+    import psutil
+
+    from meddx.models import create_model
+    from meddx.planning.memory import fit_batch
+
+    if memory_budget_gb is None:
+        memory_budget_gb = min(4.0 if sd == 2 else 8.0, psutil.virtual_memory().available / 2**30 / 2)
+    net = create_model(model_cfg.name, spatial_dims=sd, in_channels=ch, num_classes=k, input_size=tuple(size),
+                       **model_cfg.params)
+    bs, est = fit_batch(net, ch, size, wanted, memory_budget_gb * 2**30)
+    return bs, {"budget_gb": memory_budget_gb, "estimated_gb": est / 2**30}
+
+
+IMBALANCE_SAMPLER_RATIO = 10.0
+"""R12: at or above this majority:minority ratio, batches are drawn class-balanced. Below it the
+training distribution is kept, because accuracy at argmax (what MedMNIST reports) is measured on
+test splits with the training split's class mix."""
+
+
+def _rule_imbalance(fp: dict, train: TrainConfig, note) -> None:
+    r = fp.get("imbalance_ratio") or 1.0
+    if r >= IMBALANCE_SAMPLER_RATIO:
+        train.sampler = "weighted"
+    note("train.sampler", train.sampler, "R12 class imbalance", "rule-based", imbalance_ratio=r,
+         threshold=IMBALANCE_SAMPLER_RATIO)
+
+
+PCA_HEAD_MAX_TRAIN = 300
+"""R15: under this many training cases, the deep head is replaced by PCA + logistic regression."""
+
+
+def _rule_head(n_train: int, train: TrainConfig, note) -> None:
+    if n_train < PCA_HEAD_MAX_TRAIN:
+        train.head = "pca_linear"
+        train.pca_components = 16
+    note("train.head", train.head, "R15 head", "rule-based", n_train=n_train, threshold=PCA_HEAD_MAX_TRAIN)
+
+
+ENSEMBLE_MAX_TRAIN = 2000
+ENSEMBLE_MIN_BUDGET_S = 1800.0
+"""R14 evidence (benchmarks/results/choices/breastmnist_ensemble_150s.log, validation only): on
+BreastMNIST at 150 s, 5 seed members of 30 s each reached mean validation ACC 0.816 / AUC 0.874
+against 0.872 / 0.946 for one network with the whole budget; snapshot members were no better. Members
+need enough time each, so an ensemble is planned only from 30 minutes up."""
+
+
+def _rule_ensemble(n_train: int, time_budget_s: float | None, note) -> EnsembleConfig:
+    """R14: small training sets (high variance between runs) with a generous time budget get an
+    ensemble of 3 seeds sharing that budget."""
+    ens = EnsembleConfig()
+    if time_budget_s and time_budget_s >= ENSEMBLE_MIN_BUDGET_S and n_train < ENSEMBLE_MAX_TRAIN:
+        ens = EnsembleConfig(kind="seeds", members=3)
+    note("ensemble", ens.model_dump(), "R14 ensemble", "rule-based", n_train=n_train, time_budget_s=time_budget_s,
+         max_train=ENSEMBLE_MAX_TRAIN, min_budget_s=ENSEMBLE_MIN_BUDGET_S)
+    return ens
+
+
+CHOICE_MIN_BUDGET_S = 600.0
+
+
+def _rule_choices(time_budget_s: float | None, note) -> list[Choice]:
+    """R17: with at least 10 minutes, the model structure is chosen on validation among the plain
+    network, channel attention (SE) and multi-scale features; 30 % of the budget goes to the trials."""
+    if not time_budget_s or time_budget_s < CHOICE_MIN_BUDGET_S:
+        return []
+    ch = Choice(name="model_structure", options=[{"model.params.attention": None},
+                                                 {"model.params.attention": "se"},
+                                                 {"model.params.multiscale": True}], budget_fraction=0.3)
+    note("choices", [ch.name], "R17 empirical choice", "empirical", time_budget_s=time_budget_s,
+         min_budget_s=CHOICE_MIN_BUDGET_S, options=ch.options)
+    return [ch]
+
+
+def _fit_seg_memory(model_cfg: ModelConfig, sd: int, ch: int, k: int, size: list[int], wanted: int,
+                    memory_budget_gb: float | None) -> tuple[int, list[int], dict]:
+    """S4: halve the batch (not below 2), then shrink the largest axis of the patch/image by the
+    network's divisor, until the measured training-memory estimate fits the budget."""
+    import psutil
+
+    from meddx.models import create_model
+    from meddx.planning.memory import fit_batch
+
+    if memory_budget_gb is None:
+        memory_budget_gb = min(4.0 if sd == 2 else 8.0, psutil.virtual_memory().available / 2**30 / 2)
+    size = list(size)
+    while True:
+        net = create_model(model_cfg.name, spatial_dims=sd, in_channels=ch, num_classes=k, input_size=tuple(size),
+                           **model_cfg.params)
+        bs, est = fit_batch(net, ch, size, wanted, memory_budget_gb * 2**30)
+        div = int(getattr(net, "divisor", 8))
+        if est <= memory_budget_gb * 2**30 or max(size) <= 2 * div:
+            return bs, size, {"budget_gb": memory_budget_gb, "estimated_gb": est / 2**30}
+        i = int(np.argmax(size))
+        size[i] -= div
 
 
 def _round_up(x: float, m: int) -> int:
@@ -173,7 +322,8 @@ def _round_up(x: float, m: int) -> int:
 
 
 def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None,
-                  cuda: bool | None = None, group_by_folder: bool = False) -> Plan:
+                  cuda: bool | None = None, group_by_folder: bool = False, time_budget_s: float | None = None,
+                  memory_budget_gb: float | None = None) -> Plan:
     """Build a segmentation plan (rules R1, R2, R4 and S1-S10 in the module docstring)."""
     cuda, dec, note = _start(cuda)
 
@@ -181,6 +331,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     sd = _rule_dims(fp, source, note)
     ch = _rule_channels(fp, note)
     scheme, clip = _rule_intensity(fp, note)
+    steps = _rule_denoise(fp, sd, note)
     note("segment.label_values", sg["label_values"], "S1 labels", "rule-based", mask_values=sg["mask_values"],
          labels_from=sg["labels_from"])
     med = fp["shape_median"]
@@ -200,7 +351,11 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         bs = 8 if size[0] <= 192 else 4  # >= 2 always (batch statistics, throughput)
     else:
         bs = 4 if int(np.prod(patch)) <= 64 ** 3 else 2
-    note("train.batch_size", bs, "S4 batch size", "rule-based", input_size=size)
+    bs, size, est = _fit_seg_memory(model, sd, ch, len(sg["label_values"]), size, bs, memory_budget_gb)
+    if sd == 3:
+        patch = size
+    note("train.batch_size", bs, "S4 batch size", "rule-based", input_size=size,
+         memory_budget_gb=round(est["budget_gb"], 2), estimated_gb=round(est["estimated_gb"], 3))
     note("segment.loss", "dice_ce", "S5 loss", "fixed")
     note("segment.fg_oversample", 0.33, "S6 sampling", "fixed")
     codes = fp.get("axcodes")
@@ -213,10 +368,10 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     plan = Plan(
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
-                        channels=ch, input_size=size, intensity=scheme, clip=clip,
+                        channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
                         split="official" if fp["official_split"] else "seeded"),
         model=model, augment=aug, optim=OptimConfig(lr=3e-3, weight_decay=1e-4), schedule=ScheduleConfig(),
-        train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16),
+        train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16, time_budget_s=time_budget_s),
         segment=SegmentConfig(label_values=sg["label_values"], label_names=sg["label_names"],
                               resample_masks=bool(sg.get("resample_masks")), group_by_folder=group_by_folder,
                               patch_size=patch, tta_flip_axes=lr[:1]),
@@ -241,4 +396,12 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
         node[parts[-1]] = value
         raw["decisions"].append({"field": key, "value": value, "rule": "set by the user", "kind": "user",
                                  "reads": {}})
-    return Plan.model_validate(raw)
+    from pydantic import ValidationError
+
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise PlanError(f"plan field '{loc}': {err['msg']}",
+                        fix=f"check the override of '{loc}' (see `meddx plan` for the fields)") from None

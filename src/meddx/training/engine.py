@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from meddx.losses import create_loss
+from meddx.losses.classification import LogitAdjusted
 from meddx.planning.plan import Plan
 from meddx.training.loop import FitResult, run_epochs
 from meddx.training.optim import create_optimizer, create_scheduler
@@ -69,6 +70,39 @@ def val_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     return {"auc": float(auc), "accuracy": acc, "loss": loss}
 
 
+def mixup(x: torch.Tensor, alpha: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., 2018): ``lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(alpha, alpha)``."""
+    lam = _beta(alpha, gen)
+    perm = torch.randperm(x.shape[0], generator=gen)
+    return lam * x + (1 - lam) * x[perm], perm, lam
+
+
+def cutmix(x: torch.Tensor, alpha: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al., 2019), 2D and 3D: a box of ``x[perm]`` pasted into each image; ``lam`` is the
+    share of each image left untouched (the label weight)."""
+    lam = _beta(alpha, gen)
+    perm = torch.randperm(x.shape[0], generator=gen)
+    spatial = x.shape[2:]
+    frac = (1 - lam) ** (1 / len(spatial))  # box side as a fraction of each axis
+    sl = [slice(None), slice(None)]
+    area = 1.0
+    for size in spatial:
+        side = int(round(size * frac))
+        c = int(torch.randint(0, size, (1,), generator=gen))
+        lo, hi = max(0, c - side // 2), min(size, c + side - side // 2)
+        sl.append(slice(lo, hi))
+        area *= (hi - lo) / size
+    out = x.clone()
+    out[tuple(sl)] = x[perm][tuple(sl)]
+    return out, perm, 1.0 - area
+
+
+def _beta(alpha: float, gen: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw from the seeded generator (two Gamma draws via numpy's seeded RNG)."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    return float(rng.beta(alpha, alpha))
+
+
 class Trainer:
     """Trains ``model`` on in-memory tensors according to ``plan``.
 
@@ -87,34 +121,81 @@ class Trainer:
         self.progress = progress
         self.on_epoch = on_epoch
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
-        self.loss_fn = create_loss(plan.train.loss, label_smoothing=plan.train.label_smoothing)
+        self.loss_fn: nn.Module | None = None  # built from the training labels (``_setup_loss``)
+        self._y_train: torch.Tensor | None = None
 
-    def _set_class_weights(self, y_train: torch.Tensor) -> None:
-        if self.plan.train.class_weights != "balanced":
-            return
+    def _setup_loss(self, y_train: torch.Tensor) -> None:
+        """Build the loss from the plan and the training labels (class weights, focal, logit adjustment)."""
+        cfg = self.plan.train
         k = len(self.plan.data.class_names)
         counts = torch.bincount(y_train, minlength=k).float().clamp(min=1)
-        w = (counts.sum() / (k * counts)).to(self.device)
-        self.loss_fn = create_loss(self.plan.train.loss, label_smoothing=self.plan.train.label_smoothing,
-                                   class_weights=w)
+        w = (counts.sum() / (k * counts)).to(self.device) if cfg.class_weights == "balanced" else None
+        kw = {"gamma": cfg.focal_gamma} if cfg.loss == "focal" else {}
+        loss = create_loss(cfg.loss, label_smoothing=cfg.label_smoothing, class_weights=w, **kw)
+        if cfg.logit_adjust > 0:
+            loss = LogitAdjusted(loss, (counts / counts.sum()).to(self.device), cfg.logit_adjust)
+        self.loss_fn = loss
+        self._y_train = y_train
 
     # -- pieces -------------------------------------------------------------------------
+    def _epoch_len(self, n: int) -> int:
+        """Cases an epoch draws: the sampler may change it (over-/under-sampling)."""
+        y = self._y_train
+        if y is None or self.plan.train.sampler in ("none", "weighted") or len(y) != n:
+            return n
+        counts = torch.bincount(y)
+        counts = counts[counts > 0]
+        per = int(counts.max()) if self.plan.train.sampler == "oversample" else int(counts.min())
+        return per * len(counts)
+
     def _steps_per_epoch(self, n: int) -> int:
         bs = self.plan.train.batch_size
-        return max(1, n // bs) if n >= bs else 1  # drop the ragged last batch (BatchNorm)
+        m = self._epoch_len(n)
+        return max(1, m // bs) if m >= bs else 1  # drop the ragged last batch (BatchNorm)
+
+    def _epoch_order(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """Case order of one epoch under the plan's sampler (``train.sampler``)."""
+        sampler = self.plan.train.sampler
+        y = self._y_train
+        if sampler == "none" or y is None or len(y) != n:
+            return torch.randperm(n, generator=g)
+        if sampler == "weighted":  # draws with replacement, each class equally likely
+            w = 1.0 / torch.bincount(y).float()[y]
+            return torch.multinomial(w, n, replacement=True, generator=g)
+        per = self._epoch_len(n) // int((torch.bincount(y) > 0).sum())
+        parts = []
+        for c in torch.unique(y):
+            idx = torch.nonzero(y == c).flatten()
+            if per <= len(idx):  # undersample (or the majority class when oversampling): no repeats
+                parts.append(idx[torch.randperm(len(idx), generator=g)[:per]])
+            else:  # oversample: every case once, the rest drawn at random with replacement
+                extra = idx[torch.randint(0, len(idx), (per - len(idx),), generator=g)]
+                parts.append(torch.cat([idx, extra]))
+        order = torch.cat(parts)
+        return order[torch.randperm(len(order), generator=g)]
 
     def _epoch_batches(self, n: int, epoch: int):
         g = torch.Generator().manual_seed(self.plan.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        bs = min(self.plan.train.batch_size, n)
+        perm = self._epoch_order(n, g)
+        bs = min(self.plan.train.batch_size, len(perm))
         for s in range(self._steps_per_epoch(n)):
             yield perm[s * bs:(s + 1) * bs], g
 
     def _loss(self, model, xb, yb, gen) -> torch.Tensor:
         if self.augment.active:
             xb, _ = self.augment(xb, gen)
+        cfg = self.plan.train
+        mix = None
+        if (cfg.mixup or cfg.cutmix) and float(torch.rand(1, generator=gen)) < cfg.mix_prob:
+            use_cut = cfg.cutmix > 0 and (cfg.mixup == 0 or float(torch.rand(1, generator=gen)) < 0.5)
+            xb, perm, lam = (cutmix if use_cut else mixup)(xb, cfg.cutmix if use_cut else cfg.mixup, gen)
+            mix = (perm, lam)
         xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
-        return self.loss_fn(model(xb), yb)
+        out = model(xb)
+        if mix is None:
+            return self.loss_fn(out, yb)
+        perm, lam = mix
+        return lam * self.loss_fn(out, yb) + (1 - lam) * self.loss_fn(out, yb[perm.to(yb.device)])
 
     def _train_step(self, model, opt, sched, xb, yb, gen) -> float:
         """One optimiser step (the epoch loop does the same; this one serves the timing probe)."""
@@ -129,7 +210,7 @@ class Trainer:
 
     def measure_epoch_seconds(self, x: torch.Tensor, y: torch.Tensor, n_val: int, probe_steps: int = 6) -> float:
         """Time a few steps on a throwaway copy of the model (the real one is untouched)."""
-        self._set_class_weights(y)
+        self._setup_loss(y)
         model = copy.deepcopy(self.model).train()
         opt = create_optimizer(model.parameters(), self.plan.optim)
         sched = create_scheduler(opt, self.plan.schedule, 10, 1)
@@ -153,7 +234,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------
     def fit(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
             *, resume: bool = False) -> FitResult:
-        self._set_class_weights(y_train)
+        self._setup_loss(y_train)
         y_val_np = y_val.numpy()
         select = self.plan.train.select_metric
         n = x_train.shape[0]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from meddx.training.checkpoint import load_checkpoint, save_checkpoint
-from meddx.training.optim import create_optimizer, create_scheduler
+from meddx.training.optim import create_optimizer, create_scheduler, shorten_schedule
 
 
 @dataclass
@@ -84,15 +84,21 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
         history, best_metric, best_epoch = st["history"], st["best_metric"], st["best_epoch"]
         bad_epochs, elapsed, best_state = st["bad_epochs"], st["elapsed"], st["best_model"]
         start_epoch = st["epoch"] + 1
+        if st.get("epochs", epochs) != epochs:  # the schedule was shortened to the time budget before the stop
+            epochs = st["epochs"]
+            shorten_schedule(sched, steps_per_epoch, epochs)
         if ema is not None:
             ema.state = st["ema"]
         if st.get("finished"):
             start_epoch = epochs + 1
     stopped_by = "completed"
+    shortened = False
     bar = Progress(progress, total=epochs * steps_per_epoch, completed=(start_epoch - 1) * steps_per_epoch)
     t_start = time.perf_counter() - elapsed
     try:
         for epoch in range(start_epoch, epochs + 1):
+            if epoch > epochs:  # the schedule was shortened to the time budget
+                break
             torch.manual_seed(plan.seed * 7919 + epoch)  # dropout etc.
             model.train()
             losses = []
@@ -128,14 +134,24 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
             if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
                 stop = "early_stopping"
             if cfg.time_budget_s and epoch < epochs:
-                # stop before an epoch that would end past the budget (the bar is a hard limit)
                 per_epoch = elapsed / max(1, len(history))
-                if elapsed + per_epoch > cfg.time_budget_s:
+                if len(history) >= 2:  # the first epoch pays one-off costs: leave it out of the rate
+                    per_epoch = (elapsed - history[0]["elapsed_s"]) / (len(history) - 1)
+                fit = epoch + int((cfg.time_budget_s - elapsed) // max(per_epoch, 1e-9))
+                if fit < epochs and len(history) >= 2:
+                    # the start-of-run estimate was optimistic (or the CPU got busier): end the
+                    # schedule early instead of cutting it off before its learning rate has annealed
+                    epochs = max(epoch, fit)
+                    shorten_schedule(sched, steps_per_epoch, epochs)
+                    bar.set_total(epochs * steps_per_epoch)
+                    shortened = True
+                if elapsed + per_epoch > cfg.time_budget_s or epochs == epoch:
+                    # stop before an epoch that would end past the budget (the bar is a hard limit)
                     stop = "time_budget"
             save_checkpoint(ckpt_path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "history": history, "best_metric": best_metric,
-                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed, "epochs": epochs,
                 "best_model": best_state, "finished": stop is not None or epoch == epochs,
                 "ema": ema.state if ema is not None else None,
             })
@@ -147,10 +163,12 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                 break
     finally:
         bar.close()
+    if shortened and stopped_by == "completed":
+        stopped_by = "time_budget (schedule shortened to fit)"
     model.load_state_dict(best_state)
     save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": best_state, "epoch": best_epoch})
     return FitResult(best_epoch=best_epoch, best_metric=float(best_metric), epochs_run=len(history),
-                     epochs_planned=epochs, train_seconds=float(elapsed), history=history, stopped_by=stopped_by)
+                     epochs_planned=cfg.epochs, train_seconds=float(elapsed), history=history, stopped_by=stopped_by)
 
 
 def measure_epoch_seconds(trainer, train, val, probe_steps: int = 4, val_probe: int = 4) -> float:
@@ -241,6 +259,10 @@ class Progress:
     def advance(self, desc: str) -> None:
         if self.enabled:
             self.p.update(self.task, advance=1, description=desc)
+
+    def set_total(self, total: int) -> None:
+        if self.enabled:
+            self.p.update(self.task, total=total)
 
     def set_note(self, note: str) -> None:
         if self.enabled:

@@ -57,4 +57,17 @@ def create_scheduler(opt: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_
     factor = LRFactor(cfg, steps_per_epoch, epochs)
     # A plain function (not the callable object) keeps the scheduler's state_dict to
     # numbers only, so checkpoints load with weights_only=True.
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step))
+    def fn(step):
+        return factor(step)
+
+    fn.factor = factor  # so a time-budgeted run can shorten the schedule it follows (not saved in state_dict)
+    return torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+
+def shorten_schedule(sched, steps_per_epoch: int, epochs: int) -> None:
+    """Re-size a running schedule to end after ``epochs`` (the steps taken so far are kept)."""
+    f = sched.lr_lambdas[0].factor
+    f.total = max(1, steps_per_epoch * epochs)
+    f.warmup = min(f.warmup, f.total // 2)
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        group["lr"] = base * f(sched.last_epoch)

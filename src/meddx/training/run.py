@@ -78,7 +78,8 @@ def set_status(run_dir: Path, status: str, **extra) -> None:
     write_json(p, info)
 
 
-def build_model(plan: Plan) -> torch.nn.Module:
+def build_single_model(plan: Plan) -> torch.nn.Module:
+    """One network as the plan describes it (with its PCA head when ``train.head`` is pca_linear)."""
     from meddx.models import create_model
 
     seg = plan.segment if plan.task in ("segment", "detect") else None
@@ -86,8 +87,25 @@ def build_model(plan: Plan) -> torch.nn.Module:
     if seg and plan.task == "detect" and seg.detector == "heatmap":
         k = len(seg.label_values) - 1 + 2  # a heatmap per finding class, box height and width
     size = seg.patch_size if seg and seg.patch_size else plan.data.input_size
-    return create_model(plan.model.name, spatial_dims=plan.data.spatial_dims, in_channels=plan.data.channels,
-                        num_classes=k, input_size=tuple(size), **plan.model.params)
+    model = create_model(plan.model.name, spatial_dims=plan.data.spatial_dims, in_channels=plan.data.channels,
+                         num_classes=k, input_size=tuple(size), **plan.model.params)
+    if not seg and plan.train.head == "pca_linear":
+        from meddx.models.ensemble import PCALinearHead
+
+        in_features = model.get_submodule(model.classifier_layer).in_features
+        model = PCALinearHead(model, in_features, plan.train.pca_components, k)
+    return model
+
+
+def build_model(plan: Plan) -> torch.nn.Module:
+    """The run's model: one network, or an ``EnsembleModel`` of ``ensemble.members`` of them."""
+    from meddx.training.ensemble import n_members
+
+    if n_members(plan) == 1:
+        return build_single_model(plan)
+    from meddx.models.ensemble import EnsembleModel
+
+    return EnsembleModel([build_single_model(plan) for _ in range(n_members(plan))])
 
 
 def progress_callback(enabled: bool, total: int, desc: str):
@@ -149,7 +167,8 @@ def split_for_run(cs: CaseSet, plan: Plan, out: Path, resume: bool) -> dict:
     if resume and (out / "split.csv").exists():
         split = read_split(out / "split.csv")  # the split the run started with, whatever changed since
     else:
-        split = make_split(cs, seed=plan.seed, fractions=tuple(plan.data.split_fractions))
+        seed = plan.seed if plan.data.split_seed is None else plan.data.split_seed
+        split = make_split(cs, seed=seed, fractions=tuple(plan.data.split_fractions))
     return apply_split(cs, split)
 
 
@@ -225,7 +244,9 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         fp = fingerprint_dataset(cs, progress)
         if plan is None:
             plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
-                             seed=int(overrides.pop("seed", 0) or 0))
+                             seed=int(overrides.pop("seed", 0) or 0),
+                             time_budget_s=overrides.get("train.time_budget_s"),
+                             memory_budget_gb=overrides.get("train.memory_budget_gb"))
         elif "seed" in overrides and overrides["seed"] is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)
@@ -242,32 +263,81 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
             start_run_dir(out, plan, fp, cs)
             guard.created = True
         tensors = prepare_tensors(cs, parts, plan, progress)
-        model = build_model(plan)
-        trainer = Trainer(plan, model, out, progress=progress)
         xtr, ytr = tensors["train"]
         xva, yva = tensors["val"]
-        size_epochs(plan, out, lambda: trainer.measure_epoch_seconds(xtr, ytr, xva.shape[0]), "R9 epochs", 0.97)
-        plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
-        seed_everything(plan.seed)
-        # re-create so the weights do not depend on whether the budget probe ran
-        trainer.model = build_model(plan).to(trainer.device)
-        log(f"training {plan.model.name} on {xtr.shape[0]} cases ({plan.data.spatial_dims}D, input "
-            f"{plan.data.input_size}, {plan.train.epochs} epochs) -> {out}")
-        result = trainer.fit(xtr, ytr, xva, yva, resume=resume)
+        result, model = fit_classifier(plan, out, xtr, ytr, xva, yva, resume=resume, progress=progress, log=log)
         from meddx.evaluation.run_report import evaluate_run_outputs
 
         xte, yte = tensors["test"]
-        device = trainer.device
-        p_val = predict_proba(trainer.model, xva, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
-        p_test = predict_proba(trainer.model, xte, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
+        device = next(model.parameters()).device
+        p_val = predict_proba(model, xva, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
+        p_test = predict_proba(model, xte, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
         from meddx.evaluation.uncertainty import load_ensemble
 
-        members = [trainer.model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(out.parent))]
+        members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(out.parent))]
         evaluate_run_outputs(out, plan, cs, parts, p_val, yva.numpy(), p_test, yte.numpy(), fit=result,
                              uncertainty_inputs=(members, xva, xte))
         set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
         return out
+
+
+def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor,
+                   yva: torch.Tensor, *, resume: bool, progress: bool, log=print):
+    """Size the schedule to the budget, train one network or an ensemble, fit the PCA head if the plan
+    asks for it; the run's final weights go to ``checkpoints/best.pt``. Returns ``(FitResult, model)``."""
+    from meddx.training.checkpoint import save_checkpoint
+    from meddx.training.ensemble import fit_members, n_members
+
+    def make_trainer(p, model, d):
+        return Trainer(p, model, d, progress=progress)
+
+    if any(c.chosen is None for c in plan.choices):
+        from meddx.training.empirical import run_choices
+
+        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
+        plan.save(out / "plan.yaml")
+    k = n_members(plan)
+    head = plan.train.head
+    if head == "pca_linear":
+        plan.train.pca_components = int(min(plan.train.pca_components, max(1, xtr.shape[0] - 1)))
+    deep = plan.model_copy(deep=True)
+    deep.train.head = "deep"  # members train with their own linear layer; the PCA head comes after
+    probe = make_trainer(deep, build_single_model(deep), out)
+    size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xtr, ytr, xva.shape[0]) * k, "R9 epochs", 0.97)
+    plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
+    deep.train.epochs = plan.train.epochs
+
+    def post(model, p):
+        if head != "pca_linear":
+            return model
+        from meddx.training.heads import fit_pca_head
+
+        new, rec = fit_pca_head(model, xtr, ytr, xva, yva, plan.train.pca_components, len(plan.data.class_names),
+                                seed=p.seed)
+        log(f"PCA head: {rec['components']} components ({rec['explained_variance']:.0%} of the feature variance), "
+            f"C={rec['C']}")
+        return new
+
+    if k == 1:
+        seed_everything(plan.seed)
+        # a fresh model, so the weights do not depend on whether the budget probe ran
+        trainer = make_trainer(deep, build_single_model(deep), out)
+        log(f"training {plan.model.name} on {xtr.shape[0]} cases ({plan.data.spatial_dims}D, input "
+            f"{plan.data.input_size}, {plan.train.epochs} epochs) -> {out}")
+        result = trainer.fit(xtr, ytr, xva, yva, resume=resume)
+        model = post(trainer.model, deep)
+    else:
+        log(f"training an ensemble of {k} {plan.model.name} ({plan.ensemble.kind}) on {xtr.shape[0]} cases, "
+            f"{plan.train.epochs} epochs each -> {out}")
+        def fit_member(trainer, idx, res):
+            x, y = (xtr, ytr) if idx is None else (xtr[idx], ytr[idx])
+            return trainer.fit(x, y, xva, yva, resume=res)
+
+        model, result = fit_members(deep, out, build_single_model, make_trainer, fit_member, ytr.numpy(),
+                                    resume=resume, post=post, log=log)
+    save_checkpoint(out / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": result.best_epoch})
+    return result, model
 
 
 def load_run(run_dir: str | Path) -> tuple[Plan, torch.nn.Module]:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 from meddx.data.case import CaseSet
 from meddx.data.detsources import open_det_dataset
@@ -23,8 +25,9 @@ from meddx.errors import PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
-from meddx.training.run import (RunGuard, _check_out_dir, build_model, fingerprint_dataset, progress_callback,
-                                resume_state, set_status, size_epochs, split_for_run, start_run_dir)
+from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, fingerprint_dataset,
+                                progress_callback, resume_state, set_status, size_epochs, split_for_run,
+                                start_run_dir)
 from meddx.evaluation.seg_infer import predict_cases
 from meddx.training.seg_engine import SegTrainer, dice_per_class
 
@@ -78,7 +81,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         fp = fingerprint_dataset(cs, progress)
         if plan is None:
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
-                                 group_by_folder=group_by_folder)
+                                 group_by_folder=group_by_folder, time_budget_s=overrides.get("train.time_budget_s"),
+                                 memory_budget_gb=overrides.get("train.memory_budget_gb"))
         elif overrides.get("seed") is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)
@@ -98,22 +102,41 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if heatmap and plan.data.spatial_dims != 2:
             raise PlanError("the heatmap detector is 2D only", path=plan_path or cs.source,
                             fix="use segment.detector: components for 3D")
-        if heatmap:
-            from meddx.training.det_engine import HeatmapTrainer
+        from meddx.training.ensemble import fit_members, n_members
 
-            trainer = HeatmapTrainer(plan, build_model(plan), out, progress=progress)
-        else:
-            trainer = SegTrainer(plan, build_model(plan), out, progress=progress)
+        def make_trainer(p, model, d):
+            if heatmap:
+                from meddx.training.det_engine import HeatmapTrainer
+
+                return HeatmapTrainer(p, model, d, progress=progress)
+            return SegTrainer(p, model, d, progress=progress)
+
+        k = n_members(plan)
+        trainer = make_trainer(plan, build_single_model(plan), out)
         # leave ~8% of the budget for post-processing choice and test evaluation
-        size_epochs(plan, out, lambda: trainer.measure_epoch_seconds(data["train"], data["val"]), "S8 epochs", 0.92)
+        size_epochs(plan, out, lambda: trainer.measure_epoch_seconds(data["train"], data["val"]) * k, "S8 epochs",
+                    0.92)
         plan.save(out / "plan.yaml")
-        seed_everything(plan.seed)
-        trainer.model = build_model(plan).to(trainer.device)
-        log(f"training {plan.model.name} on {len(data['train'])} cases ({plan.data.spatial_dims}D, "
+        log(f"training {plan.model.name}{f' x{k} ({plan.ensemble.kind})' if k > 1 else ''} on {len(data['train'])} "
+            f"cases ({plan.data.spatial_dims}D, "
             f"{'patch ' + str(plan.segment.patch_size) if plan.segment.patch_size else 'input ' + str(plan.data.input_size)}, "
-            f"{plan.train.epochs} epochs) -> {out}")
-        result = trainer.fit(data["train"], data["val"], resume=resume)
-        model = trainer.model.eval()
+            f"{plan.train.epochs} epochs{' each' if k > 1 else ''}) -> {out}")
+        if k == 1:
+            seed_everything(plan.seed)
+            trainer.model = build_single_model(plan).to(trainer.device)
+            result = trainer.fit(data["train"], data["val"], resume=resume)
+            model = trainer.model.eval()
+        else:
+            def fit_member(tr, idx, res):
+                return tr.fit(data["train"] if idx is None else data["train"].subset(idx), data["val"], resume=res)
+
+            fg = [int(lab.max() > 0) for lab in data["train"].labels]  # folds stratified by "has foreground"
+            model, result = fit_members(plan, out, build_single_model, make_trainer, fit_member, np.array(fg),
+                                        resume=resume, log=log)
+            model = model.eval()
+            from meddx.training.checkpoint import save_checkpoint
+
+            save_checkpoint(out / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": result.best_epoch})
         if plan.segment.choose_postprocess and not heatmap:
             pv, tv, _ = predict_cases(cs, parts["val"], plan, model, progress, "choosing post-processing")
             choose_postprocessing(plan, fp, pv, tv)

@@ -38,6 +38,28 @@ def _rot3(ax: torch.Tensor, ay: torch.Tensor, az: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma (pixels; 0 leaves a sample as it is)."""
+    n, c = x.shape[:2]
+    d = x.ndim - 2
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.dtype).clamp_min(1e-3).view(-1, 1)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    k = torch.where(sigma.view(-1, 1) > 1e-3, k, (t == 0).to(x.dtype).expand_as(k))
+    k = k.repeat_interleave(c, 0)  # (n*c, taps): one kernel per sample and channel (grouped conv)
+    out = x.reshape(1, n * c, *x.shape[2:])
+    conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+    for ax in range(d):
+        shape = [n * c, 1] + [1] * d
+        shape[2 + ax] = k.shape[1]
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - ax)] = pad[2 * (d - 1 - ax) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), k.view(shape), groups=n * c)
+    return out.reshape(x.shape)
+
+
 @dataclass
 class BatchAugment:
     """Random flips, affine (rotation, zoom, shift) and intensity jitter; see ``AugmentConfig``."""
@@ -50,24 +72,34 @@ class BatchAugment:
     brightness: float = 0.0
     contrast: float = 0.0
     noise_std: float = 0.0
+    gamma: float = 0.0
+    blur_sigma: float = 0.0
+    elastic: float = 0.0
+    elastic_grid: int = 4
     p: float = 1.0
 
     @classmethod
     def from_config(cls, cfg, spatial_dims: int) -> "BatchAugment":
         return cls(spatial_dims=spatial_dims, flip_axes=tuple(cfg.flip_axes), rotate_deg=cfg.rotate_deg,
                    scale=cfg.scale, translate=cfg.translate, brightness=cfg.brightness, contrast=cfg.contrast,
-                   noise_std=cfg.noise_std, p=cfg.p)
+                   noise_std=cfg.noise_std, gamma=cfg.gamma, blur_sigma=cfg.blur_sigma, elastic=cfg.elastic,
+                   elastic_grid=cfg.elastic_grid, p=cfg.p)
 
     @property
     def active(self) -> bool:
         return bool(self.flip_axes or self.rotate_deg or self.scale or self.translate or self.brightness
-                    or self.contrast or self.noise_std) and self.p > 0
+                    or self.contrast or self.noise_std or self.gamma or self.blur_sigma or self.elastic) and self.p > 0
+
+    @property
+    def _spatial(self) -> bool:
+        return bool(self.rotate_deg or self.scale or self.translate or self.elastic)
 
     def sample(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Draw per-sample parameters for a batch of ``n``."""
         d = self.spatial_dims
         r = math.radians(self.rotate_deg)
         n_rot = 1 if d == 2 else 3
+        g = self.gamma
         return {
             "apply": torch.rand(n, generator=gen) < self.p,
             "flip": torch.rand(n, max(len(self.flip_axes), 1), generator=gen) < 0.5,
@@ -77,6 +109,12 @@ class BatchAugment:
             "brightness": _uniform(n, -self.brightness, self.brightness, gen),
             "contrast": _uniform(n, 1 - self.contrast, 1 + self.contrast, gen),
             "noise_seed": torch.randint(0, 2**31 - 1, (1,), generator=gen),
+            # log-uniform, so gamma < 1 and > 1 are equally likely
+            "gamma": torch.exp(_uniform(n, -math.log1p(g), math.log1p(g), gen)),
+            "blur": _uniform(n, 0.0, self.blur_sigma, gen),
+            # coarse control-point displacements (fractions of the half-size), upsampled smoothly in ``apply``
+            "elastic": _uniform(n * d * self.elastic_grid ** d, -1.0, 1.0, gen).reshape(
+                n, d, *([self.elastic_grid] * d)) * (2 * self.elastic),
         }
 
     def _grid(self, params: dict[str, torch.Tensor], keep: torch.Tensor, shape, device, dtype) -> torch.Tensor:
@@ -88,7 +126,16 @@ class BatchAugment:
         theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
         ident = torch.cat([torch.eye(d).expand(n, d, d), torch.zeros(n, d, 1)], -1)
         theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(device, dtype)
-        return F.affine_grid(theta, list(shape), align_corners=False)
+        grid = F.affine_grid(theta, list(shape), align_corners=False)
+        if self.elastic:
+            # a smooth displacement field: control points upsampled with (tri)cubic-like interpolation
+            mode = "bicubic" if d == 2 else "trilinear"
+            disp = F.interpolate(params["elastic"].to(device, dtype), size=list(shape[2:]), mode=mode,
+                                 align_corners=True)
+            disp = disp * keep.view(-1, *([1] * (d + 1))).to(device, dtype)
+            # grid's last axis is (x, y[, z]) = reversed spatial axes
+            grid = grid + disp.permute(0, *range(2, d + 2), 1).flip(-1)
+        return grid
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Apply sampled parameters deterministically to ``x`` of shape ``(N, C, *spatial)``."""
@@ -98,9 +145,17 @@ class BatchAugment:
         for j, ax in enumerate(self.flip_axes):
             m = (params["flip"][:, j].to(x.device) & keep).view(-1, *([1] * (x.ndim - 1)))
             out = torch.where(m, out.flip(2 + ax), out)
-        if self.rotate_deg or self.scale or self.translate:
+        if self._spatial:
             grid = self._grid(params, keep, out.shape, x.device, x.dtype)
             out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.blur_sigma:
+            out = torch.where(sel, _blur(out, params["blur"].to(x.device)), out)
+        if self.gamma:
+            dims = tuple(range(1, x.ndim))
+            lo, hi = out.amin(dim=dims, keepdim=True), out.amax(dim=dims, keepdim=True)
+            span = (hi - lo).clamp_min(1e-6)
+            gm = params["gamma"].to(x.device).view(-1, *([1] * (x.ndim - 1)))
+            out = torch.where(sel, ((out - lo) / span).clamp(0, 1) ** gm * span + lo, out)
         if self.contrast or self.brightness:
             c = params["contrast"].to(x.device).view(-1, *([1] * (x.ndim - 1)))
             b = params["brightness"].to(x.device).view(-1, *([1] * (x.ndim - 1)))
@@ -123,7 +178,7 @@ class BatchAugment:
         for j, ax in enumerate(self.flip_axes):
             m = (params["flip"][:, j].to(y.device) & keep).view(-1, *([1] * (out.ndim - 1)))
             out = torch.where(m, out.flip(2 + ax), out)
-        if self.rotate_deg or self.scale or self.translate:
+        if self._spatial:
             grid = self._grid(params, keep, out.shape, y.device, torch.float32)
             out = F.grid_sample(out.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
         return out[:, 0].to(y.dtype)

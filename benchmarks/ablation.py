@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Ablation benchmark: what each optimisation is worth, on the real datasets (issue 4).
+
+For each dataset, ``meddx ablate`` trains the plain baseline, the baseline plus each component,
+the planner's full plan minus each component it chose, and the full plan, with 3 seeds and the
+same number of epochs per run; test ACC, balanced ACC, AUC and sensitivity (mean ± sd), validation
+numbers beside them, and paired bootstrap p-values against the baseline. Writes
+benchmarks/results/ablation.md and .json; the runs are kept in ``--work`` (default
+benchmarks/.ablation_runs, git-ignored), so an interrupted benchmark continues where it stopped.
+
+Also checks the issue's bars: (1) the full plan beats the baseline by >= 5 points of test
+accuracy averaged over the classification datasets (at this ablation's epochs); (2) the full plan
+(the default plan of ``benchmarks/medmnist.py``, <= 10 min of training) beats the best published
+MedMNIST v2 AUC on at least 3 of the 5 MedMNIST datasets, read from benchmarks/results/medmnist.json.
+
+Usage: python benchmarks/ablation.py [--datasets pneumoniamnist breastmnist retinamnist adrenalmnist3d busi]
+                                     [--seeds 0 1 2] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import DATA, HERE, git_commit
+
+COMMIT = git_commit()
+# Epochs per run (not seconds: the comparison must not depend on how busy the CPU is while the
+# hours of runs go by). About 40-75 s of training each on a quiet 2-core machine.
+EPOCHS = {"pneumoniamnist": 8, "breastmnist": 50, "retinamnist": 25, "adrenalmnist3d": 5, "busi": 20}
+PATHS = {"pneumoniamnist": ("medmnist/pneumoniamnist.npz", "classify"),
+         "breastmnist": ("medmnist/breastmnist.npz", "classify"),
+         "retinamnist": ("medmnist/retinamnist.npz", "classify"),
+         "adrenalmnist3d": ("medmnist/adrenalmnist3d.npz", "classify"),
+         "busi": ("seg/busi_subset", "segment")}
+BEST_PUBLISHED_AUC = {"pneumoniamnist": ("Google AutoML Vision", 0.991), "breastmnist": ("Google AutoML Vision", 0.919),
+                      "retinamnist": ("Google AutoML Vision", 0.750), "adrenalmnist3d": ("ResNet-18 + ACS", 0.839),
+                      "vesselmnist3d": ("ResNet-18 + ACS", 0.930)}
+
+
+def component_verdicts(results: dict) -> list[str]:
+    """For each component: mean change over the datasets where it was added alone, and how many were
+    significant (p < 0.05) in each direction."""
+    lines = ["| component | datasets | mean Δ (ACC or Dice) when added alone | significant gains | significant losses | verdict |",
+             "|---|---|---|---|---|---|"]
+    comps: dict[str, list[tuple[float, float]]] = {}
+    for res in results.values():
+        seg = res.get("task") == "segment"
+        for r in res["arms"]:
+            if r["arm"].startswith("+ "):
+                d = r["delta_dice"] if seg else r["delta_accuracy"]
+                p = r.get("p_dice" if seg else "p_accuracy", 1.0)
+                comps.setdefault(r["arm"][2:], []).append((d, p))
+    for name, vals in comps.items():
+        d = np.array([v[0] for v in vals])
+        gains = sum(1 for dv, p in vals if p < 0.05 and dv > 0)
+        losses = sum(1 for dv, p in vals if p < 0.05 and dv < 0)
+        verdict = ("helps" if gains and not losses and d.mean() > 0 else "hurts" if losses and not gains and d.mean() < 0
+                   else "mixed" if gains and losses else "no significant effect")
+        lines.append(f"| {name} | {len(vals)} | {d.mean():+.3f} | {gains} | {losses} | {verdict} |")
+    return lines
+
+
+def auc_bar() -> list[str]:
+    p = HERE / "results" / "medmnist.json"
+    if not p.exists():
+        return ["(benchmarks/results/medmnist.json not found: run benchmarks/medmnist.py)"]
+    rows = json.loads(p.read_text())["runs"]
+    lines = ["| dataset | meddx full plan AUC (mean ± sd, 3 seeds) | best published | beats it? |", "|---|---|---|---|"]
+    wins = 0
+    for flag, (who, ref) in BEST_PUBLISHED_AUC.items():
+        for variant in (flag, f"{flag}_64"):
+            aucs = [r["auc"] for r in rows if r["dataset"] == variant]
+            if not aucs:
+                continue
+            m = float(np.mean(aucs))
+            beat = m > ref
+            lines.append(f"| {variant} | {m:.3f} ± {np.std(aucs, ddof=1) if len(aucs) > 1 else 0:.3f} | {ref:.3f} ({who}) "
+                         f"| {'yes' if beat else 'no'} |")
+        best = max((float(np.mean([r["auc"] for r in rows if r["dataset"] == v]))
+                    for v in (flag, f"{flag}_64") if any(r["dataset"] == v for r in rows)), default=0.0)
+        wins += best > ref
+    lines += ["", f"Datasets (of 5) where meddx beats the best published AUC, either size: **{wins}** (bar: 3)."]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(PATHS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's epochs")
+    ap.add_argument("--work", type=Path, default=HERE / ".ablation_runs")
+    args = ap.parse_args()
+    from meddx.evaluation.ablation import run_ablation
+    from meddx.training.run import machine, versions
+
+    out_json = HERE / "results" / "ablation.json"
+    results = json.loads(out_json.read_text())["datasets"] if out_json.exists() else {}
+    for name in args.datasets:
+        rel, task = PATHS[name]
+        epochs = max(1, int(round(EPOCHS[name] * args.scale)))
+        t0 = time.time()
+        res = run_ablation(str(DATA / rel), args.work / name, epochs=epochs, seeds=args.seeds, task=task,
+                           progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
+        for r in res["arms"]:
+            r.pop("runs", None)
+        res.update({"commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1)})
+        results[name] = res
+        write(results, args)
+
+
+def write(results: dict, args) -> None:
+    from meddx.training.run import machine, versions
+
+    mc = machine()
+    cls = {k: v for k, v in results.items() if v.get("task") != "segment"}
+    gain = {k: next(r for r in v["arms"] if r["arm"] == "full")["delta_accuracy"] for k, v in cls.items()}
+    mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
+    lines = ["# Ablation: what each optimisation is worth", "",
+             f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+             f"Machine: {mc['cpu']}, {mc['cores']} cores. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
+             "Every run is `meddx train` with the arm's plan and the dataset's number of epochs below (the same for "
+             "every arm; an ensemble's 5 members get a fifth each, so every arm does the same training work); seeds 0, 1, 2 on one fixed split (MedMNIST: the official split; BUSI: "
+             "seeded 70/10/20). Δ is against the baseline; p is a two-sided paired bootstrap over test cases "
+             "(2000 resamples; mean over seeds of the per-seed difference). Validation columns are shown so that "
+             "planner rules can be set from validation alone. Sensitivity: of class 1 for binary sets, macro "
+             "(= balanced ACC) otherwise.", "",
+             "## Bar 1: full plan against the plain baseline (test accuracy, at this ablation's epochs)", "",
+             "| dataset | epochs per run | baseline ACC | full plan ACC | gain (points) |", "|---|---|---|---|---|"]
+    for k, v in cls.items():
+        b = next(r for r in v["arms"] if r["arm"] == "baseline")
+        f = next(r for r in v["arms"] if r["arm"] == "full")
+        lines.append(f"| {k} | {v['epochs']} | {b['test_accuracy_mean']:.3f} | {f['test_accuracy_mean']:.3f} "
+                     f"| {100 * gain[k]:+.1f} |")
+    lines += ["", f"Mean gain over {len(gain)} classification datasets: **{100 * mean_gain:+.1f} points** (bar: +5.0)."
+              + (" Met." if mean_gain >= 0.05 else " Not met."), "",
+              "## Bar 2: full plan against the best published MedMNIST v2 AUC (any method)", ""] + auc_bar()
+    lines += ["", "## Which components help, which do nothing, which hurt", ""] + component_verdicts(results)
+    from meddx.evaluation.ablation import markdown_table
+
+    lines += ["", "## Per dataset", ""]
+    for k, v in results.items():
+        lines += [markdown_table(v), f"Commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "ablation.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / "ablation.json").write_text(json.dumps({"datasets": results, "mean_full_gain": mean_gain},
+                                                               indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Ensembles of classifiers (plan ``ensemble``): members trained one after another inside the
+run's time budget, each in ``RUN/members/<i>/`` with its own checkpoints (so ``--resume`` skips
+finished members and continues a killed one), then joined into one ``EnsembleModel``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddx.models.ensemble import EnsembleModel
+from meddx.planning.plan import EnsembleConfig, Plan
+from meddx.training.checkpoint import load_checkpoint
+from meddx.training.loop import FitResult
+
+
+def n_members(plan: Plan) -> int:
+    return plan.ensemble.members if plan.ensemble.kind != "none" else 1
+
+
+def member_plan(plan: Plan, i: int) -> Plan:
+    """Plan of member ``i``: its own seed (not for snapshots, which continue one trajectory), a share
+    of the time budget, no ensemble of its own."""
+    mp = plan.model_copy(deep=True)
+    k = n_members(plan)
+    if plan.ensemble.kind != "snapshot":
+        mp.seed = plan.seed + 1009 * i
+    if plan.train.time_budget_s:
+        mp.train.time_budget_s = plan.train.time_budget_s / k
+    mp.ensemble = EnsembleConfig()
+    return mp
+
+
+def kfold_train_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Training indices of each member for ``kfold``: all but one stratified fold of the training split."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    idx = np.arange(len(y))
+    counts = np.bincount(y)
+    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts[counts > 0].min() >= k
+                else KFold(k, shuffle=True, random_state=seed))
+    return [tr for tr, _ in splitter.split(idx, y)]
+
+
+def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fold_labels: np.ndarray, *,
+                resume: bool, post=None, log=print) -> tuple[EnsembleModel, FitResult]:
+    """Train each member and return the ensemble (members at their best-validation weights).
+
+    ``make_model(member_plan)`` builds a fresh member and ``make_trainer(member_plan, model, dir)`` its
+    trainer; ``fit_member(trainer, train_indices_or_None, resume) -> FitResult`` trains it (on the
+    training cases at those indices for ``kfold``, else on all of them); ``fold_labels`` are the
+    training cases' labels the k folds are stratified by; ``post(model, member_plan) -> model``
+    (optional) runs on each trained member (e.g. the PCA head).
+    """
+    from meddx.training.engine import seed_everything
+
+    k = n_members(plan)
+    kind = plan.ensemble.kind
+    folds = kfold_train_indices(np.asarray(fold_labels), k, plan.seed) if kind == "kfold" else None
+    members, results = [], []
+    prev_final = None
+    for i in range(k):
+        mp = member_plan(plan, i)
+        mdir = out / "members" / str(i)
+        seed_everything(mp.seed)
+        model = make_model(mp)
+        started = (mdir / "checkpoints" / "last.pt").exists()
+        if kind == "snapshot" and prev_final is not None and not started:
+            model.load_state_dict(prev_final)  # warm restart from the previous cycle's final weights
+        idx = None if folds is None else folds[i]
+        n = len(fold_labels) if idx is None else len(idx)
+        log(f"member {i + 1}/{k} ({kind}): {n} training cases, {mp.train.epochs} epochs")
+        trainer = make_trainer(mp, model, mdir)
+        res = fit_member(trainer, idx, resume and started)
+        if kind == "snapshot":
+            prev_final = load_checkpoint(mdir / "checkpoints" / "last.pt")["model"]
+        model = post(trainer.model, mp) if post else trainer.model
+        members.append(model)
+        results.append(res)
+    history = []
+    for i, r in enumerate(results):
+        for rec in r.history:
+            history.append({**rec, "member": i, "epoch": len(history) + 1})
+    fit = FitResult(best_epoch=results[-1].best_epoch, best_metric=float(np.mean([r.best_metric for r in results])),
+                    epochs_run=sum(r.epochs_run for r in results), epochs_planned=sum(r.epochs_planned for r in results),
+                    train_seconds=float(sum(r.train_seconds for r in results)), history=history,
+                    stopped_by=",".join(sorted({r.stopped_by for r in results})))
+    return EnsembleModel(members), fit

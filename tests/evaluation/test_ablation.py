@@ -1,0 +1,99 @@
+"""``meddx ablate``: the arms it builds and an end-to-end run on phantoms."""
+
+import json
+
+import pytest
+
+from meddx.evaluation.ablation import COMPONENTS, arms, baseline_overrides, run_ablation
+from meddx.planning.planner import apply_overrides
+from meddx_testutils import make_plan_for
+
+
+def test_baseline_strips_every_component_and_each_arm_adds_one():
+    full = make_plan_for()
+    full.augment.rotate_deg = 10
+    full.ensemble.kind, full.ensemble.members = "seeds", 3
+    full.model.params = {"dropout": 0.1, "attention": "se"}
+    base = apply_overrides(full, baseline_overrides(full))
+    assert not base.augment.rotate_deg and base.ensemble.kind == "none"
+    assert base.model.params == {"dropout": 0.1} and base.train.loss == "ce" and base.train.sampler == "none"
+    names = [a for a, _ in arms(full)]
+    assert names[0] == "baseline" and names[-1] == "full"
+    assert "+ focal_loss" in names and "+ tta" not in names  # tta is 3D only
+    # "full - X" only for what the full plan has
+    assert {"full - augmentation", "full - ensemble", "full - attention"} <= set(names)
+    assert "full - focal_loss" not in names
+    for name, ov in arms(full):
+        p = apply_overrides(full, ov)  # every arm is a valid plan
+        if name == "+ focal_loss":
+            assert p.train.loss == "focal" and not p.augment.rotate_deg
+        if name == "full - ensemble":
+            assert p.ensemble.kind == "none" and p.augment.rotate_deg == 10
+    full3 = make_plan_for(spatial_dims=3)
+    assert "+ tta" in [a for a, _ in arms(full3)]
+    assert set(COMPONENTS) >= {"augmentation", "balanced_sampling", "focal_loss", "mixup_cutmix", "ensemble"}
+
+
+def test_unknown_component_is_refused():
+    from meddx.errors import MeddxError
+
+    with pytest.raises(MeddxError, match="unknown ablation component"):
+        arms(make_plan_for(), ["augmentation", "magic"])
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_on_phantoms(tmp_path):
+    res = run_ablation("synthetic:phantoms:120", tmp_path / "abl", epochs=5, seeds=[0, 1],
+                       components=["augmentation", "focal_loss", "ensemble"], progress=False, log=lambda *a: None)
+    arm_names = [r["arm"] for r in res["arms"]]
+    assert arm_names[0] == "baseline" and arm_names[-1] == "full" and "+ focal_loss" in arm_names
+    for r in res["arms"]:
+        assert 0 <= r["test_accuracy_mean"] <= 1 and len(r["runs"]) == 2
+        if r["arm"] != "baseline":
+            assert 0 < r["p_accuracy"] <= 1 and 0 < r["p_auc"] <= 1
+    assert (tmp_path / "abl" / "ablation.md").read_text().count("|") > 20
+    assert (tmp_path / "abl" / "ablation.png").stat().st_size > 1000
+    # an interrupted ablation continues: finished runs are reused, not retrained
+    stamp = (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime
+    run_ablation("synthetic:phantoms:120", tmp_path / "abl", epochs=5, seeds=[0, 1],
+                 components=["augmentation", "focal_loss", "ensemble"], progress=False, log=lambda *a: None)
+    assert (tmp_path / "abl" / "baseline" / "seed0" / "metrics.json").stat().st_mtime == stamp
+    saved = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert saved["epochs"] == 5 and saved["budget_s"] is None and saved["seeds"] == [0, 1]
+    # epoch mode: the ensemble's 5 members share the 5 epochs (1 each), so every arm does equal work
+    ens = next(r for r in saved["arms"] if r["arm"] == "+ ensemble")
+    assert ens["overrides"]["train.epochs"] == 1 and ens["overrides"]["ensemble.members"] == 5
+
+
+@pytest.mark.slow
+def test_segmentation_ablation_reports_dice(tmp_path):
+    from meddx_testutils import write_seg_pairs
+
+    root = write_seg_pairs(tmp_path / "seg", n=20, size=32)
+    res = run_ablation(str(root), tmp_path / "abl", budget_s=3, seeds=[0], components=["dice_ce_loss", "tta"],
+                       task="segment", progress=False, log=lambda *a: None)
+    names = [r["arm"] for r in res["arms"]]
+    assert names == ["baseline", "+ dice_ce_loss", "+ tta", "full - dice_ce_loss", "full"]
+    for r in res["arms"]:
+        assert 0 <= r["test_dice_mean"] <= 1
+    assert "test Dice" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_changed_arm_definition_invalidates_its_runs(tmp_path, monkeypatch):
+    import meddx.evaluation.ablation as ab
+
+    calls = []
+
+    def fake_train_run(dataset, rdir, overrides, **kw):
+        calls.append(str(rdir))
+        raise RuntimeError("stop")  # only the bookkeeping before training is under test
+
+    monkeypatch.setattr("meddx.training.run.train_run", fake_train_run)
+    out = tmp_path / "abl"
+    (out / "baseline" / "seed0").mkdir(parents=True)
+    (out / "baseline" / "seed0" / "metrics.json").write_text("{}")
+    (out / "baseline" / "arm.json").write_text('{"old": "definition"}')
+    with pytest.raises(RuntimeError):
+        ab.run_ablation("synthetic:phantoms:60", out, epochs=1, seeds=[0], components=["augmentation"],
+                        progress=False, log=lambda *a: None)
+    assert calls and calls[0].endswith("baseline/seed0")  # the stale finished run was thrown away and retrained

@@ -1,0 +1,69 @@
+"""The planner's rules on fingerprints of the real datasets (../shared/data)."""
+
+import pytest
+
+from meddx.data.fingerprint import compute_fingerprint
+from meddx.data.segsources import open_seg_dataset
+from meddx.data.sources import open_dataset
+from meddx.planning.planner import make_plan, make_seg_plan
+
+pytestmark = pytest.mark.slow
+
+
+def _fp(path):
+    cs = open_dataset(str(path))
+    return compute_fingerprint(cs), cs
+
+
+def _rules(plan):
+    return {d.rule.split()[0]: d for d in plan.decisions}
+
+
+def test_medmnist_2d_rules(real_data):
+    mm = real_data / "medmnist"
+    fp, _ = _fp(mm / "pneumoniamnist.npz")
+    p = make_plan(fp, source="x", cuda=False, time_budget_s=120)
+    r = _rules(p)
+    assert p.data.input_size == [28, 28] and p.data.channels == 1 and p.data.intensity == "scale255"
+    assert p.train.batch_size == 128  # >= 2000 training cases
+    assert p.train.sampler == "none" and r["R12"].reads["imbalance_ratio"] == pytest.approx(2.699, abs=0.01)
+    assert p.ensemble.kind == "none" and p.choices == [] and p.train.head == "deep"
+    assert r["R6"].reads["estimated_gb"] < 1.0
+
+    fp, _ = _fp(mm / "retinamnist.npz")
+    p = make_plan(fp, source="x", cuda=False)
+    assert p.data.channels == 3 and p.train.batch_size == 64  # RGB, under 2000 training cases
+    assert fp["imbalance_ratio"] > 7 and p.train.sampler == "none"  # below the sampler threshold (10)
+
+    fp, _ = _fp(mm / "breastmnist.npz")
+    short = make_plan(fp, source="x", cuda=False, time_budget_s=150)
+    long = make_plan(fp, source="x", cuda=False, time_budget_s=3600)
+    assert short.ensemble.kind == "none" and short.choices == []
+    assert long.ensemble.kind == "seeds" and long.ensemble.members == 3  # R14: small set, generous budget
+    assert [c.name for c in long.choices] == ["model_structure"]      # R17: empirical choice from 10 min
+    tight = make_plan(fp, source="x", cuda=False, memory_budget_gb=0.05)
+    assert 2 <= tight.train.batch_size < 64  # R6 halves the batch to fit the memory budget
+
+
+def test_medmnist_3d_rules(real_data):
+    fp, _ = _fp(real_data / "medmnist" / "adrenalmnist3d.npz")
+    p = make_plan(fp, source="x", cuda=False, time_budget_s=150)
+    assert p.data.spatial_dims == 3 and p.data.input_size == [28, 28, 28]
+    assert p.train.batch_size == 16 and p.augment.flip_axes == [0, 1, 2]
+    fp64, _ = _fp(real_data / "medmnist" / "adrenalmnist3d_64.npz")
+    assert make_plan(fp64, source="x", cuda=False).data.input_size == [32, 32, 32]  # CPU cap
+    assert make_plan(fp64, source="x", cuda=True).data.input_size == [64, 64, 64]
+
+
+def test_segmentation_rules_hippocampus_and_busi(real_data):
+    cs = open_seg_dataset(str(real_data / "seg" / "msd_hippocampus_udacity"))
+    fp = compute_fingerprint(cs)
+    p = make_seg_plan(fp, source="x", cuda=False, time_budget_s=1200)
+    assert p.segment.patch_size == [40, 56, 40] and p.model.name == "unet" and p.train.batch_size == 4
+    assert p.segment.label_values == [0, 1, 2]
+    # S7: mirror only along the left-right axis, found from the NIfTI orientation
+    assert len(p.augment.flip_axes) == 1 and fp["axcodes"][p.augment.flip_axes[0]] in ("L", "R")
+    assert p.train.time_budget_s == 1200
+    small = make_seg_plan(fp, source="x", cuda=False, memory_budget_gb=0.03)
+    assert small.train.batch_size == 2 and small.segment.patch_size != [40, 56, 40]  # patch shrunk to fit
+    assert make_seg_plan(fp, source="x", cuda=True).model.name == "dynunet"
