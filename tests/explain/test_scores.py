@@ -11,10 +11,11 @@ from meddx.explain.scores import auc, deletion_insertion, energy_inside, pointin
 
 
 def _region_model(region):
-    """p(class 1) = sigmoid(mean of the pixels in ``region`` scaled), so only that region matters."""
+    """p(class 1) = sigmoid(8 (mean of the pixels in ``region`` - 1.5)): only that region matters, and only
+    its sharp, full-strength signal (a blurred copy scores low)."""
 
     def predict(x):
-        s = x[:, 0][(slice(None), *region)].flatten(1).mean(1) * 4.0
+        s = (x[:, 0][(slice(None), *region)].flatten(1).mean(1) - 1.5) * 8.0
         p1 = torch.sigmoid(s)
         return torch.stack([1 - p1, p1], 1)
 
