@@ -307,7 +307,7 @@ def _mask_png(mask: np.ndarray) -> bytes:
     for c in range(1, int(mask.max(initial=0)) + 1):
         rgba[mask == c] = (*colours[(c - 1) % 10][:3], 0.5)
     buf = io.BytesIO()
-    Image.fromarray((rgba * 255).astype(np.uint8), mode="RGBA").save(buf, format="PNG")
+    Image.fromarray((rgba * 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -141,7 +141,7 @@ def heatmap_rgba_png(heatmap: np.ndarray) -> bytes:
     rgba = colormaps["jet"](np.clip(h, 0, 1))
     rgba[..., 3] = np.clip(0.25 + 0.75 * h, 0, 1)
     buf = io.BytesIO()
-    Image.fromarray((rgba * 255).astype(np.uint8), mode="RGBA").save(buf, format="PNG")
+    Image.fromarray((rgba * 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
