@@ -85,6 +85,17 @@ def dicom_window_presets(path: Path) -> tuple[list[dict], str | None]:
     return out, (str(modality)[:16] if modality else None)
 
 
+def finite(obj):
+    """JSON-safe copy: NaN and infinities become None (JSON has no NaN; undefined metrics are null)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 class ResultStore:
     """The artefacts of the last ``size`` predictions, in memory (thread-safe LRU)."""
 
@@ -138,7 +149,7 @@ class ModelService:
         ckpt = self.run_dir / "checkpoints" / "best.pt"
         digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]
         self.version = f"{self.run_dir.name}@{digest}"
-        self.card = self._model_card()
+        self.card = finite(self._model_card())
 
     def _json(self, name: str) -> dict:
         p = self.run_dir / name
@@ -440,7 +451,7 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
                        "heatmap": f"{base}/heatmap.png" if item["heatmap"] is not None else None,
                        "mask": f"{base}/mask.png" if item["mask"] is not None else None}
         out["heatmap_url"], out["overlay_url"] = out["urls"]["heatmap"], out["urls"]["overlay"]
-        return out
+        return finite(out)
 
     @app.get("/v1/results/{rid}/{what}", summary="Artefacts of a recent prediction",
              dependencies=[Depends(require_key)])
