@@ -16,7 +16,7 @@ def seg_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def live_server(busi):
+def live_server(busi, tmp_path_factory):
     """``meddx serve`` on 127.0.0.1 on a free port (real uvicorn), stopped at the end of the session."""
     import os
     import subprocess
@@ -27,14 +27,16 @@ def live_server(busi):
 
     port = free_port()
     env = dict(os.environ, MEDDX_API_KEY=API_KEY)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    fh = open(log, "wb")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, "-m", "meddx.cli", "serve", str(busi), "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError("meddx serve exited: " + proc.stdout.read().decode(errors="replace"))
+                raise RuntimeError("meddx serve exited: " + log.read_text(errors="replace")[-2000:])
             try:
                 if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
                     break
@@ -51,3 +53,4 @@ def live_server(busi):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        fh.close()
