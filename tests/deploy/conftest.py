@@ -33,7 +33,7 @@ def live_server(busi, tmp_path_factory):
                              "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while True:
             if proc.poll() is not None:
                 raise RuntimeError("meddx serve exited: " + log.read_text(errors="replace")[-2000:])
@@ -43,7 +43,7 @@ def live_server(busi, tmp_path_factory):
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError("meddx serve did not come up within 120 s")
+                raise RuntimeError("meddx serve did not come up within 600 s")
             time.sleep(0.3)
         yield url
     finally:

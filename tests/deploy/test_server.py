@@ -195,10 +195,10 @@ def test_live_uvicorn_server(live_server):
 
     assert httpx.get(live_server + "/v1/health").json()["status"] == "ok"
     img = busi_image()
-    r = httpx.post(live_server + "/v1/predict", files={"file": (img.name, img.read_bytes())}, timeout=120)
+    r = httpx.post(live_server + "/v1/predict", files={"file": (img.name, img.read_bytes())}, timeout=600)
     assert r.status_code == 401
     r = httpx.post(live_server + "/v1/predict", files={"file": (img.name, img.read_bytes())}, headers=KEY,
-                   timeout=120)
+                   timeout=600)
     assert r.status_code == 200 and r.json()["label"] in ("benign", "malignant", "normal")
 
 
@@ -209,5 +209,5 @@ def test_serve_without_key_is_a_one_line_error(busi):
 
     env = {k: v for k, v in os.environ.items() if k != "MEDDX_API_KEY"}
     r = subprocess.run([sys.executable, "-m", "meddx.cli", "serve", str(busi)], env=env, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=600)
     assert r.returncode == 2 and "no API key" in r.stderr and "Traceback" not in r.stderr
