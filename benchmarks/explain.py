@@ -206,7 +206,11 @@ def run_dataset(name: str, td: Path, scale: float) -> dict:
         for r in rows:
             r["fold"] = k
         all_rows += rows
-        fold_info.append({"fold": k, "n_test": len(fold["test"]), "n_lesion": sum(c["lesion"] for c in fold["test"]),
+        from meddx.planning.plan import Plan
+
+        pl = Plan.load(run / "plan.yaml")
+        fold_info.append({"fold": k, "model": pl.model.name, "params": pl.model.params,
+                          "input_size": pl.data.input_size, "n_test": len(fold["test"]), "n_lesion": sum(c["lesion"] for c in fold["test"]),
                           "train_s": m["training"]["train_seconds"], "epochs": m["training"]["epochs_run"],
                           "accuracy": ov["accuracy"]["value"],
                           "auc": (ov.get("auc") or ov.get("auc_macro") or {}).get("value"),
@@ -246,7 +250,8 @@ def render(results: dict) -> str:
         info = r["info"]
         lines += [f"## {name.upper()}", "",
                   f"Command: `{info['command']}` ({info['date']}, commit {info['commit']}; {info['machine']}); "
-                  f"training budget {r['budget_s']:.0f} s per fold (meddx default plan: small_cnn, 128 px); "
+                  f"training budget {r['budget_s']:.0f} s per fold (meddx default plan: "
+                  f"{r['folds'][0]['model']} {r['folds'][0]['params'] or ''}, input {r['folds'][0]['input_size']}); "
                   f"the whole dataset took {info['wall_s']:.0f} s wall clock.", "", DESC[name], "",
                   f"Classifier accuracy pooled over folds: {_f(r['pooled_accuracy'])} on {r['n_images']} test "
                   f"images ({r['n_lesion_images']} with a lesion). Weak classifiers give weak explanations: read "
