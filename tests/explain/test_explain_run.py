@@ -83,3 +83,9 @@ def test_volume_heatmap_is_written_in_the_input_geometry(tmp_path):
     back = nib.load(str(out))
     assert back.shape == (20, 24, 18) and np.allclose(back.affine, affine, atol=1e-5)
     assert np.allclose(np.asarray(back.dataobj), e.heatmap, atol=1e-6)
+
+
+@pytest.mark.parametrize("cmd", ["explain", "serve"])
+def test_help(cmd):
+    r = meddx(cmd, "--help")
+    assert r.returncode == 0 and "Usage" in r.stdout and ("--method" in r.stdout or "--api-key" in r.stdout)
