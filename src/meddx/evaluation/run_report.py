@@ -92,8 +92,8 @@ def triage(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np
         "score": "1 - max calibrated probability" if used == "confidence"
         else "variance of the class probabilities over the passes, summed over classes",
         "refer_fraction": ev.refer_fraction, "threshold": thr,
-        "rule": "refer to an expert when the score is above the threshold (the 1 - refer_fraction quantile of "
-                "the validation scores; the test split never influenced it)",
+        "rule": "refer to an expert when the score is above the threshold (chosen so that the refer_fraction "
+                "most uncertain validation cases lie above it; the test split never influenced it)",
         "temperature": temperature,
         "val": U.triage_summary(y_val, pv, s_val, thr) if len(y_val) else {"n": 0},
         "test": U.triage_summary(y_test, pt, s_test, thr),
@@ -245,8 +245,8 @@ def calibration_triage_notes(cal: dict, tri: dict) -> list[str]:
                                  if tri.get("fallback_reason") else "")
     ak = t.get("accuracy_kept")
     notes.append(f"Triage operating point: refer to an expert when the {used} uncertainty score is above "
-                 f"{thr:.4g}, the {1 - tri['refer_fraction']:.2f} quantile of validation scores (refer_fraction "
-                 f"{tri['refer_fraction']}). On test it refers {t.get('referred', 0)} of {t.get('n', 0)} cases "
+                 f"{thr:.4g}, chosen so that the {tri['refer_fraction']:.0%} most uncertain validation cases lie "
+                 f"above it. On test it refers {t.get('referred', 0)} of {t.get('n', 0)} cases "
                  f"({t.get('referred_fraction', 0):.1%}); accuracy on the kept cases "
                  f"{'n/a' if ak is None else f'{ak:.3f}'} against {t.get('accuracy_all', float('nan')):.3f} on all.")
     return notes

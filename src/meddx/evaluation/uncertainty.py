@@ -14,9 +14,9 @@ Scores (per case; larger = less sure):
   also reported beside the chosen score as the baseline every sampled score must beat.
 
 The variance is summed over classes (the trace of the covariance of the probability
-vector). The refer rule: a case goes to an expert when its score is above a threshold;
-the threshold is the ``1 - refer_fraction`` quantile of the *validation* scores, so the
-test split never influences it. Accuracy against coverage shows how accurate meddx is
+vector). The refer rule: a case goes to an expert when its score is above a threshold
+chosen on the *validation* scores (the ``refer_fraction`` most uncertain lie above it), so
+the test split never influences it. Accuracy against coverage shows how accurate meddx is
 on the cases it keeps, for every fraction it refers. Written here: MONAI has no
 uncertainty-for-classification utilities.
 """
@@ -141,7 +141,12 @@ def accuracy_coverage(y: np.ndarray, proba: np.ndarray, score: np.ndarray,
 
 
 def refer_threshold(val_scores: np.ndarray, refer_fraction: float) -> float | None:
-    """Score above which a case is referred: the ``1 - refer_fraction`` quantile of validation scores."""
+    """Score above which a case is referred, chosen on validation.
+
+    With ``k = floor(refer_fraction * n_val)``, the threshold is the (k+1)-th largest validation score, so
+    exactly the ``k`` most uncertain validation cases lie above it (fewer with ties): the rule never refers
+    more than asked on the data it was chosen on. ``None`` without validation scores.
+    """
     v = np.asarray(val_scores, float)
     if not 0.0 <= float(refer_fraction) < 1.0:
         raise MeddxError(f"refer_fraction must be in [0, 1), got {refer_fraction}",
@@ -150,7 +155,8 @@ def refer_threshold(val_scores: np.ndarray, refer_fraction: float) -> float | No
         return None
     if refer_fraction == 0:
         return float(np.inf)
-    return float(np.quantile(v, 1.0 - float(refer_fraction), method="higher"))
+    k = int(np.floor(float(refer_fraction) * v.size + 1e-9))
+    return float(np.sort(v)[::-1][min(k, v.size - 1)])
 
 
 def refer(score: np.ndarray | float, threshold: float | None) -> np.ndarray:
