@@ -19,7 +19,6 @@ none, the window presets are read from four named tags only, and the log line ho
 the request id, status, size and latency.
 """
 
-from __future__ import annotations
 
 import contextlib
 import hashlib
