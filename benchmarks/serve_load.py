@@ -170,7 +170,8 @@ def main() -> None:
             b = next(r for r in rows if r["clients"] == c and r["explain"])
             cost[str(c)] = a["throughput_rps"] / b["throughput_rps"] if b["throughput_rps"] else None
         res = {"rows": rows, "explain_cost": cost, "info": {
-            "command": "python benchmarks/serve_load.py" + (f" --run {args.run}" if args.run else ""),
+            "command": "python benchmarks/serve_load.py" + (f" --run {args.run}" if args.run else "")
+                       + (f" --seconds {args.seconds:g}" if args.seconds != 20.0 else ""),
             "date": _dt.date.today().isoformat(), "commit": git_commit(),
             "machine": f"{mach['cpu']}, {mach['cores']} cores", "server_threads": torch.get_num_threads(),
             "seconds": args.seconds,
