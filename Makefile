@@ -20,7 +20,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/meddx demo
 
-test: $(STAMP)
+# The viewer's browser test drives Debian's Chromium (Playwright uses it; it downloads no browser).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then apt-get install -y -q chromium || (apt-get update -q && \
+		apt-get install -y -q chromium); else echo "no apt-get: install Chromium at $(CHROMIUM) for the viewer test"; fi
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -475,6 +475,49 @@ def bench(target: Path = typer.Argument(..., help="Run directory (torch fp32 eag
         write_json(Path(json_out), r)
 
 
+# -- explanations and serving (issue 5) -------------------------------------------------
+@app.command()
+def explain(run: Path = typer.Argument(..., help="Run directory written by `meddx train` (classifier or segmenter)."),
+            target: Path = typer.Argument(..., help="An image, DICOM file or series folder, NIfTI, or a folder."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default "
+                                               "RUN/explanations)."),
+            method: str = typer.Option("gradcam", "--method", "-m", help="gradcam | gradcampp | occlusion "
+                                       "(classifiers) | all; segmenters: class-region gradcam | gradcampp."),
+            class_name: Optional[str] = typer.Option(None, "--class", help="Class to explain (default: the "
+                                                     "predicted class; segmenters: the largest predicted region)."),
+            no_progress: bool = typer.Option(False, "--no-progress")):
+    """Write where the model looked: a heatmap overlay PNG per input (and a NIfTI heatmap in the input's
+    geometry for volumes)."""
+    from meddx.explain.run_explain import explain_paths
+
+    rows = explain_paths(run, target, out, method=method, class_name=class_name,
+                         progress=_progress_enabled(no_progress))
+    for r in rows:
+        extra = f", heatmap {r['heatmap_nifti']}" if r["heatmap_nifti"] else ""
+        console.print(f"{Path(r['file']).name}: {r['method']} for '{r['class']}' -> {r['overlay']}{extra}",
+                      markup=False, highlight=False)
+
+
+@app.command()
+def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifier or segmenter)."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+          port: int = typer.Option(8000, "--port", help="Port to listen on."),
+          api_key: Optional[str] = typer.Option(None, "--api-key", help="Key clients must send in X-API-Key "
+                                                "(default: $MEDDX_API_KEY; one of them is required)."),
+          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Larger uploads get HTTP 413."),
+          max_megapixels: float = typer.Option(64.0, "--max-megapixels",
+                                               help="Images decoding to more pixels x channels get HTTP 413."),
+          explain_method: str = typer.Option("gradcam", "--explain-method",
+                                             help="Heatmap method: gradcam | gradcampp | occlusion.")):
+    """Serve the run over HTTP: the diagnosis API under /v1 (OpenAPI at /openapi.json) and the web viewer at /."""
+    from meddx.deploy.server import serve as run_server
+
+    err_console.print(f"meddx serving {run} on http://{host}:{port}/ (API under /v1; Ctrl-C stops)",
+                      markup=False, highlight=False)
+    run_server(run, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 2**20),
+               max_pixels=int(max_megapixels * 2**20), explain_method=explain_method)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

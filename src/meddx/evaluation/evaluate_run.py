@@ -16,7 +16,7 @@ from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run
 
 
-def _proba(cs, cases, plan, model, progress: bool) -> np.ndarray:
+def _proba(cs, cases, plan, model, progress: bool) -> tuple[np.ndarray, torch.Tensor]:
     spec = PreprocessSpec.from_plan(plan.data)
     cb, stop = progress_callback(progress, len(cases), "preprocessing")
     try:
@@ -24,7 +24,8 @@ def _proba(cs, cases, plan, model, progress: bool) -> np.ndarray:
     finally:
         stop()
     with torch.no_grad():
-        return predict_proba(model, x, plan.train.eval_batch_size, torch.device("cpu"), plan.evaluate.tta_flip_axes)
+        return predict_proba(model, x, plan.train.eval_batch_size, torch.device("cpu"),
+                             plan.evaluate.tta_flip_axes), x
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: bool = True) -> Path:
@@ -67,11 +68,15 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     if not (run_dir / "thresholds.json").exists():
         raise RunError("the run has no thresholds.json (it did not finish)", path=run_dir,
                        fix="resume the run with `meddx train --resume --out RUN`")
-    p_test = _proba(cs, test, plan, model, progress)
+    p_test, x_test = _proba(cs, test, plan, model, progress)
     y_test = cs.labels(test)
     p_val = np.zeros((0, len(names)))
+    from meddx.evaluation.uncertainty import load_ensemble
+
+    members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(run_dir.parent))]
     evaluate_run_outputs(run_dir, plan, cs, {"val": val, "test": test}, p_val, np.zeros(0, dtype=np.int64),
-                         p_test, y_test, fit=None, out_dir=sub, title_suffix=" (re-evaluation)")
+                         p_test, y_test, fit=None, out_dir=sub, title_suffix=" (re-evaluation)",
+                         uncertainty_inputs=(members, x_test[:0], x_test))
     return sub
 
 

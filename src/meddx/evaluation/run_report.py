@@ -53,6 +53,57 @@ def calibration(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_tes
     return cal
 
 
+def triage(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
+           temperature: float, refit: bool, inputs=None) -> dict[str, Any]:
+    """The refer-to-expert rule (``triage.json``) and accuracy against coverage on the test split.
+
+    A new training run chooses the threshold on validation; re-evaluating an existing run keeps it.
+    ``inputs`` = ``(models, x_val, x_test)`` enables the sampled scores (TTA, MC dropout, ensemble);
+    without them, or when the plan's method cannot score this model, the score is ``1 - max p``
+    (calibrated), and the file says why.
+    """
+    from meddx.evaluation import uncertainty as U
+    from meddx.training.run import write_json
+
+    ev = plan.evaluate
+    pv, pt = apply_temperature(p_val, temperature) if len(p_val) else p_val, apply_temperature(p_test, temperature)
+    conf_val, conf_test = U.confidence_score(pv) if len(pv) else np.zeros(0), U.confidence_score(pt)
+    if inputs is not None:
+        models, x_val, x_test = inputs
+        s_test, used, why = U.uncertainty_scores(plan, models, x_test, pt)
+        s_val = U.uncertainty_scores(plan, models, x_val, pv)[0] if len(p_val) else np.zeros(0)
+    else:
+        s_val, s_test, used, why = conf_val, conf_test, "confidence", (
+            None if ev.uncertainty == "confidence" else "no model inputs were given to score")
+    path = run_dir / "triage.json"
+    old = json.loads(path.read_text()) if path.exists() and not refit else None
+    if old is not None and old.get("method_used") == used:
+        thr = old.get("threshold")
+    else:
+        thr = U.refer_threshold(s_val, ev.refer_fraction)
+    thr = None if thr is None else float(thr)
+    curves = {used: U.accuracy_coverage(y_test, pt, s_test)}
+    if used != "confidence":
+        curves["confidence"] = U.accuracy_coverage(y_test, pt, conf_test)
+    out = {
+        "method": ev.uncertainty, "method_used": used, "fallback_reason": why,
+        "samples": ev.uncertainty_samples if used in ("tta", "mc_dropout") else None,
+        "ensemble_size": len(inputs[0]) if inputs is not None and used == "ensemble" else None,
+        "score": "1 - max calibrated probability" if used == "confidence"
+        else "variance of the class probabilities over the passes, summed over classes",
+        "refer_fraction": ev.refer_fraction, "threshold": thr,
+        "rule": "refer to an expert when the score is above the threshold (chosen so that the refer_fraction "
+                "most uncertain validation cases lie above it; the test split never influenced it)",
+        "temperature": temperature,
+        "val": U.triage_summary(y_val, pv, s_val, thr) if len(y_val) else {"n": 0},
+        "test": U.triage_summary(y_test, pt, s_test, thr),
+        "accuracy_coverage_test": curves,
+    }
+    if refit:
+        write_json(path, out)
+    return out
+
+
 def metric_sets(plan, y: np.ndarray, p: np.ndarray, threshold: dict) -> dict[str, dict]:
     names = list(plan.data.class_names)
     ev = plan.evaluate
@@ -82,8 +133,11 @@ def write_predictions(path: Path, rows: list[tuple[str, str, int | None, np.ndar
 
 def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray, y_val: np.ndarray,
                          p_test: np.ndarray, y_test: np.ndarray, *, fit=None, out_dir: Path | None = None,
-                         title_suffix: str = "") -> dict:
-    """Write thresholds.json, predictions.csv, plots, metrics.json, report.html and model_card.md.
+                         title_suffix: str = "", uncertainty_inputs=None) -> dict:
+    """Write thresholds.json, calibration.json, triage.json, predictions.csv, plots, metrics.json, report.html
+    and model_card.md.
+
+    ``uncertainty_inputs`` = ``(models, x_val, x_test)`` lets triage use the plan's sampled uncertainty score.
 
     ``metrics.json`` and ``report.html`` come last, so their presence means the run finished.
     """
@@ -99,6 +153,8 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     else:
         thr = json.loads(thr_path.read_text())
     cal = calibration(run_dir, plan, y_val, p_val, y_test, p_test, refit=fit is not None)
+    tri = triage(run_dir, plan, y_val, p_val, y_test, p_test, cal["temperature"], refit=fit is not None,
+                 inputs=uncertainty_inputs)
     sets = metric_sets(plan, y_test, p_test, thr)
     rows = [(c.case_id, "val", int(c.label), p) for c, p in zip(parts.get("val", []), p_val)] if fit else []
     rows += [(c.case_id, c.split or "test", c.label, p) for c, p in zip(parts["test"], p_test)]
@@ -110,8 +166,16 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         fname = "confusion.png" if i == 0 else "confusion_threshold.png"
         plots[f"Confusion matrix, {label}"] = plot_confusion(np.array(m["confusion_matrix"]), names,
                                                              title=label, path=out_dir / fname)
-    plots["Reliability diagram (test)"] = plot_reliability(y_test, p_test, n_bins=plan.evaluate.ece_bins,
-                                                           path=out_dir / "reliability.png")
+    plots["Reliability diagram (test, before temperature scaling)"] = plot_reliability(
+        y_test, p_test, n_bins=plan.evaluate.ece_bins, path=out_dir / "reliability.png")
+    plots[f"Reliability diagram (test, after temperature scaling, T={cal['temperature']:.3f})"] = plot_reliability(
+        y_test, apply_temperature(p_test, cal["temperature"]), n_bins=plan.evaluate.ece_bins,
+        path=out_dir / "reliability_calibrated.png")
+    from meddx.evaluation.uncertainty import plot_accuracy_coverage
+
+    op_cov = 1.0 - tri["test"]["referred_fraction"] if tri["test"].get("n") else None
+    plots["Accuracy against coverage (test)"] = plot_accuracy_coverage(
+        tri["accuracy_coverage_test"], op_cov, path=out_dir / "accuracy_coverage.png")
     if fit is not None and fit.history:
         plots["Training curves"] = plot_training_curves(fit.history, path=out_dir / "training_curves.png")
 
@@ -121,6 +185,7 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         "operating_points": sets, "threshold": thr,
         "ece_test": float(expected_calibration_error(y_test, p_test, n_bins=plan.evaluate.ece_bins)),
         "calibration": cal,
+        "triage": tri,
     }
     if val_metrics is not None:
         metrics["validation"] = {"auc": val_metrics["overall"].get("auc_macro"),
@@ -154,6 +219,7 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
                      f"{thr['val_specificity']:.3f}); the test split never influenced it.")
     else:
         notes.append(f"Operating point: argmax ({thr.get('why', '')}).")
+    notes += calibration_triage_notes(cal, tri)
     write_json(out_dir / "metrics.json", metrics)
     notes.append(f"Calibration: temperature {cal['temperature']:.3f} fitted on validation "
                  f"(test ECE {cal.get('ece_test_before', float('nan')):.3f} before, "
@@ -161,9 +227,49 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
                  "above use the uncalibrated probabilities (temperature scaling does not move argmax or AUC).")
     write_report(out_dir / "report.html", title=f"meddx report: {cs.name}{title_suffix}", summary=summary,
                  metrics=sets, plots=plots, notes=notes,
-                 tables={"Plan decisions (rule, kind, what it read)": decision_rows(plan)})
+                 tables={"Plan decisions (rule, kind, what it read)": decision_rows(plan),
+                         **calibration_triage_tables(cal, tri)})
     write_model_card(out_dir / "model_card.md", plan, cs, sets, summary)
     return metrics
+
+
+def calibration_triage_notes(cal: dict, tri: dict) -> list[str]:
+    """Report notes: how the temperature was fitted and what the refer rule does."""
+    notes = ["The served 'calibrated confidence' (meddx serve) is the top probability after temperature scaling."]
+    t = tri.get("test") or {}
+    thr = tri.get("threshold")
+    if thr is None:
+        notes.append("Triage: no refer threshold (no validation cases to choose it on).")
+        return notes
+    used = tri["method_used"] + (f" (asked for {tri['method']}: {tri['fallback_reason']})"
+                                 if tri.get("fallback_reason") else "")
+    ak = t.get("accuracy_kept")
+    notes.append(f"Triage operating point: refer to an expert when the {used} uncertainty score is above "
+                 f"{thr:.4g}, chosen so that the {tri['refer_fraction']:.0%} most uncertain validation cases lie "
+                 f"above it. On test it refers {t.get('referred', 0)} of {t.get('n', 0)} cases "
+                 f"({t.get('referred_fraction', 0):.1%}); accuracy on the kept cases "
+                 f"{'n/a' if ak is None else f'{ak:.3f}'} against {t.get('accuracy_all', float('nan')):.3f} on all.")
+    return notes
+
+
+def calibration_triage_tables(cal: dict, tri: dict) -> dict[str, list[dict]]:
+    """Report tables: ECE before/after calibration; accuracy at a few coverages for each score."""
+    rows = []
+    for split in ("val", "test"):
+        if f"ece_{split}_before" in cal:
+            rows.append({"split": split, "ECE before": cal[f"ece_{split}_before"],
+                         "ECE after": cal[f"ece_{split}_after"], "temperature": cal["temperature"]})
+    cov_rows = []
+    for name, c in (tri.get("accuracy_coverage_test") or {}).items():
+        if not c.get("coverage"):
+            continue
+        row = {"score": name, "AURC": c.get("aurc")}
+        for cov in (1.0, 0.9, 0.8, 0.7, 0.5):
+            if cov in c["coverage"]:
+                row[f"acc @ {cov:.0%}"] = c["accuracy"][c["coverage"].index(cov)]
+        cov_rows.append(row)
+    return {"Calibration (top-label ECE, temperature fitted on validation)": rows,
+            "Accuracy on kept cases at each coverage (test)": cov_rows}
 
 
 def write_model_card(path: Path, plan, cs, sets: dict, summary: dict) -> None:

@@ -150,6 +150,12 @@ class EvaluateConfig(_Strict):
     target_sensitivity: Optional[float] = None
     n_boot: int = 1000
     ece_bins: int = 15
+    # triage (evaluation/uncertainty.py): refer a case to an expert when its uncertainty is above a threshold
+    # chosen so that the refer_fraction most uncertain validation cases lie above it
+    uncertainty: Literal["tta", "mc_dropout", "ensemble", "confidence"] = "tta"
+    uncertainty_samples: int = Field(default=8, ge=2)  # augmented copies (tta) / dropout passes (mc_dropout)
+    refer_fraction: float = Field(default=0.1, ge=0, lt=1)
+    ensemble_runs: list[str] = []  # other runs of the same plan (other seeds) that join the ensemble
 
 
 class SegmentConfig(_Strict):

@@ -280,7 +280,11 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         device = next(model.parameters()).device
         p_val = predict_proba(model, xva, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
         p_test = predict_proba(model, xte, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
-        evaluate_run_outputs(out, plan, cs, parts, p_val, yva.numpy(), p_test, yte.numpy(), fit=result)
+        from meddx.evaluation.uncertainty import load_ensemble
+
+        members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(out.parent))]
+        evaluate_run_outputs(out, plan, cs, parts, p_val, yva.numpy(), p_test, yte.numpy(), fit=result,
+                             uncertainty_inputs=(members, xva, xte))
         set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
         return out
