@@ -130,3 +130,14 @@ def busi_for_uncertainty(tmp_path_factory):
     from trained_runs import busi_run
 
     return busi_run(tmp_path_factory.getbasetemp())
+
+
+def test_a_run_trained_as_an_ensemble_scores_the_spread_of_its_own_members():
+    from meddx.models.ensemble import EnsembleModel
+
+    x = torch.randn(5, 1, 8, 8)
+    plan = _plan()
+    ens = EnsembleModel([Tiny(seed=1), Tiny(seed=2), Tiny(seed=3)])
+    assert U.unavailable_reason("ensemble", plan, ens, len(U.ensemble_members([ens]))) is None
+    s = U.sample_proba([ens], x, "ensemble", plan)
+    assert s.shape == (3, 5, 2) and (U.variance_score(s) > 0).all()

@@ -36,6 +36,17 @@ METHODS = ("tta", "mc_dropout", "ensemble", "confidence")
 COVERAGES = tuple(float(round(c, 2)) for c in np.linspace(0.05, 1.0, 20))
 
 
+def ensemble_members(models: Sequence[nn.Module]) -> list[nn.Module]:
+    """The networks behind ``models`` for the ensemble score: an ``EnsembleModel`` (plan ``ensemble``)
+    contributes its members, any other model itself."""
+    from meddx.models.ensemble import EnsembleModel
+
+    out: list[nn.Module] = []
+    for m in models:
+        out.extend(m.members if isinstance(m, EnsembleModel) else [m])
+    return out
+
+
 def has_dropout(model: nn.Module) -> bool:
     """True when the model holds a dropout layer with p > 0."""
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
@@ -52,7 +63,7 @@ def unavailable_reason(method: str, plan, model: nn.Module, n_ensemble: int) -> 
     if method == "mc_dropout" and not has_dropout(model):
         return "MC dropout needs a model with dropout (model.params.dropout > 0)"
     if method == "ensemble" and n_ensemble < 2:
-        return "an ensemble needs evaluate.ensemble_runs (other runs of the same plan)"
+        return "an ensemble needs ensemble members (plan ensemble) or evaluate.ensemble_runs (other runs of the same plan)"
     return None
 
 
@@ -77,7 +88,7 @@ def sample_proba(models: Sequence[nn.Module], x: torch.Tensor, method: str, plan
     device = device or next(model.parameters()).device
     out = []
     if method == "ensemble":
-        for m in models:
+        for m in ensemble_members(models):
             m.eval()
             out.append(_batched(m, x, batch_size, device))
         return np.stack(out)
@@ -214,7 +225,7 @@ def uncertainty_scores(plan, models: Sequence[nn.Module], x: torch.Tensor, proba
     """
     ev = plan.evaluate
     method = method or ev.uncertainty
-    why = unavailable_reason(method, plan, models[0], len(models))
+    why = unavailable_reason(method, plan, models[0], len(ensemble_members(models)))
     if method == "confidence" or why:
         return confidence_score(proba_cal), "confidence", why
     s = sample_proba(models, x, method, plan, n_samples=ev.uncertainty_samples,
