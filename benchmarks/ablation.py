@@ -105,7 +105,6 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / ".ablation_runs")
     args = ap.parse_args()
     from meddx.evaluation.ablation import run_ablation
-    from meddx.training.run import machine, versions
 
     out_json = HERE / "results" / "ablation.json"
     results = json.loads(out_json.read_text())["datasets"] if out_json.exists() else {}

@@ -34,3 +34,19 @@ def tiny_folder(tmp_path: Path) -> Path:
             im = np.asarray(Image.fromarray(im).resize((32, 30)))
         write_png(root / cls / f"img_{i:03d}.png", im)
     return root
+
+
+@pytest.fixture(scope="session")
+def busi(tmp_path_factory):
+    """A small BUSI classifier trained once per test session (tests/trained_runs.py)."""
+    from trained_runs import busi_run
+
+    return busi_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory):
+    """A small disc segmenter trained once per test session (tests/trained_runs.py)."""
+    from trained_runs import disc_seg_run
+
+    return disc_seg_run(tmp_path_factory.getbasetemp())

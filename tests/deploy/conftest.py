@@ -2,17 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from trained_runs import API_KEY, busi_run, disc_seg_run, free_port
-
-
-@pytest.fixture(scope="session")
-def busi(tmp_path_factory):
-    return busi_run(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def seg_run(tmp_path_factory):
-    return disc_seg_run(tmp_path_factory.getbasetemp())
+from trained_runs import API_KEY, free_port
 
 
 @pytest.fixture(scope="session")

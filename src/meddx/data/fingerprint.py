@@ -9,20 +9,10 @@ from typing import Callable
 import numpy as np
 
 from meddx.data.case import CaseSet
-from meddx.errors import ImageContentError, MeddxError
+from meddx.io.base import check_pixels
+from meddx.errors import MeddxError
 
 PIXEL_SAMPLE = 4096  # pixels drawn per image for dataset-wide percentiles
-
-
-def check_pixels(array: np.ndarray, where: str) -> None:
-    """Raise a one-line error for NaN/Inf or constant images."""
-    if not np.isfinite(array).all():
-        n = int((~np.isfinite(array)).sum())
-        raise ImageContentError(f"{n} pixel(s) are NaN or infinite", path=where,
-                                fix="re-export the image or remove it from the dataset")
-    if array.size and float(array.max()) == float(array.min()):
-        raise ImageContentError(f"the image is constant (every pixel = {float(array.min()):g})", path=where,
-                                fix="remove the blank image or re-export it")
 
 
 def _target_spacing(spacings: list, shapes: list) -> dict | None:

@@ -15,7 +15,7 @@ import psutil
 import torch
 
 from meddx.data.case import Case, CaseSet
-from meddx.data.fingerprint import check_pixels
+from meddx.io.base import check_pixels
 from meddx.errors import ImageContentError
 from meddx.io.base import ImageData
 from meddx.transforms.intensity import apply_scheme, to_channels

@@ -356,24 +356,16 @@ class ConditionalGAN:
 
     def save(self, path: str | Path) -> Path:
         """Write ``state_dict()`` to ``path`` (temp file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
-        return path
+        from meddx.io.state import save_state
+
+        return save_state(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> ConditionalGAN:
         """Read a GAN written by ``save`` (``weights_only=True``)."""
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise MeddxError("GAN file not found", path=path) from None
-        except Exception as e:  # truncated or not a torch file
-            raise MeddxError(f"cannot read the GAN ({type(e).__name__})", path=path,
-                             fix="re-save it with ConditionalGAN.save") from None
-        return cls().load_state_dict(state)
+        from meddx.io.state import load_state
+
+        return cls().load_state_dict(load_state(path, "GAN file", "re-save it with ConditionalGAN.save"))
 
 
 # --- quality check -----------------------------------------------------------------------------

@@ -20,16 +20,10 @@ import numpy as np
 from meddx.errors import InputError, RunError
 from meddx.io import read_image
 from meddx.io.base import ImageData
+from meddx.io.formats import file_stem
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-
-def _stem(p: Path) -> str:
-    name = p.name
-    for suf in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
 
 
 def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
@@ -106,7 +100,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
             img = read_image(p)
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
-            base = out_dir / _stem(p)
+            base = out_dir / file_stem(p)
             mpath = write_mask(mask, img, base)
             a, _, pl = _display_plane(img.array, idx, idx)
             opath = base.with_name(base.name + "_overlay.png")
@@ -147,7 +141,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
             else:
                 lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
                 boxes = boxes_from_segmentation(lab, probs.astype(np.float32), len(sg.label_values), sg.det_threshold)
-            opath = out_dir / f"{_stem(p)}_overlay.png"
+            opath = out_dir / f"{file_stem(p)}_overlay.png"
             boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)
             for b in sorted(boxes, key=lambda b: -b.score):
                 rows.append({"file": str(p), "finding": names[b.cls], "score": round(float(b.score), 4),

@@ -19,6 +19,7 @@ from meddx.errors import InputError, MeddxError, RunError
 from meddx.explain.cam import METHODS, SEG_METHODS, Explainer
 from meddx.explain.scores import resize_map
 from meddx.io.base import ImageData
+from meddx.io.formats import file_stem
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -162,13 +163,6 @@ def write_heatmap_nifti(heatmap: np.ndarray, img: ImageData, path: Path) -> Path
     return path
 
 
-def _stem(p: Path) -> str:
-    name = p.name
-    for suf in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
 
 def resolve_methods(method: str, segmenter: bool) -> list[str]:
     allowed = SEG_METHODS if segmenter else METHODS
@@ -221,7 +215,7 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
             img = read_image(p)
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
-                base = out_dir / f"{_stem(p)}_{m}"
+                base = out_dir / f"{file_stem(p)}_{m}"
                 title = f"{p.name}: {m}, class '{e.class_name}'"
                 opath = overlay_png(img, plan, e.heatmap, title, base.with_name(base.name + "_overlay.png"))
                 npath = None

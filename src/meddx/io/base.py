@@ -36,3 +36,16 @@ class ImageData:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.array.shape[1:])
+
+
+def check_pixels(array: np.ndarray, where: str) -> None:
+    """Raise a one-line error for NaN/Inf or constant images (training and the runtime share it)."""
+    from meddx.errors import ImageContentError
+
+    if not np.isfinite(array).all():
+        n = int((~np.isfinite(array)).sum())
+        raise ImageContentError(f"{n} pixel(s) are NaN or infinite", path=where,
+                                fix="re-export the image or remove it from the dataset")
+    if array.size and float(array.max()) == float(array.min()):
+        raise ImageContentError(f"the image is constant (every pixel = {float(array.min()):g})", path=where,
+                                fix="remove the blank image or re-export it")

@@ -26,6 +26,15 @@ def path_suffix(path: str | Path) -> str:
     return Path(name).suffix
 
 
+def file_stem(path: str | Path) -> str:
+    """The file name without its image suffix (``scan.nii.gz`` -> ``scan``), for naming outputs."""
+    name = Path(path).name
+    for suf in (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
 def is_hidden(path: str | Path) -> bool:
     """Dot-files and macOS resource forks (``._x``), which are never images."""
     return Path(path).name.startswith(".")

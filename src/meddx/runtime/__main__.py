@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             d = r.to_dict()
             if b.task == "segment" and a.masks is not None:
                 a.masks.mkdir(parents=True, exist_ok=True)
-                from meddx.evaluation.seg_predict import _stem
+                from meddx.io.formats import file_stem
 
-                d["mask_file"] = str(r.write_mask(a.masks / _stem(Path(f))))
+                d["mask_file"] = str(r.write_mask(a.masks / file_stem(Path(f))))
             print(json.dumps(d), flush=True)
     except MeddxError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,21 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from meddx.errors import ImageContentError
-from meddx.io.base import ImageData
+from meddx.io.base import ImageData, check_pixels
 from meddx.runtime.resize import resize
 from meddx.runtime.spec import Preprocessing
 from meddx.transforms.intensity import apply_scheme, to_channels
-
-
-def check_pixels(array: np.ndarray, where: str) -> None:
-    """NaN/Inf or constant images cannot be scored (the same rule as training's fingerprint)."""
-    if not np.isfinite(array).all():
-        n = int((~np.isfinite(array)).sum())
-        raise ImageContentError(f"{n} pixel(s) are NaN or infinite", path=where,
-                                fix="re-export the image or remove it from the dataset")
-    if array.size and float(array.max()) == float(array.min()):
-        raise ImageContentError(f"the image is constant (every pixel = {float(array.min()):g})", path=where,
-                                fix="remove the blank image or re-export it")
 
 
 def _squeeze_to(a: np.ndarray, spatial_dims: int, where: str) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from meddx.models.ensemble import EnsembleModel
 from meddx.planning.plan import EnsembleConfig, Plan

@@ -34,7 +34,6 @@ def fit_pca_head(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
-    from sklearn.preprocessing import StandardScaler
 
     f_tr = deep_features(model, x_train)
     f_va = deep_features(model, x_val)
