@@ -97,12 +97,20 @@ def auc_bar() -> list[str]:
     return lines
 
 
+def pick(chosen: list[str] | None, default: list[str]) -> list[str]:
+    """The benchmark's components for one task, restricted to ``chosen`` when given."""
+    return list(default) if chosen is None else [c for c in default if c in chosen]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(PATHS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every dataset's epochs")
     ap.add_argument("--work", type=Path, default=HERE / ".ablation_runs")
+    ap.add_argument("--components", nargs="*", default=None,
+                    help="only these components (default: the benchmark's list; none: baseline and full plan only). "
+                         "Runs are kept in --work, so a later call with more components adds their arms")
     args = ap.parse_args()
     from meddx.evaluation.ablation import run_ablation
 
@@ -113,7 +121,7 @@ def main() -> None:
         epochs = max(1, int(round(EPOCHS[name] * args.scale)))
         t0 = time.time()
         res = run_ablation(str(DATA / rel), args.work / name, epochs=epochs, seeds=args.seeds, task=task,
-                           components=SEG_COMPONENTS if task == "segment" else CLS_COMPONENTS,
+                           components=pick(args.components, SEG_COMPONENTS if task == "segment" else CLS_COMPONENTS),
                            progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
         for r in res["arms"]:
             r.pop("runs", None)

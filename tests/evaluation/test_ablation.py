@@ -34,6 +34,12 @@ def test_baseline_strips_every_component_and_each_arm_adds_one():
     assert set(COMPONENTS) >= {"augmentation", "balanced_sampling", "focal_loss", "mixup_cutmix", "ensemble"}
 
 
+def test_empty_component_list_gives_baseline_and_full_only():
+    full = make_plan_for()
+    full.augment.rotate_deg = 10
+    assert [a for a, _ in arms(full, [])] == ["baseline", "full"]
+
+
 def test_unknown_component_is_refused():
     from meddx.errors import MeddxError
 

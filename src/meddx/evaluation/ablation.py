@@ -160,7 +160,7 @@ def baseline_overrides(full: Plan) -> dict[str, Any]:
 def arms(full: Plan, components: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``(name, overrides)`` of every arm, in table order."""
     table = components_for(full)
-    names = components or list(table)
+    names = list(table) if components is None else list(components)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise MeddxError(f"unknown ablation component(s) {unknown} for task {full.task}",
