@@ -28,7 +28,7 @@ $(CHROMIUM):
 		apt-get install -y -q chromium); else echo "no apt-get: install Chromium at $(CHROMIUM) for the viewer test"; fi
 
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/medmnist.py

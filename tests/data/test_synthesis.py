@@ -40,16 +40,17 @@ def test_frechet_distance_basics():
 def test_gan_learns_class_conditional_structure():
     torch.set_num_threads(2)
     x, y = bars(256)
-    gan = ConditionalGAN(spatial_dims=2, channels=1, size=16, n_classes=2, epochs=30, time_budget_s=None,
+    gan = ConditionalGAN(spatial_dims=2, channels=1, size=16, n_classes=2, epochs=15, time_budget_s=None,
                          batch_size=32, seed=0).fit(x, y)
-    assert gan.steps_ == 30 * 8
+    assert gan.steps_ == 15 * 8
     s0, s1 = gan.sample(64, 0), gan.sample(64, 1)
     assert s0.shape == (64, 1, 16, 16)
     # in the input's intensity space, within its range
     assert float(s0.min()) >= float(x.min()) - 1e-4 and float(s0.max()) <= float(x.max()) + 1e-4
     # class 0 comes out horizontal and class 1 vertical on most samples
-    assert (orientation(s0) > 0).float().mean() > 0.6
-    assert (orientation(s1) < 0).float().mean() > 0.6
+    # (all of them after 120 steps; before the EMA warm-up the samples came from mostly initial weights)
+    assert (orientation(s0) > 0).float().mean() > 0.9
+    assert (orientation(s1) < 0).float().mean() > 0.9
 
 
 def test_gan_seeded_save_load_and_3d(tmp_path):
@@ -143,7 +144,7 @@ def test_real_breastmnist_gan_and_check(real_data):
     mean, std = raw.mean(), raw.std()
     x = (raw - mean) / std  # the plan's standardised space (training-split statistics)
     y = torch.from_numpy(d["train_labels"].reshape(-1).astype(np.int64))
-    gan = ConditionalGAN(2, 1, 28, 2, epochs=8, time_budget_s=None, seed=0).fit(x, y)
+    gan = ConditionalGAN(2, 1, 28, 2, epochs=4, time_budget_s=None, seed=0).fit(x, y)
     fake = gan.sample(100, 0)
     assert fake.shape == (100, 1, 28, 28) and torch.isfinite(fake).all()
     r = quality_check(x, y, fake, torch.zeros(100, dtype=torch.long), classifier_epochs=10,

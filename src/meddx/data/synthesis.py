@@ -270,8 +270,11 @@ class ConditionalGAN:
                     loss_g.backward()
                     opt_g.step()
                     with torch.no_grad():
+                        # warm-up of the average (as TensorFlow's num_updates): with a fixed 0.999 a
+                        # run of a few hundred steps would sample from mostly initial weights
+                        decay = min(self.ema_decay, (1 + self.steps_) / (10 + self.steps_))
                         for pe, pg in zip(g_ema.parameters(), g.parameters()):
-                            pe.lerp_(pg, 1 - self.ema_decay)
+                            pe.lerp_(pg, 1 - decay)
                         for be, bg in zip(g_ema.buffers(), g.buffers()):
                             be.copy_(bg)  # batch-norm statistics are copied, not averaged
                     ld.append(float(loss_d.detach()))
@@ -384,8 +387,26 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+_JUDGES: dict[tuple, nn.Module] = {}  # feature classifiers already trained in this process (a few at most)
+
+
 def _train_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, epochs: int,
                       time_budget_s: float | None) -> nn.Module:
+    """The check's feature classifier on real half A. It depends on the real images only, so checks
+    of several fake sets against the same training split (one per class, or per GAN run) reuse it."""
+    import hashlib
+
+    key = (hashlib.sha1(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest(), tuple(x.shape), n_classes, seed,
+           epochs, time_budget_s)
+    if key not in _JUDGES:
+        if len(_JUDGES) >= 4:
+            _JUDGES.pop(next(iter(_JUDGES)))
+        _JUDGES[key] = _fit_classifier(x, y, n_classes, seed, epochs, time_budget_s)
+    return _JUDGES[key]
+
+
+def _fit_classifier(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, epochs: int,
+                    time_budget_s: float | None) -> nn.Module:
     from meddx.models import create_model
 
     with torch.random.fork_rng(devices=[]):

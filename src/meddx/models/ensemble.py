@@ -76,19 +76,21 @@ class DenoisedInput(nn.Module):
     """A fitted self-supervised denoiser (``SelfSupervisedDenoiser``) in front of a network.
 
     Reproduces ``SelfSupervisedDenoiser.transform`` as part of the forward pass: standardise with
-    the denoiser's statistics, pad to a multiple of 4 (replicate), add the predicted correction,
-    crop, undo the standardisation. The denoiser stays frozen and in eval mode.
+    the denoiser's statistics, pad to a multiple of 4 (replicate), predict every pixel with its
+    own value hidden (``blind_spot_predict``, grid stride ``stride``), crop, undo the
+    standardisation. The denoiser stays frozen and in eval mode.
     """
 
     MULTIPLE = 4
 
-    def __init__(self, denoiser_net: nn.Module, mean: float, std: float, net: nn.Module):
+    def __init__(self, denoiser_net: nn.Module, mean: float, std: float, net: nn.Module, stride: int = 4):
         super().__init__()
         self.denoiser = denoiser_net
         for p in self.denoiser.parameters():
             p.requires_grad_(False)
         self.register_buffer("den_mean", torch.tensor(float(mean)))
         self.register_buffer("den_std", torch.tensor(float(std)))
+        self.register_buffer("den_stride", torch.tensor(int(stride)))
         self.net = net
         for attr in ("cam_layer", "classifier_layer"):
             if getattr(net, attr, None):
@@ -108,7 +110,9 @@ class DenoisedInput(nn.Module):
         for s in reversed(list(spatial)):
             pads += [0, max(s + (-s) % self.MULTIPLE, self.MULTIPLE) - s]
         zp = nn.functional.pad(z, pads, mode="replicate") if any(pads) else z
-        y = zp + self.denoiser(zp)
+        from meddx.transforms.learned_denoise import blind_spot_predict
+
+        y = blind_spot_predict(self.denoiser, zp, int(self.den_stride))
         y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
         return y * self.den_std + self.den_mean
 

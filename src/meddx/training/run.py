@@ -361,7 +361,7 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     if den is not None:
         from meddx.models.ensemble import DenoisedInput
 
-        model = DenoisedInput(den.net_, den.mean_, den.std_, model)  # raw images in, as at inference
+        model = DenoisedInput(den.net_, den.mean_, den.std_, model, stride=den._grid_stride())  # raw images in
     save_checkpoint(out / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": result.best_epoch})
     return result, model
 
