@@ -101,3 +101,20 @@ def test_existing_output_is_refused_and_nothing_half_written(tmp_path):
 def test_not_a_run(tmp_path):
     with pytest.raises(MeddxError, match="not a meddx run directory"):
         export_run(tmp_path, tmp_path / "b")
+
+
+def test_learned_denoiser_in_front_exports_and_matches_torch(tmp_path):
+    """The blind-spot inference (grid passes, neighbour means) is one ONNX graph equal to torch."""
+    from meddx.deploy.export import compare_onnx, export_onnx
+    from meddx.models import create_model
+    from meddx.models.ensemble import DenoisedInput
+    from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+    torch.manual_seed(0)
+    den = SelfSupervisedDenoiser(epochs=1, time_budget_s=None, batch_size=8).fit(torch.rand(16, 1, 28, 28))
+    net = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(28, 28))
+    model = DenoisedInput(den.net_, den.mean_, den.std_, net, stride=den._grid_stride()).eval()
+    x = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    torch.testing.assert_close(model.denoise(torch.from_numpy(x)), den.transform(x), atol=1e-5, rtol=0)
+    diff = compare_onnx(model, export_onnx(model, (1, 28, 28), tmp_path / "m.onnx"), x)
+    assert diff["max_abs_logit_diff"] < 1e-4

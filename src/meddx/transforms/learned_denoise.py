@@ -56,13 +56,12 @@ def _as_tensor(x, what: str, spatial_dims: int, channels: int) -> torch.Tensor:
 def _donut_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of each pixel's 8 (2D) or 26 (3D) neighbours, edges replicated."""
     nd = x.ndim - 2
-    k = torch.ones((1, 1) + (3,) * nd, dtype=x.dtype)
-    k[(0, 0) + (1,) * nd] = 0.0
-    k = k / k.sum()
-    c = x.shape[1]
+    c = int(x.shape[1])  # a constant, so that the ONNX exporter sees a kernel of known shape
+    k = torch.full((c, 1) + (3,) * nd, 1.0 / (3**nd - 1), dtype=x.dtype)
+    k[(slice(None), 0) + (1,) * nd] = 0.0
     xp = F.pad(x, (1, 1) * nd, mode="replicate")
     conv = F.conv2d if nd == 2 else F.conv3d
-    return conv(xp, k.expand((c, 1) + k.shape[2:]).contiguous(), groups=c)
+    return conv(xp, k, groups=c)
 
 
 def grid_stride(mask_fraction: float, spatial_dims: int) -> int:
