@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from meddx.errors import ImageContentError, MeddxError, ParameterError
+from meddx.io.state import StateFile
 
 PASS_RULE = {"fd_ratio_max": 2.0, "class_accuracy_margin": 0.10, "memorisation_quantile": 0.05,
              "memorised_share_max": 0.10}
@@ -152,7 +152,7 @@ def _check_xy(x, y, what: str, spatial_dims: int, channels: int, size: int | Non
     return t, lab.long()
 
 
-class ConditionalGAN:
+class ConditionalGAN(StateFile):
     """Class-conditional DCGAN with spectral norm, projection discriminator, hinge loss and DiffAugment.
 
     Args:
@@ -174,6 +174,8 @@ class ConditionalGAN:
     Attributes (after ``fit``): ``lo_``, ``hi_`` (per-channel intensity range), ``class_counts_``,
     ``history_`` (per-epoch mean D and G losses), ``steps_``, ``epochs_run_``, ``train_seconds_``.
     """
+
+    STATE_NOUN = "GAN file"
 
     def __init__(self, spatial_dims: int = 2, channels: int = 1, size: int = 28, n_classes: int = 2,
                  latent_dim: int = 64, width: int | None = None, epochs: int = 300, time_budget_s: float | None = 120.0,
@@ -356,19 +358,6 @@ class ConditionalGAN:
         g.load_state_dict(state["generator"])
         self.g_ema_ = g.eval()
         return self
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``state_dict()`` to ``path`` (temp file, then rename)."""
-        from meddx.io.state import save_state
-
-        return save_state(self.state_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ConditionalGAN:
-        """Read a GAN written by ``save`` (``weights_only=True``)."""
-        from meddx.io.state import load_state
-
-        return cls().load_state_dict(load_state(path, "GAN file", "re-save it with ConditionalGAN.save"))
 
 
 # --- quality check -----------------------------------------------------------------------------

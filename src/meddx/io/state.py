@@ -35,3 +35,20 @@ def load_state(path: str | Path, what: str, fix: str, error=None, fix_damaged: s
     except Exception as e:  # a truncated or foreign file: say so in one line
         raise error(f"{what} cannot be read ({type(e).__name__})", path=path,
                     fix=fix_damaged or "the file is damaged: " + fix) from None
+
+
+class StateFile:
+    """Mixin for fitted components with ``state_dict()`` / ``load_state_dict()``: ``save(path)``
+    writes the state atomically and ``Class.load(path)`` restores it (``weights_only=True``).
+    ``STATE_NOUN`` names the file in errors (e.g. "GAN file")."""
+
+    STATE_NOUN = "state file"
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``state_dict()`` to ``path`` (temp file, then rename)."""
+        return save_state(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read what ``save`` wrote (``weights_only=True``); a missing or damaged file is a one-line error."""
+        return cls().load_state_dict(load_state(path, cls.STATE_NOUN, f"re-save it with {cls.__name__}.save"))

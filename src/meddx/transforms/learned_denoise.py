@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from meddx.errors import ImageContentError, MeddxError, ParameterError
+from meddx.io.state import StateFile
 
 _MULTIPLE = 4  # two stride-2 levels
 
@@ -82,7 +82,7 @@ def blind_spot_predict(net: torch.nn.Module, z: torch.Tensor, stride: int) -> to
     return y
 
 
-class SelfSupervisedDenoiser:
+class SelfSupervisedDenoiser(StateFile):
     """Noise2Void / Noise2Self-style denoiser (scikit-learn style: ``fit`` then ``transform``).
 
     Args:
@@ -105,6 +105,8 @@ class SelfSupervisedDenoiser:
         loss_history_: mean masked loss of each epoch (standardised units).
         epochs_run_, train_seconds_: what training did.
     """
+
+    STATE_NOUN = "denoiser file"
 
     def __init__(self, spatial_dims: int = 2, channels: int = 1, mask_fraction: float = 0.05, epochs: int = 100,
                  time_budget_s: float | None = 60.0, batch_size: int = 32, patch_size: int | None = None,
@@ -270,19 +272,6 @@ class SelfSupervisedDenoiser:
         self.net_.load_state_dict(state["net"])
         self.net_.eval()
         return self
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``state_dict()`` to ``path`` (temp file, then rename)."""
-        from meddx.io.state import save_state
-
-        return save_state(self.state_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SelfSupervisedDenoiser:
-        """Read a denoiser written by ``save`` (``weights_only=True``)."""
-        from meddx.io.state import load_state
-
-        return cls().load_state_dict(load_state(path, "denoiser file", "re-save it with SelfSupervisedDenoiser.save"))
 
     # --- helpers -------------------------------------------------------------------------------
     @staticmethod
