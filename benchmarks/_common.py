@@ -36,3 +36,29 @@ def run_meddx(args: list[str], what: str) -> tuple[float, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{what} failed:\n{log[-3000:]}")
     return round(time.perf_counter() - t0, 1), round(usage.ru_maxrss / 1024, 1)
+
+
+def keep_earlier(results: dict, name: str, out: dict, keys=("date", "commit", "command", "budget_s", "lines")) -> None:
+    """Store a dataset's new result in ``results``; the one it replaces is listed under
+    ``earlier_runs`` (a re-run never hides an earlier number)."""
+    prev = results.get(name)
+    if prev:
+        history = prev.pop("earlier_runs", [])
+        out["earlier_runs"] = history + [{k: prev[k] for k in keys if k in prev}]
+    results[name] = out
+
+
+def earlier_lines(result: dict) -> list[str]:
+    """Markdown for a dataset's earlier runs, each quoted under its date, commit, command and budget."""
+    lines = []
+    for e in result.get("earlier_runs", []):
+        lines += [f"Earlier run ({e['date']}, commit {e['commit']}, `{e['command'].strip()}`, budget "
+                  f"{e['budget_s']:.0f} s), kept for the record:", "", *[f"> {x}" if x else ">" for x in e["lines"]], ""]
+    return lines
+
+
+def machine_line(info: dict, extra: str = "") -> str:
+    """``Machine: CPU, N cores<extra>. Versions: ...`` for a results file header."""
+    m = info["machine"]
+    return (f"Machine: {m['cpu']}, {m['cores']} cores{extra}. Versions: "
+            + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit
+from _common import DATA, HERE, git_commit, machine_line
 
 COMMIT = git_commit()
 # Epochs per run (not seconds: the comparison must not depend on how busy the CPU is while the
@@ -139,8 +139,7 @@ def write(results: dict, args) -> None:
     mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
     lines = ["# Ablation: what each optimisation is worth", "",
              f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
-             f"Machine: {mc['cpu']}, {mc['cores']} cores. Versions: "
-             + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".", "",
+             machine_line({"machine": mc, "versions": versions()}), "",
              "Every run is `meddx train` with the arm's plan and the dataset's number of epochs below (the same for "
              "every arm; an ensemble's 5 members get a fifth each, so every arm does the same training work); seeds 0, 1, 2 on one fixed split (MedMNIST: the official split; BUSI: "
              "seeded 70/10/20). Δ is against the baseline; p is a two-sided paired bootstrap over test cases "

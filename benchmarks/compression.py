@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit
+from _common import DATA, HERE, git_commit, machine_line
 
 COMMIT = git_commit()
 # seconds of training: teacher, fresh students, fine-tuning after pruning
@@ -295,9 +295,8 @@ def write(results: dict, info: dict, args) -> None:
     cmd = "python benchmarks/compression.py " + " ".join(sys.argv[1:])
     lines = ["# Compression benchmark", "",
              f"Command: `{cmd.strip()}` (from the repo root, `.venv` active; data from `MEDDX_DATA_DIR`).", "",
-             f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, no GPU; torch threads "
-             f"{info['machine']['torch_threads']}, ONNX Runtime intra-op threads = its default (physical cores). "
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".", "",
+             machine_line(info, f", no GPU; torch threads {info['machine']['torch_threads']}, ONNX Runtime "
+                                "intra-op threads = its default (physical cores)"), "",
              f"CPU peak (fp32): {peak.get('peak_gflops')} GFLOP/s = {peak.get('formula')}; {peak.get('why')}; "
              f"clock = /proc/cpuinfo `cpu MHz` (base clock as the VM reports it), vector width and FMA from its flags, "
              f"int8 dot-product instructions (VNNI): {'yes' if peak.get('vnni') else 'no'}.", "",

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit
+from _common import DATA, HERE, git_commit, machine_line
 
 COMMIT = git_commit()
 METHODS = ("median", "gaussian", "bilateral", "nlm")
@@ -245,9 +245,8 @@ def write(results: dict, args) -> None:
     cmd = "python benchmarks/denoise.py " + " ".join(sys.argv[1:])
     L = ["# Denoising benchmark", "", f"Command: `{cmd.strip()}` (from the repo root, `.venv` active; data from "
          "`MEDDX_DATA_DIR`).", "",
-         f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch threads {args.threads}. "
-         + "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-         + f". Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}. Noise seeds fixed in the script.", ""]
+         machine_line(info, f", torch threads {args.threads}")
+         + f" Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}. Noise seeds fixed in the script.", ""]
     est = results["estimation"]
     L += ["## 1. Noise estimate against known added noise", "",
           "Gaussian noise with sigma = level x the image's p0.5-p99.5 range is added; the table gives the median "

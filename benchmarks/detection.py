@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit, run_meddx
+from _common import DATA, HERE, earlier_lines, git_commit, keep_earlier, run_meddx
 BUDGET = {"nih": 120, "busi": 120}
 METHODS = ("components", "heatmap")
 FOLDS = 5
@@ -202,7 +202,7 @@ def main() -> None:
             out.update({"command": "python benchmarks/detection.py " + " ".join(sys.argv[1:]),
                         "date": _dt.date.today().isoformat(), "commit": commit,
                         "budget_s": BUDGET[name] * args.budget_scale, **info})
-            results[name] = out
+            keep_earlier(results, name, out)
             print("\n".join(out["lines"]), flush=True)
             jpath.write_text(json.dumps({"datasets": results}, indent=2, default=str))
     lines = ["# Detection benchmark", "",
@@ -216,7 +216,7 @@ def main() -> None:
             m = r.get("machine", {})
             lines += [f"## {TITLES[name]}", "", f"Command: `{r['command'].strip()}` ({r['date']}, commit {r['commit']}; "
                       f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores); training budget {r['budget_s']:.0f} s per "
-                      "fold and method.", "", *r["lines"], ""]
+                      "fold and method.", "", *r["lines"], "", *earlier_lines(r)]
     (res / "detection.md").write_text("\n".join(lines))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit, run_meddx
+from _common import DATA, HERE, git_commit, machine_line, run_meddx
 
 COMMIT = git_commit()  # taken at start: the code that runs, even if the tree moves on meanwhile
 
@@ -136,8 +136,7 @@ def write_results(rows: list[dict], ttr: dict | None, args, info: dict) -> None:
     cmd = "python benchmarks/medmnist.py " + " ".join(sys.argv[1:])
     lines = ["# MedMNIST benchmark", "",
              f"Command: `{cmd.strip()}` (from the repo root, `.venv` active; data from `MEDDX_DATA_DIR`).", "",
-             f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, device {info['machine']['device']}. "
-             + "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".", "",
+             machine_line(info, f", device {info['machine']['device']}"), "",
              f"Seeds: {sorted({r['seed'] for r in rows})}. Default plan of `meddx train` with `--time-budget` per "
              "dataset below; test split as published; model chosen by validation AUC; ACC at argmax / 0.5. "
              "With `--merge`, datasets not named were kept from the previous run: the date and commit of every run "

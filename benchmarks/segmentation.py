@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit, run_meddx
+from _common import DATA, HERE, earlier_lines, git_commit, keep_earlier, run_meddx
 SEG = DATA / "seg"
 
 BUDGET = {"hippocampus": 1200, "lgg": 120, "busi": 120, "covid": 360}  # training seconds per run
@@ -236,12 +236,7 @@ def main() -> None:
             out.update({"command": "python benchmarks/segmentation.py " + " ".join(sys.argv[1:]),
                         "date": _dt.date.today().isoformat(), "commit": commit,
                         "budget_s": BUDGET[name] * args.budget_scale, "reference": REFERENCE[name], **info})
-            prev = results.get(name)
-            if prev:  # a re-run never hides the earlier result: it is listed under its own date and commit
-                history = prev.pop("earlier_runs", [])
-                out["earlier_runs"] = history + [{k: prev[k] for k in ("date", "commit", "command", "budget_s", "lines")
-                                                  if k in prev}]
-            results[name] = out
+            keep_earlier(results, name, out)
             print("\n".join(out["lines"]), flush=True)
             jpath.write_text(json.dumps({"datasets": results}, indent=2, default=str))
     lines = ["# Segmentation benchmark", "",
@@ -257,9 +252,7 @@ def main() -> None:
                   f"Command: `{r['command'].strip()}` ({r['date']}, commit {r['commit']}; {m.get('cpu', '?')}, "
                   f"{m.get('cores', '?')} cores, {m.get('device', '?')}); training budget {r['budget_s']:.0f} s per run.",
                   f"Reference: {r['reference']}.", "", *r["lines"], ""]
-        for e in r.get("earlier_runs", []):
-            lines += [f"Earlier run ({e['date']}, commit {e['commit']}, `{e['command'].strip()}`, budget "
-                      f"{e['budget_s']:.0f} s), kept for the record:", "", *[f"> {x}" if x else ">" for x in e["lines"]], ""]
+        lines += earlier_lines(r)
     (res / "segmentation.md").write_text("\n".join(lines))
 
 

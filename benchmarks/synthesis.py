@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit
+from _common import DATA, HERE, git_commit, machine_line
 
 COMMIT = git_commit()
 MINORITY = {"breastmnist": 0, "pneumoniamnist": 0, "adrenalmnist3d": 1}
@@ -152,9 +152,8 @@ def write(runs, calib, args) -> None:
     cmd = "python benchmarks/synthesis.py " + " ".join(sys.argv[1:])
     L = ["# Synthetic minority samples (conditional GAN) and their quality check", "",
          f"Command: `{cmd.strip()}` (from the repo root, `.venv` active; data from `MEDDX_DATA_DIR`).", "",
-         f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch threads {args.threads}. "
-         + "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-         + f". Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}.", "",
+         machine_line(info, f", torch threads {args.threads}")
+         + f" Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}.", "",
          f"Pass rule (fixed before measuring): FD ratio <= {PASS_RULE['fd_ratio_max']:g}, fake accuracy >= held-out "
          f"real accuracy - {PASS_RULE['class_accuracy_margin']:g}, memorised share <= "
          f"{PASS_RULE['memorised_share_max']:g} (nearest training image closer than the "
