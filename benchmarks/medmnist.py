@@ -39,7 +39,10 @@ COMMIT = git_commit()  # taken at start: the code that runs, even if the tree mo
 # VesselMNIST3D was raised from 240 s to 480 s because its 240 s runs varied widely between seeds
 # (test AUC 0.815-0.911) and an exploratory seed-1 run at 400 s reached validation AUC 0.934 (its
 # test AUC, 0.902, was also seen: not a clean choice).
-BUDGET = {"pneumoniamnist": 120, "breastmnist": 600, "retinamnist": 60, "adrenalmnist3d": 150,
+# RetinaMNIST was raised from 60 s to 600 s, the ablation issue's limit of 10 minutes per dataset, so
+# that its full plan is the one the planner makes for that budget (R14: 3 seed members); the choice
+# was made before any 600 s result was seen.
+BUDGET = {"pneumoniamnist": 120, "breastmnist": 600, "retinamnist": 600, "adrenalmnist3d": 150,
           "adrenalmnist3d_64": 200, "vesselmnist3d": 480}
 # MedMNIST v2 (Yang et al. 2023), test AUC / ACC: ResNet-18 (28) for 2D, ResNet-18 + 3D for 3D,
 # and the best published result of any method (for the later ablation bar).
