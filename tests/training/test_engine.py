@@ -165,3 +165,17 @@ def test_time_budget_shortens_the_schedule_when_epochs_run_slower_than_estimated
     assert m["epochs_run"] < m["epochs_planned"]
     assert hist[-1]["lr"] < 0.2 * max(h["lr"] for h in hist)  # annealed, not cut off near the peak
     assert hist[-1]["elapsed_s"] <= 12 + 1e-6
+
+
+def test_machine_names_the_cpu_generation():
+    """Results files name the CPU with family/model and clock: VMs report one generic name
+    ("AMD EPYC") for processor generations that differ 2x in speed."""
+    from pathlib import Path
+
+    from meddx.training.run import machine
+
+    m = machine()
+    assert m["cores"] >= 1 and m["device"] in ("cpu", "cuda", "cuda:0")
+    info = Path("/proc/cpuinfo")
+    if info.exists() and "cpu family" in info.read_text():
+        assert "family" in m["cpu"] and "model" in m["cpu"]

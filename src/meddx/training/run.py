@@ -41,13 +41,20 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
+    """The CPU (model name, plus family / model / clock where /proc/cpuinfo gives them: VMs
+    often report one generic name for different processor generations), cores, threads, device."""
     cpu = platform.processor() or ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        first = open("/proc/cpuinfo").read().split("\n\n")[0]
+        fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        cpu = fields.get("model name", cpu)
+        detail = [f"family {fields['cpu family']}, model {fields['model']}"] if "cpu family" in fields else []
+        if fields.get("cpu MHz"):
+            detail.append(f"{float(fields['cpu MHz']):.0f} MHz")
+        if detail:
+            cpu += f" ({', '.join(detail)})"
+    except (OSError, ValueError, KeyError):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(get_device()), "platform": platform.platform()}
