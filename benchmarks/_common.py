@@ -62,3 +62,44 @@ def machine_line(info: dict, extra: str = "") -> str:
     m = info["machine"]
     return (f"Machine: {m['cpu']}, {m['cores']} cores{extra}. Versions: "
             + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".")
+
+
+class CpuShare:
+    """How much CPU other processes used while a measurement ran (Linux ``/proc/stat``).
+
+    ``with CpuShare() as c: ...`` then ``c.result``: wall seconds, this process's CPU seconds
+    (its waited-for children included), other processes' CPU seconds (all busy time minus ours),
+    the hypervisor's steal, and ``other_share``, the others' CPU time as a fraction of all cores
+    over the wall time. The load average cannot say this: it counts the benchmark's own threads.
+    """
+
+    def __init__(self):
+        self.result: dict = {}
+
+    @staticmethod
+    def _busy_steal() -> tuple[float, float] | None:
+        try:
+            f = [float(x) for x in open("/proc/stat").readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = f[0] + f[1] + f[2] + (f[5] if len(f) > 5 else 0) + (f[6] if len(f) > 6 else 0)
+        return busy / hz, (f[7] if len(f) > 7 else 0.0) / hz
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def __enter__(self):
+        self._t0, self._own0, self._sys0 = time.perf_counter(), self._own(), self._busy_steal()
+        return self
+
+    def __exit__(self, *exc):
+        wall, own, sys1 = time.perf_counter() - self._t0, self._own() - self._own0, self._busy_steal()
+        self.result = {"wall_s": round(wall, 1), "own_cpu_s": round(own, 1)}
+        if self._sys0 is not None and sys1 is not None:
+            other = max(0.0, sys1[0] - self._sys0[0] - own)
+            self.result.update({"other_cpu_s": round(other, 1), "steal_s": round(sys1[1] - self._sys0[1], 1),
+                                "other_share": round(other / max(wall * (os.cpu_count() or 1), 1e-9), 3)})
+        return False

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit, machine_line
+from _common import DATA, HERE, CpuShare, git_commit, machine_line
 
 COMMIT = git_commit()
 # seconds of training: teacher, fresh students, fine-tuning after pruning
@@ -286,6 +286,16 @@ def rng_s(r) -> str:
     return f"{r[0]:.2f}-{r[1]:.2f}"
 
 
+def share_line(r: dict) -> list[str]:
+    """What other processes took of the CPU while this model was trained and timed (if recorded)."""
+    c = r.get("cpu_share")
+    if not c or "other_share" not in c:
+        return []
+    return [f"CPU while this model was trained and timed: {c['wall_s']:.0f} s wall, this process {c['own_cpu_s']:.0f} "
+            f"CPU-s, other processes {c['other_cpu_s']:.0f} CPU-s ({100 * c['other_share']:.1f} % of the cores), "
+            f"hypervisor steal {c['steal_s']:.0f} s."]
+
+
 def write(results: dict, info: dict, args) -> None:
     from meddx.deploy.bench import cpu_peak
 
@@ -301,9 +311,9 @@ def write(results: dict, info: dict, args) -> None:
              f"clock = /proc/cpuinfo `cpu MHz` (base clock as the VM reports it), vector width and FMA from its flags, "
              f"int8 dot-product instructions (VNNI): {'yes' if peak.get('vnni') else 'no'}.", "",
              "Speeds are medians over the repeats of each measurement in one process, as ratios to torch fp32 eager "
-             "of the same repeat (range in brackets). Other jobs shared the 2 cores during the run (load average "
-             f"{info['load_before']} at the start, {info['load_after']} at the end): absolute numbers are noisy, the "
-             "ratios less so; re-run on a quiet machine for clean absolute numbers.", ""]
+             "of the same repeat (range in brackets). Under each model: the CPU time other processes used while it "
+             "was trained and timed (from /proc/stat, less this process's own), and the hypervisor's steal; where "
+             "that is more than a few per cent, absolute numbers are noisy and the ratios less so.", ""]
     for flag, r in results.items():
         if flag == "hippocampus":
             continue
@@ -336,7 +346,7 @@ def write(results: dict, info: dict, args) -> None:
                   f"**{'met' if pd['flops_ratio'] >= 10 and pd['auc_drop_points'] <= 1 else 'not met'}**.",
                   f"* distillation: the student `{r['student']}` reaches test AUC {sd['test_auc']['value']:.4f} with "
                   f"the teacher's soft labels against {sa['test_auc']['value']:.4f} alone (same seed, budget and "
-                  f"epochs sized to the budget).", ""]
+                  f"epochs sized to the budget).", *share_line(r), ""]
     if "hippocampus" in results:
         r = results["hippocampus"]
         lines += [f"## Hippocampus 3D segmenter (MSD Task04; {r['n_test']} test cases; seed {r['seed']}; "
@@ -357,7 +367,7 @@ def write(results: dict, info: dict, args) -> None:
                          f"{s['volume_speedup']:.2f} ({rng_s(s['volume_speedup_range'])}) | {s['throughput']:.1f} "
                          f"({s['best_batch']}) | {s['throughput_ratio']:.2f} ({rng_s(s['throughput_ratio_range'])}) | "
                          f"{g:.2f}{pk} |")
-        lines.append("")
+        lines += ["", *share_line(r)]
     lines += ["References: " + "; ".join(REFERENCE.values()) + ".", ""]
     (res / "compression.md").write_text("\n".join(lines))
     (res / "compression.json").write_text(json.dumps({"command": cmd, **info, "cpu_peak": peak,
@@ -380,8 +390,7 @@ def main() -> None:
 
     import onnxruntime
 
-    info = {"machine": machine(), "versions": {**versions(), "onnxruntime": onnxruntime.__version__},
-            "load_before": [round(v, 2) for v in os.getloadavg()]}
+    info = {"machine": machine(), "versions": {**versions(), "onnxruntime": onnxruntime.__version__}}
     results = {}
     if args.merge and (HERE / "results" / "compression.json").exists():
         results = json.loads((HERE / "results" / "compression.json").read_text())["results"]
@@ -391,13 +400,14 @@ def main() -> None:
             print(f"{flag} ...", flush=True)
             work = Path(td) / flag
             work.mkdir()
-            if flag == "hippocampus":
-                results[flag] = {**hippocampus(work, args.seed, args.hippo_budget * args.budget_scale, args.repeats,
-                                               args.seconds), **stamp}
-            else:
-                results[flag] = {**classification(flag, work, args.seed, args.budget_scale, args.repeats,
-                                                  args.seconds), **stamp}
-    info["load_after"] = [round(v, 2) for v in os.getloadavg()]
+            with CpuShare() as share:
+                if flag == "hippocampus":
+                    results[flag] = {**hippocampus(work, args.seed, args.hippo_budget * args.budget_scale,
+                                                   args.repeats, args.seconds), **stamp}
+                else:
+                    results[flag] = {**classification(flag, work, args.seed, args.budget_scale, args.repeats,
+                                                      args.seconds), **stamp}
+            results[flag]["cpu_share"] = share.result
     write(results, info, args)
 
 
