@@ -38,7 +38,6 @@ import argparse
 import csv
 import datetime as _dt
 import json
-import os
 import sys
 import tempfile
 import time

@@ -24,6 +24,18 @@ BATCHES_3D = (1, 2, 4, 8)
 
 
 # -- the CPU's peak ---------------------------------------------------------------------------
+def cpuinfo_fields(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[dict[str, str], int] | None:
+    """The first processor's ``name: value`` fields of ``/proc/cpuinfo`` and the number of
+    processors listed; None where the file cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    first = text.split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
+    return fields, len(re.findall(r"^processor\s*:", text, re.M))
+
+
 def cpu_peak(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     """Theoretical fp32 peak of this machine's CPU, from ``/proc/cpuinfo``.
 
@@ -35,18 +47,15 @@ def cpu_peak(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     raise the true peak, so the achieved fraction is an upper estimate).
     """
     info: dict = {"source": str(cpuinfo)}
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
+    parsed = cpuinfo_fields(cpuinfo)
+    if parsed is None:
         return {"peak_gflops": None, "note": f"no {cpuinfo}: peak unknown"}
-    first = text.split("\n\n")[0]
+    fields, cores = parsed
 
     def field(name):
-        m = re.search(rf"^{name}\s*:\s*(.*)$", first, re.M)
-        return m.group(1).strip() if m else ""
+        return fields.get(name, "")
 
     flags = set(field("flags").split())
-    cores = len(re.findall(r"^processor\s*:", text, re.M))
     mhz = float(field("cpu MHz") or 0) or None
     vendor, family = field("vendor_id"), int(field("cpu family") or 0)
     model = int(field("model") or 0)

@@ -211,7 +211,8 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         info = json.loads(info_p.read_text())
         summary["data hash"] = info.get("data_hash", "")[:16]
     summary.update({f"version {k}": v for k, v in versions().items()})
-    summary["machine"] = f"{machine()['cpu']} x{machine()['cores']}"
+    mc = machine()
+    summary["machine"] = f"{mc['cpu']} x{mc['cores']}"
     notes = []
     if thr.get("threshold") is not None:
         notes.append(f"Threshold {thr['threshold']:.4f} was chosen on the validation split by the "

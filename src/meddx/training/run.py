@@ -43,19 +43,20 @@ def versions() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     """The CPU (model name, plus family / model / clock where /proc/cpuinfo gives them: VMs
     often report one generic name for different processor generations), cores, threads, device."""
+    from meddx.deploy.bench import cpuinfo_fields
+
     cpu = platform.processor() or ""
-    try:
-        first = open("/proc/cpuinfo").read().split("\n\n")[0]
-        fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
+    parsed = cpuinfo_fields()
+    if parsed is not None:
+        fields = parsed[0]
         cpu = fields.get("model name", cpu)
-        detail = [f"family {fields['cpu family']}, model {fields['model']}"] if "cpu family" in fields else []
-        if fields.get("cpu MHz"):
-            detail.append(f"{float(fields['cpu MHz']):.0f} MHz")
+        detail = [f"family {fields['cpu family']}, model {fields.get('model', '?')}"] if "cpu family" in fields else []
+        try:
+            detail += [f"{float(fields['cpu MHz']):.0f} MHz"] if fields.get("cpu MHz") else []
+        except ValueError:
+            pass
         if detail:
             cpu += f" ({', '.join(detail)})"
-    except (OSError, ValueError, KeyError):
-        pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "device": str(get_device()), "platform": platform.platform()}
 
