@@ -179,3 +179,32 @@ def test_machine_names_the_cpu_generation():
     info = Path("/proc/cpuinfo")
     if info.exists() and "cpu family" in info.read_text():
         assert "family" in m["cpu"] and "model" in m["cpu"]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_training_layout_is_channels_last_and_keeps_the_numbers(dims):
+    from meddx.models.registry import create_model
+    from meddx.training.loop import training_layout
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", spatial_dims=dims, in_channels=1, num_classes=3, input_size=28).eval()
+    x = torch.randn(2, 1, *(28,) * dims)
+    before = model(x)
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    conv = next(m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))
+                and m.in_channels > 1 and m.kernel_size[0] > 1)
+    assert training_layout(model) is model
+    assert conv.weight.is_contiguous(memory_format=fmt) and not conv.weight.is_contiguous()
+    assert torch.allclose(model(x), before, atol=1e-5)
+    training_layout(model, on=False)
+    assert conv.weight.is_contiguous()
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    assert training_layout(mlp) is mlp and mlp[0].weight.is_contiguous()
+
+
+def test_trained_model_comes_back_in_the_default_layout(tmp_path):
+    run = train_run("synthetic:phantoms:200", tmp_path / "r", overrides={"train.epochs": 1}, progress=False,
+                    log=lambda *_: None)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    convs = [v for v in best.values() if v.ndim in (4, 5)]
+    assert convs and all(v.is_contiguous() for v in convs)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from meddx.losses import create_loss
 from meddx.losses.classification import LogitAdjusted
 from meddx.planning.plan import Plan
-from meddx.training.loop import FitResult, run_epochs
+from meddx.training.loop import FitResult, run_epochs, training_layout
 from meddx.training.optim import create_optimizer, create_scheduler
 from meddx.transforms.augment import BatchAugment
 
@@ -211,7 +211,7 @@ class Trainer:
     def measure_epoch_seconds(self, x: torch.Tensor, y: torch.Tensor, n_val: int, probe_steps: int = 6) -> float:
         """Time a few steps on a throwaway copy of the model (the real one is untouched)."""
         self._setup_loss(y)
-        model = copy.deepcopy(self.model).train()
+        model = training_layout(copy.deepcopy(self.model)).train()
         opt = create_optimizer(model.parameters(), self.plan.optim)
         sched = create_scheduler(opt, self.plan.schedule, 10, 1)
         gen = torch.Generator().manual_seed(0)
