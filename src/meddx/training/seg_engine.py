@@ -50,12 +50,10 @@ def segment_probs(model: nn.Module, image: torch.Tensor, plan, *, overlap: float
                                             overlap=sg.sw_overlap if overlap is None else overlap, padding_mode="constant")
         return _logits(model, inp)
 
-    acc = None
-    for ax in flips:
-        inp = x if ax is None else x.flip(2 + ax)
-        p = F.softmax(run(inp).float(), dim=1)
-        p = p if ax is None else p.flip(2 + ax)
-        acc = p if acc is None else acc + p
+    # the flipped copies go through the network as one batch (one sliding-window pass)
+    inp = torch.cat([x if ax is None else x.flip(2 + ax) for ax in flips])
+    p = F.softmax(run(inp).float(), dim=1)
+    acc = sum(p[i:i + 1] if ax is None else p[i:i + 1].flip(2 + ax) for i, ax in enumerate(flips))
     return (acc / len(flips))[0].cpu()
 
 
