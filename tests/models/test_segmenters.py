@@ -62,3 +62,16 @@ def test_unet_attention_blocks_sit_after_each_encoder_level(att):
     assert len(blocks) >= 4  # every encoder level and the bottleneck (4 levels at 32 px)
     assert not any(isinstance(x, cls) for x in plain.modules())
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unet_full_res_adds_a_stride_one_level_of_half_the_base_width(dims):
+    size = (24, 32, 24)[:dims] if dims == 3 else (32, 32)
+    plain = create_model("unet", spatial_dims=dims, in_channels=1, num_classes=3, input_size=size)
+    full = create_model("unet", spatial_dims=dims, in_channels=1, num_classes=3, input_size=size, full_res=True)
+    assert list(full.channels) == [plain.channels[0] // 2, *plain.channels]
+    assert list(full.strides) == [1, *plain.strides] and full.divisor == plain.divisor
+    first = next(m for m in full.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+    assert first.stride == (1,) * dims and first.out_channels == plain.channels[0] // 2
+    with torch.no_grad():
+        assert full.eval()(torch.randn(2, 1, *size)).shape == (2, 3, *size)

@@ -175,3 +175,34 @@ def test_volumes_with_different_spacings_are_resampled_and_predicted_back_on_the
     src = nib.load(str(root / "images" / "vol02.nii.gz"))
     assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)  # back on the native grid
     assert json.loads((run / "metrics.json").read_text())["n_test"] >= 1
+
+
+@pytest.mark.parametrize("patch", [None, [16, 16, 16]])
+def test_flip_tta_in_one_batch_equals_the_mean_of_separate_passes(patch):
+    from types import SimpleNamespace as NS
+
+    from monai.inferers import sliding_window_inference
+
+    from meddx.models import create_model
+    from meddx.training.seg_engine import segment_probs
+
+    torch.manual_seed(0)
+    dims = 3 if patch else 2
+    model = create_model("unet", spatial_dims=dims, in_channels=1, num_classes=3, input_size=(16,) * dims).eval()
+    plan = NS(segment=NS(tta_flip_axes=[0, 1], patch_size=patch, sw_mode="gaussian", sw_overlap=0.5),
+              train=NS(batch_size=2))
+    img = torch.randn(1, *((20, 18, 16) if patch else (16, 16)))
+
+    def one(x):
+        with torch.no_grad():
+            if patch:
+                return sliding_window_inference(x, tuple(patch), 2, model, overlap=0.5, mode="gaussian",
+                                                padding_mode="constant").softmax(1)
+            return model(x).softmax(1)
+
+    x = img.unsqueeze(0)
+    ref = (one(x) + one(x.flip(2)).flip(2) + one(x.flip(3)).flip(3))[0] / 3
+    got = segment_probs(model, img, plan)
+    assert got.shape == (3, *img.shape[1:]) and torch.allclose(got, ref, atol=1e-5)
+    plan.segment.tta_flip_axes = []
+    assert torch.allclose(segment_probs(model, img, plan), one(x)[0], atol=1e-6)
