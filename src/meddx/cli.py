@@ -406,6 +406,8 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
              out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
              prune: Optional[float] = typer.Option(None, "--prune", help="Remove this fraction of every layer's "
                                                    "channels (0-1), then fine-tune."),
+             prune_steps: int = typer.Option(1, "--prune-steps", help="Reach --prune in this many cuts, "
+                                             "fine-tuning after each (iterative pruning)."),
              distill_from: Optional[Path] = typer.Option(None, "--distill-from", help="Teacher run: train/fine-tune "
                                                          "the student on its soft labels."),
              int8: bool = typer.Option(False, "--int8", help="Static int8 (ONNX Runtime, QDQ), calibrated on "
@@ -416,7 +418,7 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
              time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Time of each training phase, "
                                                        "e.g. 2m."),
              lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the plan's; a quarter "
-                                                "of it when fine-tuning)."),
+                                                "of it when fine-tuning, except after --prune 0.6 or more)."),
              kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="Distillation temperature."),
              kd_alpha: float = typer.Option(0.9, "--kd-alpha", help="Weight of the teacher term (0-1)."),
              calibration_images: int = typer.Option(256, "--calibration-images", help="int8: training images "
@@ -435,7 +437,7 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
     opts = CompressOptions(prune=prune, distill_from=str(distill_from) if distill_from else None, int8=int8,
                            student=student, epochs=epochs, time_budget_s=parse_duration(time_budget), lr=lr,
                            kd_temperature=kd_temperature, kd_alpha=kd_alpha, calibration_images=calibration_images,
-                           seed=seed, data=data)
+                           seed=seed, data=data, prune_steps=prune_steps)
     b = compress_run(run, out, opts, overwrite=overwrite, progress=_progress_enabled(no_progress), log=console.print)
     s = json.loads((b / "compression.json").read_text())
     r, src = s["result"], s.get("source")

@@ -29,12 +29,14 @@ def test_train_compress_all_three_bench_and_run_without_torch_cli(tiny_folder, t
     run = tmp_path / "run"
     meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress")
     out = tmp_path / "small"
-    r = meddx("compress", run, "--out", out, "--prune", "0.5", "--distill-from", run, "--int8", "--epochs", "1",
-              "--calibration-images", "16", "--no-progress")
+    r = meddx("compress", run, "--out", out, "--prune", "0.5", "--prune-steps", "2", "--distill-from", run, "--int8",
+              "--epochs", "2", "--calibration-images", "16", "--no-progress")
     assert "parameters" in r.stdout and "test AUC" in r.stdout
     s = json.loads((out / "compression.json").read_text())
     assert [st["step"] for st in s["steps"]] == ["prune", "int8"]
-    assert s["steps"][0]["fine_tune"]["distilled"] is True
+    assert s["steps"][0]["fine_tune"]["distilled"] is True and s["steps"][0]["steps"] == 2
+    assert [t["epochs_planned"] for t in s["steps"][0]["fine_tune"]["steps"]] == [1, 1]  # two cuts, one epoch each
+    assert s["steps"][0]["per_step"][0]["flops"] > s["steps"][0]["flops_after"]
     assert s["result"]["params"] < 0.35 * s["source"]["params"] and s["result"]["flops"] < 0.35 * s["source"]["flops"]
     man = json.loads((out / "bundle.json").read_text())
     assert man["model"]["precision"].startswith("int8") and man["compression"]["steps"] == ["prune", "int8"]
@@ -56,6 +58,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
         ("compress", run, "--out", tmp_path / "c"),                       # nothing to do
         ("compress", run, "--out", tmp_path / "c", "--prune", "1.5", "--epochs", "1"),
         ("compress", run, "--out", tmp_path / "c", "--prune", "0.5"),     # no training length
+        ("compress", run, "--out", tmp_path / "c", "--prune", "0.5", "--prune-steps", "0", "--epochs", "1"),
         ("bench", tmp_path),
     ]
     for args in cases:

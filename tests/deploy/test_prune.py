@@ -66,3 +66,31 @@ def test_bad_ratio():
     m = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=28)
     with pytest.raises(ValueError):
         prune(m, (1, 28, 28), 1.0, num_classes=2)
+
+
+def test_iterative_pruning_cuts_gradually_and_calls_back():
+    """``steps=3`` reaches about the one-shot width in three cuts, with the callback after each."""
+    kw = dict(spatial_dims=2, in_channels=1, num_classes=2, input_size=28)
+    torch.manual_seed(0)
+    one = create_model("small_cnn", **kw).eval()
+    torch.manual_seed(0)
+    it = create_model("small_cnn", **kw).eval()
+    single = prune(one, (1, 28, 28), 0.6, num_classes=2)
+    seen = []
+
+    def after(k):
+        seen.append((k, sum(p.numel() for p in it.parameters())))
+        with torch.no_grad():  # stand-in for fine-tuning: the next cut must see changed weights
+            for p in it.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+
+    info = prune(it, (1, 28, 28), 0.6, num_classes=2, steps=3, after_step=after)
+    assert [k for k, _ in seen] == [1, 2, 3]
+    sizes = [n for _, n in seen]
+    assert sizes[0] > sizes[1] > sizes[2] == info["params_after"]
+    assert [s["params"] for s in info["per_step"]] == sizes
+    assert info["steps"] == 3 and info["flops_after"] < 0.3 * info["flops_before"]
+    assert abs(info["params_after"] - single["params_after"]) <= 0.1 * single["params_after"]
+    assert it(torch.randn(2, 1, 28, 28)).shape == (2, 2)
+    with pytest.raises(ValueError):
+        prune(create_model("small_cnn", **kw), (1, 28, 28), 0.5, num_classes=2, steps=0)

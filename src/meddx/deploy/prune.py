@@ -34,8 +34,15 @@ def output_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 
 def prune(model: nn.Module, input_shape: tuple[int, ...], ratio: float, *, num_classes: int,
-          round_to: int | None = None) -> dict:
+          round_to: int | None = None, steps: int = 1, after_step=None) -> dict:
     """Remove ``ratio`` of the channels of every prunable layer group, in place.
+
+    With ``steps > 1`` the ratio is reached gradually (Torch-Pruning's ``iterative_steps``:
+    step k removes up to ``ratio * k / steps`` of the original channels) and
+    ``after_step(k)`` runs after each step, which is where the caller fine-tunes, so the
+    network recovers from a small cut before the next one (Molchanov et al., ICLR 2017;
+    Fang et al., CVPR 2023 use the same prune-train loop). L1 importance is re-measured on
+    the fine-tuned weights at every step.
 
     Args:
         model: a registry model (eval or train mode; returned in eval mode).
@@ -43,10 +50,13 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], ratio: float, *, num_c
         ratio: fraction of channels removed per group, in (0, 1).
         num_classes: the output width to keep.
         round_to: keep channel counts multiples of this (SIMD-friendly), or None.
+        steps: number of prune steps (>= 1).
+        after_step: ``callable(step_index)`` called after each step (1-based), or None.
 
     Returns:
-        ``{"ratio", "params_before", "params_after", "flops_before", "flops_after"}``
-        (FLOPs from ``torch.utils.flop_counter``, per input).
+        ``{"ratio", "steps", "params_before", "params_after", "flops_before", "flops_after",
+        "per_step": [{"step", "params", "flops"}, ...]}`` (FLOPs from ``torch.utils.flop_counter``,
+        per input).
     """
     import torch_pruning as tp
 
@@ -54,17 +64,28 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], ratio: float, *, num_c
 
     if not 0 < ratio < 1:
         raise ValueError(f"prune ratio must be in (0, 1), got {ratio}")
+    if int(steps) < 1:
+        raise ValueError(f"prune steps must be >= 1, got {steps}")
     model.eval()
     x = torch.randn(1, *input_shape)
     before = (sum(p.numel() for p in model.parameters()), torch_flops(model, x))
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
                                   pruning_ratio=float(ratio), ignored_layers=output_layers(model, num_classes),
-                                  round_to=round_to)
-    pruner.step()
+                                  round_to=round_to, iterative_steps=int(steps))
+    per_step = []
+    for k in range(1, int(steps) + 1):
+        model.eval()
+        pruner.step()
+        model.eval()
+        per_step.append({"step": k, "params": int(sum(p.numel() for p in model.parameters())),
+                         "flops": int(torch_flops(model, x))})
+        if after_step is not None:
+            after_step(k)
     model.eval()
     after = (sum(p.numel() for p in model.parameters()), torch_flops(model, x))
-    return {"ratio": float(ratio), "params_before": int(before[0]), "params_after": int(after[0]),
-            "flops_before": int(before[1]), "flops_after": int(after[1])}
+    return {"ratio": float(ratio), "steps": int(steps), "params_before": int(before[0]),
+            "params_after": int(after[0]), "flops_before": int(before[1]), "flops_after": int(after[1]),
+            "per_step": per_step}
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
