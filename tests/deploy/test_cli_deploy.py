@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from deploy_testutils import make_run
 
@@ -36,6 +37,8 @@ def test_train_compress_all_three_bench_and_run_without_torch_cli(tiny_folder, t
     assert [st["step"] for st in s["steps"]] == ["prune", "int8"]
     assert s["steps"][0]["fine_tune"]["distilled"] is True and s["steps"][0]["steps"] == 2
     assert [t["epochs_planned"] for t in s["steps"][0]["fine_tune"]["steps"]] == [1, 1]  # two cuts, one epoch each
+    plan_lr = yaml.safe_load((run / "plan.yaml").read_text())["optim"]["lr"]
+    assert [t["lr"] for t in s["steps"][0]["fine_tune"]["steps"]] == [pytest.approx(plan_lr / 4)] * 2  # a 50 % cut
     assert s["steps"][0]["per_step"][0]["flops"] > s["steps"][0]["flops_after"]
     assert s["result"]["params"] < 0.35 * s["source"]["params"] and s["result"]["flops"] < 0.35 * s["source"]["flops"]
     man = json.loads((out / "bundle.json").read_text())

@@ -94,3 +94,11 @@ def test_iterative_pruning_cuts_gradually_and_calls_back():
     assert it(torch.randn(2, 1, 28, 28)).shape == (2, 2)
     with pytest.raises(ValueError):
         prune(create_model("small_cnn", **kw), (1, 28, 28), 0.5, num_classes=2, steps=0)
+
+
+def test_learning_rate_after_a_cut():
+    """A light cut is fine-tuned at a quarter of the plan's rate; from 60 % on it is retrained at the full rate."""
+    from meddx.deploy.compress import prune_lr_factor
+
+    assert prune_lr_factor(0.3) == prune_lr_factor(0.5) == 0.25
+    assert prune_lr_factor(0.6) == prune_lr_factor(0.7) == 1.0
