@@ -34,6 +34,26 @@ def test_baseline_strips_every_component_and_each_arm_adds_one():
     assert set(COMPONENTS) >= {"augmentation", "balanced_sampling", "focal_loss", "mixup_cutmix", "ensemble"}
 
 
+@pytest.mark.parametrize("has_attention", [False, True])
+def test_every_added_component_changes_the_baseline_plan(has_attention):
+    """Regression: '+ attention' once resolved to the baseline itself (the baseline's whole
+    ``model.params`` was applied after the arm's ``model.params.attention``)."""
+    full = make_plan_for()
+    full.augment.rotate_deg = 10
+    if has_attention:
+        full.model.params = {"dropout": 0.1, "attention": "se"}
+
+    def resolved(ov):
+        return apply_overrides(full, ov).model_dump(mode="json", exclude={"decisions"})
+
+    arm_list = dict(arms(full))
+    base = resolved(arm_list["baseline"])
+    for name, ov in arm_list.items():
+        if name.startswith("+ "):
+            assert resolved(ov) != base, name
+    assert apply_overrides(full, arm_list["+ attention"]).model.params.get("attention") == "se"
+
+
 def test_empty_component_list_gives_baseline_and_full_only():
     full = make_plan_for()
     full.augment.rotate_deg = 10

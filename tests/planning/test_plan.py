@@ -66,3 +66,12 @@ def test_overrides_are_recorded_and_validated():
     assert p.decisions[-1].kind == "user"
     with pytest.raises(Exception):
         apply_overrides(p, {"train.epochs": 0})
+
+
+
+def test_a_nested_override_wins_over_its_parent_in_any_order():
+    p0 = make_plan(_fp(), source="x")
+    for ov in ({"model.params.attention": "se", "model.params": {"dropout": 0.2}},
+               {"model.params": {"dropout": 0.2}, "model.params.attention": "se"}):
+        p = apply_overrides(p0, ov)
+        assert p.model.params == {"dropout": 0.2, "attention": "se"}

@@ -405,9 +405,12 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
 
 
 def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
-    """Apply dotted-key overrides (``{"train.epochs": 5}``) given by the user, and record them."""
+    """Apply dotted-key overrides (``{"train.epochs": 5}``) given by the user, and record them.
+
+    A key inside another one's value wins, whatever the order given: ``model.params`` is applied
+    before ``model.params.attention`` (keys with fewer dots first, otherwise in the given order)."""
     raw = plan.model_dump(mode="json")
-    for key, value in overrides.items():
+    for key, value in sorted(overrides.items(), key=lambda kv: kv[0].count(".")):
         if value is None:
             continue
         node = raw
