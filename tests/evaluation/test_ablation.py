@@ -47,11 +47,14 @@ def test_every_added_component_changes_the_baseline_plan(has_attention):
         return apply_overrides(full, ov).model_dump(mode="json", exclude={"decisions"})
 
     arm_list = dict(arms(full))
+    snapshot = json.dumps(arm_list, sort_keys=True, default=str)
     base = resolved(arm_list["baseline"])
     for name, ov in arm_list.items():
         if name.startswith("+ "):
             assert resolved(ov) != base, name
     assert apply_overrides(full, arm_list["+ attention"]).model.params.get("attention") == "se"
+    assert json.dumps(arm_list, sort_keys=True, default=str) == snapshot  # resolving an arm leaves the others alone
+    assert resolved(arm_list["+ pca_head"])["model"]["params"].get("attention") is None
 
 
 def test_empty_component_list_gives_baseline_and_full_only():

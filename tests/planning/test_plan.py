@@ -75,3 +75,4 @@ def test_a_nested_override_wins_over_its_parent_in_any_order():
                {"model.params": {"dropout": 0.2}, "model.params.attention": "se"}):
         p = apply_overrides(p0, ov)
         assert p.model.params == {"dropout": 0.2, "attention": "se"}
+        assert ov["model.params"] == {"dropout": 0.2}  # the caller's dict is not written into

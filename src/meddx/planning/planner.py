@@ -70,6 +70,7 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -417,7 +418,7 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)  # a later nested key must not write into the caller's dict
         raw["decisions"].append({"field": key, "value": value, "rule": "set by the user", "kind": "user",
                                  "reads": {}})
     from pydantic import ValidationError
