@@ -16,8 +16,9 @@ default plan (``small_cnn``), then each variant is made with the library
   ``KD_FINETUNE_S`` (240 s) of training after the cut (the network keeps 30 % of its channels,
   1/11 of the FLOPs, and needs longer than the 50 % cut to recover: on the seed-0 teachers'
   validation splits, PneumoniaMNIST AUC 0.9916 after 45 s at a quarter of the learning rate,
-  0.9962 after 120 s and 0.9968 after 240 s at the full rate, against the teacher's 0.9968); the row "pruned 70 % + distilled" is the same network
-  before int8 (torch, from the bundle's ``student.pt``).
+  0.9962 after 120 s and 0.9968 after 240 s at the full rate, against the teacher's 0.9968);
+  the row "pruned 70 % + distilled" is the same network before int8 (torch, from the bundle's
+  ``student.pt``).
 
 Every variant's test AUC comes from the same code (probabilities on the preprocessed
 test split; bundles through ``meddx.runtime``), with a bootstrap 95 % CI and a paired
