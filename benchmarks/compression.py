@@ -60,6 +60,7 @@ BUDGET = {"pneumoniamnist": {"teacher": 120, "student": 60, "finetune": 45, "kd_
           "breastmnist": {"teacher": 150, "student": 60, "finetune": 45, "kd_finetune": KD_FINETUNE_S}}
 STUDENT = "small_cnn:width=0.5,first_stride=2"
 PRUNE_ALONE, PRUNE_WITH_KD = 0.5, 0.7
+PD = f"pruned {PRUNE_WITH_KD:.0%} + distilled"  # the fp32 row; its int8 bundle is PD + " + int8"
 REFERENCE = {
     "int8": "issue bar: int8 >= 4x the throughput of torch fp32 eager, <= 0.5 AUC points lost; ONNX Runtime's "
             "ResNet-18 example: 3.95x smaller, 0.10 points of accuracy lost",
@@ -138,14 +139,13 @@ def classification(flag: str, work: Path, seed: int, scale: float, repeats: int,
         teacher, work / "student_distilled",
         CompressOptions(student=STUDENT, distill_from=str(teacher), time_budget_s=b["student"], seed=seed),
         progress=False, log=quiet))
-    make(f"pruned {PRUNE_WITH_KD:.0%} + distilled + int8", lambda: compress_run(
+    make(f"{PD} + int8", lambda: compress_run(
         teacher, work / "pruned_distilled_int8",
         CompressOptions(prune=PRUNE_WITH_KD, distill_from=str(teacher), int8=True, time_budget_s=b["kd_finetune"],
                         seed=seed), progress=False, log=quiet))
     # the same pruned + distilled network before int8 (its torch weights are in the bundle's student.pt)
-    _, pd_model = load_student(made[f"pruned {PRUNE_WITH_KD:.0%} + distilled + int8"])
+    _, pd_model = load_student(made[f"{PD} + int8"])
     pd_model.eval()
-    PD = f"pruned {PRUNE_WITH_KD:.0%} + distilled"
 
     plan, model = load_run(teacher)
     _, _, tensors = load_split_tensors(teacher, plan)
@@ -157,7 +157,7 @@ def classification(flag: str, work: Path, seed: int, scale: float, repeats: int,
     probs = {"torch fp32 eager": predict_proba(model, xte, 256, torch.device("cpu"), flips)}
     bundles = {k: load(v) for k, v in made.items()}
     for k, bd in bundles.items():
-        if k.endswith("+ int8") and k.startswith(PD):  # fp32 row first, then its int8 bundle
+        if k == f"{PD} + int8":  # fp32 row first, then its int8 bundle
             probs[PD] = predict_proba(pd_model, xte, 256, torch.device("cpu"), flips)
         x = xte.numpy()
         probs[k] = np.concatenate([bd.predict_proba(x[i:i + 256]) for i in range(0, len(x), 256)])
@@ -168,7 +168,8 @@ def classification(flag: str, work: Path, seed: int, scale: float, repeats: int,
         auc = m.get("auc") or m.get("auc_macro")
         if k in ("torch fp32 eager", PD):
             mk = model if k == "torch fp32 eager" else pd_model
-            info = {"params": int(count_parameters(mk)), "flops": torch_flops(mk, torch.zeros(1, *shape)),
+            info = {"params": int(count_parameters(mk)),
+                    "flops": teacher_flops if mk is model else torch_flops(mk, torch.zeros(1, *shape)),
                     "file_bytes": torch_size_bytes(mk), "precision": "fp32 (torch)", "train_s": None}
         else:
             man = bundles[k].manifest["model"]
@@ -349,8 +350,8 @@ def write(results: dict, info: dict, args) -> None:
                          f"({rng_s(s['latency_speedup_range'])}) | {s['throughput']:.0f} ({s['best_batch']}) | "
                          f"{s['throughput_ratio']:.2f} ({rng_s(s['throughput_ratio_range'])}) | {g:.2f}{pk} |")
         i8 = v["int8"]
-        pd = v.get(f"pruned {PRUNE_WITH_KD:.0%} + distilled") or v[f"pruned {PRUNE_WITH_KD:.0%} + distilled + int8"]
-        pdi = v[f"pruned {PRUNE_WITH_KD:.0%} + distilled + int8"]
+        pdi = v[f"{PD} + int8"]
+        pd = v.get(PD, pdi)  # runs before 2026-12-02 had only the int8 row
         sa, sd = v["student alone"], v["distilled student"]
         lines += ["", "Bars:",
                   f"* int8: throughput × {i8['speed']['throughput_ratio']:.2f} (bar ≥ 4), AUC lost "

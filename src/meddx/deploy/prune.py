@@ -81,11 +81,10 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], ratio: float, *, num_c
                          "flops": int(torch_flops(model, x))})
         if after_step is not None:
             after_step(k)
-    model.eval()
-    after = (sum(p.numel() for p in model.parameters()), torch_flops(model, x))
+    model.eval()  # fine-tuning keeps the widths: the last step's counts are the result
     return {"ratio": float(ratio), "steps": int(steps), "params_before": int(before[0]),
-            "params_after": int(after[0]), "flops_before": int(before[1]), "flops_after": int(after[1]),
-            "per_step": per_step}
+            "params_after": per_step[-1]["params"], "flops_before": int(before[1]),
+            "flops_after": per_step[-1]["flops"], "per_step": per_step}
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
