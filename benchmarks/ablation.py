@@ -111,11 +111,20 @@ def main() -> None:
     ap.add_argument("--components", nargs="*", default=None,
                     help="only these components (default: the benchmark's list; none: baseline and full plan only). "
                          "Runs are kept in --work, so a later call with more components adds their arms")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rewrite ablation.md from ablation.json and the current medmnist.json (bar 2)")
     args = ap.parse_args()
     from meddx.evaluation.ablation import run_ablation
 
     out_json = HERE / "results" / "ablation.json"
-    results = json.loads(out_json.read_text())["datasets"] if out_json.exists() else {}
+    saved = json.loads(out_json.read_text()) if out_json.exists() else {}
+    results = saved.get("datasets", {})
+    if args.report_only:
+        if not results:
+            sys.exit(f"{out_json} not found: run the ablation first")
+        write(results, saved.get("command") or "(not recorded)")
+        return
+    command = f"python benchmarks/ablation.py {' '.join(sys.argv[1:])}".strip()
     for name in args.datasets:
         rel, task = PATHS[name]
         epochs = max(1, int(round(EPOCHS[name] * args.scale)))
@@ -127,10 +136,11 @@ def main() -> None:
             r.pop("runs", None)
         res.update({"commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1)})
         results[name] = res
-        write(results, args)
+        write(results, command)
 
 
-def write(results: dict, args) -> None:
+def write(results: dict, command: str | None) -> None:
+    """Write ablation.md and ablation.json; ``command`` is the last command that trained arms."""
     from meddx.training.run import machine, versions
 
     mc = machine()
@@ -138,7 +148,8 @@ def write(results: dict, args) -> None:
     gain = {k: next(r for r in v["arms"] if r["arm"] == "full")["delta_accuracy"] for k, v in cls.items()}
     mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
     lines = ["# Ablation: what each optimisation is worth", "",
-             f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+             f"Command (last training run): `{command}`; bar 2 is re-read from medmnist.json at every write "
+             "(`--report-only` rewrites this file without training).",
              machine_line({"machine": mc, "versions": versions()}), "",
              "Every run is `meddx train` with the arm's plan and the dataset's number of epochs below (the same for "
              "every arm; an ensemble's 5 members get a fifth each, so every arm does the same training work); seeds 0, 1, 2 on one fixed split (MedMNIST: the official split; BUSI: "
@@ -164,7 +175,7 @@ def write(results: dict, args) -> None:
         lines += [markdown_table(v), f"Commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ablation.md").write_text("\n".join(lines) + "\n")
-    (HERE / "results" / "ablation.json").write_text(json.dumps({"datasets": results, "mean_full_gain": mean_gain},
+    (HERE / "results" / "ablation.json").write_text(json.dumps({"command": command, "datasets": results, "mean_full_gain": mean_gain},
                                                                indent=2, default=float))
 
 

@@ -37,6 +37,14 @@ def test_medmnist_grey_rgb_3d(real_data, tmp_path, flag, n_classes):
     run = _run(real_data / "medmnist" / f"{flag}.npz", tmp_path / flag)
     m = _check_run(run, n_classes)
     assert m["n_test"] == {"breastmnist": 156, "retinamnist": 400, "adrenalmnist3d": 298}[flag]
+    if flag == "adrenalmnist3d":  # R16: the flips were tried on validation and the choice saved with the plan
+        from meddx.planning.plan import Plan
+
+        plan = Plan.load(run / "plan.yaml")
+        d = [d for d in plan.decisions if d.rule.startswith("R16") and d.kind == "empirical"][-1]
+        assert not plan.evaluate.choose_tta and d.reads["candidate_flip_axes"] == [0, 1, 2]
+        sc = d.reads["validation_score"]
+        assert plan.evaluate.tta_flip_axes == ([0, 1, 2] if sc["with"] > sc["without"] else [])
     sub = evaluate_run(run, progress=False)
     again = json.loads((sub / "metrics.json").read_text())
     # re-evaluation from the checkpoint reproduces the run's own test numbers

@@ -30,7 +30,15 @@ def test_baseline_strips_every_component_and_each_arm_adds_one():
         if name == "full - ensemble":
             assert p.ensemble.kind == "none" and p.augment.rotate_deg == 10
     full3 = make_plan_for(spatial_dims=3)
-    assert "+ tta" in [a for a, _ in arms(full3)]
+    assert "+ tta" in dict(arms(full3))
+    # as the planner plans 3D (R16): the trained flips are a candidate, chosen on validation
+    full3 = apply_overrides(full3, {"evaluate.tta_flip_axes": [0, 1, 2], "evaluate.choose_tta": True})
+    arms3 = dict(arms(full3))
+    assert "+ tta" in arms3 and "full - tta" in arms3
+    on, off = apply_overrides(full3, arms3["+ tta"]), apply_overrides(full3, arms3["full - tta"])
+    assert on.evaluate.tta_flip_axes == [0, 1, 2] and not on.evaluate.choose_tta  # the arm forces it on
+    assert off.evaluate.tta_flip_axes == [] and not off.evaluate.choose_tta
+    assert apply_overrides(full3, arms3["baseline"]).evaluate.tta_flip_axes == []
     assert set(COMPONENTS) >= {"augmentation", "balanced_sampling", "focal_loss", "mixup_cutmix", "ensemble"}
 
 

@@ -48,6 +48,10 @@ def test_rules_large_rgb_mixed_sizes_and_ct():
                                   "p99_5": 1500.0}), source="x", cuda=False)
     assert ct.data.spatial_dims == 3 and ct.data.input_size == [32, 32, 32]
     assert ct.data.intensity == "clip_scale" and ct.data.clip == [-1000.0, 1500.0]
+    # R16: 3D tries, on validation after training, averaging over the flips it was trained with; 2D none
+    assert ct.evaluate.tta_flip_axes == ct.augment.flip_axes == [0, 1, 2] and ct.evaluate.choose_tta
+    assert p.evaluate.tta_flip_axes == [] and p.augment.flip_axes == []
+    assert any(d.rule.startswith("R16") for d in ct.decisions)
     mr = make_plan(_fp(intensity={"min": 0.0, "max": 4000.5, "integer_valued": False, "p00_5": 0, "p99_5": 3000}),
                    source="x")
     assert mr.data.intensity == "image_zscore"

@@ -28,6 +28,7 @@ def test_medmnist_2d_rules(real_data):
     assert p.train.batch_size == 128  # >= 2000 training cases
     assert p.train.sampler == "none" and r["R12"].reads["imbalance_ratio"] == pytest.approx(2.699, abs=0.01)
     assert p.ensemble.kind == "none" and p.choices == [] and p.train.head == "deep"
+    assert p.evaluate.tta_flip_axes == []  # R16: no flips in 2D (laterality)
     assert r["R6"].reads["estimated_gb"] < 1.0
 
     fp, _ = _fp(mm / "retinamnist.npz")
@@ -51,6 +52,7 @@ def test_medmnist_3d_rules(real_data):
     p = make_plan(fp, source="x", cuda=False, time_budget_s=150)
     assert p.data.spatial_dims == 3 and p.data.input_size == [28, 28, 28]
     assert p.train.batch_size == 16 and p.augment.flip_axes == [0, 1, 2]
+    assert p.evaluate.tta_flip_axes == [0, 1, 2] and p.evaluate.choose_tta  # R16: candidates, kept if val rises
     fp64, _ = _fp(real_data / "medmnist" / "adrenalmnist3d_64.npz")
     assert make_plan(fp64, source="x", cuda=False).data.input_size == [32, 32, 32]  # CPU cap
     assert make_plan(fp64, source="x", cuda=True).data.input_size == [64, 64, 64]

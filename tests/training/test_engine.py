@@ -102,6 +102,39 @@ def test_ema_tracks_weights_and_tta_averages_flips():
     assert abs(p_tta[0, 0] - 0.5) < 1e-6  # the flip swaps the halves; the average is even
 
 
+def test_test_time_flips_are_kept_only_when_validation_rises():
+    """R16: the candidate flips survive only if they raise the validation AUC; the choice is recorded."""
+    import numpy as np
+    import torch.nn as nn
+
+    from meddx.planning.plan import Plan
+    from meddx.training.run import choose_tta
+
+    class LeftHalf(nn.Module):  # class 1 when the left half is bright; blind to the right half
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            s = x[..., : x.shape[-1] // 2].mean((1, 2, 3, 4)) * 10
+            return torch.stack([-s, s], 1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 4, 4, 4, generator=g)
+    y_left = (x[..., :2].mean((1, 2, 3, 4)) > 0).long().numpy()   # what the network sees: flips only blur it
+    y_right = (x[..., 2:].mean((1, 2, 3, 4)) > 0).long().numpy()  # what only the flipped copy sees
+    for y, kept in ((y_left, []), (y_right, [2])):
+        plan = Plan.model_validate({"task": "classify", "data": {"source": "x", "kind": "npz",
+                                                                 "class_names": ["a", "b"], "spatial_dims": 3,
+                                                                 "channels": 1, "input_size": [4, 4, 4]},
+                                    "evaluate": {"tta_flip_axes": [2], "choose_tta": True}})
+        choose_tta(plan, LeftHalf(), x, np.asarray(y), torch.device("cpu"), log=lambda m: None)
+        assert plan.evaluate.tta_flip_axes == kept and plan.evaluate.choose_tta is False
+        d = plan.decisions[-1]
+        assert d.rule.startswith("R16") and d.kind == "empirical" and d.reads["candidate_flip_axes"] == [2]
+        assert (d.reads["validation_score"]["with"] > d.reads["validation_score"]["without"]) == bool(kept)
+
+
 def _tiny_plan(**train):
     from meddx.planning.plan import DataConfig, Plan, TrainConfig
 

@@ -115,9 +115,10 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in [
               lambda p: p.ensemble.kind != "none",
               lambda p: {"ensemble.kind": "none", "ensemble.members": 1,
                          **({} if p.train.time_budget_s else {"train.epochs": p.train.epochs * p.ensemble.members})}),
-    Component("tta", "flip test-time augmentation on every axis (3D only: 2D laterality matters)",
-              lambda p: {"evaluate.tta_flip_axes": list(range(p.data.spatial_dims))},
-              lambda p: bool(p.evaluate.tta_flip_axes), lambda p: {"evaluate.tta_flip_axes": []},
+    Component("tta", "flip test-time augmentation on every axis, always on (3D only: 2D laterality matters)",
+              lambda p: {"evaluate.tta_flip_axes": list(range(p.data.spatial_dims)), "evaluate.choose_tta": False},
+              lambda p: bool(p.evaluate.tta_flip_axes),
+              lambda p: {"evaluate.tta_flip_axes": [], "evaluate.choose_tta": False},
               applies=lambda p: p.data.spatial_dims == 3),
 ]}
 

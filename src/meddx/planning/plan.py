@@ -146,6 +146,9 @@ class EnsembleConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     tta_flip_axes: list[int] = []  # average predictions over these flips (test-time augmentation)
+    # choose_tta: the flips above are a candidate: training validates without them, then they are kept
+    # only if they raise the validation AUC (rule R16, recorded as a decision), else cleared
+    choose_tta: bool = False
     threshold_rule: Literal["youden", "sensitivity"] = "youden"
     target_sensitivity: Optional[float] = None
     n_boot: int = 1000

@@ -244,8 +244,9 @@ class Trainer:
                 yield x_train[idx], y_train[idx], gen
 
         def validate(model):
+            ev = self.plan.evaluate  # flips still to be chosen (R16) are tried after training, not here
             proba = predict_proba(model, x_val, self.plan.train.eval_batch_size, self.device,
-                                  self.plan.evaluate.tta_flip_axes)
+                                  [] if ev.choose_tta else ev.tta_flip_axes)
             sc = val_scores(y_val_np, proba)
             score = -sc["loss"] if select == "loss" else sc[select]
             if math.isnan(score):

@@ -286,6 +286,9 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
 
         xte, yte = tensors["test"]
         device = next(model.parameters()).device
+        if plan.evaluate.choose_tta:
+            choose_tta(plan, model, xva, yva.numpy(), device, log)
+            plan.save(out / "plan.yaml")
         p_val = predict_proba(model, xva, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
         p_test = predict_proba(model, xte, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
         from meddx.evaluation.uncertainty import load_ensemble
@@ -296,6 +299,27 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         set_status(out, "complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                    train_seconds=result.train_seconds, best_epoch=result.best_epoch, stopped_by=result.stopped_by)
         return out
+
+
+def choose_tta(plan: Plan, model: torch.nn.Module, xva: torch.Tensor, yva: np.ndarray, device, log=print) -> None:
+    """R16: keep the candidate flips in ``evaluate.tta_flip_axes`` only if they raise the validation AUC
+    (accuracy when the AUC is undefined); record the choice in the plan."""
+    from meddx.training.engine import val_scores
+
+    ev, flips = plan.evaluate, list(plan.evaluate.tta_flip_axes)
+    scores = {}
+    for name, axes in (("without", []), ("with", flips)):
+        sc = val_scores(yva, predict_proba(model, xva, plan.train.eval_batch_size, device, axes))
+        scores[name] = sc["auc"] if np.isfinite(sc["auc"]) else sc["accuracy"]
+    keep = bool(flips) and scores["with"] > scores["without"]
+    ev.tta_flip_axes = flips if keep else []
+    ev.choose_tta = False  # chosen: a re-run of this plan keeps it
+    plan.decisions.append(Decision(field="evaluate.tta_flip_axes", value=ev.tta_flip_axes,
+                                   rule="R16 test-time augmentation", kind="empirical",
+                                   reads={"candidate_flip_axes": flips,
+                                          "validation_score": {k: round(float(v), 4) for k, v in scores.items()}}))
+    log(f"test-time flips {flips}: validation {scores['with']:.4f} with, {scores['without']:.4f} without -> "
+        f"{'kept' if keep else 'not used'}")
 
 
 def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor,
