@@ -40,7 +40,9 @@ def train(manifest: Path, out: Path, method: str, budget: float) -> dict:
                            "--time-budget", f"{budget:.0f}s", "--no-progress"], out.name)
     m = json.loads((out / "metrics.json").read_text())
     return {"detection": m["detection"], "train_s": m["training"]["train_seconds"],
-            "epochs": m["training"]["epochs_run"], "wall_s": wall, "peak_rss_mib": rss}
+            "epochs": m["training"]["epochs_run"], "wall_s": wall, "peak_rss_mib": rss,
+            "infer_s_per_case": m["inference"]["seconds_per_case_mean"],
+            "infer_s_max": m["inference"]["seconds_per_case_max"]}
 
 
 def nih_rows(fold_of_patient: dict, k: int) -> list[list]:
@@ -171,6 +173,13 @@ def render_lines(summary: dict, runs: dict) -> tuple[list[str], str]:
                else f"Higher mean FROC: **{win}**.")
     lines += ["", f"Mean ± sd over {FOLDS} folds. {verdict} Training "
               f"{np.mean([r['train_s'] for m in METHODS for r in runs[m]]):.0f} s per fold and method."]
+    if all("infer_s_per_case" in r for m in METHODS for r in runs[m]):
+        lines += ["", "| method | inference ms per image (mean; slowest) | peak RSS MiB (whole `meddx train`) |",
+                  "|---|---|---|"]
+        for m in METHODS:
+            lines.append(f"| {m} | {1000 * np.mean([r['infer_s_per_case'] for r in runs[m]]):.0f}; "
+                         f"{1000 * max(r['infer_s_max'] for r in runs[m]):.0f} | "
+                         f"{max(r['peak_rss_mib'] for r in runs[m]):.0f} |")
     return lines, win
 
 

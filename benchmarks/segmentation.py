@@ -62,7 +62,20 @@ def train(manifest: Path, out: Path, budget: float, seed: int = 0, extra: tuple[
     with open(out / "per_case.csv", newline="") as f:
         per_case = list(csv.DictReader(f))
     return {"metrics": m, "per_case": per_case, "wall_s": wall, "train_s": m["training"]["train_seconds"],
-            "epochs": m["training"]["epochs_run"], "peak_rss_mib": rss}
+            "epochs": m["training"]["epochs_run"], "peak_rss_mib": rss,
+            "infer_s_per_case": m["inference"]["seconds_per_case_mean"],
+            "infer_s_max": m["inference"]["seconds_per_case_max"]}
+
+
+def cost_line(runs: list[dict], unit: str = "case") -> str:
+    """Training time, inference time per test case and peak memory over a dataset's runs."""
+    tr = [r["train_s"] for r in runs]
+    inf = [r["infer_s_per_case"] for r in runs]
+    per = "per run" if len(runs) == 1 else f"per run (mean of {len(runs)})"
+    return (f"Cost: training {np.mean(tr):.0f} s {per}; inference {1000 * np.mean(inf):.0f} ms per {unit} "
+            f"(mean; slowest {1000 * max(r['infer_s_max'] for r in runs):.0f} ms; network, sliding window and "
+            f"return to the {unit}'s geometry, file reading excluded); peak RSS "
+            f"{max(r['peak_rss_mib'] for r in runs):.0f} MiB (training and evaluation, the whole `meddx train`).")
 
 
 def _ci(m: dict) -> str:
@@ -96,7 +109,8 @@ def run_hippocampus(td: Path, scale: float) -> dict:
                  f"{_ci(s['mean']['asd'])} |")
     bar = mean >= 0.89 and r["train_s"] <= 1200
     lines += ["", f"Training {r['train_s']:.0f} s ({r['epochs']} epochs), peak RSS {r['peak_rss_mib']:.0f} MiB. "
-              f"Bar (mean Dice >= 0.89 within 20 min): **{'met' if bar else 'not met'}** (mean Dice {mean:.3f})."]
+              f"Bar (mean Dice >= 0.89 within 20 min): **{'met' if bar else 'not met'}** (mean Dice {mean:.3f}).",
+              "", cost_line([r], "volume")]
     return {"lines": lines, "runs": [{k: v for k, v in r.items() if k != "per_case"}], "bar_met": bool(bar),
             "mean_dice": mean}
 
@@ -130,7 +144,7 @@ def run_lgg(td: Path, scale: float) -> dict:
         lines.append(f"| {x['fold']} | {x['slices']} | {x['tumour_slices']} | {x['patient_dice']:.3f} | "
                      f"{x['slice_mean_dice']:.3f} | {x['train_s']:.0f} |")
     lines += ["", f"Mean per-patient Dice {m:.3f} (bootstrap 95% CI over patients [{lo:.3f}, {hi:.3f}], n = 5); "
-              f"Buda et al. report 0.82 on 110 patients."]
+              f"Buda et al. report 0.82 on 110 patients.", "", cost_line(runs, "slice")]
     return {"lines": lines, "folds": rows, "runs": runs, "mean_patient_dice": m}
 
 
@@ -186,7 +200,8 @@ def run_busi(td: Path, scale: float, folds: int = 5) -> dict:
              "|---|---|" + "---|" * len(det[0][2]),
              f"| {np.mean([x[0] for x in det]):.3f} ± {np.std([x[0] for x in det], ddof=1):.3f} | "
              f"{np.mean([x[1] for x in det]):.3f} ± {np.std([x[1] for x in det], ddof=1):.3f} | "
-             + " | ".join(f"{np.mean([x[2][r_] for x in det]):.3f}" for r_ in det[0][2]) + " |"]
+             + " | ".join(f"{np.mean([x[2][r_] for x in det]):.3f}" for r_ in det[0][2]) + " |",
+             "", cost_line(runs, "image")]
     return {"lines": lines, "runs": runs, "dice": d, "iou": i_, "per_fold_dice": per_fold,
             "detection_ap_per_fold": [x[0] for x in det], "detection_froc_per_fold": [x[1] for x in det]}
 
@@ -207,7 +222,7 @@ def run_covid(td: Path, scale: float) -> dict:
     for name, v in s["per_class"].items():
         lines.append(f"| lungs | {_ci(v['dice'])} | {_ci(v['iou'])} | {_ci(v['hd95'])} | {_ci(v['asd'])} |")
     lines += ["", f"Training {r['train_s']:.0f} s ({r['epochs']} epochs). Bar Dice >= 0.95: "
-              f"**{'met' if mean >= 0.95 else 'not met'}** ({mean:.3f})."]
+              f"**{'met' if mean >= 0.95 else 'not met'}** ({mean:.3f}).", "", cost_line([r], "image")]
     return {"lines": lines, "runs": [{k: v for k, v in r.items() if k != "per_case"}], "mean_dice": mean}
 
 

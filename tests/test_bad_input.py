@@ -129,3 +129,26 @@ def test_mixed_dimensionality_names_a_file(tiny_folder, tmp_path, real_data):
     vol = sorted((real_data / "seg" / "msd_hippocampus_udacity" / "images").iterdir())[0]
     shutil.copy(vol, tiny_folder / "lesion" / vol.name)
     _train_fails(tmp_path, tiny_folder, vol.name, "mixed 2D and 3D")
+
+
+def test_segmentation_mask_off_its_image_grid(tmp_path):
+    """`meddx train --task segment` with a mask whose affine differs from its image: one line, exit 2."""
+    import nibabel as nib
+
+    for d in ("images", "masks"):
+        (tmp_path / "d" / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        m = np.zeros((16, 16, 8), np.uint8)
+        m[4:10, 4:10, 2:6] = 1
+        aff = np.diag([1.0, 1.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(rng.normal(0, 1, (16, 16, 8)).astype(np.float32), aff),
+                 str(tmp_path / "d" / "images" / f"v{i}.nii.gz"))
+        if i == 3:
+            aff = aff.copy()
+            aff[1, 3] = -4.0
+        nib.save(nib.Nifti1Image(m, aff), str(tmp_path / "d" / "masks" / f"v{i}.nii.gz"))
+    out = tmp_path / "run"
+    r = meddx("train", tmp_path / "d", "--task", "segment", "--out", out, "--epochs", "1", "--no-progress")
+    assert_user_error(r, "v3.nii.gz", "affine", "--resample-masks")
+    assert not out.exists(), "a failed run must not leave a run directory behind"

@@ -165,3 +165,26 @@ def test_bilevel_and_8bit_masks_mean_the_same_foreground(tmp_path):
     assert set(np.unique(mb)) == {0.0, 255.0}
     sg = compute_fingerprint(cs)["segmentation"]
     assert sg["label_values"] == [0, 255] and sg["label_names"] == ["background", "foreground"]
+
+
+def test_mask_geometry_mismatch_is_an_error_unless_resampling(tmp_path):
+    """Same voxel grid size, different affine (the mask sits 5 mm elsewhere): an error naming the mask."""
+    import nibabel as nib
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img = np.random.default_rng(0).normal(100, 10, (12, 12, 8)).astype(np.float32)
+    m = np.zeros((12, 12, 8), np.uint8)
+    m[3:8, 3:8, 2:5] = 1
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    moved = aff.copy()
+    moved[0, 3] = 5.0
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "images" / "v.nii.gz"))
+    nib.save(nib.Nifti1Image(m, moved), str(tmp_path / "masks" / "v.nii.gz"))
+    cs = open_seg_dataset(tmp_path)
+    with pytest.raises(ImageContentError, match=r"geometry \(affine\) differs.*--resample-masks") as e:
+        load_mask_values(cs, cs.cases[0])
+    assert "v.nii.gz" in str(e.value)
+    nib.save(nib.Nifti1Image(m, aff), str(tmp_path / "masks" / "v.nii.gz"))  # same grid: accepted
+    _, mm = load_mask_values(open_seg_dataset(tmp_path), cs.cases[0])
+    assert int((mm > 0).sum()) == 5 * 5 * 3

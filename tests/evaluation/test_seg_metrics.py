@@ -19,6 +19,13 @@ def test_dice_iou_and_distances_on_known_squares():
     assert m["hd95"][0] == pytest.approx(2.0)
     m2 = case_metrics(p, t, 2, spacing=(1.0, 0.5))  # columns are 0.5 mm: the 2 px shift is 1 mm
     assert m2["hd95"][0] == pytest.approx(1.0)
+    # ASD, by hand: each square's surface is its 36-pixel outer ring. From the shifted ring to the
+    # reference ring: top and bottom rows 0 (x8), 1, 2 each -> 6; the left column (rows 11-18)
+    # min(2, distance to the top/bottom row) = 1,2,2,2,2,2,2,1 -> 14; the right column 2 each -> 16.
+    # 36 / 36 points, and the same back by symmetry: symmetric ASD = 72 / 72 = 1 px.
+    assert m["asd"][0] == pytest.approx(1.0)
+    # with 0.5 mm columns: top and bottom rows 0.5 + 1.0 each -> 3, left and right columns 1 mm each -> 16
+    assert m2["asd"][0] == pytest.approx(19 / 36)
 
 
 def test_empty_mask_rule():

@@ -53,8 +53,12 @@ def predict_boxes(model: torch.nn.Module, plan, img: ImageData, where: str) -> l
 
 
 def predict_cases(cs: CaseSet, cases: list[Case], plan, model, progress: bool, desc: str,
-                  with_probs: bool = False):
-    """Native-resolution predictions, references and spacings for ``cases`` (and probabilities)."""
+                  with_probs: bool = False, timings: list[float] | None = None):
+    """Native-resolution predictions, references and spacings for ``cases`` (and probabilities).
+    ``timings`` receives each case's inference seconds (preprocessing, network, back to native
+    geometry; file reading excluded)."""
+    import time
+
     from meddx.training.run import progress_callback
 
     preds, truths, spacings, probs = [], [], [], []
@@ -64,7 +68,10 @@ def predict_cases(cs: CaseSet, cases: list[Case], plan, model, progress: bool, d
             img, values = load_mask_values(cs, c)
             truths.append(label_index(values, plan.segment.label_values,
                                       c.masks[0] if c.masks else c.path).astype(np.uint8))
+            t0 = time.perf_counter()
             out = predict_case(model, plan, img, str(c.path), with_probs=with_probs)
+            if timings is not None:
+                timings.append(time.perf_counter() - t0)
             if with_probs:
                 preds.append(out[0])
                 probs.append(out[1])

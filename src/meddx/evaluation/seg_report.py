@@ -133,7 +133,9 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     sg = plan.segment
     k = len(sg.label_values)
     names = list(sg.label_names[1:])
-    preds, truths, spacings, probs = predict_cases(cs, cases, plan, model, progress, "evaluating", with_probs=True)
+    seconds: list[float] = []
+    preds, truths, spacings, probs = predict_cases(cs, cases, plan, model, progress, "evaluating", with_probs=True,
+                                                   timings=seconds)
     preds = [postprocess(p, sg.postprocess, k, sg.min_size) for p in preds]
     det_pred = [boxes_from_segmentation(p, pr.astype(np.float32), k, sg.det_threshold) for p, pr in zip(preds, probs)]
     del probs
@@ -181,7 +183,7 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     metrics = {
         "task": plan.task, "dataset": cs.name, "detection": det, "n_test": len(cases), "label_names": names,
         "distance_units": units, "empty_rule": EMPTY_RULE, "postprocess": list(sg.postprocess),
-        "summary": summary, "worst_cases": [rows[i]["case_id"] for i in worst],
+        "summary": summary, "worst_cases": [rows[i]["case_id"] for i in worst], "inference": inference_timing(seconds),
     }
     if fit is not None:
         metrics["training"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
@@ -209,6 +211,7 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
                   f"{plan.data.spatial_dims}D resized to {plan.data.input_size}") + f", {plan.data.channels} ch",
         "loss": sg.loss, "post-processing (chosen on validation)": ", ".join(sg.postprocess) or "none",
         "distances in": units, "seed": plan.seed,
+        "inference per case (s, mean / max)": _timing_text(metrics["inference"]),
     }
     write_json(out / f"{prefix}metrics.json", metrics)
     write_report(out / f"{prefix}report.html", title=f"meddx segmentation report: {cs.name}", summary=info,
@@ -223,6 +226,24 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     return metrics
 
 
+def inference_timing(seconds: list[float]) -> dict:
+    """Per-case inference seconds (network and geometry, file reading excluded) as mean / median / max."""
+    import torch
+
+    v = np.asarray(seconds, float)
+    if not v.size:
+        return {"n_cases": 0}
+    return {"n_cases": int(v.size), "seconds_per_case_mean": round(float(v.mean()), 4),
+            "seconds_per_case_median": round(float(np.median(v)), 4), "seconds_per_case_max": round(float(v.max()), 4),
+            "threads": torch.get_num_threads()}
+
+
+def _timing_text(t: dict) -> str:
+    if not t.get("n_cases"):
+        return "-"
+    return f"{t['seconds_per_case_mean']:.3f} / {t['seconds_per_case_max']:.3f} ({t['threads']} threads)"
+
+
 def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progress: bool = True) -> dict:
     """Heatmap detector: AP and FROC on ``cases`` in each image's pixel coordinates."""
     from meddx.data.detsources import reference_boxes
@@ -232,11 +253,16 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
 
     out = Path(out)
     names = list(plan.segment.label_names[1:])
-    preds, refs = [], []
+    import time
+
+    preds, refs, seconds = [], [], []
     cb, stop = progress_callback(progress, len(cases), "evaluating")
     try:
         for c in cases:
-            preds.append(predict_boxes(model, plan, cs.load(c), str(c.path)))
+            img = cs.load(c)
+            t0 = time.perf_counter()
+            preds.append(predict_boxes(model, plan, img, str(c.path)))
+            seconds.append(time.perf_counter() - t0)
             refs.append(reference_boxes(c))
             if cb:
                 cb(1)
@@ -261,7 +287,7 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
         w.writeheader()
         w.writerows(rows)
     metrics = {"task": "detect", "detector": "heatmap", "dataset": cs.name, "n_test": len(cases),
-               "label_names": names, "detection": det}
+               "label_names": names, "detection": det, "inference": inference_timing(seconds)}
     if fit is not None:
         metrics["training"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
                                "epochs_planned": fit.epochs_planned, "train_seconds": round(fit.train_seconds, 2),
@@ -269,7 +295,7 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
                                "best_val_metric": fit.best_metric}
     info = {"dataset": f"{cs.name} ({cs.kind})", "findings": ", ".join(names), "test images": len(cases),
             "detector": f"centre heatmap on {plan.model.name}", "input": f"2D resized to {plan.data.input_size}",
-            "seed": plan.seed}
+            "seed": plan.seed, "inference per case (s, mean / max)": _timing_text(metrics["inference"])}
     write_json(out / "metrics.json", metrics)
     write_report(out / "report.html", title=f"meddx detection report: {cs.name}", summary=info, metrics={},
                  plots=plots, notes=[det["rule"] + ".", "Boxes are compared in each image's own pixel coordinates."],
