@@ -122,7 +122,7 @@ def main() -> None:
     if args.report_only:
         if not results:
             sys.exit(f"{out_json} not found: run the ablation first")
-        write(results, saved.get("command") or "(not recorded)")
+        write(results, saved.get("command") or "(not recorded)", saved.get("machine"))
         return
     command = f"python benchmarks/ablation.py {' '.join(sys.argv[1:])}".strip()
     for name in args.datasets:
@@ -139,18 +139,20 @@ def main() -> None:
         write(results, command)
 
 
-def write(results: dict, command: str | None) -> None:
-    """Write ablation.md and ablation.json; ``command`` is the last command that trained arms."""
+def write(results: dict, command: str | None, machine_text: str | None = None) -> None:
+    """Write ablation.md and ablation.json; ``command`` is the last command that trained arms and
+    ``machine_text`` the machine it ran on (default: this one)."""
     from meddx.training.run import machine, versions
 
-    mc = machine()
+    if machine_text is None:
+        machine_text = machine_line({"machine": machine(), "versions": versions()})
     cls = {k: v for k, v in results.items() if v.get("task") != "segment"}
     gain = {k: next(r for r in v["arms"] if r["arm"] == "full")["delta_accuracy"] for k, v in cls.items()}
     mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
     lines = ["# Ablation: what each optimisation is worth", "",
              f"Command (last training run): `{command}`; bar 2 is re-read from medmnist.json at every write "
              "(`--report-only` rewrites this file without training).",
-             machine_line({"machine": mc, "versions": versions()}), "",
+             machine_text, "",
              "Every run is `meddx train` with the arm's plan and the dataset's number of epochs below (the same for "
              "every arm; an ensemble's 5 members get a fifth each, so every arm does the same training work); seeds 0, 1, 2 on one fixed split (MedMNIST: the official split; BUSI: "
              "seeded 70/10/20). Δ is against the baseline; p is a two-sided paired bootstrap over test cases "
@@ -175,7 +177,7 @@ def write(results: dict, command: str | None) -> None:
         lines += [markdown_table(v), f"Commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ablation.md").write_text("\n".join(lines) + "\n")
-    (HERE / "results" / "ablation.json").write_text(json.dumps({"command": command, "datasets": results, "mean_full_gain": mean_gain},
+    (HERE / "results" / "ablation.json").write_text(json.dumps({"command": command, "machine": machine_text, "datasets": results, "mean_full_gain": mean_gain},
                                                                indent=2, default=float))
 
 

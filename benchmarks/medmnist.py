@@ -62,7 +62,12 @@ def run_one(flag: str, seed: int, out_root: Path) -> dict:
                            "--time-budget", f"{BUDGET[flag]}s", "--no-progress"], f"{flag} seed {seed}")
     m = json.loads((out / "metrics.json").read_text())
     ov = m["operating_points"]["argmax / 0.5"]["overall"]
-    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": COMMIT, "budget_s": BUDGET[flag]}
+    from meddx.planning.plan import Plan
+    from meddx.training.run import machine
+
+    plan = Plan.load(out / "plan.yaml")  # as the run resolved it (R16: whether test-time flips were kept)
+    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": COMMIT, "budget_s": BUDGET[flag],
+             "cpu": machine()["cpu"], "tta_flip_axes": list(plan.evaluate.tta_flip_axes)}
     auc = ov.get("auc") or ov.get("auc_macro")
     return {"dataset": flag, "seed": seed, "auc": auc["value"], "auc_ci": [auc["ci_low"], auc["ci_high"]],
             "acc": ov["accuracy"]["value"], "acc_ci": [ov["accuracy"]["ci_low"], ov["accuracy"]["ci_high"]],
@@ -133,17 +138,25 @@ def fmt_ms(vals) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
 
 
-def write_results(rows: list[dict], ttr: dict | None, args, info: dict) -> None:
+def _flips(r: dict) -> str:
+    """R16's outcome for one run: the flips kept on validation, none, or why it is not known."""
+    if "tta_flip_axes" not in r:  # runs from before rule R16 (commit f10a4ca) trained without flips at test
+        return "none (2D)" if not r["dataset"].endswith(("3d", "3d_64")) else "none (before R16)"
+    if r["tta_flip_axes"] is None:
+        return "not recorded"
+    return f"kept {r['tta_flip_axes']}" if r["tta_flip_axes"] else "not kept"
+
+
+def write_results(rows: list[dict], ttr: dict | None, info: dict, cmd: str) -> None:
     res = HERE / "results"
     res.mkdir(exist_ok=True)
-    cmd = "python benchmarks/medmnist.py " + " ".join(sys.argv[1:])
     lines = ["# MedMNIST benchmark", "",
              f"Command: `{cmd.strip()}` (from the repo root, `.venv` active; data from `MEDDX_DATA_DIR`).", "",
              machine_line(info, f", device {info['machine']['device']}"), "",
              f"Seeds: {sorted({r['seed'] for r in rows})}. Default plan of `meddx train` with `--time-budget` per "
              "dataset below; test split as published; model chosen by validation AUC; ACC at argmax / 0.5. "
-             "With `--merge`, datasets not named were kept from the previous run: the date and commit of every run "
-             "are in the per-run table (all runs on this machine).", "",
+             "With `--merge`, datasets not named were kept from the previous run: the date, commit and CPU of "
+             "every run are in the per-run table (the machine line above is the last command's).", "",
              "| dataset | budget | meddx AUC (mean ± sd) | ResNet-18 AUC | meddx ACC (mean ± sd) | ResNet-18 ACC | beats both? | train s / run | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     summary = {}
@@ -160,13 +173,14 @@ def write_results(rows: list[dict], ttr: dict | None, args, info: dict) -> None:
                      f"{max(r['peak_rss_mib'] for r in rs):.0f} |")
     lines += ["", "Reference: MedMNIST v2 (Yang et al., Sci. Data 2023) ResNet-18 (28) for 2D, ResNet-18 + 3D for 3D "
               "(28³; the 64³ file is compared with the same row).", "", "## Every run", "",
-              "| dataset | seed | test AUC [95% CI] | test ACC [95% CI] | epochs (best) | train s | peak RSS MiB | run (date, commit) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| dataset | seed | test AUC [95% CI] | test ACC [95% CI] | epochs (best) | train s | peak RSS MiB | "
+              "test-time flips (R16) | run (date, commit, CPU) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['seed']} | {r['auc']:.3f} [{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}] | "
                      f"{r['acc']:.3f} [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}] | {r['epochs']} ({r['best_epoch']}) | "
-                     f"{r['train_s']:.0f} | {r['peak_rss_mib']:.0f} | {r.get('date', '2026-11-24')}, "
-                     f"{r.get('commit', 'earlier')} |")
+                     f"{r['train_s']:.0f} | {r['peak_rss_mib']:.0f} | {_flips(r)} | {r.get('date', '2026-11-24')}, "
+                     f"{r.get('commit', 'earlier')}, {r.get('cpu', '?')} |")
     if ttr:
         lines += ["", "## Time to reach ResNet-18 (28)'s test AUC 0.944 on PneumoniaMNIST (same wall time, seed 0)", "",
                   "| recipe | epochs in budget | seconds to AUC ≥ 0.944 | best test AUC | final test AUC |",
@@ -188,7 +202,13 @@ def main() -> None:
     ap.add_argument("--skip-time-to-reach", action="store_true")
     ap.add_argument("--ttr-seconds", type=float, default=BUDGET["pneumoniamnist"])
     ap.add_argument("--merge", action="store_true", help="Keep the previous runs of datasets not run now.")
+    ap.add_argument("--report-only", action="store_true", help="Train nothing: rewrite medmnist.md from medmnist.json.")
     args = ap.parse_args()
+    if args.report_only:
+        saved = json.loads((HERE / "results" / "medmnist.json").read_text())
+        write_results(saved["runs"], saved.get("time_to_reach"),
+                      {"machine": saved["machine"], "versions": saved["versions"]}, saved["command"])
+        return
     rows = []
     old = {}
     if args.merge and (HERE / "results" / "medmnist.json").exists():
@@ -207,7 +227,7 @@ def main() -> None:
         order = list(BUDGET)
         rows = sorted(kept + rows, key=lambda r: (order.index(r["dataset"]), r["seed"]))
         ttr = ttr or old.get("time_to_reach")
-    write_results(rows, ttr, args, machine_info())
+    write_results(rows, ttr, machine_info(), "python benchmarks/medmnist.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
