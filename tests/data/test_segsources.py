@@ -188,3 +188,50 @@ def test_mask_geometry_mismatch_is_an_error_unless_resampling(tmp_path):
     nib.save(nib.Nifti1Image(m, aff), str(tmp_path / "masks" / "v.nii.gz"))  # same grid: accepted
     _, mm = load_mask_values(open_seg_dataset(tmp_path), cs.cases[0])
     assert int((mm > 0).sum()) == 5 * 5 * 3
+
+
+def test_bad_masks_and_datasets_name_the_file(tmp_path):
+    """A NaN mask, a two-channel mask, a mask of 100 distinct values, an unreadable dataset.json
+    and a folder with images but no masks: each a one-line error that names the file."""
+    import nibabel as nib
+
+    from meddx.errors import InputError
+
+    vol = np.random.default_rng(0).normal(0, 1, (8, 8, 4)).astype(np.float32)
+    bad = tmp_path / "nan"
+    (bad / "images").mkdir(parents=True)
+    (bad / "masks").mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(bad / "images" / "a.nii.gz"))
+    m = np.zeros((8, 8, 4), np.float32)
+    m[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(m, np.eye(4)), str(bad / "masks" / "a.nii.gz"))
+    cs = open_seg_dataset(bad)
+    with pytest.raises(ImageContentError, match="NaN") as e:
+        load_mask_values(cs, cs.cases[0])
+    assert "a.nii.gz" in str(e.value)
+
+    two = tmp_path / "two"
+    (two / "images").mkdir(parents=True)
+    (two / "masks").mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(two / "images" / "b.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.uint8), np.eye(4)), str(two / "masks" / "b.nii.gz"))
+    cs = open_seg_dataset(two)
+    with pytest.raises(ImageContentError, match="one channel.*has 2") as e:  # a 4D NIfTI of two channels
+        load_mask_values(cs, cs.cases[0])
+    assert "b.nii.gz" in str(e.value)
+
+    with pytest.raises(DatasetError, match="100 distinct values; that is not a label map"):
+        infer_label_values({float(v) for v in range(100)}, None, "m")
+
+    js = tmp_path / "js"
+    write_seg_pairs(js, n=2)
+    (js / "dataset.json").write_text("{labels: oops")
+    with pytest.raises(DatasetError, match="dataset.json cannot be read") as e:
+        open_seg_dataset(js)
+    assert "dataset.json" in str(e.value)
+
+    empty = tmp_path / "nomasks"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    with pytest.raises((DatasetError, InputError), match="no image/mask pairs found|no mask"):
+        open_seg_dataset(empty)
