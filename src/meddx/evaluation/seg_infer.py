@@ -7,6 +7,8 @@ grid with a sliding window. Heatmap-detector boxes are scaled back the same way.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,8 +59,6 @@ def predict_cases(cs: CaseSet, cases: list[Case], plan, model, progress: bool, d
     """Native-resolution predictions, references and spacings for ``cases`` (and probabilities).
     ``timings`` receives each case's inference seconds (preprocessing, network, back to native
     geometry; file reading excluded)."""
-    import time
-
     from meddx.training.run import progress_callback
 
     preds, truths, spacings, probs = [], [], [], []

@@ -7,6 +7,7 @@ their masks (connected components as boxes, scored by mean probability).
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,8 +254,6 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
 
     out = Path(out)
     names = list(plan.segment.label_names[1:])
-    import time
-
     preds, refs, seconds = [], [], []
     cb, stop = progress_callback(progress, len(cases), "evaluating")
     try:

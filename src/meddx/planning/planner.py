@@ -81,8 +81,8 @@ import numpy as np
 
 from meddx.errors import DatasetError, PlanError
 from meddx.planning.plan import (AugmentConfig, Choice, DataConfig, Decision, EnsembleConfig, EvaluateConfig,
-                                 ModelConfig,
-                                 OptimConfig, Plan, PreprocessStep, ScheduleConfig, SegmentConfig, TrainConfig)
+                                 ModelConfig, OptimConfig, Plan, PreprocessStep, ScheduleConfig, SegmentConfig,
+                                 TrainConfig)
 
 
 def _round8(x: float) -> int:
