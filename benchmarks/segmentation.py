@@ -73,8 +73,8 @@ def cost_line(runs: list[dict], unit: str = "case") -> str:
     inf = [r["infer_s_per_case"] for r in runs]
     per = "per run" if len(runs) == 1 else f"per run (mean of {len(runs)})"
     return (f"Cost: training {np.mean(tr):.0f} s {per}; inference {1000 * np.mean(inf):.0f} ms per {unit} "
-            f"(mean; slowest {1000 * max(r['infer_s_max'] for r in runs):.0f} ms; network, sliding window and "
-            f"return to the {unit}'s geometry, file reading excluded); peak RSS "
+            f"(mean; slowest {1000 * max(r['infer_s_max'] for r in runs):.0f} ms; preprocessing, network (sliding "
+            f"window in 3D) and return to the {unit}'s geometry, file reading excluded); peak RSS "
             f"{max(r['peak_rss_mib'] for r in runs):.0f} MiB (training and evaluation, the whole `meddx train`).")
 
 
