@@ -38,6 +38,12 @@ def run_meddx(args: list[str], what: str) -> tuple[float, float]:
     return round(time.perf_counter() - t0, 1), round(usage.ru_maxrss / 1024, 1)
 
 
+def inference_fields(metrics: dict) -> dict:
+    """The per-case inference seconds that `meddx evaluate` records in a segmentation/detection metrics.json."""
+    t = metrics["inference"]
+    return {"infer_s_per_case": t["seconds_per_case_mean"], "infer_s_max": t["seconds_per_case_max"]}
+
+
 def keep_earlier(results: dict, name: str, out: dict, keys=("date", "commit", "command", "budget_s", "lines")) -> None:
     """Store a dataset's new result in ``results``; the one it replaces is listed under
     ``earlier_runs`` (a re-run never hides an earlier number)."""

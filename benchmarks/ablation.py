@@ -177,8 +177,8 @@ def write(results: dict, command: str | None, machine_text: str | None = None) -
         lines += [markdown_table(v), f"Commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ablation.md").write_text("\n".join(lines) + "\n")
-    (HERE / "results" / "ablation.json").write_text(json.dumps({"command": command, "machine": machine_text, "datasets": results, "mean_full_gain": mean_gain},
-                                                               indent=2, default=float))
+    saved = {"command": command, "machine": machine_text, "datasets": results, "mean_full_gain": mean_gain}
+    (HERE / "results" / "ablation.json").write_text(json.dumps(saved, indent=2, default=float))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, earlier_lines, git_commit, keep_earlier, run_meddx
+from _common import DATA, HERE, earlier_lines, git_commit, inference_fields, keep_earlier, run_meddx
 BUDGET = {"nih": 120, "busi": 120}
 METHODS = ("components", "heatmap")
 FOLDS = 5
@@ -40,9 +40,7 @@ def train(manifest: Path, out: Path, method: str, budget: float) -> dict:
                            "--time-budget", f"{budget:.0f}s", "--no-progress"], out.name)
     m = json.loads((out / "metrics.json").read_text())
     return {"detection": m["detection"], "train_s": m["training"]["train_seconds"],
-            "epochs": m["training"]["epochs_run"], "wall_s": wall, "peak_rss_mib": rss,
-            "infer_s_per_case": m["inference"]["seconds_per_case_mean"],
-            "infer_s_max": m["inference"]["seconds_per_case_max"]}
+            "epochs": m["training"]["epochs_run"], "wall_s": wall, "peak_rss_mib": rss, **inference_fields(m)}
 
 
 def nih_rows(fold_of_patient: dict, k: int) -> list[list]:

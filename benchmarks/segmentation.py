@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, earlier_lines, git_commit, keep_earlier, run_meddx
+from _common import DATA, HERE, earlier_lines, git_commit, inference_fields, keep_earlier, run_meddx
 SEG = DATA / "seg"
 
 BUDGET = {"hippocampus": 1200, "lgg": 120, "busi": 120, "covid": 360}  # training seconds per run
@@ -62,9 +62,7 @@ def train(manifest: Path, out: Path, budget: float, seed: int = 0, extra: tuple[
     with open(out / "per_case.csv", newline="") as f:
         per_case = list(csv.DictReader(f))
     return {"metrics": m, "per_case": per_case, "wall_s": wall, "train_s": m["training"]["train_seconds"],
-            "epochs": m["training"]["epochs_run"], "peak_rss_mib": rss,
-            "infer_s_per_case": m["inference"]["seconds_per_case_mean"],
-            "infer_s_max": m["inference"]["seconds_per_case_max"]}
+            "epochs": m["training"]["epochs_run"], "peak_rss_mib": rss, **inference_fields(m)}
 
 
 def cost_line(runs: list[dict], unit: str = "case") -> str:

@@ -287,9 +287,10 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         xte, yte = tensors["test"]
         device = next(model.parameters()).device
         if plan.evaluate.choose_tta:
-            choose_tta(plan, model, xva, yva.numpy(), device, log)
+            p_val = choose_tta(plan, model, xva, yva.numpy(), device, log)
             plan.save(out / "plan.yaml")
-        p_val = predict_proba(model, xva, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
+        else:
+            p_val = predict_proba(model, xva, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
         p_test = predict_proba(model, xte, plan.train.eval_batch_size, device, plan.evaluate.tta_flip_axes)
         from meddx.evaluation.uncertainty import load_ensemble
 
@@ -301,15 +302,18 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         return out
 
 
-def choose_tta(plan: Plan, model: torch.nn.Module, xva: torch.Tensor, yva: np.ndarray, device, log=print) -> None:
+def choose_tta(plan: Plan, model: torch.nn.Module, xva: torch.Tensor, yva: np.ndarray, device,
+               log=print) -> np.ndarray:
     """R16: keep the candidate flips in ``evaluate.tta_flip_axes`` only if they raise the validation AUC
-    (accuracy when the AUC is undefined); record the choice in the plan."""
+    (accuracy when the AUC is undefined); record the choice in the plan. Returns the validation
+    probabilities of the chosen setting."""
     from meddx.training.engine import val_scores
 
     ev, flips = plan.evaluate, list(plan.evaluate.tta_flip_axes)
-    scores = {}
+    scores, probs = {}, {}
     for name, axes in (("without", []), ("with", flips)):
-        sc = val_scores(yva, predict_proba(model, xva, plan.train.eval_batch_size, device, axes))
+        probs[name] = predict_proba(model, xva, plan.train.eval_batch_size, device, axes)
+        sc = val_scores(yva, probs[name])
         scores[name] = sc["auc"] if np.isfinite(sc["auc"]) else sc["accuracy"]
     keep = bool(flips) and scores["with"] > scores["without"]
     ev.tta_flip_axes = flips if keep else []
@@ -320,6 +324,7 @@ def choose_tta(plan: Plan, model: torch.nn.Module, xva: torch.Tensor, yva: np.nd
                                           "validation_score": {k: round(float(v), 4) for k, v in scores.items()}}))
     log(f"test-time flips {flips}: validation {scores['with']:.4f} with, {scores['without']:.4f} without -> "
         f"{'kept' if keep else 'not used'}")
+    return probs["with" if keep else "without"]
 
 
 def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor,
