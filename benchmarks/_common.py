@@ -109,3 +109,34 @@ class CpuShare:
             self.result.update({"other_cpu_s": round(other, 1), "steal_s": round(sys1[1] - self._sys0[1], 1),
                                 "other_share": round(other / max(wall * (os.cpu_count() or 1), 1e-9), 3)})
         return False
+
+
+# BUSI ships `benign (4)_mask_1.png` at 555x465 beside a 416x416 image: a second-lesion mask that
+# belongs to another image, so every benchmark leaves it out (the other extra mask, benign (25)'s,
+# fits its image and is merged).
+BUSI_FOREIGN_MASKS = frozenset({"benign (4)_mask_1.png"})
+
+
+def busi_items(root: Path) -> list[tuple[str, Path, list[Path]]]:
+    """BUSI's (class, image, masks) triples, the foreign mask left out."""
+    items = []
+    for cls in ("benign", "malignant", "normal"):
+        for img in sorted((root / cls).glob("*.png")):
+            if "_mask" in img.stem:
+                continue
+            masks = [img.with_name(img.stem + "_mask.png")]
+            masks += [m for m in sorted(img.parent.glob(f"{img.stem}_mask_*.png")) if m.name not in BUSI_FOREIGN_MASKS]
+            items.append((cls, img, masks))
+    return items
+
+
+def busi_view(root: Path, into: Path) -> Path:
+    """A folder of symbolic links to BUSI's images and masks in their class folders, the foreign mask
+    left out, so `meddx` reads it as the sibling-mask layout (split stratified by class folder)."""
+    for cls, img, masks in busi_items(root):
+        (into / cls).mkdir(parents=True, exist_ok=True)
+        for p in (img, *masks):
+            link = into / cls / p.name
+            if not link.is_symlink():
+                link.symlink_to(p.resolve())
+    return into

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, git_commit, machine_line
+from _common import DATA, HERE, busi_view, git_commit, machine_line
 
 COMMIT = git_commit()
 # Epochs per run (not seconds: the comparison must not depend on how busy the CPU is while the
@@ -129,7 +129,8 @@ def main() -> None:
         rel, task = PATHS[name]
         epochs = max(1, int(round(EPOCHS[name] * args.scale)))
         t0 = time.time()
-        res = run_ablation(str(DATA / rel), args.work / name, epochs=epochs, seeds=args.seeds, task=task,
+        path = busi_view(DATA / rel, args.work / "busi_data") if name == "busi" else DATA / rel
+        res = run_ablation(str(path), args.work / name, epochs=epochs, seeds=args.seeds, task=task,
                            components=pick(args.components, SEG_COMPONENTS if task == "segment" else CLS_COMPONENTS),
                            progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
         for r in res["arms"]:

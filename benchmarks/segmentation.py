@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, HERE, earlier_lines, git_commit, inference_fields, keep_earlier, run_meddx
+from _common import DATA, HERE, busi_items, earlier_lines, git_commit, inference_fields, keep_earlier, run_meddx
 SEG = DATA / "seg"
 
 BUDGET = {"hippocampus": 1200, "lgg": 120, "busi": 120, "covid": 360}  # training seconds per run
@@ -147,17 +147,7 @@ def run_lgg(td: Path, scale: float) -> dict:
 
 
 def run_busi(td: Path, scale: float, folds: int = 5) -> dict:
-    root = SEG / "busi_subset"
-    items = []
-    for cls in ("benign", "malignant", "normal"):
-        for img in sorted((root / cls).glob("*.png")):
-            if "_mask" in img.stem:
-                continue
-            masks = [img.with_name(img.stem + "_mask.png")]
-            extra = img.with_name(img.stem + "_mask_1.png")
-            if extra.exists() and img.name != "benign (4).png":  # that extra mask belongs to another image
-                masks.append(extra)
-            items.append((cls, img, masks))
+    items = busi_items(SEG / "busi_subset")
     rng = np.random.default_rng(0)
     fold_of = {}
     for cls in ("benign", "malignant", "normal"):
