@@ -22,7 +22,7 @@ Rules (kind in brackets, as nnU-Net documents its own):
        training (ensemble members share the budget); else 30.
     R10 model selection [fixed]: best validation AUC; threshold chosen on validation (Youden).
     R11 denoising [rule-based]: median relative noise of the images (wavelet-MAD sigma / robust
-       range, on a 200-case sample) above the threshold in ``transforms/noise.py`` (0.03) ->
+       range, on a 200-case sample) above the measured threshold in ``transforms/noise.py`` (0.041) ->
        non-local means (2D) or a 3x3x3 median (3D) before the intensity scheme; else none.
     R12 class imbalance [rule-based]: majority:minority >= 10 -> class-balanced batches (weighted
        sampler); below, the training mix is kept (see IMBALANCE_SAMPLER_RATIO).
