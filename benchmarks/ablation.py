@@ -74,6 +74,44 @@ def component_verdicts(results: dict) -> list[str]:
     return lines
 
 
+def component_matrix(results: dict) -> list[str]:
+    """One row per component, one column per dataset: Δ (points of ACC, or of Dice for segmentation)
+    when added alone to the baseline and when removed from the full plan, with its p-value; bold
+    where p < 0.05."""
+    names = list(results)
+    comps: list[str] = []
+    for res in results.values():
+        for r in res["arms"]:
+            c = r["arm"][2:] if r["arm"].startswith("+ ") else r["arm"][7:] if r["arm"].startswith("full - ") else None
+            if c and c not in comps:
+                comps.append(c)
+
+    def cell(res: dict, arm: str) -> str:
+        r = next((x for x in res["arms"] if x["arm"] == arm), None)
+        if r is None:
+            return ""
+        seg = res.get("task") == "segment"
+        d, p = (r["delta_dice"], r.get("p_dice")) if seg else (r["delta_accuracy"], r.get("p_accuracy"))
+        if arm.startswith("full - "):  # what removing it costs: full minus (full - c)
+            full = next(x for x in res["arms"] if x["arm"] == "full")
+            d = (full["delta_dice"] if seg else full["delta_accuracy"]) - d
+        txt = f"{100 * d:+.1f}" + (f" ({p:.2f})" if p is not None and not arm.startswith("full - ") else "")
+        return f"**{txt}**" if p is not None and p < 0.05 and not arm.startswith("full - ") else txt
+
+    lines = ["Points of test ACC (Dice for segmentation sets) against the plain baseline when the component is "
+             "added alone (p from the paired bootstrap; bold: p < 0.05) and, after the slash, its share of the full plan: "
+             "full minus (full without it), positive when it helps there (no p: those two arms are not compared "
+             "pairwise). Empty: not run, or not in that dataset's full plan.", "",
+             "| component | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for c in comps:
+        cells = []
+        for n in names:
+            add, rem = cell(results[n], f"+ {c}"), cell(results[n], f"full - {c}")
+            cells.append(add + (f" / {rem}" if rem else ""))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def auc_bar() -> list[str]:
     p = HERE / "results" / "medmnist.json"
     if not p.exists():
@@ -171,6 +209,7 @@ def write(results: dict, command: str | None, machine_text: str | None = None) -
               + (" Met." if mean_gain >= 0.05 else " Not met."), "",
               "## Bar 2: full plan against the best published MedMNIST v2 AUC (any method)", ""] + auc_bar()
     lines += ["", "## Which components help, which do nothing, which hurt", ""] + component_verdicts(results)
+    lines += ["", "### Each component on each dataset", ""] + component_matrix(results)
     from meddx.evaluation.ablation import markdown_table
 
     lines += ["", "## Per dataset", ""]
