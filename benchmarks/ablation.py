@@ -173,7 +173,7 @@ def main() -> None:
                            progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
         for r in res["arms"]:
             r.pop("runs", None)
-        res.update({"commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1)})
+        res.update({"dataset": name, "command": command, "commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1)})
         results[name] = res
         write(results, command)
 
@@ -214,7 +214,8 @@ def write(results: dict, command: str | None, machine_text: str | None = None) -
 
     lines += ["", "## Per dataset", ""]
     for k, v in results.items():
-        lines += [markdown_table(v), f"Commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
+        lines += [markdown_table(v), (f"`{v['command']}`, " if v.get("command") else "")
+                  + f"commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ablation.md").write_text("\n".join(lines) + "\n")
     saved = {"command": command, "machine": machine_text, "datasets": results, "mean_full_gain": mean_gain}
