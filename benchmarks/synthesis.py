@@ -218,7 +218,7 @@ def main() -> None:
         runs += r
         sample_png(flag, first, HERE / "results" / f"synthesis_{flag}.png")
         calib += calibration(flag, check_kw)
-    write(runs, calib, args)
+        write(runs, calib, args)  # after every dataset: an interrupted run keeps what it finished
 
 
 if __name__ == "__main__":
