@@ -90,13 +90,13 @@ def component_matrix(results: dict) -> list[str]:
         r = next((x for x in res["arms"] if x["arm"] == arm), None)
         if r is None:
             return ""
-        seg = res.get("task") == "segment"
-        d, p = (r["delta_dice"], r.get("p_dice")) if seg else (r["delta_accuracy"], r.get("p_accuracy"))
-        if arm.startswith("full - "):  # what removing it costs: full minus (full - c)
+        key = "dice" if res.get("task") == "segment" else "accuracy"
+        d, p = r[f"delta_{key}"], r.get(f"p_{key}")
+        if arm.startswith("full - "):  # its share of the full plan: full minus (full - c); no paired p
             full = next(x for x in res["arms"] if x["arm"] == "full")
-            d = (full["delta_dice"] if seg else full["delta_accuracy"]) - d
-        txt = f"{100 * d:+.1f}" + (f" ({p:.2f})" if p is not None and not arm.startswith("full - ") else "")
-        return f"**{txt}**" if p is not None and p < 0.05 and not arm.startswith("full - ") else txt
+            return f"{100 * (full[f'delta_{key}'] - d):+.1f}"
+        txt = f"{100 * d:+.1f}" + (f" ({p:.2f})" if p is not None else "")
+        return f"**{txt}**" if p is not None and p < 0.05 else txt
 
     lines = ["Points of test ACC (Dice for segmentation sets) against the plain baseline when the component is "
              "added alone (p from the paired bootstrap; bold: p < 0.05) and, after the slash, its share of the full plan: "
