@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from meddx.data.synthesis import PASS_RULE, ConditionalGAN, frechet_distance, quality_check
+from meddx.data.synthesis import PASS_RULE, ConditionalGAN, frechet_distance, pass_margins, quality_check
 from meddx.errors import DatasetError, ImageContentError, MeddxError, ParameterError
 
 
@@ -124,6 +124,21 @@ def test_quality_check_catches_copies_wrong_class_and_noise(bar_data):
     assert not r["passed"] and r["classes"][0]["fd_ratio"] > 3
 
 
+def test_pass_margins_widen_for_few_images_only():
+    # a few hundred fakes: the fixed margins decide
+    acc, mem = pass_margins(0.75, 2000, 0.62, 2000)
+    assert acc == PASS_RULE["class_accuracy_margin"] and mem == PASS_RULE["memorised_share_max"]
+    # 21 fakes against 74 held-out real images: 1.96 standard errors of the difference (about 0.24)
+    acc, mem = pass_margins(0.38, 21, 0.59, 74)
+    se = np.sqrt(0.38 * 0.62 / 21 + 0.59 * 0.41 / 74)
+    assert acc == pytest.approx(1.96 * se) and 0.2 < acc < 0.3
+    assert mem == pytest.approx(0.05 + 1.96 * np.sqrt(0.05 * 0.95 / 21))
+    # more fakes, narrower: the margin shrinks monotonically towards the fixed one
+    assert pass_margins(0.38, 84, 0.59, 74)[0] < acc
+    assert pass_margins(0.38, 21, 0.59, 74, z=0.0) == (PASS_RULE["class_accuracy_margin"],
+                                                        PASS_RULE["memorised_share_max"])
+
+
 def test_quality_check_errors(bar_data):
     x, y, _ = bar_data
     with pytest.raises(ImageContentError, match="fake images are"):
@@ -156,4 +171,7 @@ def test_real_breastmnist_gan_and_check(real_data):
     vx = (torch.from_numpy(d["val_images"].astype(np.float32)[:, None] / 255.0) - mean) / std
     vy = torch.from_numpy(d["val_labels"].reshape(-1).astype(np.int64))
     ok = quality_check(x, y, vx[vy == 0], vy[vy == 0], classifier_epochs=10, classifier_time_budget_s=None)
-    assert ok["classes"][0]["fd_ratio"] < PASS_RULE["fd_ratio_max"]
+    c = ok["classes"][0]
+    assert c["fd_ratio"] < PASS_RULE["fd_ratio_max"]
+    assert c["accuracy_margin"] > PASS_RULE["class_accuracy_margin"]  # 21 images: sampling error decides
+    assert ok["passed"], c["failed"]

@@ -31,8 +31,13 @@ half B is held out. For every class that has fakes it measures
    than the 5th percentile of real images' leave-one-out nearest-neighbour distances in that
    class (about 5 % expected for new images; copies of training images score near 100 %).
 
-Pass rule (fixed before any measurement, in ``PASS_RULE``): for every class with fakes,
-FD ratio <= 2, fake accuracy >= held-out real accuracy - 0.10, memorised share <= 0.10.
+Pass rule (in ``PASS_RULE``): for every class with fakes, FD ratio <= 2; fake accuracy >= held-out
+real accuracy - max(0.10, 1.96 x the standard error of the difference of the two accuracies); memorised
+share <= max(0.10, 0.05 + 1.96 x the binomial standard error of a 5 % share over the fakes). The
+sampling-error terms were added after the check's calibration on BreastMNIST (21 held-out real
+malignant images presented as fakes) failed the fixed 0.10 accuracy margin: 0.38 against 0.59, a
+gap of about 1.8 standard errors at those counts. With a few hundred fakes (the GAN's case) the
+fixed margins still decide; with a few dozen, a real image is no longer rejected for chance alone.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from meddx.errors import ImageContentError, MeddxError, ParameterError
 from meddx.io.state import StateFile
 
 PASS_RULE = {"fd_ratio_max": 2.0, "class_accuracy_margin": 0.10, "memorisation_quantile": 0.05,
-             "memorised_share_max": 0.10}
+             "memorised_share_max": 0.10, "z": 1.96}
 """Thresholds of ``quality_check`` (documented in the module docstring)."""
 
 
@@ -444,12 +449,29 @@ def _nn_dist(a: torch.Tensor, b: torch.Tensor, exclude_self: bool = False) -> np
     return torch.cat(out).numpy()
 
 
+def pass_margins(fake_acc: float, n_fake: int, real_acc: float, n_real: int, *,
+                 class_accuracy_margin: float = PASS_RULE["class_accuracy_margin"],
+                 memorisation_quantile: float = PASS_RULE["memorisation_quantile"],
+                 memorised_share_max: float = PASS_RULE["memorised_share_max"],
+                 z: float = PASS_RULE["z"]) -> tuple[float, float]:
+    """The allowed accuracy drop and the allowed memorised share of the pass rule for these counts.
+
+    The accuracy drop is the larger of ``class_accuracy_margin`` and ``z`` standard errors of the
+    difference between two independent proportions (fakes vs held-out real images); the memorised
+    share the larger of ``memorised_share_max`` and ``z`` binomial standard errors above the
+    ``memorisation_quantile`` expected of new images."""
+    se_acc = math.sqrt(fake_acc * (1 - fake_acc) / max(1, n_fake) + real_acc * (1 - real_acc) / max(1, n_real))
+    q = memorisation_quantile
+    return (max(class_accuracy_margin, z * se_acc),
+            max(memorised_share_max, q + z * math.sqrt(q * (1 - q) / max(1, n_fake))))
+
+
 def quality_check(real_x, real_y, fake_x, fake_y, *, seed: int = 0, classifier_epochs: int = 15,
                   classifier_time_budget_s: float | None = 60.0, pca_dims: int = 16, repeats: int = 10,
                   fd_ratio_max: float = PASS_RULE["fd_ratio_max"],
                   class_accuracy_margin: float = PASS_RULE["class_accuracy_margin"],
                   memorisation_quantile: float = PASS_RULE["memorisation_quantile"],
-                  memorised_share_max: float = PASS_RULE["memorised_share_max"]) -> dict:
+                  memorised_share_max: float = PASS_RULE["memorised_share_max"], z: float = PASS_RULE["z"]) -> dict:
     """Measure generated images against the real training images before they are used.
 
     Args:
@@ -459,13 +481,15 @@ def quality_check(real_x, real_y, fake_x, fake_y, *, seed: int = 0, classifier_e
         classifier_epochs, classifier_time_budget_s: training of the feature classifier on half A.
         pca_dims: feature dimensions kept for the Fréchet distance (fewer when a class is small).
         repeats: random half-splits averaged for each Fréchet distance.
-        fd_ratio_max, class_accuracy_margin, memorisation_quantile, memorised_share_max: the pass rule.
+        fd_ratio_max, class_accuracy_margin, memorisation_quantile, memorised_share_max, z: the pass
+            rule (``pass_margins``).
 
     Returns:
         ``passed`` (bool), ``rule`` (the thresholds), ``classifier`` (held-out accuracy overall) and
         ``classes``: per class with fakes, ``n_fake``, ``fd_fake``, ``fd_real``, ``fd_ratio``,
-        ``fake_accuracy``, ``real_accuracy``, ``nn_fake_median``, ``nn_real_median``,
-        ``memorised_share``, ``passed`` and ``failed`` (the checks that failed).
+        ``fake_accuracy``, ``real_accuracy`` (and ``n_real_heldout``), ``accuracy_margin`` and
+        ``memorised_share_allowed`` (the rule at these counts), ``nn_fake_median``,
+        ``nn_real_median``, ``memorised_share``, ``passed`` and ``failed`` (the checks that failed).
 
     Raises:
         ImageContentError: shapes that differ between real and fake, NaN, labels that do not match.
@@ -507,7 +531,8 @@ def quality_check(real_x, real_y, fake_x, fake_y, *, seed: int = 0, classifier_e
     pca = PCA(n_components=k, random_state=seed).fit(fa)
     fb, ff = pca.transform(fb), pca.transform(ff)
     result = {"rule": {"fd_ratio_max": fd_ratio_max, "class_accuracy_margin": class_accuracy_margin,
-                       "memorisation_quantile": memorisation_quantile, "memorised_share_max": memorised_share_max},
+                       "memorisation_quantile": memorisation_quantile, "memorised_share_max": memorised_share_max,
+                       "z": z},
               "classifier": {"heldout_accuracy": float((pb == yb).mean()), "n_train": len(idx_a),
                              "n_heldout": len(idx_b)},
               "classes": {}}
@@ -525,6 +550,7 @@ def quality_check(real_x, real_y, fake_x, fake_y, *, seed: int = 0, classifier_e
             fd_fake.append(frechet_distance(fsub, b2))
         fd_r, fd_f = float(np.mean(fd_real)), float(np.mean(fd_fake))
         ratio = fd_f / fd_r if fd_r > 0 else math.inf
+        n_real_b = int((yb == c).sum())
         real_acc = float((pb[yb == c] == c).mean())
         fake_acc = float((pf[fyn == c] == c).mean())
         rc = rx[ry == c]
@@ -532,16 +558,21 @@ def quality_check(real_x, real_y, fake_x, fake_y, *, seed: int = 0, classifier_e
         nn_fake = _nn_dist(fx[fy == c], rc)
         tau = float(np.quantile(nn_real, memorisation_quantile))
         memorised = float((nn_fake < tau).mean())
+        acc_margin, mem_allowed = pass_margins(fake_acc, len(fc), real_acc, n_real_b,
+                                               class_accuracy_margin=class_accuracy_margin,
+                                               memorisation_quantile=memorisation_quantile,
+                                               memorised_share_max=memorised_share_max, z=z)
         failed = []
         if not ratio <= fd_ratio_max:
             failed.append(f"FD ratio {ratio:.2f} > {fd_ratio_max:g}")
-        if not fake_acc >= real_acc - class_accuracy_margin:
-            failed.append(f"fake accuracy {fake_acc:.2f} < held-out real {real_acc:.2f} - {class_accuracy_margin:g}")
-        if not memorised <= memorised_share_max:
-            failed.append(f"memorised share {memorised:.2f} > {memorised_share_max:g}")
+        if not fake_acc >= real_acc - acc_margin:
+            failed.append(f"fake accuracy {fake_acc:.2f} < held-out real {real_acc:.2f} - {acc_margin:.2f}")
+        if not memorised <= mem_allowed:
+            failed.append(f"memorised share {memorised:.2f} > {mem_allowed:.2f}")
         result["classes"][int(c)] = {
             "n_fake": int(len(fc)), "n_real": int(counts[c]), "pca_dims": kc, "fd_fake": fd_f, "fd_real": fd_r,
-            "fd_ratio": ratio, "fake_accuracy": fake_acc, "real_accuracy": real_acc,
+            "fd_ratio": ratio, "fake_accuracy": fake_acc, "real_accuracy": real_acc, "n_real_heldout": n_real_b,
+            "accuracy_margin": acc_margin, "memorised_share_allowed": mem_allowed,
             "nn_fake_median": float(np.median(nn_fake)), "nn_real_median": float(np.median(nn_real)),
             "memorisation_threshold": tau, "memorised_share": memorised, "passed": not failed, "failed": failed}
     result["passed"] = all(v["passed"] for v in result["classes"].values())
