@@ -17,11 +17,12 @@ normal, class 0), and AdrenalMNIST3D (minority: hyperplasia, class 1) with ``--w
   (the validation split) should pass; copies of training images, images of the other class
   labelled as the minority, and Gaussian noise should each fail.
 
-``--calibration-only`` re-runs only the calibration (a few minutes) and keeps the GAN runs of the
-results file, each table then naming the pass rule it was checked under.
+``--calibration-only`` re-runs only the calibration (a minute) and keeps the GAN runs of the results
+file; ``--merge`` keeps the runs and calibration of datasets not named. Every row records the date,
+commit, command and pass rule it was measured under, and the tables name them.
 
 Usage: python benchmarks/synthesis.py [--seeds 0 1 2] [--steps 1500] [--datasets ...] [--with-3d] [--threads 2]
-                                      [--calibration-only]
+                                      [--calibration-only] [--merge]
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def gan_runs(flag: str, seeds, steps: int, check_kw: dict) -> tuple[list[dict], 
                "check_wall_s": round(time.perf_counter() - t1, 1),
                "loss_d_last": gan.history_[-1]["loss_d"], "loss_g_last": gan.history_[-1]["loss_g"],
                "classifier_heldout_accuracy": r["classifier"]["heldout_accuracy"], **summarise(r["classes"][cls]),
-               "passed_all": r["passed"]}
+               "passed_all": r["passed"], **provenance()}
         print(json.dumps(row), flush=True)
         runs.append(row)
         if first is None:
@@ -113,7 +114,7 @@ def calibration(flag: str, check_kw: dict) -> list[dict]:
     out = []
     for name, fx in cases.items():
         r = quality_check(x, y, fx, torch.full((len(fx),), cls), seed=0, **check_kw)
-        row = {"dataset": flag, "case": name, **summarise(r["classes"][cls])}
+        row = {"dataset": flag, "case": name, **summarise(r["classes"][cls]), **provenance()}
         print(json.dumps(row), flush=True)
         out.append(row)
     return out
@@ -159,8 +160,27 @@ def rule_text(rule: dict) -> str:
             "of real leave-one-out distances)")
 
 
-def write(runs, calib, args, runs_meta: dict | None = None) -> None:
-    """``runs_meta``: pass rule, date and commit of GAN runs kept from an earlier results file."""
+def provenance() -> dict:
+    from meddx.data.synthesis import PASS_RULE
+
+    return {"date": time.strftime("%Y-%m-%d"), "commit": COMMIT,
+            "command": "python benchmarks/synthesis.py " + " ".join(sys.argv[1:]), "pass_rule": dict(PASS_RULE)}
+
+
+def load_saved() -> tuple[list[dict], list[dict]]:
+    """Runs and calibration rows of results/synthesis.json, each with its provenance (rows written before
+    provenance was kept per row take the file's own, or ``runs_kept_from`` for its runs)."""
+    path = HERE / "results" / "synthesis.json"
+    if not path.exists():
+        sys.exit(f"{path} not found: run the benchmark without --merge / --calibration-only first")
+    saved = json.loads(path.read_text())
+    top = {k: saved.get(k) for k in ("date", "commit", "command", "pass_rule")}
+    runs = [{**(saved.get("runs_kept_from") or top), **r} for r in saved["runs"]]
+    calib = [{**top, **r} for r in saved["calibration"]]
+    return runs, calib
+
+
+def write(runs, calib, args) -> None:
     from meddx.data.synthesis import PASS_RULE
     from meddx.training.run import machine, versions
 
@@ -172,8 +192,9 @@ def write(runs, calib, args, runs_meta: dict | None = None) -> None:
          + f" Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}.", "",
          f"Pass rule (`PASS_RULE`, `pass_margins` in `meddx.data.synthesis`): {rule_text(PASS_RULE)}.", "",
          "## GAN runs (mean ± sd over seeds)", "",
-         *([f"Kept from the run of {runs_meta['date']} (commit {runs_meta['commit']}, `{runs_meta['command']}`), "
-            f"checked under the rule of that time: {rule_text(runs_meta['pass_rule'])}.", ""] if runs_meta else []),
+         *[f"{flag}: `{r0['command']}` ({r0['date']}, commit {r0['commit']})"
+           + ("." if r0["pass_rule"] == PASS_RULE else f", checked under the rule of that time: {rule_text(r0['pass_rule'])}.")
+           for flag, r0 in {r["dataset"]: r for r in reversed(runs)}.items()], "",
          "| dataset | class | seeds | steps | train s (wall / CPU) | FD ratio | fake acc | real held-out acc | memorised share | passed |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for flag in dict.fromkeys(r["dataset"] for r in runs):
@@ -201,14 +222,15 @@ def write(runs, calib, args, runs_meta: dict | None = None) -> None:
                  f"{r['real_accuracy']:.3f} ({r.get('n_real_heldout', '?')}) | {r.get('accuracy_margin', float('nan')):.3f} "
                  f"| {r['memorised_share']:.3f} ({r.get('memorised_share_allowed', float('nan')):.3f}) | "
                  f"{'yes' if r['passed'] else 'no: ' + '; '.join(r['failed'])} |")
+    L += ["", *[f"{flag}: `{r0['command']}` ({r0['date']}, commit {r0['commit']})."
+                for flag, r0 in {r["dataset"]: r for r in reversed(calib)}.items()]]
     L += ["", "Samples: " + ", ".join(f"`results/synthesis_{f}.png`" for f in dict.fromkeys(r["dataset"] for r in runs)),
           ""]
     res = HERE / "results"
     (res / "synthesis.md").write_text("\n".join(L) + "\n")
     (res / "synthesis.json").write_text(json.dumps({"command": cmd, **info, "date": time.strftime("%Y-%m-%d"),
                                                     "commit": COMMIT, "threads": args.threads,
-                                                    "pass_rule": PASS_RULE, "runs": runs, "calibration": calib,
-                                                    **({"runs_kept_from": runs_meta} if runs_meta else {})},
+                                                    "pass_rule": PASS_RULE, "runs": runs, "calibration": calib},
                                                    indent=1))
     print("\n".join(L))
 
@@ -224,28 +246,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibration-only", action="store_true",
                     help="Re-run the check's calibration only; keep the GAN runs of results/synthesis.json.")
+    ap.add_argument("--merge", action="store_true",
+                    help="Keep the runs and calibration of datasets not named from results/synthesis.json.")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     (HERE / "results").mkdir(exist_ok=True)
     check_kw = {"classifier_epochs": args.classifier_epochs, "classifier_time_budget_s": None}
-    runs, calib = [], []
-    if args.calibration_only:
-        saved = json.loads((HERE / "results" / "synthesis.json").read_text())
-        meta = saved.get("runs_kept_from") or {k: saved[k] for k in ("date", "commit", "command", "pass_rule")}
-        for flag in args.datasets:
-            calib += calibration(flag, check_kw)
-        calib += [r for r in saved["calibration"] if r["dataset"] not in args.datasets]
-        write(saved["runs"], calib, args, runs_meta=meta)
-        return
     jobs = [(f, args.seeds, args.steps) for f in args.datasets]
     if args.with_3d:
         jobs.append(("adrenalmnist3d", args.seeds[:1], args.steps_3d))
+    runs, calib = load_saved() if (args.merge or args.calibration_only) else ([], [])
     for flag, seeds, steps in jobs:
-        r, first = gan_runs(flag, seeds, steps, check_kw)
-        runs += r
-        sample_png(flag, first, HERE / "results" / f"synthesis_{flag}.png")
+        calib = [r for r in calib if r["dataset"] != flag]
+        if not args.calibration_only:
+            runs = [r for r in runs if r["dataset"] != flag]
+            r, first = gan_runs(flag, seeds, steps, check_kw)
+            runs += r
+            sample_png(flag, first, HERE / "results" / f"synthesis_{flag}.png")
         calib += calibration(flag, check_kw)
         write(runs, calib, args)  # after every dataset: an interrupted run keeps what it finished
 
