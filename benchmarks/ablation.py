@@ -153,6 +153,7 @@ def main() -> None:
                     help="train nothing: rewrite ablation.md from ablation.json and the current medmnist.json (bar 2)")
     args = ap.parse_args()
     from meddx.evaluation.ablation import run_ablation
+    from meddx.training.run import machine
 
     out_json = HERE / "results" / "ablation.json"
     saved = json.loads(out_json.read_text()) if out_json.exists() else {}
@@ -173,7 +174,8 @@ def main() -> None:
                            progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
         for r in res["arms"]:
             r.pop("runs", None)
-        res.update({"dataset": name, "command": command, "commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1)})
+        res.update({"dataset": name, "command": command, "commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1),
+                    "cpu": machine()["cpu"]})
         results[name] = res
         write(results, command)
 
@@ -191,7 +193,7 @@ def write(results: dict, command: str | None, machine_text: str | None = None) -
     lines = ["# Ablation: what each optimisation is worth", "",
              f"Command (last training run): `{command}`; bar 2 is re-read from medmnist.json at every write "
              "(`--report-only` rewrites this file without training).",
-             machine_text, "",
+             f"{machine_text} (The last training run's; each dataset's section names the CPU its arms ran on.)", "",
              "Every run is `meddx train` with the arm's plan and the dataset's number of epochs below (the same for "
              "every arm; an ensemble's 5 members get a fifth each, so every arm does the same training work); seeds 0, 1, 2 on one fixed split (MedMNIST: the official split; BUSI: "
              "seeded 70/10/20). Δ is against the baseline; p is a two-sided paired bootstrap over test cases "
@@ -215,7 +217,8 @@ def write(results: dict, command: str | None, machine_text: str | None = None) -
     lines += ["", "## Per dataset", ""]
     for k, v in results.items():
         lines += [markdown_table(v), (f"`{v['command']}`, " if v.get("command") else "")
-                  + f"commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall.", ""]
+                  + f"commit {v.get('commit')}, {v.get('date')}, {v.get('wall_minutes')} min wall"
+                  + f", {v.get('cpu') or 'CPU not recorded'}.", ""]
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "ablation.md").write_text("\n".join(lines) + "\n")
     saved = {"command": command, "machine": machine_text, "datasets": results, "mean_full_gain": mean_gain}
