@@ -164,6 +164,7 @@ def main() -> None:
         write(results, saved.get("command") or "(not recorded)", saved.get("machine"))
         return
     command = f"python benchmarks/ablation.py {' '.join(sys.argv[1:])}".strip()
+    cpu = machine()["cpu"]
     for name in args.datasets:
         rel, task = PATHS[name]
         epochs = max(1, int(round(EPOCHS[name] * args.scale)))
@@ -174,8 +175,8 @@ def main() -> None:
                            progress=False, log=lambda m: print(f"{name}: {m}", flush=True))
         for r in res["arms"]:
             r.pop("runs", None)
-        res.update({"dataset": name, "command": command, "commit": COMMIT, "wall_minutes": round((time.time() - t0) / 60, 1),
-                    "cpu": machine()["cpu"]})
+        res.update({"dataset": name, "command": command, "commit": COMMIT, "cpu": cpu,
+                    "wall_minutes": round((time.time() - t0) / 60, 1)})
         results[name] = res
         write(results, command)
 

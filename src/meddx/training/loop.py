@@ -64,11 +64,7 @@ def channels_last_pays(dims: int, device: torch.device | str = "cpu") -> bool:
     and hangs for narrow layers in channels-last order (6 -> 6 channels, stride 2, 28 px: the
     pruning and distillation students), which stalled CI.
     """
-    if dims == 3:
-        return True
-    if torch.device(device).type == "cuda":
-        return True
-    return "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return dims == 3 or torch.device(device).type == "cuda" or "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 
 def training_layout(model: nn.Module, on: bool = True) -> nn.Module:
@@ -83,8 +79,7 @@ def training_layout(model: nn.Module, on: bool = True) -> nn.Module:
     if conv is None:
         return model
     dims = conv.weight.ndim - 2
-    if on and not channels_last_pays(dims, conv.weight.device):
-        on = False
+    on = on and channels_last_pays(dims, conv.weight.device)
     fmt = (torch.channels_last if dims == 2 else torch.channels_last_3d) if on else torch.contiguous_format
     return model.to(memory_format=fmt)
 
