@@ -43,6 +43,9 @@ def test_medmnist_2d_rules(real_data):
     assert short.ensemble.kind == "none" and short.choices == []
     assert ten.ensemble.kind == "seeds" and ten.ensemble.members == 3 and ten.choices == []  # R14 from 10 min
     assert [c.name for c in long.choices] == ["model_structure"]      # R17: empirical choice from 20 min
+    assert long.choices[0].folds == 5 and _rules(long)["R17"].reads["n_val"] == 78  # 78 validation images: CV
+    fp, _ = _fp(mm / "pneumoniamnist.npz")
+    assert make_plan(fp, source="x", cuda=False, time_budget_s=3600).choices[0].folds == 0  # 524: validation split
     tight = make_plan(fp, source="x", cuda=False, memory_budget_gb=0.05)
     assert 2 <= tight.train.batch_size < 64  # R6 halves the batch to fit the memory budget
 

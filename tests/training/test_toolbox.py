@@ -147,6 +147,49 @@ def test_empirical_choice_trains_each_option_on_validation_and_records_the_winne
         assert (run / "choices" / "structure" / str(i) / "checkpoints" / "best.pt").exists()
 
 
+def test_empirical_choice_on_folds_scores_each_option_on_held_out_training_folds(tmp_path):
+    ov = {"train.time_budget_s": 12, "choices": [{"name": "structure", "budget_fraction": 0.5, "folds": 3,
+                                                  "options": [{"model.params.attention": None},
+                                                              {"model.params.attention": "se"}]}]}
+    run = train_run("synthetic:phantoms:120", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    plan = Plan.load(run / "plan.yaml")
+    ch = plan.choices[0]
+    dec = next(d for d in plan.decisions if d.kind == "empirical" and d.field == "structure")
+    assert dec.reads["scored_on"] == "3-fold cross-validation of the training split"
+    folds = dec.reads["fold_scores"]
+    assert [len(f) for f in folds] == [3, 3]
+    assert ch.val_scores == [pytest.approx(float(np.mean(f)), abs=1e-4) for f in folds]
+    assert ch.val_scores[ch.chosen] == max(ch.val_scores)
+    for i in (0, 1):
+        for f in range(3):
+            assert (run / "choices" / "structure" / str(i) / f"fold{f}" / "checkpoints" / "best.pt").exists()
+
+
+def test_fold_splits_hold_out_each_training_case_once_and_never_touch_validation():
+    from meddx.errors import PlanError
+    from meddx.training.empirical import trial_splits
+
+    x = torch.arange(40, dtype=torch.float32).view(40, 1, 1, 1)
+    y = torch.tensor([0] * 30 + [1] * 10)
+    xv, yv = torch.full((7, 1, 1, 1), -1.0), torch.zeros(7, dtype=torch.long)
+    assert trial_splits(0, x, y, xv, yv, 0)[0][2] is xv
+    splits = trial_splits(5, x, y, xv, yv, 0)
+    held = torch.cat([s[2] for s in splits]).flatten().sort().values
+    assert torch.equal(held, x.flatten())  # every training case scored exactly once, no validation case
+    for xf, yf, xh, yh in splits:
+        assert len(set(xf.flatten().tolist()) & set(xh.flatten().tolist())) == 0
+        assert int(yh.sum()) == 2  # stratified: 10 positives over 5 folds
+    with pytest.raises(PlanError, match="class 1 has only 10"):
+        trial_splits(11, x, y, xv, yv, 0)
+
+
+def test_choice_folds_of_one_is_rejected():
+    from meddx.planning.plan import Choice
+
+    with pytest.raises(Exception, match="at least 2"):
+        Choice(name="c", options=[{}], folds=1)
+
+
 def test_learned_denoiser_is_fitted_on_training_images_and_kept_in_front_of_the_network(tmp_path):
     from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meddx.errors import PlanError
 
@@ -186,13 +186,23 @@ class SegmentConfig(_Strict):
 
 class Choice(_Strict):
     """An empirical choice made at the start of training: each option (dotted overrides) is trained
-    for a share of the time budget and scored on the validation split; the best is applied."""
+    for a share of the time budget and scored on the validation split, or with ``folds`` >= 2 by
+    k-fold cross-validation over the training split (the mean of the held-out folds' scores); the
+    best is applied."""
 
     name: str
     options: list[dict[str, Any]]
     budget_fraction: float = Field(default=0.3, gt=0, lt=1)  # of train.time_budget_s, shared by the options
+    folds: int = Field(default=0, ge=0, le=10)  # 0: score on the validation split; k >= 2: k-fold CV
     chosen: Optional[int] = None      # filled in by training
-    val_scores: list[float] = []      # validation selection metric of each option's trial
+    val_scores: list[float] = []      # selection metric of each option (mean over folds with CV)
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("folds must be 0 (the validation split) or at least 2")
+        return v
 
 
 class Decision(_Strict):

@@ -1,11 +1,13 @@
 """Empirical plan choices (plan ``choices``): each option is trained briefly and scored on the
-validation split, and the winner is written into the plan with its evidence (nnU-Net makes its
-empirical choices on validation folds in the same way). The test split is never touched."""
+validation split, or (``folds: k``) by k-fold cross-validation over the training split as nnU-Net
+makes its empirical choices, and the winner is written into the plan with its evidence. The test
+split is never touched."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from meddx.planning.plan import Decision, Plan
@@ -26,19 +28,29 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
         if not budget:
             raise_no_budget(choice.name)
         each = budget * choice.budget_fraction / len(choice.options)
-        scores, spent = [], 0.0
+        splits = trial_splits(choice.folds, x_train, y_train, x_val, y_val, plan.seed)
+        scores, fold_scores, spent = [], [], 0.0
         for oi, option in enumerate(choice.options):
-            trial = apply_overrides(plan.model_copy(deep=True), {**option, "train.time_budget_s": each})
-            trial.choices = []
-            trial.train.epochs = trial.train.max_epochs_with_budget
-            seed_everything(trial.seed)
-            trainer = make_trainer(trial, make_model(trial), out / "choices" / choice.name / str(oi))
-            per_epoch = trainer.measure_epoch_seconds(x_train, y_train, x_val.shape[0])
-            trial.train.epochs = max(1, min(trial.train.max_epochs_with_budget, int(each * 0.95 // max(per_epoch, 1e-6))))
-            res = trainer.fit(x_train, y_train, x_val, y_val)
-            scores.append(round(float(res.best_metric), 5))
-            spent += res.train_seconds
-            log(f"choice {choice.name}: option {oi} {option} -> validation {trial.train.select_metric} {scores[-1]:.4f}")
+            per_fold, per_epoch = [], None
+            for fi, (xt, yt, xv, yv) in enumerate(splits):
+                trial = apply_overrides(plan.model_copy(deep=True), {**option, "train.time_budget_s": each / len(splits)})
+                trial.choices = []
+                trial.train.epochs = trial.train.max_epochs_with_budget
+                seed_everything(trial.seed)
+                d = out / "choices" / choice.name / str(oi) / (f"fold{fi}" if choice.folds else "")
+                trainer = make_trainer(trial, make_model(trial), d)
+                if per_epoch is None:  # the folds are the same size: one probe per option
+                    per_epoch = trainer.measure_epoch_seconds(xt, yt, xv.shape[0])
+                budget_each = trial.train.time_budget_s
+                trial.train.epochs = max(1, min(trial.train.max_epochs_with_budget,
+                                                int(budget_each * 0.95 // max(per_epoch, 1e-6))))
+                res = trainer.fit(xt, yt, xv, yv)
+                per_fold.append(round(float(res.best_metric), 5))
+                spent += res.train_seconds
+            scores.append(round(float(np.mean(per_fold)), 5))
+            fold_scores.append(per_fold)
+            where = f"mean of {len(splits)} folds {per_fold}" if choice.folds else "validation"
+            log(f"choice {choice.name}: option {oi} {option} -> {where} {trial.train.select_metric} {scores[-1]:.4f}")
         best = max(range(len(scores)), key=lambda i: scores[i])
         plan = apply_overrides(plan, choice.options[best])
         plan.decisions = [d for d in plan.decisions if d.rule != "set by the user" or d.field not in choice.options[best]]
@@ -46,10 +58,38 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
         plan.decisions.append(Decision(field=choice.name, value=choice.options[best], rule="R17 empirical choice",
                                        kind="empirical", reads={"options": choice.options, "val_scores": scores,
                                                                 "metric": plan.train.select_metric,
+                                                                "scored_on": (f"{choice.folds}-fold cross-validation of "
+                                                                              "the training split" if choice.folds
+                                                                              else "validation split"),
+                                                                **({"fold_scores": fold_scores} if choice.folds else {}),
                                                                 "trial_seconds_each": round(each, 1)}))
         plan.train.time_budget_s = max(1.0, budget - spent)
     for field in type(plan).model_fields:
         setattr(target, field, getattr(plan, field))
+
+
+def trial_splits(folds: int, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+                 y_val: torch.Tensor, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """``(x_fit, y_fit, x_score, y_score)`` of each trial: the training and validation splits, or
+    with ``folds`` k >= 2 each stratified fold of the training split held out in turn (the same
+    folds as a ``kfold`` ensemble's members)."""
+    if not folds:
+        return [(x_train, y_train, x_val, y_val)]
+    from meddx.errors import PlanError
+    from meddx.training.ensemble import kfold_train_indices
+
+    counts = np.bincount(y_train.numpy())
+    if counts.min() < folds:
+        raise PlanError(f"an empirical choice asks for {folds}-fold cross-validation, but class {int(counts.argmin())} "
+                        f"has only {int(counts.min())} training cases",
+                        fix=f"set the choice's folds to at most {int(counts.min())}, or to 0 (score on the validation split)")
+    n = y_train.shape[0]
+    out = []
+    for fit_idx in kfold_train_indices(y_train.numpy(), folds, seed):
+        held = torch.from_numpy(np.setdiff1d(np.arange(n), fit_idx))
+        fit = torch.from_numpy(fit_idx)
+        out.append((x_train[fit], y_train[fit], x_train[held], y_train[held]))
+    return out
 
 
 def raise_no_budget(name: str):
