@@ -160,6 +160,14 @@ def rule_text(rule: dict) -> str:
             "of real leave-one-out distances)")
 
 
+def first_per_dataset(rows: list[dict]) -> dict[str, dict]:
+    """Each dataset's first row (it carries the provenance), in the tables' order of datasets."""
+    first: dict[str, dict] = {}
+    for r in rows:
+        first.setdefault(r["dataset"], r)
+    return first
+
+
 def provenance() -> dict:
     from meddx.data.synthesis import PASS_RULE
 
@@ -194,7 +202,7 @@ def write(runs, calib, args) -> None:
          "## GAN runs (mean ± sd over seeds)", "",
          *[f"{flag}: `{r0['command']}` ({r0['date']}, commit {r0['commit']})"
            + ("." if r0["pass_rule"] == PASS_RULE else f", checked under the rule of that time: {rule_text(r0['pass_rule'])}.")
-           for flag, r0 in {r["dataset"]: r for r in reversed(runs)}.items()], "",
+           for flag, r0 in first_per_dataset(runs).items()], "",
          "| dataset | class | seeds | steps | train s (wall / CPU) | FD ratio | fake acc | real held-out acc | memorised share | passed |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for flag in dict.fromkeys(r["dataset"] for r in runs):
@@ -223,7 +231,7 @@ def write(runs, calib, args) -> None:
                  f"| {r['memorised_share']:.3f} ({r.get('memorised_share_allowed', float('nan')):.3f}) | "
                  f"{'yes' if r['passed'] else 'no: ' + '; '.join(r['failed'])} |")
     L += ["", *[f"{flag}: `{r0['command']}` ({r0['date']}, commit {r0['commit']})."
-                for flag, r0 in {r["dataset"]: r for r in reversed(calib)}.items()]]
+                for flag, r0 in first_per_dataset(calib).items()]]
     L += ["", "Samples: " + ", ".join(f"`results/synthesis_{f}.png`" for f in dict.fromkeys(r["dataset"] for r in runs)),
           ""]
     res = HERE / "results"
