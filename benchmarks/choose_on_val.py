@@ -59,13 +59,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.variant:
-            vname, _, sets = spec.partition(":")
-            set_args = [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+            vname, sets, set_args = parse_variant(spec)
             for seed in args.seeds:
                 out = Path(tmp) / f"{vname}_s{seed}"
-                amount = ["--time-budget", f"{args.budget}s"] if args.budget else ["--epochs", str(args.epochs)]
                 wall, rss = run_meddx(["train", args.dataset, "--out", str(out), "--seed", str(seed), "--task", args.task,
-                                       *amount, "--no-progress", *set_args], f"{vname} seed {seed}")
+                                       *amount_args(args), "--no-progress", *set_args], f"{vname} seed {seed}")
                 m = json.loads((out / "metrics.json").read_text())
                 v = {k: (x["value"] if isinstance(x, dict) else x) for k, x in (m.get("validation") or {}).items()}
                 rows.append({"variant": vname, "sets": sets, "seed": seed, "val_auc": v.get("auc"),
@@ -73,6 +71,34 @@ def main() -> None:
                              "train_s": m.get("training", {}).get("train_seconds"), "wall_s": wall})
                 print(f"{vname} seed {seed}: val AUC {v.get('auc')}, val ACC {v.get('accuracy')}", flush=True)
                 write(args, rows, out_md)
+
+
+def parse_variant(spec: str) -> tuple[str, str, list[str]]:
+    """``NAME:k=v,k=v`` -> (name, the overrides as given, the ``--set`` arguments)."""
+    vname, _, sets = spec.partition(":")
+    return vname, sets, [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+
+
+def amount_args(args) -> list[str]:
+    return ["--time-budget", f"{args.budget}s"] if args.budget else ["--epochs", str(args.epochs)]
+
+
+def command_line(args) -> str:
+    amount = f"--budget {args.budget:g}" if args.budget else f"--epochs {args.epochs}"
+    folds = f" --folds {args.folds}" if args.folds else ""
+    return (f"python benchmarks/choose_on_val.py {args.dataset} --name {args.name}{folds} {amount} "
+            f"--seeds {' '.join(map(str, args.seeds))} " + " ".join(f"--variant '{v}'" for v in args.variant))
+
+
+def mean_sd(values) -> str:
+    v = np.asarray(values, float)
+    return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+
+
+def save(args, lines: list[str], rows: list[dict], out_md: Path) -> None:
+    out_md.write_text("\n".join(lines) + "\n")
+    out_md.with_suffix(".json").write_text(json.dumps({"command_args": vars(args), "commit": COMMIT, "rows": rows},
+                                                      indent=2))
 
 
 def fold_files(npz: Path, k: int, tmp: Path) -> tuple[list[Path], list[np.ndarray], np.ndarray]:
@@ -108,15 +134,13 @@ def main_folds(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files, held, y = fold_files(Path(args.dataset), args.folds, Path(tmp))
         for spec in args.variant:
-            vname, _, sets = spec.partition(":")
-            set_args = [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+            vname, sets, set_args = parse_variant(spec)
             for seed in args.seeds:
                 proba, wall_s = None, 0.0
                 for i, f in enumerate(files):
                     out = Path(tmp) / f"{vname}_s{seed}_f{i}"
-                    amount = ["--time-budget", f"{args.budget}s"] if args.budget else ["--epochs", str(args.epochs)]
                     wall, _ = run_meddx(["train", str(f), "--out", str(out), "--seed", str(seed), "--task", args.task,
-                                         *amount, "--no-progress", *set_args], f"{vname} seed {seed} fold {i}")
+                                         *amount_args(args), "--no-progress", *set_args], f"{vname} seed {seed} fold {i}")
                     wall_s += wall
                     with open(out / "predictions.csv", newline="") as fh:
                         test = [r for r in csv.DictReader(fh) if r["split"] == "test"]
@@ -137,8 +161,7 @@ def write_folds(args, rows: list[dict], oof: dict, y: np.ndarray, out_md: Path, 
     amount = f"--budget {args.budget:g}" if args.budget else f"--epochs {args.epochs}"
     names = list(dict.fromkeys(r["variant"] for r in rows))
     lines = [f"# Choice by {args.folds}-fold cross-validation of the training split: {args.name}", "",
-             f"Command: `python benchmarks/choose_on_val.py {args.dataset} --name {args.name} --folds {args.folds} "
-             f"{amount} --seeds {' '.join(map(str, args.seeds))} " + " ".join(f"--variant '{v}'" for v in args.variant) + "`",
+             f"Command: `{command_line(args)}`",
              f"Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}. {amount.lstrip('-')} per fold run. Each training fold "
              f"is held out in turn ({len(y)} training cases scored once each); the official validation split picks "
              "each run's checkpoint; the test split is not read. Runs finished so far: "
@@ -148,42 +171,34 @@ def write_folds(args, rows: list[dict], oof: dict, y: np.ndarray, out_md: Path, 
              "|---|---|---|---|---|---|---|---|"]
     for vname in names:
         rs = [r for r in rows if r["variant"] == vname]
-        acc, auc, bal = (np.array([r[k] for r in rs], float) for k in ("cv_accuracy", "cv_auc", "cv_balanced_accuracy"))
         common = [r["seed"] for r in rs if (names[0], r["seed"]) in oof]
         if vname != names[0] and common:
             a, b = [oof[(vname, s)] for s in common], [oof[(names[0], s)] for s in common]
             pa, pu = (f"{pvalue(y, a, b, metric=m):.3f}" for m in ("accuracy", "auc"))
         else:
             pa = pu = ""
-        sd = (lambda v: f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
         per = "; ".join(f"{r['cv_accuracy']:.3f} / {r['cv_auc']:.3f}" for r in rs)
-        lines.append(f"| {vname} | {rs[0]['sets'] or '(default plan)'} | {acc.mean():.3f}{sd(acc)} | {auc.mean():.3f}{sd(auc)} "
-                     f"| {bal.mean():.3f}{sd(bal)} | {pa} | {pu} | {per} |")
-    out_md.write_text("\n".join(lines) + "\n")
-    out_md.with_suffix(".json").write_text(json.dumps({"command_args": vars(args), "commit": COMMIT, "rows": rows},
-                                                      indent=2))
+        lines.append(f"| {vname} | {rs[0]['sets'] or '(default plan)'} | {mean_sd([r['cv_accuracy'] for r in rs])} "
+                     f"| {mean_sd([r['cv_auc'] for r in rs])} | {mean_sd([r['cv_balanced_accuracy'] for r in rs])} "
+                     f"| {pa} | {pu} | {per} |")
+    save(args, lines, rows, out_md)
 
 
 def write(args, rows: list[dict], out_md: Path) -> None:
     """The table so far (written after every run, so an interrupted comparison keeps its evidence)."""
     amount = f"--budget {args.budget:g}" if args.budget else f"--epochs {args.epochs}"
     lines = [f"# Validation-only choice: {args.name}", "",
-             f"Command: `python benchmarks/choose_on_val.py {args.dataset} --name {args.name} {amount} "
-             f"--seeds {' '.join(map(str, args.seeds))} " + " ".join(f"--variant '{v}'" for v in args.variant) + "`",
+             f"Command: `{command_line(args)}`",
              f"Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}. {amount.lstrip('-')} per run. Only validation "
              "numbers are shown; the test split played no part. Runs finished so far: "
              f"{len(rows)} of {len(args.variant) * len(args.seeds)}.", "",
              "| variant | overrides | val AUC (mean ± sd) | val ACC (mean ± sd) | per seed (AUC / ACC) |", "|---|---|---|---|---|"]
     for vname in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == vname]
-        auc = np.array([r["val_auc"] for r in rs], float)
-        acc = np.array([r["val_accuracy"] for r in rs], float)
         per = "; ".join(f"{r['val_auc']:.3f} / {r['val_accuracy']:.3f}" for r in rs)
-        lines.append(f"| {vname} | {rs[0]['sets'] or '(default plan)'} | {auc.mean():.3f} ± {auc.std(ddof=1) if len(auc) > 1 else 0:.3f} "
-                     f"| {acc.mean():.3f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.3f} | {per} |")
-    out_md.write_text("\n".join(lines) + "\n")
-    out_md.with_suffix(".json").write_text(json.dumps({"command_args": vars(args), "commit": COMMIT, "rows": rows},
-                                                      indent=2))
+        lines.append(f"| {vname} | {rs[0]['sets'] or '(default plan)'} | {mean_sd([r['val_auc'] for r in rs])} "
+                     f"| {mean_sd([r['val_accuracy'] for r in rs])} | {per} |")
+    save(args, lines, rows, out_md)
 
 
 if __name__ == "__main__":
