@@ -72,6 +72,33 @@ def test_time_budget_sizes_the_schedule(tmp_path):
     assert m["training"]["epochs_planned"] >= 1
 
 
+def test_ema_weights_get_batchnorm_statistics_of_their_own():
+    """The averaged weights' BatchNorm statistics are re-estimated on training batches (cumulative
+    average, not the stale EMA of past running statistics); momentum and mode are restored."""
+    import torch.nn as nn
+
+    from meddx.training.loop import refresh_batchnorm
+
+    m = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3)).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(2.0)
+        m[1].running_mean.fill_(-7.0)
+        m[1].running_var.fill_(100.0)
+    g = torch.Generator().manual_seed(0)
+    data = [5.0 + torch.randn(16, 1, 4, 4, generator=g) for _ in range(6)]
+    seen = []
+
+    def step(model, xb):
+        seen.append(1)
+        return model(xb).mean()
+
+    refresh_batchnorm(m, iter(data), step, max_batches=4)
+    assert len(seen) == 4 and not m.training and m[1].momentum == 0.1
+    x = 2.0 * torch.cat(data[:4])
+    assert torch.allclose(m[1].running_mean, x.mean().expand(3), atol=1e-4)
+    assert torch.allclose(m[1].running_var, torch.stack([d.var() * 4 for d in data[:4]]).mean().expand(3), rtol=0.05)
+
+
 def test_ema_tracks_weights_and_tta_averages_flips():
     import torch.nn as nn
 

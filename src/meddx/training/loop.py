@@ -53,6 +53,39 @@ class EMA:
                 self.state[k].copy_(v)
 
 
+BN_REFRESH_BATCHES = 32
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, batches: Iterable[Any], step: Callable[[nn.Module, Any], torch.Tensor],
+                      max_batches: int = BN_REFRESH_BATCHES) -> None:
+    """Re-estimate ``model``'s BatchNorm running statistics on training batches (forward passes only).
+
+    An EMA of the running statistics describes the raw weights' activations at past steps, not the
+    averaged weights' own; with a short horizon (decay 0.99, a few steps per epoch, a large learning
+    rate) the mismatch shifted every logit: BreastMNIST 5-fold CV accuracy 0.58, below always
+    answering the majority class. SWA re-estimates them for the same reason
+    (``torch.optim.swa_utils.update_bn``); ours runs the task's own training step, so it serves every
+    task's batch format.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    for i, batch in enumerate(batches):
+        if i >= max_batches:
+            break
+        step(model, batch)
+    for m, mom in momenta.items():
+        m.momentum = mom
+    model.train(was_training)
+
+
 def channels_last_pays(dims: int, device: torch.device | str = "cpu") -> bool:
     """Whether training a ``dims``-D conv net in channels-last order is used on ``device``.
 
@@ -148,6 +181,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                 bar.advance(f"epoch {epoch}/{epochs} loss {losses[-1]:.3f}")
             if ema is not None:
                 eval_model.load_state_dict(ema.state)
+                refresh_batchnorm(eval_model, batches(epoch), step)
             score, fields = validate(eval_model)
             improved = score > best_metric
             if improved:
