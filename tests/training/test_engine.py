@@ -99,6 +99,25 @@ def test_ema_weights_get_batchnorm_statistics_of_their_own():
     assert torch.allclose(m[1].running_var, torch.stack([d.var() * 4 for d in data[:4]]).mean().expand(3), rtol=0.05)
 
 
+def test_ema_classifier_validates_weights_with_refreshed_batchnorm(tmp_path, monkeypatch):
+    import meddx.training.loop as loop
+
+    calls = []
+    real = loop.refresh_batchnorm
+
+    def spy(model, batches, step, **kw):
+        bn = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        before = bn[0].running_mean.clone()
+        real(model, batches, step, **kw)
+        calls.append(not torch.equal(before, bn[0].running_mean))
+        return None
+
+    monkeypatch.setattr(loop, "refresh_batchnorm", spy)
+    train_run("synthetic:phantoms:60", tmp_path / "r", overrides={"train.epochs": 2, "train.ema_decay": 0.9},
+              progress=False, log=lambda *_: None)
+    assert calls == [True, True]  # every epoch, and the statistics changed
+
+
 def test_ema_tracks_weights_and_tta_averages_flips():
     import torch.nn as nn
 

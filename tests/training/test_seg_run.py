@@ -72,6 +72,28 @@ def test_3d_patch_run_predicts_nifti_in_input_geometry(tmp_path):
     assert rows[0]["volume_mm3_label_1"] == pytest.approx(rows[0]["n_label_1"] * 1.5)
 
 
+def test_ema_segmenter_runs_the_batchnorm_refresh_every_epoch(tmp_path, monkeypatch):
+    """EMA in a segmentation run: before each validation the averaged weights go through the BatchNorm
+    re-estimation with the segmentation batches and step (3D patches). The CPU plan's MONAI U-Net
+    normalises per instance, so there is nothing to re-estimate and the run must still finish."""
+    import meddx.training.loop as loop
+
+    calls = []
+    real = loop.refresh_batchnorm
+
+    def spy(model, batches, step, **kw):
+        calls.append(sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()))
+        return real(model, batches, step, **kw)
+
+    monkeypatch.setattr(loop, "refresh_batchnorm", spy)
+    root = write_seg_volumes(tmp_path / "vols", n=8)
+    out = tmp_path / "run"
+    train_seg_run(str(root), out, overrides={"train.epochs": 2, "segment.patch_size": [16, 16, 16],
+                                             "train.ema_decay": 0.9}, progress=False, log=lambda *a: None)
+    assert calls == [0, 0]  # once per epoch; instance norm keeps no running statistics
+    assert json.loads((out / "metrics.json").read_text())["summary"]["per_class"]
+
+
 def test_resume_continues_a_killed_segmentation_run(tmp_path):
     root = write_seg_pairs(tmp_path / "d", n=16, size=32)
     full = tmp_path / "full"
