@@ -105,12 +105,12 @@ def fold_files(npz: Path, k: int, tmp: Path) -> tuple[list[Path], list[np.ndarra
     """K copies of a MedMNIST file (same name, so class names resolve) in which training fold i is
     the test split; the real test split is left out. Returns the files, each fold's held-out
     training indices, and the training labels."""
-    from sklearn.model_selection import StratifiedKFold
+    from meddx.training.ensemble import kfold_splits
 
     d = np.load(npz)
     y = d["train_labels"].reshape(len(d["train_labels"]), -1)[:, 0].astype(int)
     files, held = [], []
-    for i, (fit, out) in enumerate(StratifiedKFold(k, shuffle=True, random_state=0).split(np.zeros(len(y)), y)):
+    for i, (fit, out) in enumerate(kfold_splits(y, k, 0)):
         f = tmp / f"fold{i}" / npz.name
         f.parent.mkdir(parents=True)
         np.savez(f, train_images=d["train_images"][fit], train_labels=d["train_labels"][fit],

@@ -324,9 +324,10 @@ def _rule_choices(fp: dict, time_budget_s: float | None, note) -> list[Choice]:
     counts = fp["split_counts"]
     n_val = sum(counts["val"].values()) if "val" in counts else None
     train_counts = list(counts.get("train", fp["class_counts"]).values())
-    if n_val is None:  # no official split: meddx's seeded split gives validation 10 % of the cases
-        n_val = int(round(sum(fp["class_counts"].values()) * 0.1))
-        train_counts = [int(c * 0.7) for c in fp["class_counts"].values()]
+    if n_val is None:  # no official split: estimated from the seeded split's fractions
+        f_train, f_val, _ = DataConfig.model_fields["split_fractions"].default
+        n_val = int(round(sum(fp["class_counts"].values()) * f_val))
+        train_counts = [int(c * f_train) for c in fp["class_counts"].values()]
     folds = CHOICE_FOLDS if n_val < CHOICE_FOLDS_MAX_VAL and min(train_counts) >= 2 * CHOICE_FOLDS else 0
     ch = Choice(name="model_structure", options=[{"model.params.attention": None},
                                                  {"model.params.attention": "se"},

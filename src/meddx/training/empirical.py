@@ -29,11 +29,12 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
             raise_no_budget(choice.name)
         each = budget * choice.budget_fraction / len(choice.options)
         splits = trial_splits(choice.folds, x_train, y_train, x_val, y_val, plan.seed)
+        each_trial = each / len(splits)
         scores, fold_scores, spent = [], [], 0.0
         for oi, option in enumerate(choice.options):
             per_fold, per_epoch = [], None
             for fi, (xt, yt, xv, yv) in enumerate(splits):
-                trial = apply_overrides(plan.model_copy(deep=True), {**option, "train.time_budget_s": each / len(splits)})
+                trial = apply_overrides(plan.model_copy(deep=True), {**option, "train.time_budget_s": each_trial})
                 trial.choices = []
                 trial.train.epochs = trial.train.max_epochs_with_budget
                 seed_everything(trial.seed)
@@ -41,9 +42,8 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
                 trainer = make_trainer(trial, make_model(trial), d)
                 if per_epoch is None:  # the folds are the same size: one probe per option
                     per_epoch = trainer.measure_epoch_seconds(xt, yt, xv.shape[0])
-                budget_each = trial.train.time_budget_s
                 trial.train.epochs = max(1, min(trial.train.max_epochs_with_budget,
-                                                int(budget_each * 0.95 // max(per_epoch, 1e-6))))
+                                                int(each_trial * 0.95 // max(per_epoch, 1e-6))))
                 res = trainer.fit(xt, yt, xv, yv)
                 per_fold.append(round(float(res.best_metric), 5))
                 spent += res.train_seconds
@@ -76,20 +76,16 @@ def trial_splits(folds: int, x_train: torch.Tensor, y_train: torch.Tensor, x_val
     if not folds:
         return [(x_train, y_train, x_val, y_val)]
     from meddx.errors import PlanError
-    from meddx.training.ensemble import kfold_train_indices
+    from meddx.training.ensemble import kfold_splits
 
-    counts = np.bincount(y_train.numpy())
+    y = y_train.numpy()
+    counts = np.bincount(y)
     if counts.min() < folds:
         raise PlanError(f"an empirical choice asks for {folds}-fold cross-validation, but class {int(counts.argmin())} "
                         f"has only {int(counts.min())} training cases",
                         fix=f"set the choice's folds to at most {int(counts.min())}, or to 0 (score on the validation split)")
-    n = y_train.shape[0]
-    out = []
-    for fit_idx in kfold_train_indices(y_train.numpy(), folds, seed):
-        held = torch.from_numpy(np.setdiff1d(np.arange(n), fit_idx))
-        fit = torch.from_numpy(fit_idx)
-        out.append((x_train[fit], y_train[fit], x_train[held], y_train[held]))
-    return out
+    return [(x_train[fit], y_train[fit], x_train[held], y_train[held])
+            for fit, held in (map(torch.from_numpy, pair) for pair in kfold_splits(y, folds, seed))]
 
 
 def raise_no_budget(name: str):

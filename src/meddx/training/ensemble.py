@@ -31,15 +31,21 @@ def member_plan(plan: Plan, i: int) -> Plan:
     return mp
 
 
-def kfold_train_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Training indices of each member for ``kfold``: all but one stratified fold of the training split."""
+def kfold_splits(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fit, held_out)`` indices of each of k folds: stratified by ``y`` when every class has k
+    cases, else plain shuffled folds."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     idx = np.arange(len(y))
     counts = np.bincount(y)
     splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts[counts > 0].min() >= k
                 else KFold(k, shuffle=True, random_state=seed))
-    return [tr for tr, _ in splitter.split(idx, y)]
+    return list(splitter.split(idx, y))
+
+
+def kfold_train_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Training indices of each member for ``kfold``: all but one stratified fold of the training split."""
+    return [fit for fit, _ in kfold_splits(y, k, seed)]
 
 
 def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fold_labels: np.ndarray, *,
