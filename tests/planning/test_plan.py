@@ -35,8 +35,26 @@ def test_invalid_plan_names_the_field(tmp_path):
 def test_rules_small_grey_images():
     p = make_plan(_fp(), source="x")
     assert p.data.spatial_dims == 2 and p.data.channels == 1 and p.data.input_size == [28, 28]
-    assert p.data.intensity == "scale255" and p.train.batch_size == 128
+    assert p.data.intensity == "scale255" and p.train.batch_size == 64
     assert {d.rule.split()[0] for d in p.decisions} >= {"R1", "R2", "R3", "R4", "R5", "R6"}
+
+
+def test_rules_count_training_cases_not_the_whole_dataset():
+    """R6/R14/R15 read the number of training cases: without a split of its own the dataset's 2000
+    cases train on the seeded split's 70 % (1400 < 2000: batch 64); an official training split of
+    2000 gets batch 128."""
+    seeded = make_plan(_fp(), source="x", time_budget_s=600)
+    r6 = next(d for d in seeded.decisions if d.rule.startswith("R6"))
+    assert r6.reads["n_train"] == 1400 and seeded.train.batch_size == 64
+    official = make_plan(_fp(split_counts={"train": {"a": 500, "b": 1500}, "val": {"a": 60, "b": 180}},
+                             official_split=True), source="x", time_budget_s=600)
+    assert official.train.batch_size == 128
+    # R15: 400 cases without a split train on 280 (< 300): the PCA head; the same 400 as an official
+    # training split do not
+    small = make_plan(_fp(class_counts={"a": 100, "b": 300}), source="x")
+    assert small.train.head == "pca_linear"
+    big = make_plan(_fp(class_counts={"a": 100, "b": 300}, split_counts={"train": {"a": 100, "b": 300}}), source="x")
+    assert big.train.head == "deep"
 
 
 def test_rules_large_rgb_mixed_sizes_and_ct():
@@ -71,6 +89,16 @@ def test_overrides_are_recorded_and_validated():
     with pytest.raises(Exception):
         apply_overrides(p, {"train.epochs": 0})
 
+
+
+def test_an_override_to_null_removes_a_setting():
+    """`--set train.synthetic=null`, an ablation arm's "off" and an empirical choice's plain option
+    all set fields to None: that must take the setting away, not be skipped."""
+    p = apply_overrides(make_plan(_fp(), source="x"), {"model.params.attention": "se", "train.synthetic": {"epochs": 5},
+                                                       "train.class_weights": "balanced"})
+    assert p.model.params["attention"] == "se" and p.train.synthetic is not None
+    q = apply_overrides(p, {"model.params.attention": None, "train.synthetic": None, "train.class_weights": None})
+    assert q.model.params.get("attention") is None and q.train.synthetic is None and q.train.class_weights is None
 
 
 def test_a_nested_override_wins_over_its_parent_in_any_order():

@@ -165,6 +165,33 @@ def test_empirical_choice_on_folds_scores_each_option_on_held_out_training_folds
             assert (run / "choices" / "structure" / str(i) / f"fold{f}" / "checkpoints" / "best.pt").exists()
 
 
+def test_empirical_trials_train_the_network_the_run_trains_not_a_pca_bottleneck(tmp_path):
+    """With R15's PCA head in the plan, the run trains a network with its own linear layer and fits
+    PCA + logistic regression afterwards; the trials must score that network (a random trainable
+    16-unit bottleneck is not what gets used). And a trial of the "plain" option of a plan that
+    already has attention must really be plain."""
+    from meddx.planning.plan import Choice
+    from meddx.training.empirical import run_choices
+    from meddx.training.run import build_single_model
+
+    plan = make_plan_for(n_classes=2, size=16)
+    plan.train.head, plan.train.time_budget_s, plan.model.params = "pca_linear", 4.0, {"attention": "se"}
+    plan.choices = [Choice(name="structure", options=[{"model.params.attention": None},
+                                                      {"model.params.attention": "se"}], budget_fraction=0.5)]
+    seen = []
+
+    def make_model(p):
+        seen.append((p.train.head, p.model.params.get("attention")))
+        return build_single_model(p)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 1, 16, 16, generator=g), torch.tensor([0, 1] * 12)
+    run_choices(plan, tmp_path, x, y, x[:8], y[:8], make_model=make_model,
+                make_trainer=lambda p, m, d: Trainer(p, m, d, progress=False), log=_quiet)
+    assert seen == [("deep", None), ("deep", "se")]
+    assert plan.train.head == "pca_linear"  # the run's own head is kept for after training
+
+
 def test_fold_splits_hold_out_each_training_case_once_and_never_touch_validation():
     from meddx.errors import PlanError
     from meddx.training.empirical import trial_splits

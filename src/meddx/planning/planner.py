@@ -186,7 +186,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     model = ModelConfig(name="small_cnn", params={"dropout": 0.1})
     note("model.name", model.name, "R5 model", "fixed")
 
-    n_train = sum(fp["split_counts"].get("train", fp["class_counts"]).values())
+    n_train = sum(_train_class_counts(fp))
     if sd == 2:
         bs = 128 if n_train >= 2000 else 64
     else:
@@ -314,6 +314,15 @@ than the differences between model structures the ablation measured (SE attentio
 case once (546 on BreastMNIST: 1.5 points), at the price of 5 shorter trials per option."""
 
 
+def _train_class_counts(fp: dict) -> list[int]:
+    """Training cases per class: the official training split's, else the seeded split's share of
+    each class (the split is made after planning, with ``DataConfig``'s default fractions)."""
+    if "train" in fp["split_counts"]:
+        return list(fp["split_counts"]["train"].values())
+    f_train = DataConfig.model_fields["split_fractions"].default[0]
+    return [int(c * f_train) for c in fp["class_counts"].values()]
+
+
 def _rule_choices(fp: dict, time_budget_s: float | None, note) -> list[Choice]:
     """R17: with at least 20 minutes, the model structure is chosen among the plain network,
     channel attention (SE) and multi-scale features; 30 % of the budget goes to the trials, scored
@@ -322,12 +331,11 @@ def _rule_choices(fp: dict, time_budget_s: float | None, note) -> list[Choice]:
     if not time_budget_s or time_budget_s < CHOICE_MIN_BUDGET_S:
         return []
     counts = fp["split_counts"]
-    n_val = sum(counts["val"].values()) if "val" in counts else None
-    train_counts = list(counts.get("train", fp["class_counts"]).values())
-    if n_val is None:  # no official split: estimated from the seeded split's fractions
-        f_train, f_val, _ = DataConfig.model_fields["split_fractions"].default
-        n_val = int(round(sum(fp["class_counts"].values()) * f_val))
-        train_counts = [int(c * f_train) for c in fp["class_counts"].values()]
+    if "val" in counts:
+        n_val = sum(counts["val"].values())
+    else:  # no official split: estimated from the seeded split's fractions
+        n_val = int(round(sum(fp["class_counts"].values()) * DataConfig.model_fields["split_fractions"].default[1]))
+    train_counts = _train_class_counts(fp)
     folds = CHOICE_FOLDS if n_val < CHOICE_FOLDS_MAX_VAL and min(train_counts) >= 2 * CHOICE_FOLDS else 0
     ch = Choice(name="model_structure", options=[{"model.params.attention": None},
                                                  {"model.params.attention": "se"},
@@ -444,11 +452,12 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
     """Apply dotted-key overrides (``{"train.epochs": 5}``) given by the user, and record them.
 
     A key inside another one's value wins, whatever the order given: ``model.params`` is applied
-    before ``model.params.attention`` (keys with fewer dots first, otherwise in the given order)."""
+    before ``model.params.attention`` (keys with fewer dots first, otherwise in the given order).
+    ``None`` is a value like any other (``--set train.synthetic=null`` removes the GAN, an empirical
+    choice's ``{"model.params.attention": None}`` removes attention); callers drop options the user
+    did not give before calling."""
     raw = plan.model_dump(mode="json")
     for key, value in sorted(overrides.items(), key=lambda kv: kv[0].count(".")):
-        if value is None:
-            continue
         node = raw
         parts = key.split(".")
         for p in parts[:-1]:

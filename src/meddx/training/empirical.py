@@ -36,6 +36,9 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
             for fi, (xt, yt, xv, yv) in enumerate(splits):
                 trial = apply_overrides(plan.model_copy(deep=True), {**option, "train.time_budget_s": each_trial})
                 trial.choices = []
+                # the network the run will train: members train with a linear layer, and a PCA head
+                # (R15) is fitted on their features afterwards, not trained as a bottleneck here
+                trial.train.head = "deep"
                 trial.train.epochs = trial.train.max_epochs_with_budget
                 seed_everything(trial.seed)
                 d = out / "choices" / choice.name / str(oi) / (f"fold{fi}" if choice.folds else "")
