@@ -142,16 +142,18 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
          no_progress: bool = typer.Option(False, "--no-progress")):
     """Write the plan (editable YAML) that `meddx train --plan` would run."""
     from meddx.planning.planner import make_plan, make_seg_plan
-    from meddx.training.run import fingerprint_dataset
+    from meddx.training.run import fingerprint_dataset, planned_split
 
     cs = _open(path, task, resample_masks, group_by_folder)
-    fp = fingerprint_dataset(cs, _progress_enabled(no_progress))
+    sets = parse_sets(set_)
+    # planned on the cases `meddx train` will train and validate on, as `meddx train` plans
+    fp = fingerprint_dataset(cs, _progress_enabled(no_progress), split=planned_split(cs, overrides={**sets, "seed": seed}))
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
-                          overrides=parse_sets(set_), time_budget_s=parse_duration(time_budget),
+                          overrides=sets, time_budget_s=parse_duration(time_budget),
                           memory_budget_gb=memory_budget)
     else:
-        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=parse_sets(set_),
+        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=sets,
                       time_budget_s=parse_duration(time_budget), memory_budget_gb=memory_budget)
     p.save(out)
     console.print(f"plan written to {out}")

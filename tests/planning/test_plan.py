@@ -98,7 +98,7 @@ def test_an_override_to_null_removes_a_setting():
                                                        "train.class_weights": "balanced"})
     assert p.model.params["attention"] == "se" and p.train.synthetic is not None
     q = apply_overrides(p, {"model.params.attention": None, "train.synthetic": None, "train.class_weights": None})
-    assert q.model.params.get("attention") is None and q.train.synthetic is None and q.train.class_weights is None
+    assert "attention" not in q.model.params and q.train.synthetic is None and q.train.class_weights is None
 
 
 def test_a_nested_override_wins_over_its_parent_in_any_order():

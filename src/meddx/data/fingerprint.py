@@ -34,7 +34,7 @@ NOISE_SAMPLE = 200  # cases whose noise level is estimated
 
 
 def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
-                        progress: Callable[[int], None] | None = None) -> dict:
+                        progress: Callable[[int], None] | None = None, split: dict[str, str] | None = None) -> dict:
     """Read every case once and summarise the dataset.
 
     Args:
@@ -43,7 +43,12 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
             False, collect them as findings (``meddx inspect``).
         seed: for the pixel sample behind the percentiles.
         progress: called with 1 after each case.
+        split: ``case_id -> split`` of the run to be planned. Its test cases are still read and
+            checked (format, shapes, duplicates, the data hash) but add nothing to the statistics a
+            plan reads (intensity, noise, masks, class counts), as nnU-Net fingerprints only its
+            training set; ``split_counts`` then come from this split.
     """
+    held = {cid for cid, s in split.items() if s == "test"} if split else set()
     rng = np.random.default_rng(seed)
     shapes, chans, dims, spacings = [], [], [], []
     samples, means, stds = [], [], []
@@ -56,8 +61,9 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
     axcodes: Counter = Counter()
     # noise is estimated on a seeded sample of cases (wavelet MAD per image, see transforms/noise.py)
-    noise_pick = set(np.random.default_rng(seed).choice(len(cs.cases), size=min(NOISE_SAMPLE, len(cs.cases)),
-                                                        replace=False).tolist()) if cs.cases else set()
+    stat_idx = [i for i, c in enumerate(cs.cases) if c.case_id not in held]
+    noise_pick = set(np.random.default_rng(seed).choice(stat_idx, size=min(NOISE_SAMPLE, len(stat_idx)),
+                                                        replace=False).tolist()) if stat_idx else set()
     noise_abs: list[float] = []
     noise_rel: list[float] = []
     for ci, c in enumerate(cs.cases):
@@ -71,7 +77,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                 img = cs.load(c)
             check_pixels(img.array, where)
             if seg is not None:
-                seg.add(mask)
+                seg.add(mask, values_only=c.case_id in held)  # a test mask's labels: only which exist
         except MeddxError as e:
             if strict:
                 raise
@@ -94,25 +100,26 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
 
             noise_abs.append(estimate_noise(a))
             noise_rel.append(estimate_noise(a, relative=True))
-        flat = a.reshape(-1)
-        k = min(PIXEL_SAMPLE, flat.size)
-        samples.append(flat[rng.integers(0, flat.size, k)])
-        means.append(float(a.mean()))
-        stds.append(float(a.std()))
-        vmin, vmax = min(vmin, float(a.min())), max(vmax, float(a.max()))
-        if integer_valued and not np.array_equal(samples[-1], np.round(samples[-1])):
-            integer_valued = False
+        if c.case_id not in held:
+            flat = a.reshape(-1)
+            k = min(PIXEL_SAMPLE, flat.size)
+            samples.append(flat[rng.integers(0, flat.size, k)])
+            means.append(float(a.mean()))
+            stds.append(float(a.std()))
+            vmin, vmax = min(vmin, float(a.min())), max(vmax, float(a.max()))
+            if integer_valued and not np.array_equal(samples[-1], np.round(samples[-1])):
+                integer_valued = False
         h = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
         hashes[h].append(c.case_id)
         data_hash.update(f"{c.case_id}|{c.label}|{c.split}|{h}\n".encode())
         if progress:
             progress(1)
 
-    counts = cs.class_counts()
+    counts = cs.class_counts([c for c in cs.cases if c.case_id not in held])
     nz = [v for v in counts.values() if v > 0]
     split_counts = {}
     for s in ("train", "val", "test"):
-        sub = cs.subset(s)
+        sub = [c for c in cs.cases if split.get(c.case_id) == s] if split else cs.subset(s)
         if sub:
             split_counts[s] = cs.class_counts(sub)
     fp: dict = {
@@ -131,8 +138,12 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "notes": list(cs.notes),
         "data_hash": data_hash.hexdigest(),
     }
-    if not shapes:
-        fp["findings"] = ["no case could be read"]
+    if split:
+        fp["statistics_from"] = (f"train and val ({len(cs.cases) - len(held)} cases): class counts, intensity, noise "
+                                 f"and masks; the {len(held)} test cases are read only for format, shapes and "
+                                 "duplicates")
+    if not shapes or not samples:
+        fp["findings"] = ["no case could be read" if not shapes else "no training or validation case could be read"]
         return fp
     if seg is not None:
         fp["segmentation"] = seg.summary(cs)
@@ -215,11 +226,13 @@ class _MaskStats:
         self.empty = 0
         self.objects: list[int] = []
 
-    def add(self, mask: np.ndarray) -> None:
+    def add(self, mask: np.ndarray, values_only: bool = False) -> None:
         from scipy import ndimage
 
         vals, cnt = np.unique(mask, return_counts=True)
         self.values.update(float(v) for v in vals)
+        if values_only:
+            return
         self.counts.update({float(v): int(n) for v, n in zip(vals, cnt)})
         self.total += mask.size
         fg = mask != 0

@@ -230,7 +230,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
         raise MeddxError("give the ablation either a time budget or a number of epochs", fix="--time-budget or --epochs")
     amount = {"train.time_budget_s": budget_s} if budget_s else {"train.epochs": int(epochs), "train.time_budget_s": None}
     from meddx.planning.planner import make_plan, make_seg_plan
-    from meddx.training.run import fingerprint_dataset, train_run
+    from meddx.training.run import fingerprint_dataset, planned_split, train_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +239,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
         from meddx.training.seg_run import train_seg_run
 
         cs = open_seg_dataset(dataset, resample_masks=resample_masks)
-        fp = fingerprint_dataset(cs, progress)
+        fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides={"data.split_seed": 0}))
         full = make_seg_plan(fp, source=str(Path(cs.source).resolve()), time_budget_s=budget_s)
         if epochs:
             full.train.epochs = int(epochs)
@@ -251,7 +251,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
         from meddx.data.sources import open_dataset
 
         cs = open_dataset(dataset)
-        fp = fingerprint_dataset(cs, progress)
+        fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides={"data.split_seed": 0}))
         full = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
                          time_budget_s=budget_s)
         if epochs:

@@ -453,16 +453,20 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
 
     A key inside another one's value wins, whatever the order given: ``model.params`` is applied
     before ``model.params.attention`` (keys with fewer dots first, otherwise in the given order).
-    ``None`` is a value like any other (``--set train.synthetic=null`` removes the GAN, an empirical
-    choice's ``{"model.params.attention": None}`` removes attention); callers drop options the user
-    did not give before calling."""
+    ``None`` takes a setting away (``--set train.synthetic=null`` removes the GAN, an empirical
+    choice's ``{"model.params.attention": None}`` removes attention): a field becomes None, a key of
+    ``model.params`` (free-form network options) is deleted. Callers drop options the user did not
+    give before calling."""
     raw = plan.model_dump(mode="json")
     for key, value in sorted(overrides.items(), key=lambda kv: kv[0].count(".")):
         node = raw
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = copy.deepcopy(value)  # a later nested key must not write into the caller's dict
+        if value is None and parts[:-1] == ["model", "params"]:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = copy.deepcopy(value)  # a later nested key must not write into the caller's dict
         raw["decisions"].append({"field": key, "value": value, "rule": "set by the user", "kind": "user",
                                  "reads": {}})
     from pydantic import ValidationError

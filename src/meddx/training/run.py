@@ -26,7 +26,7 @@ from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
 from meddx.data.sources import open_dataset
 from meddx.data.split import apply_split, make_split, read_split, write_split
 from meddx.errors import MeddxError, PlanError, RunError
-from meddx.planning.plan import Decision, Plan
+from meddx.planning.plan import DataConfig, Decision, Plan
 from meddx.planning.planner import apply_overrides, make_plan
 from meddx.training.checkpoint import load_checkpoint
 from meddx.training.engine import Trainer, get_device, predict_proba, seed_everything
@@ -136,12 +136,26 @@ def progress_callback(enabled: bool, total: int, desc: str):
     return (lambda k: p.update(t, advance=k)), p.stop
 
 
-def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True) -> dict:
+def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True, split: dict[str, str] | None = None) -> dict:
+    """The fingerprint; with ``split``, its test cases add nothing to the statistics a plan reads."""
     cb, stop = progress_callback(progress, len(cs.cases), "reading images")
     try:
-        return compute_fingerprint(cs, strict=strict, progress=cb)
+        return compute_fingerprint(cs, strict=strict, progress=cb, split=split)
     finally:
         stop()
+
+
+def planned_split(cs: CaseSet, *, plan: Plan | None = None, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """``case_id -> split`` as the run will make it, known before its plan exists so that the planner
+    reads no test case: the plan's seed and fractions, else the user's overrides of them, else the
+    defaults (the planner puts the seed it is given and the default fractions into the plan)."""
+    if plan is not None:
+        seed, split_seed, fractions = plan.seed, plan.data.split_seed, plan.data.split_fractions
+    else:
+        ov = overrides or {}
+        seed, split_seed = int(ov.get("seed") or 0), ov.get("data.split_seed")
+        fractions = ov.get("data.split_fractions") or DataConfig.model_fields["split_fractions"].default
+    return make_split(cs, seed=seed if split_seed is None else int(split_seed), fractions=tuple(fractions))
 
 
 def prepare_tensors(cs: CaseSet, parts: dict, plan: Plan, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -183,8 +197,7 @@ def split_for_run(cs: CaseSet, plan: Plan, out: Path, resume: bool) -> dict:
     if resume and (out / "split.csv").exists():
         split = read_split(out / "split.csv")  # the split the run started with, whatever changed since
     else:
-        seed = plan.seed if plan.data.split_seed is None else plan.data.split_seed
-        split = make_split(cs, seed=seed, fractions=tuple(plan.data.split_fractions))
+        split = planned_split(cs, plan=plan)
     return apply_split(cs, split)
 
 
@@ -257,8 +270,9 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
                 raise RunError("no dataset given", fix="pass a dataset path or --plan")
             cs = open_dataset(dataset)
             plan = None
-        fp = fingerprint_dataset(cs, progress)
+        fp = None
         if plan is None:
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides))
             plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
                              seed=int(overrides.pop("seed", 0) or 0),
                              time_budget_s=overrides.get("train.time_budget_s"),
@@ -272,6 +286,8 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         if image_size:
             overrides["data.input_size"] = [int(image_size)] * plan.data.spatial_dims
         plan = apply_overrides(plan, overrides)
+        if fp is None:  # a given plan: its fingerprint is recorded, over the split the plan makes
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan))
     seed_everything(plan.seed)
     parts = split_for_run(cs, plan, out, resume)
     with RunGuard(out, resume) as guard:

@@ -25,7 +25,7 @@ from meddx.errors import PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
-from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, fingerprint_dataset,
+from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, fingerprint_dataset, planned_split,
                                 progress_callback, resume_state, set_status, size_epochs, split_for_run,
                                 start_run_dir)
 from meddx.evaluation.seg_infer import predict_cases
@@ -106,8 +106,9 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             cs = open_det_dataset(dataset)
         else:
             cs = open_seg_dataset(dataset, resample_masks=resample_masks, group_by_folder=group_by_folder)
-        fp = fingerprint_dataset(cs, progress)
+        fp = None
         if plan is None:
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides))
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
                                  group_by_folder=group_by_folder, time_budget_s=overrides.get("train.time_budget_s"),
                                  memory_budget_gb=overrides.get("train.memory_budget_gb"))
@@ -115,6 +116,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)
         plan = apply_overrides(plan, overrides)
+        if fp is None:
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan))
     seed_everything(plan.seed)
     parts = split_for_run(cs, plan, out, resume)
     with RunGuard(out, resume) as guard:

@@ -1,0 +1,62 @@
+"""The fingerprint a plan reads holds nothing of the test split (nnU-Net fingerprints its training
+set only): test cases are read for format and duplicates but add nothing to the statistics."""
+
+import dataclasses
+import json
+
+import pytest
+
+from meddx.data.fingerprint import compute_fingerprint
+from meddx.data.sources import open_dataset
+from meddx.data.split import make_split, read_split
+from meddx_testutils import write_seg_pairs
+
+PLANNED_STATS = ("class_counts", "imbalance_ratio", "intensity", "noise")
+
+
+def _without_test(cs, split):
+    return dataclasses.replace(cs, cases=[c for c in cs.cases if split[c.case_id] != "test"])
+
+
+def test_test_cases_add_nothing_to_the_statistics_a_plan_reads(tiny_folder):
+    cs = open_dataset(str(tiny_folder))
+    split = make_split(cs, seed=3)
+    n_test = sum(s == "test" for s in split.values())
+    fp = compute_fingerprint(cs, split=split)
+    ref = compute_fingerprint(_without_test(cs, split))
+    for key in PLANNED_STATS:  # the same, to the last bit, as if the test cases did not exist
+        assert fp[key] == ref[key], key
+    assert fp["n_cases"] == len(cs.cases) and fp["n_readable"] == len(cs.cases)  # but they were read
+    assert {s: sum(c.values()) for s, c in fp["split_counts"].items()} == \
+        {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
+    assert f"the {n_test} test cases" in fp["statistics_from"]
+    everything = compute_fingerprint(cs)  # `meddx inspect`: every case counts
+    assert sum(everything["class_counts"].values()) == len(cs.cases)
+    assert everything["intensity"] != fp["intensity"] and "statistics_from" not in everything
+
+
+def test_test_masks_only_say_which_labels_exist(tmp_path):
+    from meddx.data.segsources import open_seg_dataset
+
+    cs = open_seg_dataset(str(write_seg_pairs(tmp_path / "seg", n=20)))
+    split = make_split(cs, seed=0)
+    seg = compute_fingerprint(cs, split=split)["segmentation"]
+    ref = compute_fingerprint(_without_test(cs, split))["segmentation"]
+    assert seg["objects"] == ref["objects"] and seg["label_fraction"] == ref["label_fraction"]
+    assert seg["empty_masks"] == ref["empty_masks"]
+    assert seg["label_values"] == compute_fingerprint(cs)["segmentation"]["label_values"]
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_run_plans_on_the_split_it_then_trains_on(tiny_folder, tmp_path, seed):
+    """The split made before planning is the one the run writes: the fingerprint's split counts match
+    split.csv, and its statistics leave the test cases out."""
+    from meddx.training.run import train_run
+
+    run = train_run(str(tiny_folder), tmp_path / "r", overrides={"seed": seed, "train.epochs": 1},
+                    progress=False, log=lambda *_: None)
+    fp = json.loads((run / "fingerprint.json").read_text())
+    split = read_split(run / "split.csv")
+    assert {s: sum(c.values()) for s, c in fp["split_counts"].items()} == \
+        {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
+    assert sum(fp["class_counts"].values()) == sum(v != "test" for v in split.values())
