@@ -134,3 +134,36 @@ def test_changed_arm_definition_invalidates_its_runs(tmp_path, monkeypatch):
         ab.run_ablation("synthetic:phantoms:60", out, epochs=1, seeds=[0], components=["augmentation"],
                         progress=False, log=lambda *a: None)
     assert calls and calls[0].endswith("baseline/seed0")  # the stale finished run was thrown away and retrained
+
+
+def test_a_changed_full_plan_invalidates_finished_runs_whose_overrides_did_not_change(tmp_path, monkeypatch):
+    """The baseline's overrides are the same after the planner changes, but the plan they are applied
+    to is not: its finished runs must not be mixed with new ones."""
+    import meddx.evaluation.ablation as ab
+    import meddx.planning.planner as planner
+
+    calls = []
+
+    def fake_train_run(dataset, rdir, overrides, **kw):
+        calls.append(str(rdir))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("meddx.training.run.train_run", fake_train_run)
+    out = tmp_path / "abl"
+    kw = dict(epochs=1, seeds=[0], components=[], progress=False, log=lambda *a: None)
+    with pytest.raises(RuntimeError):  # writes baseline/arm.json, then "trains"
+        ab.run_ablation("synthetic:phantoms:60", out, **kw)
+    (out / "baseline" / "seed0").mkdir(parents=True)
+    (out / "baseline" / "seed0" / "metrics.json").write_text("{}")  # as if it had finished
+    real = planner.make_plan
+
+    def other_planner(*a, **k):
+        p = real(*a, **k)
+        p.optim.lr *= 2  # a planner rule changed since the runs were made
+        return p
+
+    monkeypatch.setattr(planner, "make_plan", other_planner)
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        ab.run_ablation("synthetic:phantoms:60", out, **kw)
+    assert calls and calls[0].endswith("baseline/seed0")  # thrown away and retrained

@@ -73,3 +73,42 @@ def test_failed_render_leaves_nothing_behind(tmp_path, inputs):
         write_report(target, **bad)
     assert target.read_bytes() == before
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_undefined_segmentation_distances_read_n_a_not_nan():
+    from meddx.evaluation.report import format_metric
+
+    assert format_metric({"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}) == "n/a [n/a, n/a]"
+    assert format_metric({"value": 0.5, "ci_low": 0.4, "ci_high": float("nan")}) == "0.500 [0.400, n/a]"
+
+
+def test_the_plans_ece_bins_reach_the_metric_tables_and_the_report(tmp_path):
+    """One ECE per report: the metric tables, metrics.json's ece_test and the text use the plan's bins."""
+    from meddx.evaluation.calibration import expected_calibration_error
+    from meddx.evaluation.run_report import metric_sets
+    from meddx_testutils import make_plan_for
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet([1, 1, 1], 300)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    plan = make_plan_for(n_classes=3)
+    plan.evaluate.ece_bins, plan.evaluate.n_boot = 10, 0
+    m = metric_sets(plan, y, p, {})["argmax / 0.5"]
+    assert m["overall"]["ece"]["value"] == pytest.approx(expected_calibration_error(y, p, n_bins=10))
+    assert m["overall"]["ece"]["value"] != pytest.approx(expected_calibration_error(y, p, n_bins=15))
+    html = write_report(tmp_path / "r.html", title="t", summary={}, metrics={"argmax / 0.5": m}, plots={}).read_text()
+    assert "ECE (top-label, 10 bins)" in html and "into 10 equal-width bins" in html and "15 bins" not in html
+
+
+def test_predictions_csv_counts_a_tie_as_the_metrics_do(tmp_path):
+    """p = 0.5 exactly: the confusion matrix (threshold 0.5, >=) calls it positive; so must the CSV."""
+    import csv
+
+    from meddx.evaluation.run_report import write_predictions
+
+    rows = [("a", "test", 0, np.array([0.5, 0.5])), ("b", "test", 1, np.array([0.2, 0.8]))]
+    write_predictions(tmp_path / "p.csv", rows, ["neg", "pos"], threshold=None)
+    with open(tmp_path / "p.csv", newline="") as f:
+        got = {r["case_id"]: r["predicted"] for r in csv.DictReader(f)}
+    cm = classification_metrics(np.array([0, 1]), np.stack([r[3] for r in rows]), n_boot=0)["confusion_matrix"]
+    assert got == {"a": "pos", "b": "pos"} and cm == [[0, 1], [0, 1]]

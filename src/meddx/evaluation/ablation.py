@@ -269,6 +269,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     from meddx.planning.planner import apply_overrides
 
     seen: dict[str, str] = {}  # resolved plan -> first arm with it: identical arms share their runs
+    test_ids: list[str] = []
     for arm, ov in arm_list:
         key = arm.replace(" ", "").replace("+", "plus_").replace("-", "minus_")
         resolved = apply_overrides(full.model_copy(deep=True), {**amount, **ov}).model_dump(mode="json",
@@ -281,7 +282,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
             continue
         seen[sig] = arm
         runs = []
-        spec = json.dumps({**amount, **ov}, sort_keys=True, default=str)
+        spec = sig  # the arm's whole resolved plan: a change of the planner's full plan shows here too
         stale = (out / key / "arm.json").exists() and (out / key / "arm.json").read_text() != spec
         if stale:  # the arm's definition changed (e.g. the planner's full plan): its runs no longer count
             import shutil
@@ -309,8 +310,13 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
                             "test": [{"dice": float(np.mean(d))} for d in dice], "val": [{"dice": v} for v in val],
                             "train_seconds": t_sec}
             continue
-        y_te, p_te, _ = zip(*[_read_probs(r, "test", names) for r in runs])
+        y_te, p_te, ids_te = zip(*[_read_probs(r, "test", names) for r in runs])
         y_va, p_va, _ = zip(*[_read_probs(r, "val", names) for r in runs])
+        test_ids = test_ids or ids_te[0]
+        for r, ids in zip(runs, ids_te):  # the p-values pair cases by position: every run must list the same ones
+            if list(ids) != list(test_ids):
+                raise MeddxError(f"{r / 'predictions.csv'} has other test cases than the ablation's first run",
+                                 fix=f"delete {r} and run the ablation again (one split is shared by every arm)")
         results[arm] = {"overrides": ov, "runs": [str(r) for r in runs], "y_test": y_te[0],
                         "p_test": list(p_te), "test": [_scores(y_te[0], p) for p in p_te],
                         "val": [_scores(y, p) for y, p in zip(y_va, p_va)], "train_seconds": t_sec}

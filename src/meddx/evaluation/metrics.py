@@ -11,7 +11,8 @@ Conventions:
     * Macro averages run over the classes whose metric is defined on the full sample;
       a resample in which any of those is undefined is dropped from that metric's CI.
     * Balanced accuracy is the macro sensitivity (mean per-class recall).
-    * ECE is top-label (argmax) with 15 equal-width bins, independent of the threshold. It is
+    * ECE is top-label (argmax) with ``ece_bins`` equal-width bins (15 unless the plan says
+      otherwise), independent of the threshold. It is
       biased upwards on small samples, and its bootstrap interval inherits that bias.
 """
 
@@ -91,6 +92,7 @@ def classification_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    ece_bins: int = ECE_BINS,
 ) -> dict:
     """Point estimates and percentile-bootstrap CIs of the standard classification metrics.
 
@@ -103,6 +105,7 @@ def classification_metrics(
         n_boot: bootstrap resamples of the cases (0 disables the CIs).
         seed: seed of ``np.random.default_rng`` for the resamples.
         ci: confidence level of the percentile interval.
+        ece_bins: equal-width confidence bins of the ECE.
 
     Returns:
         A JSON-serialisable dict: ``n``, ``n_classes``, ``class_names``,
@@ -122,7 +125,7 @@ def classification_metrics(
     else:
         op = {"rule": "argmax", "threshold": None}
 
-    engine = _MetricEngine(y, p, y_pred)
+    engine = _MetricEngine(y, p, y_pred, ece_bins)
     point = engine.compute(np.ones((1, n)))
     # Macro averages are fixed to the classes defined on the full sample.
     masks = {key: ~np.isnan(point[key][0]) for key in PER_CLASS_KEYS}
@@ -170,6 +173,7 @@ def classification_metrics(
         "n_classes": int(k),
         "class_names": names,
         "operating_point": op,
+        "ece_bins": int(ece_bins),
         "bootstrap": {
             "method": "percentile bootstrap over cases",
             "n_boot": int(n_boot),
@@ -329,7 +333,7 @@ def _macro(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class _MetricEngine:
     """Metrics as functions of case weights (ones = full sample, counts = a resample)."""
 
-    def __init__(self, y: np.ndarray, p: np.ndarray, y_pred: np.ndarray):
+    def __init__(self, y: np.ndarray, p: np.ndarray, y_pred: np.ndarray, ece_bins: int = ECE_BINS):
         n, k = p.shape
         self.k = k
         cell = y * k + y_pred
@@ -338,8 +342,8 @@ class _MetricEngine:
         self.cells[np.arange(n), cell] = 1.0
         confidence = p.max(axis=1)
         correct = (p.argmax(axis=1) == y).astype(np.float64)
-        self.gap = np.zeros((n, ECE_BINS))
-        self.gap[np.arange(n), bin_index(confidence, ECE_BINS)] = correct - confidence
+        self.gap = np.zeros((n, ece_bins))
+        self.gap[np.arange(n), bin_index(confidence, ece_bins)] = correct - confidence
         self.auc_prep = [_auc_prep(s, pos) for s, pos in _ovr_scores(y, p)]
 
     def compute(self, weights: np.ndarray) -> dict[str, np.ndarray]:

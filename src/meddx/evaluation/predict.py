@@ -13,6 +13,7 @@ import torch
 
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise
 from meddx.errors import InputError
+from meddx.evaluation.metrics import predict_labels
 from meddx.io import is_readable_path, read_image
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run
@@ -58,7 +59,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
         for p in paths:
             x = torch.from_numpy(prepare(read_image(p), spec, str(p)))[None]
             proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"), plan.evaluate.tta_flip_axes)[0]
-            k = int(np.argmax(proba))
+            k = int(predict_labels(proba[None])[0])  # argmax; binary: class 1 iff p1 >= 0.5, as evaluated
             row = {"file": str(p), "predicted": names[k]}
             if threshold is not None:
                 row["predicted_at_threshold"] = names[int(proba[1] >= threshold)]

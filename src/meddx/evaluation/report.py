@@ -12,6 +12,8 @@ import html
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from meddx.errors import MeddxError
 from meddx.evaluation._checks import atomic_open
 
@@ -40,7 +42,7 @@ _OVERALL_LABELS = {
     "f1_macro": "F1 (macro)",
     "sensitivity_macro": "Sensitivity (macro)",
     "specificity_macro": "Specificity (macro)",
-    "ece": "ECE (top-label, 15 bins)",
+    "ece": "ECE (top-label, {bins} bins)",
     "sensitivity": "Sensitivity (positive class)",
     "specificity": "Specificity (positive class)",
     "ppv": "PPV (positive class)",
@@ -58,8 +60,8 @@ def _e(x) -> str:
 def format_metric(m: Mapping | None) -> str:
     """``"value [ci_low, ci_high]"`` with 3 decimals; ``"n/a"`` for None."""
 
-    def f(x):
-        return "n/a" if x is None else f"{float(x):.3f}"
+    def f(x):  # None or NaN: undefined (e.g. HD95 when no case has both masks non-empty)
+        return "n/a" if x is None or not np.isfinite(float(x)) else f"{float(x):.3f}"
 
     if not m:
         return "n/a"
@@ -83,6 +85,7 @@ def _how_to_read(metrics: Mapping[str, Mapping]) -> str:
     level = 100 * float(boot.get("ci_level", 0.95))
     n_boot = boot.get("n_boot")
     resamples = f" ({_e(n_boot)} resamples)" if n_boot else ""
+    bins = next((m["ece_bins"] for m in metrics.values() if m.get("ece_bins")), 15)
     items = [
         f"Brackets are {level:g}% confidence intervals: percentile bootstrap over test cases"
         f"{resamples}. They show sampling uncertainty of the test set only, not of training.",
@@ -90,7 +93,7 @@ def _how_to_read(metrics: Mapping[str, Mapping]) -> str:
         "and then applied unchanged to the test cases. The default operating point (argmax; 0.5 for "
         "binary tasks) involves no choice.",
         "ECE (expected calibration error) is top-label: cases are binned by their largest class "
-        "probability into 15 equal-width bins, and the count-weighted gap between accuracy and "
+        f"probability into {int(bins)} equal-width bins, and the count-weighted gap between accuracy and "
         "mean confidence is averaged. 0 is perfect calibration. ECE is biased upwards on small test "
         "sets, and so is its interval.",
         "Macro averages run over the classes for which a metric is defined; balanced accuracy is "
@@ -117,7 +120,7 @@ def _metrics_section(label: str, m: Mapping) -> str:
     keys = [k for k in _OVERALL_LABELS if k in overall] + [k for k in overall if k not in _OVERALL_LABELS]
     parts.append(_table(
         ["metric", f"value [{_level(m):g}% CI]"],
-        ([_OVERALL_LABELS.get(k, k), format_metric(overall[k])] for k in keys),
+        ([_OVERALL_LABELS.get(k, k).format(bins=m.get("ece_bins", 15)), format_metric(overall[k])] for k in keys),
     ))
     per_class = m.get("per_class") or {}
     if per_class:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from meddx.evaluation.metrics import classification_metrics
+from meddx.evaluation.metrics import classification_metrics, predict_labels
 from meddx.evaluation.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
 from meddx.evaluation.report import decision_rows, write_report
 from meddx.evaluation.thresholds import choose_threshold
@@ -107,11 +107,12 @@ def triage(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np
 def metric_sets(plan, y: np.ndarray, p: np.ndarray, threshold: dict) -> dict[str, dict]:
     names = list(plan.data.class_names)
     ev = plan.evaluate
-    out = {"argmax / 0.5": classification_metrics(y, p, class_names=names, n_boot=ev.n_boot, seed=plan.seed)}
+    out = {"argmax / 0.5": classification_metrics(y, p, class_names=names, n_boot=ev.n_boot, seed=plan.seed,
+                                                  ece_bins=ev.ece_bins)}
     if threshold.get("threshold") is not None:
         label = f"validation-chosen threshold ({threshold['rule']}, t={threshold['threshold']:.3f})"
         out[label] = classification_metrics(y, p, class_names=names, threshold=threshold["threshold"],
-                                            n_boot=ev.n_boot, seed=plan.seed)
+                                            n_boot=ev.n_boot, seed=plan.seed, ece_bins=ev.ece_bins)
     return out
 
 
@@ -124,7 +125,7 @@ def write_predictions(path: Path, rows: list[tuple[str, str, int | None, np.ndar
         w.writerow(["case_id", "split", "label", "predicted", "predicted_at_threshold"]
                    + [f"p_{n}" for n in class_names])
         for cid, split, y, p in rows:
-            pred = int(np.argmax(p))
+            pred = int(predict_labels(p[None])[0])  # as the metrics count it: class 1 iff p1 >= 0.5
             pred_t = int(p[1] >= threshold) if threshold is not None else pred
             w.writerow([cid, split, class_names[y] if y is not None else "", class_names[pred],
                         class_names[pred_t]] + [f"{v:.6f}" for v in p])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from meddx.evaluation.plots import _figure, _finish, plot_training_curves
-from meddx.evaluation.report import decision_rows, write_report
+from meddx.evaluation.report import decision_rows, format_metric, write_report
 from meddx.evaluation.seg_metrics import EMPTY_RULE, METRICS, case_metrics, summarise
 from meddx.transforms.postprocess import postprocess
 
@@ -196,13 +196,13 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
         r = {"class": nm}
         for m in METRICS:
             v = summary["per_class"][nm][m]
-            r[f"{m.upper()} [95% CI]"] = f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+            r[f"{m.upper()} [95% CI]"] = format_metric(v)
         r["cases with HD95 undefined"] = summary["per_class"][nm]["hd95"]["n_undefined"]
         table.append(r)
     mean_row = {"class": "mean over classes"}
     for m in METRICS:
         v = summary["mean"][m]
-        mean_row[f"{m.upper()} [95% CI]"] = f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+        mean_row[f"{m.upper()} [95% CI]"] = format_metric(v)
     table.append(mean_row)
     info = {
         "dataset": f"{cs.name} ({cs.kind})", "labels": ", ".join(f"{v}={n}" for v, n in
