@@ -97,6 +97,10 @@ def test_ensembles_train_each_member_and_load_as_one_model(tmp_path, kind, membe
         first = torch.load(run / "members" / "0" / "checkpoints" / "last.pt", weights_only=True)["model"]
         second_log = (run / "members" / "1" / "log.jsonl").read_text().splitlines()
         assert len(second_log) == 2 and first
+        # its cycle draws its own batches and augmentation (the engine seeds epochs from the seed)
+        from meddx.training.ensemble import member_plan
+
+        assert len({member_plan(plan, i).seed for i in range(members)}) == members
     if kind == "kfold":
         sizes = [len(r) for r in __import__("meddx.training.ensemble", fromlist=["x"]).kfold_train_indices(
             np.array([0, 1] * 42), 3, 0)]

@@ -19,12 +19,14 @@ def n_members(plan: Plan) -> int:
 
 
 def member_plan(plan: Plan, i: int) -> Plan:
-    """Plan of member ``i``: its own seed (not for snapshots, which continue one trajectory), a share
-    of the time budget, no ensemble of its own."""
+    """Plan of member ``i``: its own seed, a share of the time budget, no ensemble of its own.
+
+    A snapshot member continues the previous one's weights, so its seed only draws the batch order,
+    augmentation, mixup and dropout of its cycle: with the run's seed every cycle would replay the
+    first one's draws (the engine seeds each epoch from ``(seed, epoch)``)."""
     mp = plan.model_copy(deep=True)
     k = n_members(plan)
-    if plan.ensemble.kind != "snapshot":
-        mp.seed = plan.seed + 1009 * i
+    mp.seed = plan.seed + 1009 * i
     if plan.train.time_budget_s:
         mp.train.time_budget_s = plan.train.time_budget_s / k
     mp.ensemble = EnsembleConfig()
