@@ -58,7 +58,7 @@ def _e(x) -> str:
 
 
 def format_metric(m: Mapping | None) -> str:
-    """``"value [ci_low, ci_high]"`` with 3 decimals; ``"n/a"`` for None."""
+    """``"value [ci_low, ci_high]"`` with 3 decimals; ``"n/a"`` for None or NaN."""
 
     def f(x):  # None or NaN: undefined (e.g. HD95 when no case has both masks non-empty)
         return "n/a" if x is None or not np.isfinite(float(x)) else f"{float(x):.3f}"
