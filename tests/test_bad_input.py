@@ -152,3 +152,61 @@ def test_segmentation_mask_off_its_image_grid(tmp_path):
     r = meddx("train", tmp_path / "d", "--task", "segment", "--out", out, "--epochs", "1", "--no-progress")
     assert_user_error(r, "v3.nii.gz", "affine", "--resample-masks")
     assert not out.exists(), "a failed run must not leave a run directory behind"
+
+
+def test_a_line_of_pixels_is_not_an_image(tiny_folder, tmp_path):
+    write_png(tiny_folder / "lesion" / "line.png", (np.arange(28, dtype=np.uint8) * 9)[None, :])
+    _train_fails(tmp_path, tiny_folder, "line.png", "a line or a point")
+
+
+def test_dicom_compressed_as_video_says_convert_not_damaged(tmp_path, real_data):
+    """An intact file whose transfer syntax (MPEG-2 video) no installed decoder reads: the fix is to
+    convert it, not to re-export a "damaged" file."""
+    import pydicom
+
+    ds = pydicom.dcmread(real_data / "dicom" / "pydicom_data_selection" / "emri_small.dcm")
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile / Main Level
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    f = tmp_path / "video.dcm"
+    ds.save_as(f, enforce_file_format=True)
+    from meddx.errors import MissingCodecError
+    from meddx.io import read_image
+
+    with pytest.raises(MissingCodecError) as ei:
+        read_image(f)
+    msg = str(ei.value)
+    assert "video.dcm" in msg and "MPEG2" in msg and "gdcmconv" in msg and "damaged" not in msg
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--time-budget", "0s"], "not positive"),
+    (["--image-size", "0"], "--image-size"),
+])
+def test_meaningless_option_values_are_refused(tiny_folder, tmp_path, args, needle):
+    out = tmp_path / "run"
+    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", *args)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr and not out.exists()
+    r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--memory-budget", "-1", "--no-progress")
+    assert r.returncode == 2 and "--memory-budget" in r.stderr and not (tmp_path / "p.yaml").exists()
+
+
+def test_output_paths(tiny_folder, tmp_path):
+    """Outputs go into folders that do not exist yet (created); a run --out that is a file, or an
+    output that cannot be written, is a one-line error."""
+    r = meddx("plan", tiny_folder, "-o", tmp_path / "new" / "sub" / "p.yaml", "--no-progress")
+    assert r.returncode == 0 and (tmp_path / "new" / "sub" / "p.yaml").exists()
+    r = meddx("inspect", tiny_folder, "--json", tmp_path / "new2" / "fp.json", "--no-progress")
+    assert r.returncode == 0 and (tmp_path / "new2" / "fp.json").exists()
+    (tmp_path / "afile").write_text("x")
+    assert_user_error(meddx("train", tiny_folder, "--out", tmp_path / "afile", "--epochs", "1", "--no-progress"),
+                      "afile", "is a file")
+    assert_user_error(meddx("plan", tiny_folder, "-o", tmp_path / "afile" / "p.yaml", "--no-progress"), "afile")
+
+
+def test_inspect_lists_unreadable_files_and_exits_2(tiny_folder):
+    victim = sorted((tiny_folder / "normal").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:40])
+    r = meddx("inspect", tiny_folder, "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"unreadable: {victim}" in r.stdout
+    assert "1 of 48 cases cannot be used" in r.stderr and len(r.stderr.strip().splitlines()) == 1

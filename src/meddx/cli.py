@@ -27,7 +27,10 @@ def parse_duration(text: str | None) -> float | None:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
     if not m:
         raise MeddxError(f"cannot read the duration '{text}'", fix="use e.g. 90s, 10m or 1h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds <= 0:
+        raise MeddxError(f"the duration '{text}' is not positive", fix="use e.g. 90s, 10m or 1h")
+    return seconds
 
 
 SET_HELP = ("Override any plan field, KEY=VALUE with a dotted key (repeatable), e.g. --set ensemble.kind=seeds "
@@ -120,11 +123,16 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
     for f in fp.get("findings", []):
         console.print(f"[yellow]finding:[/] {f}")
     for p in fp["problems"][:20]:
-        console.print(f"[red]unreadable:[/] {p['error']}")
+        console.print(f"[red]unreadable:[/] {p['error']}", soft_wrap=True)  # one line per file, path unbroken
     if len(fp["problems"]) > 20:
         console.print(f"... and {len(fp['problems']) - 20} more")
     if json_out:
         write_json(Path(json_out), fp)
+    if fp["problems"]:  # listed above; the exit code tells a script that training would refuse this dataset
+        from meddx.errors import DatasetError
+
+        raise DatasetError(f"{len(fp['problems'])} of {fp['n_cases']} cases cannot be used (listed above as "
+                           "unreadable)", path=cs.source, fix="fix or remove those files; training refuses them")
 
 
 @app.command()
@@ -136,7 +144,7 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
          time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Training time the plan is sized "
                                                    "for, e.g. 10m (epochs, ensemble, empirical choices)."),
-         memory_budget: Optional[float] = typer.Option(None, "--memory-budget", help="GiB one training step may "
+         memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.01, help="GiB one training step may "
                                                        "use (caps the batch size); default 4 (2D) / 8 (3D)."),
          set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
          no_progress: bool = typer.Option(False, "--no-progress")):
@@ -176,7 +184,7 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           lr: Optional[float] = typer.Option(None, help="Learning rate."),
           optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
           schedule: Optional[str] = typer.Option(None, help="constant | step | cosine | onecycle"),
-          image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size per axis."),
+          image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size per axis."),
           threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="youden | sensitivity"),
           target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
                                                              help="With --threshold-rule sensitivity."),
@@ -529,6 +537,11 @@ def main() -> None:
     except MeddxError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # a path the user gave: a missing folder, no permission, a file where a folder goes
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        err_console.print(f"error:{where}: {e.strerror or e}. Fix: check that the path exists and is writable.",
+                          markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
@@ -537,7 +550,8 @@ def main() -> None:
     except Exception as e:  # click usage errors arrive here in standalone_mode=False
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        # typer may bring its own copy of click (typer._click): match either by what they do
+        if isinstance(e, click.exceptions.ClickException) or (hasattr(e, "show") and hasattr(e, "format_message")):
             e.show()
             sys.exit(2)
         raise

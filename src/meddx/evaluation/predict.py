@@ -75,6 +75,8 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
 
 def write_predictions_file(rows: list[dict], out: Path | None) -> None:
     """CSV or JSON by the file suffix; CSV to stdout when ``out`` is None."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
     if out is not None and out.suffix.lower() == ".json":
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(rows, indent=2))

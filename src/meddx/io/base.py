@@ -46,6 +46,9 @@ def check_pixels(array: np.ndarray, where: str) -> None:
         n = int((~np.isfinite(array)).sum())
         raise ImageContentError(f"{n} pixel(s) are NaN or infinite", path=where,
                                 fix="re-export the image or remove it from the dataset")
+    if array.ndim >= 2 and sum(s > 1 for s in array.shape[1:]) < 2:
+        raise ImageContentError(f"the image is {'x'.join(map(str, array.shape[1:]))} pixels: a line or a point, "
+                                "not an image", path=where, fix="remove it from the dataset or re-export it")
     if array.size and float(array.max()) == float(array.min()):
         raise ImageContentError(f"the image is constant (every pixel = {float(array.min()):g})", path=where,
                                 fix="remove the blank image or re-export it")

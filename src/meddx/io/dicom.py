@@ -17,7 +17,8 @@ import numpy as np
 
 from meddx.errors import CorruptFileError, DatasetError, ImageContentError, InputError, MissingCodecError
 from meddx.io.base import ImageData
-from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, is_hidden, path_suffix, short_reason, sniff_magic
+from meddx.io.formats import (DEFAULT_MAX_PIXELS, TOO_BIG_FIX, check_file, is_hidden, path_suffix, short_reason,
+                              sniff_magic)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,10 @@ def _decode(p: Path, ds) -> tuple[np.ndarray, dict[str, Any]]:
             raise MissingCodecError(
                 f"pixel data is compressed as '{_uid_name(ts)}' and no installed decoder handles it",
                 path=p, fix=f"pip install {pkgs}, then read it again") from e
+        if isinstance(e, NotImplementedError):  # e.g. MPEG-2/4 video: no Python decoder exists at all
+            raise MissingCodecError(f"pixel data is compressed as '{_uid_name(ts)}', which no decoder meddx can use "
+                                    "reads", path=p, fix="convert it to an uncompressed or JPEG transfer syntax "
+                                    "(e.g. gdcmconv --raw IN OUT) and read it again") from e
         raise CorruptFileError(f"cannot decode the '{_uid_name(ts)}' pixel data ({short_reason(e, p)})",
                                path=p, fix="the file is probably truncated or damaged; export it again") from e
     except Exception as e:  # noqa: BLE001 - truncated data gives ValueError, EOFError, OSError, ...
@@ -357,7 +362,7 @@ def _common_meta(ds) -> dict[str, Any]:
 def _check_pixels(p: Path, n: int, max_pixels: int, what: str) -> None:
     if n > max_pixels:
         raise ImageContentError(f"{what} would decode to {n} voxels x channels, above the limit of {max_pixels}",
-                                path=p, fix="downsample or crop the data, or raise --max-pixels")
+                                path=p, fix=TOO_BIG_FIX)
 
 
 def _rows_cols(p: Path, ds) -> tuple[int, int]:

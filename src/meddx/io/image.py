@@ -16,14 +16,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from meddx.errors import CorruptFileError, ImageContentError, MissingCodecError
 from meddx.io.base import ImageData
-from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, short_reason
+from meddx.io.formats import DEFAULT_MAX_PIXELS, TOO_BIG_FIX, check_file, short_reason
 
 # Pillow raises these (and more) from open()/load() on damaged files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError,
                   KeyError, ZeroDivisionError, MemoryError)
 _GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32B", "LA", "La"}
 _RGB_MODES = {"RGB", "RGBA", "RGBa", "RGBX"}
-_TOO_BIG_FIX = "downsample the image or raise --max-pixels"
+_TOO_BIG_FIX = TOO_BIG_FIX
 
 
 def _too_big(path: Path, n: int, max_pixels: int, what: str) -> ImageContentError:

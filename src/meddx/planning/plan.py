@@ -234,6 +234,7 @@ class Plan(_Strict):
 
     def save(self, path: str | Path) -> None:
         p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(p.suffix + ".tmp")
         tmp.write_text(self.to_yaml())
         tmp.replace(p)

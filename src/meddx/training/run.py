@@ -62,6 +62,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
     os.replace(tmp, path)
@@ -174,6 +175,8 @@ def prepare_tensors(cs: CaseSet, parts: dict, plan: Plan, progress: bool) -> dic
 
 
 def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError("the output folder is a file", path=out, fix="choose a new --out")
     if out.exists() and any(out.iterdir()):
         raise RunError("the output folder already exists and is not empty", path=out,
                        fix="choose a new --out, or add --resume to continue that run")
