@@ -210,3 +210,24 @@ def test_inspect_lists_unreadable_files_and_exits_2(tiny_folder):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"unreadable: {victim}" in r.stdout
     assert "1 of 48 cases cannot be used" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_test_split_of_one_class_is_said_in_the_report(tiny_folder, tmp_path):
+    """Allowed (a user may test on positives only) but never silent: AUC reads n/a and the report
+    and metrics.json say why."""
+    import csv
+    import json
+
+    from meddx.training.run import train_run
+
+    rows = []
+    for cls in ("lesion", "normal"):
+        for i, p in enumerate(sorted((tiny_folder / cls).iterdir())):
+            rows.append((p, cls, "test" if cls == "lesion" and i < 6 else "val" if i % 4 == 0 else "train"))
+    man = tmp_path / "m.csv"
+    with open(man, "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    run = train_run(str(man), tmp_path / "r", overrides={"train.epochs": 1}, progress=False, log=lambda *_: None)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["classes_absent_from_test"] == ["normal"]
+    assert "The test cases hold no &#x27;normal&#x27;: AUC" in (run / "report.html").read_text()  # HTML-escaped

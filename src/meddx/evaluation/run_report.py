@@ -222,6 +222,11 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     else:
         notes.append(f"Operating point: argmax ({thr.get('why', '')}).")
     notes += calibration_triage_notes(cal, tri)
+    absent = [n for i, n in enumerate(names) if not np.any(np.asarray(y_test) == i)]
+    if absent:  # e.g. a manifest whose test rows are all one class: say why AUC and more read n/a
+        metrics["classes_absent_from_test"] = absent
+        notes.insert(0, f"The test cases hold no {', '.join(repr(a) for a in absent)}: AUC, and the sensitivity of "
+                        "the absent class(es), are undefined (n/a); accuracy then measures one class only.")
     write_json(out_dir / "metrics.json", metrics)
     notes.append(f"Calibration: temperature {cal['temperature']:.3f} fitted on validation "
                  f"(test ECE {cal.get('ece_test_before', float('nan')):.3f} before, "
