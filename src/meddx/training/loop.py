@@ -211,7 +211,9 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                     shorten_schedule(sched, steps_per_epoch, epochs)
                     bar.set_total(epochs * steps_per_epoch)
                     shortened = True
-                if elapsed + per_epoch > cfg.time_budget_s or epochs == epoch:
+                # the next epoch may run as slowly as the last one did (a CPU that got busier)
+                last = elapsed - history[-2]["elapsed_s"] if len(history) >= 2 else per_epoch
+                if elapsed + max(per_epoch, last) > cfg.time_budget_s or epochs == epoch:
                     # stop before an epoch that would end past the budget (the bar is a hard limit)
                     stop = "time_budget"
             save_checkpoint(ckpt_path, {
