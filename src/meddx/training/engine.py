@@ -227,8 +227,17 @@ class Trainer:
         step_s = float(np.median(times)) if times else 0.0
         t0 = time.perf_counter()
         probe = x[: min(x.shape[0], self.plan.train.eval_batch_size)]
-        predict_proba(model, probe, self.plan.train.eval_batch_size, self.device)
+        ev = self.plan.evaluate  # validation runs the fixed test-time flips, as ``fit`` validates
+        predict_proba(model, probe, self.plan.train.eval_batch_size, self.device,
+                      [] if ev.choose_tta else ev.tta_flip_axes)
         val_s = (time.perf_counter() - t0) * max(1.0, n_val / max(1, probe.shape[0]))
+        if self.plan.train.ema_decay:  # the BatchNorm refresh: forward passes over up to 32 training batches
+            from meddx.training.loop import BN_REFRESH_BATCHES
+
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                self._loss(model, x[idx], y[idx], gen)
+            val_s += (time.perf_counter() - t0) * min(BN_REFRESH_BATCHES, self._steps_per_epoch(x.shape[0]))
         return step_s * self._steps_per_epoch(x.shape[0]) + val_s
 
     # -- the loop ---------------------------------------------------------------------

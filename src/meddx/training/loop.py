@@ -203,6 +203,9 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                 per_epoch = elapsed / max(1, len(history))
                 if len(history) >= 2:  # the first epoch pays one-off costs: leave it out of the rate
                     per_epoch = (elapsed - history[0]["elapsed_s"]) / (len(history) - 1)
+                # the next epochs may run as slowly as the last one did (a CPU that got busier)
+                last = elapsed - history[-2]["elapsed_s"] if len(history) >= 2 else per_epoch
+                per_epoch = max(per_epoch, last)
                 fit = epoch + int((cfg.time_budget_s - elapsed) // max(per_epoch, 1e-9))
                 if fit < epochs and len(history) >= 2:
                     # the start-of-run estimate was optimistic (or the CPU got busier): end the
@@ -211,9 +214,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                     shorten_schedule(sched, steps_per_epoch, epochs)
                     bar.set_total(epochs * steps_per_epoch)
                     shortened = True
-                # the next epoch may run as slowly as the last one did (a CPU that got busier)
-                last = elapsed - history[-2]["elapsed_s"] if len(history) >= 2 else per_epoch
-                if elapsed + max(per_epoch, last) > cfg.time_budget_s or epochs == epoch:
+                if elapsed + per_epoch > cfg.time_budget_s or epochs == epoch:
                     # stop before an epoch that would end past the budget (the bar is a hard limit)
                     stop = "time_budget"
             save_checkpoint(ckpt_path, {
