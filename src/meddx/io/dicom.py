@@ -131,8 +131,8 @@ def _decode(p: Path, ds) -> tuple[np.ndarray, dict[str, Any]]:
                 f"pixel data is compressed as '{_uid_name(ts)}' and no installed decoder handles it",
                 path=p, fix=f"pip install {pkgs}, then read it again") from e
         if isinstance(e, NotImplementedError):  # e.g. MPEG-2/4 video: no Python decoder exists at all
-            raise MissingCodecError(f"pixel data is compressed as '{_uid_name(ts)}', which no decoder meddx can use "
-                                    "reads", path=p, fix="convert it to an uncompressed or JPEG transfer syntax "
+            raise MissingCodecError(f"pixel data is compressed as '{_uid_name(ts)}', which pydicom has no decoder "
+                                    "for", path=p, fix="convert it to an uncompressed or JPEG transfer syntax "
                                     "(e.g. gdcmconv --raw IN OUT) and read it again") from e
         raise CorruptFileError(f"cannot decode the '{_uid_name(ts)}' pixel data ({short_reason(e, p)})",
                                path=p, fix="the file is probably truncated or damaged; export it again") from e

@@ -23,12 +23,11 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
                   KeyError, ZeroDivisionError, MemoryError)
 _GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32B", "LA", "La"}
 _RGB_MODES = {"RGB", "RGBA", "RGBa", "RGBX"}
-_TOO_BIG_FIX = TOO_BIG_FIX
 
 
 def _too_big(path: Path, n: int, max_pixels: int, what: str) -> ImageContentError:
     return ImageContentError(f"{what} would decode to {n} pixels x channels, above the limit of {max_pixels}",
-                             path=path, fix=_TOO_BIG_FIX)
+                             path=path, fix=TOO_BIG_FIX)
 
 
 def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
@@ -57,7 +56,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
         im = Image.open(p)
     except Image.DecompressionBombError as e:
         raise ImageContentError(f"image is larger than Pillow's decompression-bomb limit ({short_reason(e, p)})",
-                                path=p, fix=_TOO_BIG_FIX) from e
+                                path=p, fix=TOO_BIG_FIX) from e
     except UnidentifiedImageError as e:
         if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             return _read_tiff(p, max_pixels)
@@ -87,7 +86,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
                 im = ImageOps.exif_transpose(im)
             arr, extra = _pil_to_array(im)
         except Image.DecompressionBombError as e:
-            raise ImageContentError(f"image is too large ({short_reason(e, p)})", path=p, fix=_TOO_BIG_FIX) from e
+            raise ImageContentError(f"image is too large ({short_reason(e, p)})", path=p, fix=TOO_BIG_FIX) from e
         except _DECODE_ERRORS as e:
             if fmt == "tiff":
                 return _read_tiff(p, max_pixels)
