@@ -60,3 +60,20 @@ def test_a_run_plans_on_the_split_it_then_trains_on(tiny_folder, tmp_path, seed)
     assert {s: sum(c.values()) for s, c in fp["split_counts"].items()} == \
         {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
     assert sum(fp["class_counts"].values()) == sum(v != "test" for v in split.values())
+
+
+def test_stray_mask_values_are_flagged(tmp_path):
+    """Two pixels of 7 in one mask of a 0/255 set make a class of their own: inspect says so."""
+    import numpy as np
+    from PIL import Image
+
+    from meddx.data.segsources import open_seg_dataset
+
+    root = write_seg_pairs(tmp_path / "seg", n=20, size=48)
+    m = np.array(Image.open(root / "case003_mask.png"))
+    m[0, :2] = 7
+    Image.fromarray(m).save(root / "case003_mask.png")
+    fp = compute_fingerprint(open_seg_dataset(str(root)))
+    assert any("label_7" in f and "stray" in f for f in fp["findings"]), fp["findings"]
+    clean = compute_fingerprint(open_seg_dataset(str(write_seg_pairs(tmp_path / "ok", n=20, size=48))))
+    assert not any("stray" in f for f in clean["findings"])

@@ -31,6 +31,7 @@ def _target_spacing(spacings: list, shapes: list) -> dict | None:
 
 
 NOISE_SAMPLE = 200  # cases whose noise level is estimated
+RARE_LABEL_FRACTION = 1e-4  # a mask label on fewer voxels than this share is flagged as possibly stray
 
 
 def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
@@ -194,6 +195,11 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                         + (f", {len(cross)} group(s) span splits (leakage)" if cross else ""))
     if seg is not None and fp["segmentation"]["empty_masks"]:
         findings.append(f"{fp['segmentation']['empty_masks']} case(s) have an empty mask (no foreground)")
+    if seg is not None:  # a few stray mask values become classes of their own (masks are label maps)
+        rare = {k: v for k, v in fp["segmentation"]["label_fraction"].items() if 0 < v < RARE_LABEL_FRACTION}
+        if rare:
+            findings.append("label(s) " + ", ".join(f"{k} ({100 * v:.4f} % of mask voxels)" for k, v in rare.items())
+                            + " are nearly absent: stray mask values? Each trains as a class of its own")
     if seg is None and fp["imbalance_ratio"] and fp["imbalance_ratio"] >= 3:
         findings.append(f"class imbalance {fp['imbalance_ratio']}:1")
     fp["findings"] = findings
