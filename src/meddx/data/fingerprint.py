@@ -62,7 +62,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
     axcodes: Counter = Counter()
     # noise is estimated on a seeded sample of cases (wavelet MAD per image, see transforms/noise.py)
-    stat_idx = [i for i, c in enumerate(cs.cases) if c.case_id not in held]
+    stat_idx = [i for i, c in enumerate(cs.cases) if c.case_id not in held]  # the cases statistics come from
     noise_pick = set(np.random.default_rng(seed).choice(stat_idx, size=min(NOISE_SAMPLE, len(stat_idx)),
                                                         replace=False).tolist()) if stat_idx else set()
     noise_abs: list[float] = []
@@ -116,7 +116,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         if progress:
             progress(1)
 
-    counts = cs.class_counts([c for c in cs.cases if c.case_id not in held])
+    counts = cs.class_counts([cs.cases[i] for i in stat_idx])
     nz = [v for v in counts.values() if v > 0]
     split_counts = {}
     for s in ("train", "val", "test"):

@@ -282,14 +282,14 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
             continue
         seen[sig] = arm
         runs = []
-        spec = sig  # the arm's whole resolved plan: a change of the planner's full plan shows here too
-        stale = (out / key / "arm.json").exists() and (out / key / "arm.json").read_text() != spec
+        # the arm's whole resolved plan: a change of the planner's full plan shows here too
+        stale = (out / key / "arm.json").exists() and (out / key / "arm.json").read_text() != sig
         if stale:  # the arm's definition changed (e.g. the planner's full plan): its runs no longer count
             import shutil
 
             shutil.rmtree(out / key)
         (out / key).mkdir(parents=True, exist_ok=True)
-        (out / key / "arm.json").write_text(spec)
+        (out / key / "arm.json").write_text(sig)
         for seed in seeds:
             rdir = out / key / f"seed{seed}"
             if not (rdir / "metrics.json").exists():

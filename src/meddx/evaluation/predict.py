@@ -75,12 +75,10 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
 
 def write_predictions_file(rows: list[dict], out: Path | None) -> None:
     """CSV or JSON by the file suffix; CSV to stdout when ``out`` is None."""
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    from meddx.evaluation._checks import atomic_write_bytes
+
     if out is not None and out.suffix.lower() == ".json":
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(out)
+        atomic_write_bytes(out, json.dumps(rows, indent=2).encode())
         return
     buf = _io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
@@ -89,6 +87,4 @@ def write_predictions_file(rows: list[dict], out: Path | None) -> None:
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(buf.getvalue())
-        tmp.replace(out)
+        atomic_write_bytes(out, buf.getvalue().encode())

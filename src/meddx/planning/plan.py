@@ -233,11 +233,9 @@ class Plan(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100)
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(p)
+        from meddx.evaluation._checks import atomic_write_bytes
+
+        atomic_write_bytes(path, self.to_yaml().encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from meddx.losses import create_loss
 from meddx.losses.classification import LogitAdjusted
 from meddx.planning.plan import Plan
-from meddx.training.loop import FitResult, run_epochs, training_layout
+from meddx.training.loop import FitResult, bn_refresh_seconds, run_epochs, training_layout
 from meddx.training.optim import create_optimizer, create_scheduler
 from meddx.transforms.augment import BatchAugment
 
@@ -231,13 +231,8 @@ class Trainer:
         predict_proba(model, probe, self.plan.train.eval_batch_size, self.device,
                       [] if ev.choose_tta else ev.tta_flip_axes)
         val_s = (time.perf_counter() - t0) * max(1.0, n_val / max(1, probe.shape[0]))
-        if self.plan.train.ema_decay:  # the BatchNorm refresh: forward passes over up to 32 training batches
-            from meddx.training.loop import BN_REFRESH_BATCHES
-
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                self._loss(model, x[idx], y[idx], gen)
-            val_s += (time.perf_counter() - t0) * min(BN_REFRESH_BATCHES, self._steps_per_epoch(x.shape[0]))
+        val_s += bn_refresh_seconds(self.plan, lambda: self._loss(model, x[idx], y[idx], gen),
+                                    self._steps_per_epoch(x.shape[0]))
         return step_s * self._steps_per_epoch(x.shape[0]) + val_s
 
     # -- the loop ---------------------------------------------------------------------

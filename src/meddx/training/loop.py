@@ -86,6 +86,17 @@ def refresh_batchnorm(model: nn.Module, batches: Iterable[Any], step: Callable[[
     model.train(was_training)
 
 
+def bn_refresh_seconds(plan, forward: Callable[[], Any], steps_per_epoch: int) -> float:
+    """Seconds ``refresh_batchnorm`` adds to an epoch under EMA (0 without): one timed forward pass
+    of a training batch (``forward()``, no gradients) times the batches it runs."""
+    if not plan.train.ema_decay:
+        return 0.0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        forward()
+    return (time.perf_counter() - t0) * min(BN_REFRESH_BATCHES, steps_per_epoch)
+
+
 def channels_last_pays(dims: int, device: torch.device | str = "cpu") -> bool:
     """Whether training a ``dims``-D conv net in channels-last order is used on ``device``.
 
@@ -267,6 +278,7 @@ def measure_epoch_seconds(trainer, train, val, probe_steps: int = 4, val_probe: 
     t0 = time.perf_counter()
     trainer.validate(model, sub)
     val_s = (time.perf_counter() - t0) * max(1.0, len(val) / max(1, len(sub)))
+    val_s += bn_refresh_seconds(trainer.plan, lambda: trainer.step(model, batch), trainer.steps_per_epoch(len(train)))
     return float(np.median(times) if times else 0.0) * trainer.steps_per_epoch(len(train)) + val_s
 
 

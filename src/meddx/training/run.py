@@ -62,10 +62,10 @@ def machine() -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    """Atomically, into a folder created if missing."""
+    from meddx.evaluation._checks import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
 
 
 def _json_default(o):
