@@ -24,7 +24,8 @@ def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
     r = meddx("inspect", tiny_folder, "--no-progress")
     assert "48" in r.stdout and "lesion" in r.stdout and "mixed image sizes" in r.stdout
     run = tmp_path / "run"
-    meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress")
+    r = meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress")
+    assert "finding: mixed image sizes" in r.stdout  # told without `meddx inspect`
     for f in ("plan.yaml", "fingerprint.json", "split.csv", "log.jsonl", "metrics.json", "predictions.csv",
               "report.html", "model_card.md", "roc.png", "confusion.png", "reliability.png", "training_curves.png",
               "checkpoints/last.pt", "checkpoints/best.pt", "thresholds.json"):
@@ -48,11 +49,13 @@ def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
 
 def test_plan_then_train_with_edited_plan(tiny_folder, tmp_path):
     plan = tmp_path / "plan.yaml"
-    meddx("plan", tiny_folder, "--out", plan, "--no-progress")
+    r = meddx("plan", tiny_folder, "--out", plan, "--no-progress")
+    assert "finding: mixed image sizes" in r.stdout
     text = plan.read_text().replace("epochs: 30", "epochs: 1")
     plan.write_text(text)
     run = tmp_path / "run"
-    meddx("train", "--plan", plan, "--out", run, "--no-progress")
+    r = meddx("train", "--plan", plan, "--out", run, "--no-progress")
+    assert "finding: mixed image sizes" in r.stdout
     assert len((run / "log.jsonl").read_text().splitlines()) == 1
 
 

@@ -156,7 +156,8 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
     sets = parse_sets(set_)
     # planned on the cases `meddx train` will train and validate on, as `meddx train` plans
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress),
-                             split=planned_split(cs, overrides={**sets, "seed": seed}))
+                             split=planned_split(cs, overrides={**sets, "seed": seed}),
+                             log=lambda m: console.print(f"[yellow]{m}[/]"))
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
                           overrides=sets, time_budget_s=parse_duration(time_budget),

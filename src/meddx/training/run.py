@@ -137,13 +137,19 @@ def progress_callback(enabled: bool, total: int, desc: str):
     return (lambda k: p.update(t, advance=k)), p.stop
 
 
-def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True, split: dict[str, str] | None = None) -> dict:
-    """The fingerprint; with ``split``, its test cases add nothing to the statistics a plan reads."""
+def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True, split: dict[str, str] | None = None,
+                        log=None) -> dict:
+    """The fingerprint; with ``split``, its test cases add nothing to the statistics a plan reads.
+    With ``log``, each finding (duplicates, imbalance, mixed sizes, ...) is told as ``meddx inspect``
+    would tell it, so that a user who trains without inspecting still sees them."""
     cb, stop = progress_callback(progress, len(cs.cases), "reading images")
     try:
-        return compute_fingerprint(cs, strict=strict, progress=cb, split=split)
+        fp = compute_fingerprint(cs, strict=strict, progress=cb, split=split)
     finally:
         stop()
+    for f in fp.get("findings", []) if log is not None else []:
+        log(f"finding: {f}")
+    return fp
 
 
 def planned_split(cs: CaseSet, *, plan: Plan | None = None, overrides: dict[str, Any] | None = None) -> dict[str, str]:
@@ -275,7 +281,7 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
             plan = None
         fp = None
         if plan is None:
-            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides))
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
             plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
                              seed=int(overrides.pop("seed", 0) or 0),
                              time_budget_s=overrides.get("train.time_budget_s"),
@@ -290,7 +296,7 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
             overrides["data.input_size"] = [int(image_size)] * plan.data.spatial_dims
         plan = apply_overrides(plan, overrides)
         if fp is None:  # a given plan: its fingerprint is recorded, over the split the plan makes
-            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan))
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan), log=log)
     seed_everything(plan.seed)
     parts = split_for_run(cs, plan, out, resume)
     with RunGuard(out, resume) as guard:

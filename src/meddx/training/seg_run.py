@@ -108,7 +108,7 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             cs = open_seg_dataset(dataset, resample_masks=resample_masks, group_by_folder=group_by_folder)
         fp = None
         if plan is None:
-            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides))
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
                                  group_by_folder=group_by_folder, time_budget_s=overrides.get("train.time_budget_s"),
                                  memory_budget_gb=overrides.get("train.memory_budget_gb"))
@@ -117,7 +117,7 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         overrides.pop("seed", None)
         plan = apply_overrides(plan, overrides)
         if fp is None:
-            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan))
+            fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan), log=log)
     seed_everything(plan.seed)
     parts = split_for_run(cs, plan, out, resume)
     with RunGuard(out, resume) as guard:
