@@ -52,6 +52,14 @@ def test_intact_bundle_loads(bundle):
     assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-6)
 
 
+def test_a_tie_at_one_half_is_the_positive_class_as_evaluated(bundle):
+    """meddx's metrics, predictions.csv and `meddx predict` call p1 = 0.5 class 1; the edge runtime too."""
+    b = load(bundle)
+    pred = b._classify("x.png", np.array([0.5, 0.5]))
+    assert pred.label == "pneumonia" and pred.confidence == pytest.approx(0.5)
+    assert b._classify("x.png", np.array([0.5001, 0.4999])).label == "normal"
+
+
 @pytest.mark.parametrize("name", ["model.onnx", "preprocess.json", "labels.json", "thresholds.json", "model_card.md"])
 def test_missing_file(copy, name):
     (copy / name).unlink()

@@ -250,12 +250,13 @@ class ModelService:
 
     def _classify(self, x: torch.Tensor) -> dict:
         from meddx.evaluation.calibration import apply_temperature
+        from meddx.evaluation.metrics import predict_labels
         from meddx.evaluation.uncertainty import refer, uncertainty_scores
         from meddx.training.engine import predict_proba
 
         p = predict_proba(self.model, x, 1, torch.device("cpu"), self.plan.evaluate.tta_flip_axes)
         pc = apply_temperature(p, self.temperature)
-        k = int(np.argmax(p[0]))
+        k = int(predict_labels(p)[0])  # argmax; binary: class 1 iff p1 >= 0.5, as evaluated
         res = {"label": self.names[k], "label_index": k,
                "probabilities": {n: round(float(v), 6) for n, v in zip(self.names, p[0])},
                "calibrated_probabilities": {n: round(float(v), 6) for n, v in zip(self.names, pc[0])},

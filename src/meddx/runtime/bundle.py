@@ -46,7 +46,7 @@ class Prediction:
 
     Attributes:
         file: the input.
-        label: the most probable class (argmax).
+        label: the most probable class (argmax; a binary tie at 0.5 is class 1, as evaluated).
         probabilities: model probability per class (after test-time flips, if the run used them).
         confidence: calibrated probability of ``label`` (temperature-scaled).
         calibrated: calibrated probability per class.
@@ -171,7 +171,9 @@ class Bundle:
                               path=self.path, fix=REEXPORT)
         t = self.thresholds
         cal = apply_temperature(p[None], t.temperature)[0]
-        k = int(np.argmax(p))
+        from meddx.evaluation.metrics import predict_labels  # torch-free
+
+        k = int(predict_labels(p[None])[0])  # argmax; binary: class 1 iff p1 >= 0.5, as evaluated
         at_thr = None
         if t.threshold is not None and len(names) == 2:
             pos = names.index(t.positive_class) if t.positive_class in names else 1
