@@ -55,6 +55,27 @@ def test_2d_predict_writes_mask_at_input_size_and_overlay(run2d, tmp_path):
     assert (tmp_path / "pred" / "big_overlay.png").exists() and (tmp_path / "pred" / "predictions.csv").exists()
 
 
+def test_a_failed_predict_leaves_no_predictions_folder(run2d, tmp_path):
+    """The second file is damaged: one-line error, and neither the folder this call would have created
+    nor the first file's mask is left; in a folder that existed, only this call's files go."""
+    from meddx.errors import MeddxError
+
+    root, out = run2d
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(root / "case000.png", src / "a.png")
+    (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(MeddxError, match="b.png"):
+        predict_seg_paths(out, src, tmp_path / "pred", progress=False)
+    assert not (tmp_path / "pred").exists()
+    keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("x")
+    with pytest.raises(MeddxError):
+        predict_seg_paths(out, src, keep, progress=False)
+    assert sorted(f.name for f in keep.iterdir()) == ["mine.txt"]
+
+
 def test_3d_patch_run_predicts_nifti_in_input_geometry(tmp_path):
     import nibabel as nib
 

@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,23 +60,46 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
     return path
 
 
-def _inputs_and_out_dir(run_dir: Path, plan, target, out_dir) -> tuple[Path, list[Path]]:
-    """The output folder (default ``RUN/predictions``), created, and the input files under ``target``."""
+def _inputs_and_out_dir(run_dir: Path, plan, target, out_dir) -> tuple[Path, list[Path], bool]:
+    """The output folder (default ``RUN/predictions``), created, the input files under ``target``, and
+    whether this call created the folder."""
     from meddx.evaluation.predict import collect_inputs
 
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
     paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir, paths
+    return out_dir, paths, created
+
+
+@contextlib.contextmanager
+def _all_or_nothing(out_dir: Path, created: bool, written: list[Path], stop_progress):
+    """On a failure part-way (an unreadable third file, Ctrl-C), remove the files this call wrote, and
+    the folder if this call made it: no predictions folder that looks finished but is not. The
+    progress bar is stopped either way."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:
+            for f in written:
+                f.unlink(missing_ok=True)
+        raise
+    finally:
+        stop_progress()
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    from meddx.evaluation._checks import atomic_write_bytes
+
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
@@ -92,18 +118,20 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
         raise RunError("not a segmentation run", path=run_dir, fix="use a run trained with --task segment")
     sg = plan.segment
     values = np.asarray(sg.label_values)
-    out_dir, paths = _inputs_and_out_dir(run_dir, plan, target, out_dir)
-    rows = []
+    out_dir, paths, created = _inputs_and_out_dir(run_dir, plan, target, out_dir)
+    rows, written = [], []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
-    try:
+    with _all_or_nothing(out_dir, created, written, stop):
         for p in paths:
             img = read_image(p)
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
             base = out_dir / file_stem(p)
             mpath = write_mask(mask, img, base)
+            written.append(mpath)
             a, _, pl = _display_plane(img.array, idx, idx)
             opath = base.with_name(base.name + "_overlay.png")
+            written.append(opath)
             overlay_png(a, None, pl, title=f"{p.name}: predicted mask (red)", path=opath)
             row = {"file": str(p), "mask": str(mpath), "overlay": str(opath)}
             vox = float(np.prod(img.spacing)) if img.spacing is not None and len(img.spacing) == idx.ndim else None
@@ -115,9 +143,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
             rows.append(row)
             if cb:
                 cb(1)
-    finally:
-        stop()
-    write_rows(rows, out_dir / "predictions.csv")
+        write_rows(rows, out_dir / "predictions.csv")
     return rows
 
 
@@ -130,10 +156,10 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
 
     sg = plan.segment
     names = sg.label_names
-    out_dir, paths = _inputs_and_out_dir(run_dir, plan, target, out_dir)
-    rows = []
+    out_dir, paths, created = _inputs_and_out_dir(run_dir, plan, target, out_dir)
+    rows, written = [], []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
-    try:
+    with _all_or_nothing(out_dir, created, written, stop):
         for p in paths:
             img = read_image(p)
             if sg.detector == "heatmap":
@@ -142,6 +168,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
                 lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
                 boxes = boxes_from_segmentation(lab, probs.astype(np.float32), len(sg.label_values), sg.det_threshold)
             opath = out_dir / f"{file_stem(p)}_overlay.png"
+            written.append(opath)
             boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)
             for b in sorted(boxes, key=lambda b: -b.score):
                 rows.append({"file": str(p), "finding": names[b.cls], "score": round(float(b.score), 4),
@@ -151,7 +178,5 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
                              "y2": None, "overlay": str(opath)})
             if cb:
                 cb(1)
-    finally:
-        stop()
-    write_rows(rows, out_dir / "predictions.csv")
+        write_rows(rows, out_dir / "predictions.csv")
     return rows
