@@ -2,8 +2,11 @@
 
 Boxes are ``(lo..., hi...)`` in pixel/voxel index coordinates, half-open, 2D or 3D. A
 detection matches a reference box of the same class when their IoU is at least the
-threshold (0.5); each reference box is matched once, highest score first (PASCAL VOC).
-AP is the area under the all-point interpolated precision-recall curve. FROC gives the
+threshold (0.5); detections are taken highest score first, each matching the unmatched
+reference box it overlaps most (COCO's greedy rule; PASCAL VOC's devkit instead counts a
+detection whose best-overlapping box is already matched as a false positive), so each reference
+box is matched once. At most ``MAX_PER_IMAGE`` detections per image are scored (COCO's maxDets).
+AP is the area under the all-point interpolated precision-recall curve (VOC 2010+). FROC gives the
 sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per image and their mean
 (the competition performance metric of LUNA16 / CAMELYON). We write these ourselves:
 MONAI's detection metrics expect its RetinaNet app's data structures.
