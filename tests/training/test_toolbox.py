@@ -282,3 +282,60 @@ def test_synthetic_samples_are_added_only_when_the_quality_check_passes(tmp_path
     assert x2.shape[0] == x.shape[0] + n_min and int((y2 == 1).sum()) == 2 * n_min
     x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)  # resume: the saved samples
     assert spent3 == 0.0 and torch.equal(x3, x2)
+
+
+def test_the_epoch_time_probe_is_charged_to_the_time_budget(tmp_path):
+    """R9/S8 time a few steps before sizing the epochs; that time is the user's too."""
+    import time
+
+    from meddx.training.run import size_epochs
+
+    plan = make_plan_for()
+    plan.train.time_budget_s = 10.0
+    size_epochs(plan, tmp_path, lambda: (time.sleep(0.5), 1.0)[1], "R9 epochs", 0.97)
+    dec = plan.decisions[-1]
+    assert dec.reads["probe_s"] >= 0.5 and plan.train.time_budget_s <= 9.5
+    assert plan.train.epochs == int(plan.train.time_budget_s * 0.97 // 1.0) == 9
+
+
+def test_kfold_members_are_sized_on_a_fold_not_the_whole_training_split(tmp_path, monkeypatch):
+    """A kfold member trains on (k-1)/k of the training cases: the R9 probe times an epoch of that
+    many (timing the whole split left each member a third of its share unused at k = 3)."""
+    seen = []
+    real = Trainer.measure_epoch_seconds
+
+    def spy(self, x, y, n_val, *a, **k):
+        seen.append(int(x.shape[0]))
+        return real(self, x, y, n_val, *a, **k)
+
+    monkeypatch.setattr(Trainer, "measure_epoch_seconds", spy)
+    for kind in ("kfold", "seeds"):
+        train_run("synthetic:phantoms:100", tmp_path / kind, progress=False, log=_quiet,
+                  overrides={"train.time_budget_s": 6, "ensemble.kind": kind, "ensemble.members": 3})
+    n = sum(json.loads((tmp_path / "seeds" / "fingerprint.json").read_text())["split_counts"]["train"].values())
+    assert seen[1] == n and abs(seen[0] - 2 * n / 3) <= 1, (seen, n)
+
+
+def test_trials_charge_their_whole_wall_time_to_the_budget(tmp_path, monkeypatch):
+    """R17's trials spend the user's budget on probes and checkpoints as well as training: what the
+    main training gets is the budget minus the trials' wall time."""
+    import time
+
+    import meddx.training.engine as eng
+
+    real = eng.Trainer.measure_epoch_seconds
+
+    def slow(self, *a, **k):
+        time.sleep(0.5)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(eng.Trainer, "measure_epoch_seconds", slow)
+    ov = {"train.time_budget_s": 10, "choices": [{"name": "structure", "budget_fraction": 0.4,
+                                                  "options": [{"model.params.attention": None},
+                                                              {"model.params.attention": "se"}]}]}
+    run = train_run("synthetic:phantoms:100", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    trained = sum(json.loads(line)["elapsed_s"] for i in (0, 1) for line in
+                  (run / "choices" / "structure" / str(i) / "log.jsonl").read_text().splitlines()[-1:])
+    dec = next(d for d in Plan.load(run / "plan.yaml").decisions if d.rule == "R9 epochs")
+    # two trial probes (0.5 s each) and the trials' training; then R9's own probe (0.5 s)
+    assert 10 - dec.reads["time_budget_s"] >= trained + 1.5

@@ -227,13 +227,17 @@ def size_epochs(plan: Plan, out: Path, measure, rule: str, fraction: float) -> N
     sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
     if not plan.train.time_budget_s or started or sized:
         return
+    t0 = time.perf_counter()
     per_epoch = measure()
+    probe_s = time.perf_counter() - t0
+    # the probe ran inside the user's budget: training gets what is left
+    plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - probe_s)
     epochs = int(np.clip(plan.train.time_budget_s * fraction // max(per_epoch, 1e-6), 1,
                          plan.train.max_epochs_with_budget))
     plan.train.epochs = epochs
     plan.decisions.append(Decision(field="train.epochs", value=epochs, rule=rule, kind="rule-based",
-                                   reads={"time_budget_s": plan.train.time_budget_s,
-                                          "measured_epoch_s": round(per_epoch, 3)}))
+                                   reads={"time_budget_s": round(plan.train.time_budget_s, 3),
+                                          "probe_s": round(probe_s, 3), "measured_epoch_s": round(per_epoch, 3)}))
 
 
 class RunGuard:
@@ -357,7 +361,7 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     """Size the schedule to the budget, train one network or an ensemble, fit the PCA head if the plan
     asks for it; the run's final weights go to ``checkpoints/best.pt``. Returns ``(FitResult, model)``."""
     from meddx.training.checkpoint import save_checkpoint
-    from meddx.training.ensemble import fit_members, n_members
+    from meddx.training.ensemble import fit_members, n_members, probe_indices
 
     def make_trainer(p, model, d):
         return Trainer(p, model, d, progress=progress)
@@ -388,9 +392,11 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     deep = plan.model_copy(deep=True)
     deep.train.head = "deep"  # members train with their own linear layer; the PCA head comes after
     probe = make_trainer(deep, build_single_model(deep), out)
-    size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xtr, ytr, xva.shape[0]) * k, "R9 epochs", 0.97)
+    pidx = probe_indices(plan, ytr.numpy())  # kfold members train on (k-1)/k of the cases
+    xp, yp = (xtr, ytr) if pidx is None else (xtr[torch.from_numpy(pidx)], ytr[torch.from_numpy(pidx)])
+    size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xp, yp, xva.shape[0]) * k, "R9 epochs", 0.97)
     plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
-    deep.train.epochs = plan.train.epochs
+    deep.train.epochs, deep.train.time_budget_s = plan.train.epochs, plan.train.time_budget_s
 
     def post(model, p):
         if head != "pca_linear":
