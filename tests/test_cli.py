@@ -65,3 +65,24 @@ def test_existing_out_dir_is_refused(tiny_folder, tmp_path):
     (run / "something").write_text("x")
     r = meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--no-progress", check=False)
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_square_brackets_in_names_are_printed_not_read_as_markup(tiny_folder, tmp_path):
+    """Rich markup would swallow "[bold]" in a class folder's name or a file path (and crash on a label
+    name holding "[/]", which dataset.json can declare)."""
+    import shutil
+
+    root = tmp_path / "br"
+    shutil.copytree(tiny_folder / "lesion", root / "lesion [bold]")
+    shutil.copytree(tiny_folder / "normal", root / "normal [b]")
+    (root / "normal [b]" / "bad [x].png").write_bytes(b"not a png")
+    r = meddx("inspect", root, "--no-progress", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "lesion [bold]" in r.stdout and "normal [b]" in r.stdout and "bad [x].png" in r.stdout
+
+
+def test_progress_messages_are_plain_text(capsys):
+    from meddx.cli import say
+
+    say("finding: label(s) tumour [/] (0.0010 % of mask voxels)")  # markup would raise MarkupError
+    assert "tumour [/] (0.0010 %" in capsys.readouterr().out

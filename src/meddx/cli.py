@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # file paths, class and label names may hold [brackets]
 from rich.table import Table
 
 from meddx.errors import MeddxError
@@ -18,6 +19,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="meddx: plan, train, evaluate and explain medical image classifiers and segmenters.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def say(message) -> None:
+    """Progress messages of long jobs: plain text (no Rich markup in a user's file or label names)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -91,9 +97,9 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
 
     cs = _open(path, task, resample_masks)
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress), strict=False)
-    t = Table(title=f"{cs.name} ({cs.kind})", show_header=False)
+    t = Table(title=escape(f"{cs.name} ({cs.kind})"), show_header=False)
     t.add_row("cases", f"{fp['n_cases']} ({fp['n_readable']} readable)")
-    t.add_row("classes", ", ".join(f"{k}: {v}" for k, v in fp["class_counts"].items()))
+    t.add_row("classes", escape(", ".join(f"{k}: {v}" for k, v in fp["class_counts"].items())))
     t.add_row("imbalance ratio", str(fp["imbalance_ratio"]))
     if fp["split_counts"]:
         t.add_row("splits", "; ".join(f"{s}: {sum(c.values())}" for s, c in fp["split_counts"].items())
@@ -112,18 +118,18 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
     t.add_row("patient groups", "yes" if fp["has_patient_groups"] else "no")
     if "segmentation" in fp:
         sg = fp["segmentation"]
-        t.add_row("mask labels", ", ".join(f"{v}={n}" for v, n in zip(sg["label_values"], sg["label_names"]))
-                  + f" ({sg['labels_from']})")
-        t.add_row("foreground share", ", ".join(f"{k}: {v:.2%}" for k, v in sg["label_fraction"].items()))
+        t.add_row("mask labels", escape(", ".join(f"{v}={n}" for v, n in zip(sg["label_values"], sg["label_names"]))
+                                        + f" ({sg['labels_from']})"))
+        t.add_row("foreground share", escape(", ".join(f"{k}: {v:.2%}" for k, v in sg["label_fraction"].items())))
         t.add_row("objects", f"{sg['objects']['count']} (median {sg['objects']['size_median']:.0f} px/voxels); "
                   f"{sg['empty_masks']} empty mask(s)")
     console.print(t)
     for n in fp.get("notes", []):
         console.print(f"[cyan]note:[/] {n}")
     for f in fp.get("findings", []):
-        console.print(f"[yellow]finding:[/] {f}")
+        console.print("[yellow]finding:[/] " + escape(f))
     for p in fp["problems"][:20]:
-        console.print(f"[red]unreadable:[/] {p['error']}", soft_wrap=True)  # one line per file, path unbroken
+        console.print("[red]unreadable:[/] " + escape(p["error"]), soft_wrap=True)  # one line per file, path unbroken
     if len(fp["problems"]) > 20:
         console.print(f"... and {len(fp['problems']) - 20} more")
     if json_out:
@@ -157,7 +163,7 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
     # planned on the cases `meddx train` will train and validate on, as `meddx train` plans
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress),
                              split=planned_split(cs, overrides={**sets, "seed": seed}),
-                             log=lambda m: console.print(f"[yellow]{m}[/]"))
+                             log=say)
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
                           overrides=sets, time_budget_s=parse_duration(time_budget),
@@ -218,13 +224,13 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
             ov["data.input_size"] = [image_size, image_size]
         run = train_seg_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
                             resample_masks=resample_masks, group_by_folder=group_by_folder, task=task,
-                            progress=_progress_enabled(no_progress), log=console.print)
+                            progress=_progress_enabled(no_progress), log=say)
         _print_seg_summary(run)
         return
     if task != "classify":
         raise MeddxError(f"unknown task '{task}'", fix="use --task classify, segment or detect")
     run = train_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
-                    image_size=image_size, progress=_progress_enabled(no_progress), log=console.print)
+                    image_size=image_size, progress=_progress_enabled(no_progress), log=say)
     _print_summary(run)
 
 
@@ -365,7 +371,7 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
     if not budget and not epochs:
         epochs = 20
     res = run_ablation(path, out, budget_s=budget, epochs=epochs, seeds=seed_list, components=comps, task=task,
-                       resample_masks=resample_masks, progress=_progress_enabled(no_progress), log=console.print)
+                       resample_masks=resample_masks, progress=_progress_enabled(no_progress), log=say)
     console.print((out / "ablation.md").read_text())
     names = SEG_COMPONENTS if task == "segment" else COMPONENTS
     console.print(f"components: {', '.join(names)}; plot: {out / 'ablation.png'}")
@@ -393,7 +399,7 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folde
     if out.exists() and (out / "plan.yaml").exists():
         shutil.rmtree(out)
     run = train_run(source, out, overrides={"train.time_budget_s": parse_duration(time_budget)},
-                    progress=_progress_enabled(no_progress), log=console.print)
+                    progress=_progress_enabled(no_progress), log=say)
     _print_summary(run)
 
 
@@ -450,7 +456,7 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
                            student=student, epochs=epochs, time_budget_s=parse_duration(time_budget), lr=lr,
                            kd_temperature=kd_temperature, kd_alpha=kd_alpha, calibration_images=calibration_images,
                            seed=seed, data=data, prune_steps=prune_steps)
-    b = compress_run(run, out, opts, overwrite=overwrite, progress=_progress_enabled(no_progress), log=console.print)
+    b = compress_run(run, out, opts, overwrite=overwrite, progress=_progress_enabled(no_progress), log=say)
     s = json.loads((b / "compression.json").read_text())
     r, src = s["result"], s.get("source")
     if src is None:  # segmentation: int8 only
