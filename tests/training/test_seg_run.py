@@ -57,7 +57,7 @@ def test_2d_predict_writes_mask_at_input_size_and_overlay(run2d, tmp_path):
 
 def test_a_failed_predict_leaves_no_predictions_folder(run2d, tmp_path):
     """The second file is damaged: one-line error, and neither the folder this call would have created
-    nor the first file's mask is left; in a folder that existed, only this call's files go."""
+    nor the first file's mask is left; in a folder that existed, only the files this call added go."""
     from meddx.errors import MeddxError
 
     root, out = run2d
@@ -68,12 +68,16 @@ def test_a_failed_predict_leaves_no_predictions_folder(run2d, tmp_path):
     with pytest.raises(MeddxError, match="b.png"):
         predict_seg_paths(out, src, tmp_path / "pred", progress=False)
     assert not (tmp_path / "pred").exists()
-    keep = tmp_path / "kept"
-    keep.mkdir()
+    keep = tmp_path / "kept"  # an earlier call's outputs for a.png, and a file of the user's
+    predict_seg_paths(out, src / "a.png", keep, progress=False)
     (keep / "mine.txt").write_text("x")
-    with pytest.raises(MeddxError):
+    earlier = sorted(f.name for f in keep.iterdir())
+    assert "a_mask.png" in earlier and "predictions.csv" in earlier
+    (src / "c.png").write_bytes((src / "a.png").read_bytes())  # c.png is written before b.png fails
+    (src / "b.png").rename(src / "d.png")
+    with pytest.raises(MeddxError, match="d.png"):
         predict_seg_paths(out, src, keep, progress=False)
-    assert sorted(f.name for f in keep.iterdir()) == ["mine.txt"]
+    assert sorted(f.name for f in keep.iterdir()) == earlier
 
 
 def test_3d_patch_run_predicts_nifti_in_input_geometry(tmp_path):

@@ -75,18 +75,21 @@ def _inputs_and_out_dir(run_dir: Path, plan, target, out_dir) -> tuple[Path, lis
 
 
 @contextlib.contextmanager
-def _all_or_nothing(out_dir: Path, created: bool, written: list[Path], stop_progress):
-    """On a failure part-way (an unreadable third file, Ctrl-C), remove the files this call wrote, and
-    the folder if this call made it: no predictions folder that looks finished but is not. The
-    progress bar is stopped either way."""
+def _all_or_nothing(out_dir: Path, created: bool, stop_progress):
+    """On a failure part-way (an unreadable third file, Ctrl-C), remove what this call added: the
+    folder if this call made it, else the files that were not there before (an earlier call's
+    outputs stay): no predictions folder that looks finished but is not. The progress bar is
+    stopped either way."""
+    before = set() if created else set(out_dir.iterdir())
     try:
         yield
     except BaseException:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         else:
-            for f in written:
-                f.unlink(missing_ok=True)
+            for f in set(out_dir.iterdir()) - before:
+                if f.is_file():
+                    f.unlink(missing_ok=True)
         raise
     finally:
         stop_progress()
@@ -119,19 +122,17 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
     sg = plan.segment
     values = np.asarray(sg.label_values)
     out_dir, paths, created = _inputs_and_out_dir(run_dir, plan, target, out_dir)
-    rows, written = [], []
+    rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
-    with _all_or_nothing(out_dir, created, written, stop):
+    with _all_or_nothing(out_dir, created, stop):
         for p in paths:
             img = read_image(p)
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
             base = out_dir / file_stem(p)
             mpath = write_mask(mask, img, base)
-            written.append(mpath)
             a, _, pl = _display_plane(img.array, idx, idx)
             opath = base.with_name(base.name + "_overlay.png")
-            written.append(opath)
             overlay_png(a, None, pl, title=f"{p.name}: predicted mask (red)", path=opath)
             row = {"file": str(p), "mask": str(mpath), "overlay": str(opath)}
             vox = float(np.prod(img.spacing)) if img.spacing is not None and len(img.spacing) == idx.ndim else None
@@ -157,9 +158,9 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
     sg = plan.segment
     names = sg.label_names
     out_dir, paths, created = _inputs_and_out_dir(run_dir, plan, target, out_dir)
-    rows, written = [], []
+    rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
-    with _all_or_nothing(out_dir, created, written, stop):
+    with _all_or_nothing(out_dir, created, stop):
         for p in paths:
             img = read_image(p)
             if sg.detector == "heatmap":
@@ -168,7 +169,6 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
                 lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
                 boxes = boxes_from_segmentation(lab, probs.astype(np.float32), len(sg.label_values), sg.det_threshold)
             opath = out_dir / f"{file_stem(p)}_overlay.png"
-            written.append(opath)
             boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)
             for b in sorted(boxes, key=lambda b: -b.score):
                 rows.append({"file": str(p), "finding": names[b.cls], "score": round(float(b.score), 4),
