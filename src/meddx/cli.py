@@ -153,7 +153,7 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
          memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.01, help="GiB one training step may "
                                                        "use (caps the batch size); default 4 (2D) / 8 (3D)."),
          set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-         no_progress: bool = typer.Option(False, "--no-progress")):
+         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Write the plan (editable YAML) that `meddx train --plan` would run."""
     from meddx.planning.planner import make_plan, make_seg_plan
     from meddx.training.run import fingerprint_dataset, planned_split
@@ -187,7 +187,7 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
                                                     help="Fit the schedule into this time, e.g. 10m."),
           epochs: Optional[int] = typer.Option(None, help="Number of epochs (ignored with --time-budget)."),
           model: Optional[str] = typer.Option(None, help="Model name from the registry (see `meddx models`)."),
-          batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default: the plan's, R6)."),
           lr: Optional[float] = typer.Option(None, help="Learning rate."),
           optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
           schedule: Optional[str] = typer.Option(None, help="constant | step | cosine | onecycle"),
@@ -286,8 +286,8 @@ def _print_summary(run: Path, sub: str = "") -> None:
 def evaluate(run: Path = typer.Argument(..., help="Run directory written by `meddx train`."),
              path: Optional[str] = typer.Argument(None, help="Labelled dataset to evaluate on "
                                                   "(default: the run's own test split)."),
-             no_progress: bool = typer.Option(False, "--no-progress")):
-    """Evaluate a trained run on its test split or on another labelled dataset."""
+             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+    """Evaluate a trained run on its test split or on another labelled dataset (into RUN/evaluations/<name>/)."""
     from meddx.evaluation.evaluate_run import evaluate_run
 
     sub = evaluate_run(run, path, progress=_progress_enabled(no_progress))
@@ -303,7 +303,7 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `medd
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Classifier: write .csv or .json (default: "
                                                "CSV to stdout). Segmenter: folder for masks and overlays "
                                                "(default RUN/predictions)."),
-            no_progress: bool = typer.Option(False, "--no-progress")):
+            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Write class probabilities (classifier) or masks in the input's geometry plus overlays (segmenter)."""
     from meddx.evaluation.predict import predict_paths, write_predictions_file
     from meddx.planning.plan import Plan
@@ -341,7 +341,7 @@ def models():
 
 
 @app.command()
-def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
+def ablate(path: str = typer.Argument(..., help="Dataset (classification, or segmentation with --task segment)."),
            out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs and ablation.md/.json/.png "
                                     "(an interrupted ablation continues in it)."),
            time_budget: Optional[str] = typer.Option(None, "--time-budget",
@@ -353,7 +353,7 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
                                                     help="Comma-separated subset of the components (default: all)."),
            task: str = typer.Option("classify", "--task", help="classify | segment"),
            resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
-           no_progress: bool = typer.Option(False, "--no-progress")):
+           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Measure every optimisation: baseline, baseline + each component, full plan - each, full plan."""
     from meddx.evaluation.ablation import COMPONENTS, SEG_COMPONENTS, run_ablation
 
@@ -379,10 +379,10 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification)."),
 
 
 @app.command()
-def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding medmnist/pneumoniamnist.npz."),
+def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding pneumoniamnist.npz (or medmnist/pneumoniamnist.npz)."),
          out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory (replaced if it exists)."),
          time_budget: str = typer.Option("100s", "--time-budget", help="Training time."),
-         no_progress: bool = typer.Option(False, "--no-progress")):
+         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Train and report on PneumoniaMNIST (or built-in phantoms when no copy can be had)."""
     import shutil
 
@@ -420,7 +420,7 @@ def export(run: Path = typer.Argument(..., help="Run directory written by `meddx
 
 
 @app.command()
-def compress(run: Path = typer.Argument(..., help="Classification run to compress (its model is the student)."),
+def compress(run: Path = typer.Argument(..., help="Run to compress (its model is the student); a segmentation run takes --int8 only."),
              out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
              prune: Optional[float] = typer.Option(None, "--prune", help="Remove this fraction of every layer's "
                                                    "channels (0-1), then fine-tune."),
@@ -444,8 +444,8 @@ def compress(run: Path = typer.Argument(..., help="Classification run to compres
              seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default: the run's)."),
              data: Optional[str] = typer.Option(None, "--data", help="Dataset path, if it moved since training."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
-             no_progress: bool = typer.Option(False, "--no-progress")):
-    """Prune, distil and/or int8-quantise a classifier; writes a bundle with compression.json."""
+             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
+    """Prune, distil and/or int8-quantise a classifier (int8 only for a segmenter); writes a bundle with compression.json."""
     from meddx.deploy.compress import CompressOptions, compress_run, fmt_metric
 
     if prune is not None and not 0 < prune < 1:
@@ -505,7 +505,7 @@ def explain(run: Path = typer.Argument(..., help="Run directory written by `medd
                                        "(classifiers) | all; segmenters: class-region gradcam | gradcampp."),
             class_name: Optional[str] = typer.Option(None, "--class", help="Class to explain (default: the "
                                                      "predicted class; segmenters: the largest predicted region)."),
-            no_progress: bool = typer.Option(False, "--no-progress")):
+            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
     """Write where the model looked: a heatmap overlay PNG per input (and a NIfTI heatmap in the input's
     geometry for volumes)."""
     from meddx.explain.run_explain import explain_paths
