@@ -295,7 +295,9 @@ def test_the_epoch_time_probe_is_charged_to_the_time_budget(tmp_path):
     size_epochs(plan, tmp_path, lambda: (time.sleep(0.5), 1.0)[1], "R9 epochs", 0.97)
     dec = plan.decisions[-1]
     assert dec.reads["probe_s"] >= 0.5
-    assert plan.train.time_budget_s == pytest.approx(10.0 - dec.reads["probe_s"], abs=2e-3)
+    assert dec.reads["time_budget_s"] == 10.0
+    assert plan.train.time_budget_s == dec.reads["training_budget_s"] == pytest.approx(10.0 - dec.reads["probe_s"],
+                                                                                      abs=2e-3)
     assert plan.train.epochs == int(plan.train.time_budget_s * 0.97 // 1.0)
 
 
@@ -339,4 +341,4 @@ def test_trials_charge_their_whole_wall_time_to_the_budget(tmp_path, monkeypatch
                   (run / "choices" / "structure" / str(i) / "log.jsonl").read_text().splitlines()[-1:])
     dec = next(d for d in Plan.load(run / "plan.yaml").decisions if d.rule == "R9 epochs")
     # two trial probes (0.5 s each) and the trials' training; then R9's own probe (0.5 s)
-    assert 10 - dec.reads["time_budget_s"] >= trained + 1.5
+    assert 10 - dec.reads["training_budget_s"] >= trained + 1.5

@@ -227,17 +227,19 @@ def size_epochs(plan: Plan, out: Path, measure, rule: str, fraction: float) -> N
     sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
     if not plan.train.time_budget_s or started or sized:
         return
+    given = plan.train.time_budget_s
     t0 = time.perf_counter()
     per_epoch = measure()
     probe_s = time.perf_counter() - t0
     # the probe ran inside the user's budget: training gets what is left
-    plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - probe_s)
+    plan.train.time_budget_s = round(max(1.0, given - probe_s), 3)
     epochs = int(np.clip(plan.train.time_budget_s * fraction // max(per_epoch, 1e-6), 1,
                          plan.train.max_epochs_with_budget))
     plan.train.epochs = epochs
     plan.decisions.append(Decision(field="train.epochs", value=epochs, rule=rule, kind="rule-based",
-                                   reads={"time_budget_s": round(plan.train.time_budget_s, 3),
-                                          "probe_s": round(probe_s, 3), "measured_epoch_s": round(per_epoch, 3)}))
+                                   reads={"time_budget_s": round(given, 3), "probe_s": round(probe_s, 3),
+                                          "training_budget_s": round(plan.train.time_budget_s, 3),
+                                          "measured_epoch_s": round(per_epoch, 3)}))
 
 
 class RunGuard:
