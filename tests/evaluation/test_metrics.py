@@ -246,3 +246,19 @@ def test_paired_bootstrap_pvalue():
     assert p_close > 0.05
     assert paired_bootstrap_pvalue(y, pa, pb, n_boot=300, seed=4) == paired_bootstrap_pvalue(
         y, pa, pb, n_boot=300, seed=4)
+
+
+def test_a_ci_from_fewer_resamples_says_how_many():
+    """Two positives in 300 cases: about exp(-2) = 13.5 % of resamples draw none, and sensitivity is
+    undefined there; the CI says it rests on the rest. Well-populated metrics say nothing."""
+    from meddx.evaluation.report import format_metric
+
+    rng = np.random.default_rng(0)
+    y = np.zeros(300, int)
+    y[:2] = 1
+    p1 = np.clip(0.2 + 0.6 * y + rng.normal(0, 0.1, 300), 0, 1)
+    m = classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=1000)
+    sens = m["per_class"]["1"]["sensitivity"]
+    assert 800 < sens["ci_resamples"] < 920
+    assert format_metric(sens).endswith(f"(CI of {sens['ci_resamples']} resamples)")
+    assert "ci_resamples" not in m["overall"]["accuracy"] and "ci_resamples" not in m["per_class"]["0"]["sensitivity"]

@@ -10,6 +10,8 @@ Conventions:
       present, ...) is ``None`` in the returned dict, never NaN.
     * Macro averages run over the classes whose metric is defined on the full sample;
       a resample in which any of those is undefined is dropped from that metric's CI.
+      A CI computed from fewer than ``n_boot`` resamples says how many in ``ci_resamples``
+      (a rare class: the interval is conditional on the class being drawn at all).
     * Balanced accuracy is the macro sensitivity (mean per-class recall).
     * ECE is top-label (argmax) with ``ece_bins`` equal-width bins (15 unless the plan says
       otherwise), independent of the threshold. It is
@@ -150,7 +152,10 @@ def classification_metrics(
         if samples.size == 0:
             return _metric(value)
         lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
-        return _metric(value, lo, hi)
+        out = _metric(value, lo, hi)
+        if samples.size < int(n_boot):  # the other resamples lacked a class this metric needs
+            out["ci_resamples"] = int(samples.size)
+        return out
 
     overall_keys = [
         "accuracy", "balanced_accuracy", "auc_macro", "f1_macro",

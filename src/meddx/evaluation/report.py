@@ -58,14 +58,18 @@ def _e(x) -> str:
 
 
 def format_metric(m: Mapping | None) -> str:
-    """``"value [ci_low, ci_high]"`` with 3 decimals; ``"n/a"`` for None or NaN."""
+    """``"value [ci_low, ci_high]"`` with 3 decimals; ``"n/a"`` for None or NaN; the number of
+    bootstrap resamples when some were dropped (a class absent from them)."""
 
     def f(x):  # None or NaN: undefined (e.g. HD95 when no case has both masks non-empty)
         return "n/a" if x is None or not np.isfinite(float(x)) else f"{float(x):.3f}"
 
     if not m:
         return "n/a"
-    return f"{f(m.get('value'))} [{f(m.get('ci_low'))}, {f(m.get('ci_high'))}]"
+    text = f"{f(m.get('value'))} [{f(m.get('ci_low'))}, {f(m.get('ci_high'))}]"
+    if m.get("ci_resamples") is not None:  # a rare class was absent from the other resamples
+        text += f" (CI of {m['ci_resamples']} resamples)"
+    return text
 
 
 def _table(header: Sequence, rows: Iterable[Sequence], numeric_from: int = 1) -> str:
