@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape  # file paths, class and label names may hold [brackets]
 from rich.table import Table
 
-from meddx.errors import MeddxError
+from meddx.errors import DatasetError, MeddxError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="meddx: plan, train, evaluate and explain medical image classifiers and segmenters.")
@@ -135,8 +135,6 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
     if json_out:
         write_json(Path(json_out), fp)
     if fp["problems"]:  # listed above; the exit code tells a script that training would refuse this dataset
-        from meddx.errors import DatasetError
-
         raise DatasetError(f"{len(fp['problems'])} of {fp['n_cases']} cases cannot be used (listed above as "
                            "unreadable)", path=cs.source, fix="fix or remove those files; training refuses them")
 

@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise

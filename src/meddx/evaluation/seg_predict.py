@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import shutil
 from pathlib import Path
 
@@ -95,19 +93,10 @@ def _all_or_nothing(out_dir: Path, created: bool, stop_progress):
         stop_progress()
 
 
-def write_rows(rows: list[dict], path: Path) -> None:
-    from meddx.evaluation._checks import atomic_write_bytes
-
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
                       progress: bool = True) -> list[dict]:
     """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
+    from meddx.evaluation.predict import write_predictions_file
     from meddx.evaluation.seg_report import _display_plane, overlay_png
     from meddx.training.run import load_run, progress_callback
     from meddx.evaluation.seg_infer import predict_case
@@ -144,13 +133,14 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
             rows.append(row)
             if cb:
                 cb(1)
-        write_rows(rows, out_dir / "predictions.csv")
+        write_predictions_file(rows, out_dir / "predictions.csv")
     return rows
 
 
 def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
     """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
     from meddx.evaluation.detection import boxes_from_segmentation
+    from meddx.evaluation.predict import write_predictions_file
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback
@@ -178,5 +168,5 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
                              "y2": None, "overlay": str(opath)})
             if cb:
                 cb(1)
-        write_rows(rows, out_dir / "predictions.csv")
+        write_predictions_file(rows, out_dir / "predictions.csv")
     return rows

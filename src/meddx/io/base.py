@@ -38,6 +38,20 @@ class ImageData:
         return tuple(int(s) for s in self.array.shape[1:])
 
 
+#: The fix an over-limit image gets (``meddx serve`` lowers the limit with --max-megapixels; the
+#: training and prediction commands keep the default, 1 GiB as float32).
+TOO_BIG_FIX = "downsample or crop it first: the limit keeps one image from exhausting memory"
+
+
+def too_big(path, n: int, max_pixels: int, what: str, unit: str = "pixels"):
+    """The error every reader raises for an image over the decode limit (the server turns its
+    "would decode to N pixels|voxels x channels, above the limit" into HTTP 413)."""
+    from meddx.errors import ImageContentError
+
+    return ImageContentError(f"{what} would decode to {n} {unit} x channels, above the limit of {max_pixels}",
+                             path=path, fix=TOO_BIG_FIX)
+
+
 def check_pixels(array: np.ndarray, where: str) -> None:
     """Raise a one-line error for NaN/Inf or constant images (training and the runtime share it)."""
     from meddx.errors import ImageContentError

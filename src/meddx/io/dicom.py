@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from meddx.errors import CorruptFileError, DatasetError, ImageContentError, InputError, MissingCodecError
-from meddx.io.base import ImageData
-from meddx.io.formats import (DEFAULT_MAX_PIXELS, TOO_BIG_FIX, check_file, is_hidden, path_suffix, short_reason,
-                              sniff_magic)
+from meddx.errors import CorruptFileError, DatasetError, InputError, MissingCodecError
+from meddx.io.base import ImageData, too_big
+from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, is_hidden, path_suffix, short_reason, sniff_magic
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +360,7 @@ def _common_meta(ds) -> dict[str, Any]:
 
 def _check_pixels(p: Path, n: int, max_pixels: int, what: str) -> None:
     if n > max_pixels:
-        raise ImageContentError(f"{what} would decode to {n} voxels x channels, above the limit of {max_pixels}",
-                                path=p, fix=TOO_BIG_FIX)
+        raise too_big(p, n, max_pixels, what, "voxels")
 
 
 def _rows_cols(p: Path, ds) -> tuple[int, int]:

@@ -6,9 +6,6 @@ from pathlib import Path
 
 #: Default cap on voxels x channels one image may decode to (a 2**28 float32 array is 1 GiB).
 DEFAULT_MAX_PIXELS = 2**28
-#: The fix an over-limit image gets (``meddx serve`` lowers the limit with --max-megapixels; the
-#: training and prediction commands keep the default, 1 GiB as float32).
-TOO_BIG_FIX = "downsample or crop it first: the limit keeps one image from exhausting memory"
 
 #: Lower-case suffixes ``read_image`` understands (``.nii.gz`` is one suffix here).
 IMAGE_EXTENSIONS = frozenset(

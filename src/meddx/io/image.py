@@ -15,19 +15,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from meddx.errors import CorruptFileError, ImageContentError, MissingCodecError
-from meddx.io.base import ImageData
-from meddx.io.formats import DEFAULT_MAX_PIXELS, TOO_BIG_FIX, check_file, short_reason
+from meddx.io.base import TOO_BIG_FIX, ImageData, too_big
+from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, short_reason
 
 # Pillow raises these (and more) from open()/load() on damaged files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError,
                   KeyError, ZeroDivisionError, MemoryError)
 _GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32B", "LA", "La"}
 _RGB_MODES = {"RGB", "RGBA", "RGBa", "RGBX"}
-
-
-def _too_big(path: Path, n: int, max_pixels: int, what: str) -> ImageContentError:
-    return ImageContentError(f"{what} would decode to {n} pixels x channels, above the limit of {max_pixels}",
-                             path=path, fix=TOO_BIG_FIX)
 
 
 def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
@@ -78,7 +73,7 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
         w, h = im.size
         n = w * h * _channels_upper_bound(im)
         if n > max_pixels:
-            raise _too_big(p, n, max_pixels, f"{w}x{h} image")
+            raise too_big(p, n, max_pixels, f"{w}x{h} image")
         try:
             im.load()
             orientation = im.getexif().get(0x0112, 1)
@@ -170,7 +165,7 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
                     path=p, fix="save each plane as its own file, or the volume as NIfTI")
             n = int(np.prod(shape))
             if n > max_pixels:
-                raise _too_big(p, n, max_pixels, "TIFF image")
+                raise too_big(p, n, max_pixels, "TIFF image")
             arr = series.asarray()
     except ImageContentError:
         raise
@@ -228,7 +223,7 @@ def _read_png16_colour(p: Path, max_pixels: int) -> ImageData:
     n_in = {2: 3, 4: 2, 6: 4}[ctype]
     n_out = 1 if ctype == 4 else 3
     if w * h * n_out > max_pixels:
-        raise _too_big(p, w * h * n_out, max_pixels, f"{w}x{h} PNG")
+        raise too_big(p, w * h * n_out, max_pixels, f"{w}x{h} PNG")
     if interlace:
         raise ImageContentError("interlaced 16-bit colour PNG is not supported", path=p,
                                 fix="re-save it without interlacing, or as a 16-bit TIFF")

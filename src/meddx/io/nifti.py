@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from meddx.errors import CorruptFileError, ImageContentError
-from meddx.io.base import ImageData
-from meddx.io.formats import DEFAULT_MAX_PIXELS, TOO_BIG_FIX, check_file, short_reason
+from meddx.io.base import ImageData, too_big
+from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, short_reason
 
 _FIX_CORRUPT = "the file is probably truncated or damaged; export or download it again"
 
@@ -44,9 +44,7 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     n_fields = len(dtype.names) if dtype.names else 1
     n = int(np.prod(shape, dtype=np.float64)) * n_fields
     if n > max_pixels:
-        raise ImageContentError(f"NIfTI shape {'x'.join(map(str, shape))} would decode to {n} voxels x channels, "
-                                f"above the limit of {max_pixels}", path=p,
-                                fix=TOO_BIG_FIX)
+        raise too_big(p, n, max_pixels, f"NIfTI shape {'x'.join(map(str, shape))}", "voxels")
     # Keep the first 3 axes as space; squeeze singleton axes beyond them (5D vector images are X,Y,Z,1,C).
     spatial = list(shape[:3]) + [1] * (3 - min(3, len(shape)))
     extra = [s for s in shape[3:] if s > 1]

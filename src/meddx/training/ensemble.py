@@ -50,13 +50,10 @@ def kfold_train_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [fit for fit, _ in kfold_splits(y, k, seed)]
 
 
-def probe_indices(plan: Plan, fold_labels: np.ndarray) -> np.ndarray | None:
-    """The training cases an epoch-time probe (R9/S8) should time: a ``kfold`` member trains on
-    (k-1)/k of the training split (the first fold's cases stand for all: the folds differ by at most
-    one case per class), every other member on all of it (``None``)."""
-    if plan.ensemble.kind != "kfold":
-        return None
-    return kfold_train_indices(np.asarray(fold_labels), n_members(plan), plan.seed)[0]
+def member_cases(plan: Plan, n_train: int) -> int:
+    """How many training cases one member trains on, which an epoch-time probe (R9/S8) should time:
+    all of them, or for ``kfold`` all but one fold (the folds differ by a case or so per class)."""
+    return n_train - n_train // n_members(plan) if plan.ensemble.kind == "kfold" else n_train
 
 
 def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fold_labels: np.ndarray, *,

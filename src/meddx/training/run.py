@@ -147,8 +147,9 @@ def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True, split:
         fp = compute_fingerprint(cs, strict=strict, progress=cb, split=split)
     finally:
         stop()
-    for f in fp.get("findings", []) if log is not None else []:
-        log(f"finding: {f}")
+    if log is not None:
+        for f in fp.get("findings", []):
+            log(f"finding: {f}")
     return fp
 
 
@@ -238,7 +239,7 @@ def size_epochs(plan: Plan, out: Path, measure, rule: str, fraction: float) -> N
     plan.train.epochs = epochs
     plan.decisions.append(Decision(field="train.epochs", value=epochs, rule=rule, kind="rule-based",
                                    reads={"time_budget_s": round(given, 3), "probe_s": round(probe_s, 3),
-                                          "training_budget_s": round(plan.train.time_budget_s, 3),
+                                          "training_budget_s": plan.train.time_budget_s,
                                           "measured_epoch_s": round(per_epoch, 3)}))
 
 
@@ -363,7 +364,7 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     """Size the schedule to the budget, train one network or an ensemble, fit the PCA head if the plan
     asks for it; the run's final weights go to ``checkpoints/best.pt``. Returns ``(FitResult, model)``."""
     from meddx.training.checkpoint import save_checkpoint
-    from meddx.training.ensemble import fit_members, n_members, probe_indices
+    from meddx.training.ensemble import fit_members, member_cases, n_members
 
     def make_trainer(p, model, d):
         return Trainer(p, model, d, progress=progress)
@@ -394,9 +395,8 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     deep = plan.model_copy(deep=True)
     deep.train.head = "deep"  # members train with their own linear layer; the PCA head comes after
     probe = make_trainer(deep, build_single_model(deep), out)
-    pidx = probe_indices(plan, ytr.numpy())  # kfold members train on (k-1)/k of the cases
-    xp, yp = (xtr, ytr) if pidx is None else (xtr[torch.from_numpy(pidx)], ytr[torch.from_numpy(pidx)])
-    size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xp, yp, xva.shape[0]) * k, "R9 epochs", 0.97)
+    m = member_cases(plan, xtr.shape[0])  # kfold members train on (k-1)/k of the cases; the probe only draws batches
+    size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xtr[:m], ytr[:m], xva.shape[0]) * k, "R9 epochs", 0.97)
     plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
     deep.train.epochs, deep.train.time_budget_s = plan.train.epochs, plan.train.time_budget_s
 

@@ -133,7 +133,7 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if heatmap and plan.data.spatial_dims != 2:
             raise PlanError("the heatmap detector is 2D only", path=plan_path or cs.source,
                             fix="use segment.detector: components for 3D")
-        from meddx.training.ensemble import fit_members, n_members, probe_indices
+        from meddx.training.ensemble import fit_members, member_cases, n_members
 
         def make_trainer(p, model, d):
             if heatmap:
@@ -144,11 +144,10 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
 
         k = n_members(plan)
         trainer = make_trainer(plan, build_single_model(plan), out)
-        fg = np.array([int(lab.max() > 0) for lab in data["train"].labels])  # folds stratified by "has foreground"
-        pidx = probe_indices(plan, fg)  # kfold members train on (k-1)/k of the cases
+        n, m = len(data["train"]), member_cases(plan, len(data["train"]))  # kfold: (k-1)/k of the cases
         # leave ~8% of the budget for post-processing choice and test evaluation
         size_epochs(plan, out, lambda: trainer.measure_epoch_seconds(
-            data["train"] if pidx is None else data["train"].subset(pidx), data["val"]) * k, "S8 epochs", 0.92)
+            data["train"] if m == n else data["train"].subset(range(m)), data["val"]) * k, "S8 epochs", 0.92)
         plan.save(out / "plan.yaml")
         log(f"training {plan.model.name}{f' x{k} ({plan.ensemble.kind})' if k > 1 else ''} on {len(data['train'])} "
             f"cases ({plan.data.spatial_dims}D, "
@@ -163,7 +162,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
             def fit_member(tr, idx, res):
                 return tr.fit(data["train"] if idx is None else data["train"].subset(idx), data["val"], resume=res)
 
-            model, result = fit_members(plan, out, build_single_model, make_trainer, fit_member, fg,
+            fg = [int(lab.max() > 0) for lab in data["train"].labels]  # folds stratified by "has foreground"
+            model, result = fit_members(plan, out, build_single_model, make_trainer, fit_member, np.array(fg),
                                         resume=resume, log=log)
             model = model.eval()
             from meddx.training.checkpoint import save_checkpoint
