@@ -86,3 +86,26 @@ def test_progress_messages_are_plain_text(capsys):
 
     say("finding: label(s) tumour [/] (0.0010 % of mask voxels)")  # markup would raise MarkupError
     assert "tumour [/] (0.0010 %" in capsys.readouterr().out
+
+
+def test_inspect_does_not_write_a_patient_id_held_in_an_unreadable_files_path(tmp_path):
+    """With a patient column, an unreadable file's path (here PGBM-001/...) gives way to its case id
+    in inspect's output and in the fingerprint JSON: the patient part of a case id is pseudonymised."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,patient_id"]
+    for k in range(12):
+        pid = f"PGBM-{k:03d}"
+        (tmp_path / pid).mkdir()
+        f = tmp_path / pid / "img0.png"
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(f)
+        rows.append(f"{pid}/img0.png,{'ab'[k % 2]},{pid}")
+    (tmp_path / "PGBM-003" / "img0.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    r = meddx("inspect", tmp_path / "m.csv", "--json", tmp_path / "fp.json", "--no-progress", check=False)
+    assert r.returncode == 2 and "unreadable" in r.stdout
+    fp = (tmp_path / "fp.json").read_text()
+    assert "PGBM-003" not in r.stdout + fp
+    assert len(json.loads(fp)["problems"]) == 1

@@ -34,6 +34,17 @@ NOISE_SAMPLE = 200  # cases whose noise level is estimated
 RARE_LABEL_FRACTION = 1e-4  # a mask label on fewer voxels than this share is flagged as possibly stray
 
 
+def _problem_text(e: MeddxError, c) -> str:
+    """The error of an unusable case as written to outputs. With a patient column the case's path may
+    hold the patient identifier (``PGBM-001/img0.png``), so the path gives way to the case id, whose
+    patient part is pseudonymised. (A fatal error on stderr names the file itself: the user must find it.)"""
+    text = str(e)
+    if c.group is not None:
+        for p in sorted({e.path, str(c.path) if c.path is not None else None} - {None}, key=len, reverse=True):
+            text = text.replace(p, c.case_id)
+    return text
+
+
 def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                         progress: Callable[[int], None] | None = None, split: dict[str, str] | None = None) -> dict:
     """Read every case once and summarise the dataset.
@@ -82,7 +93,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         except MeddxError as e:
             if strict:
                 raise
-            problems.append({"case": c.case_id, "error": str(e)})
+            problems.append({"case": c.case_id, "error": _problem_text(e, c)})
             if progress:
                 progress(1)
             continue
