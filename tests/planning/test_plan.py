@@ -108,3 +108,28 @@ def test_a_nested_override_wins_over_its_parent_in_any_order():
         p = apply_overrides(p0, ov)
         assert p.model.params == {"dropout": 0.2, "attention": "se"}
         assert ov["model.params"] == {"dropout": 0.2}  # the caller's dict is not written into
+
+
+@pytest.mark.parametrize("key, value", [("train.mixup", 0.2), ("train.sampler", "weighted"), ("train.loss", "focal"),
+                                        ("train.class_weights", "balanced"), ("train.head", "pca_linear"),
+                                        ("data.learned_denoise", {"epochs": 2}), ("evaluate.tta_flip_axes", [1])])
+def test_a_segmentation_plan_refuses_keys_only_classifiers_read(tmp_path, key, value):
+    """Segmentation's trainer never reads these: a plan that sets them is refused, naming the key,
+    instead of training as if they were not there."""
+    seg = make_plan(_fp(), source="x").model_dump(mode="json")
+    seg.update(task="segment", segment={"label_values": [0, 1], "label_names": ["background", "lesion"]})
+    base = Plan.model_validate(seg)  # the planner's segmentation defaults pass
+    with pytest.raises(PlanError, match=key.replace(".", r"\.")):
+        apply_overrides(base, {key: value})
+    raw = apply_overrides(make_plan(_fp(), source="x"), {key: value}).model_dump(mode="json")
+    raw.update(task="segment", segment=seg["segment"])
+    import yaml
+
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(PlanError, match=f"{key.replace('.', '[.]')}.*only to classification"):
+        Plan.load(tmp_path / "plan.yaml")
+
+
+def test_a_classifier_plan_refuses_a_target_spacing():
+    with pytest.raises(PlanError, match="target_spacing"):
+        apply_overrides(make_plan(_fp(), source="x"), {"data.target_spacing": [1.0, 1.0]})

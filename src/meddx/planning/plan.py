@@ -229,6 +229,30 @@ class Plan(_Strict):
     segment: Optional[SegmentConfig] = None
     decisions: list[Decision] = []
 
+    @model_validator(mode="after")
+    def _keys_the_task_reads(self):
+        """A key the task's trainer never reads is refused, not silently ignored: segmentation and
+        detection have their own loss, class weights, flips and post-processing (``segment``)."""
+        if self.task == "classify":
+            if self.data.target_spacing is not None:
+                raise ValueError("data.target_spacing is read only by segmentation and detection (3D); "
+                                 "set it to null for a classifier")
+            return self
+        t, defaults = self.train, TrainConfig()
+        unread = [k for k in ("loss", "logit_adjust", "label_smoothing", "sampler", "mixup", "cutmix", "head",
+                              "synthetic", "class_weights") if getattr(t, k) != getattr(defaults, k)]
+        unread = [f"train.{k}" for k in unread]
+        if self.data.learned_denoise is not None:
+            unread.append("data.learned_denoise")
+        if self.evaluate.tta_flip_axes:
+            unread.append("evaluate.tta_flip_axes (use segment.tta_flip_axes)")
+        if self.choices:
+            unread.append("choices")
+        if unread:
+            raise ValueError(f"{', '.join(unread)} apply only to classification, not to task '{self.task}': "
+                             f"remove them from the plan")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100)
 
@@ -253,5 +277,8 @@ class Plan(_Strict):
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"])
+            if not loc:  # a check of the whole plan: its message names the fields
+                raise PlanError(err["msg"].removeprefix("Value error, "), path=p,
+                                fix="edit the plan as the message says") from None
             raise PlanError(f"field '{loc}': {err['msg']}", path=p,
                             fix=f"correct '{loc}' ({len(e.errors())} problem(s) in all)") from None

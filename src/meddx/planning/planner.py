@@ -476,5 +476,7 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
+        if not loc:  # a check of the whole plan: its message names the fields
+            raise PlanError(err["msg"].removeprefix("Value error, "), fix="leave those overrides out") from None
         raise PlanError(f"plan field '{loc}': {err['msg']}",
                         fix=f"check the override of '{loc}' (see `meddx plan` for the fields)") from None
