@@ -75,6 +75,9 @@ class AugmentConfig(_Strict):
     elastic: float = Field(default=0.0, ge=0.0)        # smooth random displacement, fraction of the image size
     elastic_grid: int = Field(default=4, ge=2)         # control points per axis of the elastic field
     p: float = Field(default=1.0, ge=0.0, le=1.0)  # chance a sample is augmented at all
+    # write every training batch's drawn parameters (and the cases they were drawn for) to
+    # augment/epoch_NNNN.pt in the run directory; BatchAugment.apply replays them exactly
+    record: bool = False
 
 
 class OptimConfig(_Strict):

@@ -19,7 +19,7 @@ from meddx.losses.classification import LogitAdjusted
 from meddx.planning.plan import Plan
 from meddx.training.loop import FitResult, bn_refresh_seconds, run_epochs, training_layout
 from meddx.training.optim import create_optimizer, create_scheduler
-from meddx.transforms.augment import BatchAugment
+from meddx.transforms.augment import AugmentRecorder, BatchAugment
 
 
 def get_device() -> torch.device:
@@ -121,6 +121,7 @@ class Trainer:
         self.progress = progress
         self.on_epoch = on_epoch
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
+        self.recorder = AugmentRecorder(self.run_dir / "augment") if plan.augment.record else None
         self.loss_fn: nn.Module | None = None  # built from the training labels (``_setup_loss``)
         self._y_train: torch.Tensor | None = None
 
@@ -181,15 +182,23 @@ class Trainer:
         for s in range(self._steps_per_epoch(n)):
             yield perm[s * bs:(s + 1) * bs], g
 
-    def _loss(self, model, xb, yb, gen) -> torch.Tensor:
+    def _loss(self, model, xb, yb, gen, idx=None) -> torch.Tensor:
+        """The batch's loss; ``idx`` (its cases' indices) is given by the epoch loop only, whose
+        batches the recorder (plan ``augment.record``) writes down."""
+        params = None
         if self.augment.active:
-            xb, _ = self.augment(xb, gen)
+            xb, params = self.augment(xb, gen)
         cfg = self.plan.train
         mix = None
         if (cfg.mixup or cfg.cutmix) and float(torch.rand(1, generator=gen)) < cfg.mix_prob:
             use_cut = cfg.cutmix > 0 and (cfg.mixup == 0 or float(torch.rand(1, generator=gen)) < 0.5)
+            state = gen.get_state()  # recorded: replaying cutmix/mixup from it redraws the same box and pairs
             xb, perm, lam = (cutmix if use_cut else mixup)(xb, cfg.cutmix if use_cut else cfg.mixup, gen)
             mix = (perm, lam)
+        if self.recorder is not None and idx is not None:
+            self.recorder.add(idx, params or {}, None if mix is None else
+                              {"kind": "cutmix" if use_cut else "mixup", "perm": mix[0], "lam": float(mix[1]),
+                               "generator_state": state})
         xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
         out = model(xb)
         if mix is None:
@@ -244,8 +253,12 @@ class Trainer:
         n = x_train.shape[0]
 
         def batches(epoch):
+            if self.recorder is not None:
+                self.recorder.discard()  # a batch drawn before (the timing probe) is not part of an epoch
             for idx, gen in self._epoch_batches(n, epoch):
-                yield x_train[idx], y_train[idx], gen
+                yield x_train[idx], y_train[idx], gen, idx
+            if self.recorder is not None:
+                self.recorder.write(epoch)
 
         def validate(model):
             ev = self.plan.evaluate  # flips still to be chosen (R16) are tried after training, not here

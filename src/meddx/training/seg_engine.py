@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from meddx.data.segprep import SegData
 from meddx.losses.segmentation import SegLoss
 from meddx.training.loop import TaskTrainer
-from meddx.transforms.augment import BatchAugment
+from meddx.transforms.augment import AugmentRecorder, BatchAugment
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,6 +76,7 @@ class SegTrainer(TaskTrainer):
                  progress: bool = True):
         super().__init__(plan, model, run_dir, device=device, progress=progress)
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
+        self.recorder = AugmentRecorder(self.run_dir / "augment") if plan.augment.record else None
         self.loss_fn = SegLoss(plan.segment.loss, plan.segment.class_weights).to(self.device)
         self.k = len(plan.segment.label_values)
 
@@ -103,6 +104,8 @@ class SegTrainer(TaskTrainer):
         return img[(slice(None), *sl)], lab[sl]
 
     def batches(self, data: SegData, epoch: int):
+        if self.recorder is not None:
+            self.recorder.discard()  # batches drawn before (the timing probe) are not part of an epoch
         seed = self.plan.seed * 1_000_003 + epoch
         g = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
@@ -120,7 +123,11 @@ class SegTrainer(TaskTrainer):
                 params = self.augment.sample(xb.shape[0], g)
                 xb = self.augment.apply(xb, params)
                 yb = self.augment.apply_labels(yb, params)
+                if self.recorder is not None:  # patch crops (3D) are not recorded: params apply to the crop
+                    self.recorder.add(torch.as_tensor(idx), params)
             yield xb, yb
+        if self.recorder is not None:
+            self.recorder.write(epoch)
 
     def step(self, model: nn.Module, batch) -> torch.Tensor:
         xb, yb = batch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -186,3 +187,45 @@ class BatchAugment:
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params = self.sample(x.shape[0], gen)
         return self.apply(x, params), params
+
+
+class AugmentRecorder:
+    """Records the parameters drawn for each training batch (plan ``augment.record``).
+
+    ``add`` keeps one batch (the indices of its cases in the training tensor, the parameters
+    ``BatchAugment.sample`` drew, and any mixup/cutmix pairing); ``write`` saves the epoch's
+    batches to ``<folder>/epoch_NNNN.pt`` (atomically) and starts the next. Replay a batch with
+    ``BatchAugment.apply(x_train[case_index], params)``; ``load_augment_record`` reads a file back.
+    An epoch cut short (a killed run, the time budget) writes nothing: a resumed run re-draws it.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._batches: list[dict] = []
+
+    def add(self, case_index, params: dict[str, torch.Tensor], mix: dict | None = None) -> None:
+        rec = {"case_index": torch.as_tensor(case_index).detach().cpu().clone(),
+               "params": {k: v.detach().cpu().clone() for k, v in params.items()}}
+        if mix is not None:
+            rec["mix"] = {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v) for k, v in mix.items()}
+        self._batches.append(rec)
+
+    def write(self, epoch: int) -> Path | None:
+        from meddx.io.state import save_state
+
+        batches, self._batches = self._batches, []
+        if not batches:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return save_state({"epoch": int(epoch), "batches": batches}, self.folder / f"epoch_{int(epoch):04d}.pt")
+
+    def discard(self) -> None:
+        """Forget the batches of an epoch that did not finish."""
+        self._batches = []
+
+
+def load_augment_record(path: str | Path) -> dict:
+    """Read one ``augment/epoch_NNNN.pt``: ``{"epoch": e, "batches": [{"case_index", "params"[, "mix"]}]}``."""
+    from meddx.io.state import load_state
+
+    return load_state(path, "augmentation record", "train with augment.record: true to write one")
