@@ -196,7 +196,7 @@ class Trainer:
             xb, perm, lam = (cutmix if use_cut else mixup)(xb, cfg.cutmix if use_cut else cfg.mixup, gen)
             mix = (perm, lam)
         if self.recorder is not None and idx is not None:
-            self.recorder.add(idx, params or {}, None if mix is None else
+            self.recorder.add(idx, self.augment.used_params(params) if params else {}, None if mix is None else
                               {"kind": "cutmix" if use_cut else "mixup", "perm": mix[0], "lam": float(mix[1]),
                                "generator_state": state})
         xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)

@@ -124,7 +124,7 @@ class SegTrainer(TaskTrainer):
                 xb = self.augment.apply(xb, params)
                 yb = self.augment.apply_labels(yb, params)
                 if self.recorder is not None:  # patch crops (3D) are not recorded: params apply to the crop
-                    self.recorder.add(torch.as_tensor(idx), params)
+                    self.recorder.add(torch.as_tensor(idx), self.augment.used_params(params))
             yield xb, yb
         if self.recorder is not None:
             self.recorder.write(epoch)

@@ -184,6 +184,23 @@ class BatchAugment:
             out = F.grid_sample(out.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
         return out[:, 0].to(y.dtype)
 
+    def used_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The part of ``params`` that ``apply`` reads with this configuration (what a record keeps)."""
+        keys = {"apply"}
+        if self.flip_axes:
+            keys.add("flip")
+        if self._spatial:
+            keys |= {"angles", "zoom", "shift"} | ({"elastic"} if self.elastic else set())
+        if self.blur_sigma:
+            keys.add("blur")
+        if self.gamma:
+            keys.add("gamma")
+        if self.contrast or self.brightness:
+            keys |= {"contrast", "brightness"}
+        if self.noise_std:
+            keys.add("noise_seed")
+        return {k: v for k, v in params.items() if k in keys}
+
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params = self.sample(x.shape[0], gen)
         return self.apply(x, params), params
