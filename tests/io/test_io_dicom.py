@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -332,3 +333,34 @@ def test_series_errors(tmp_path, tcia_dir):
         read_dicom_series(tmp_path)
     with pytest.raises(ImageContentError, match="downsample or crop"):
         read_dicom_series(tcia_dir / SERIES[0], max_pixels=24 * 320 * 260 - 1)
+
+
+def test_truncated_slice_in_series_is_named(tcia_dir, tmp_path, assert_one_line_error):
+    files = sorted((tcia_dir / SERIES[0]).iterdir())[:4]
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    cut = tmp_path / files[2].name
+    cut.write_bytes(cut.read_bytes()[:600])  # keeps the SOP class (MR Image Storage), loses Rows and pixels
+    assert "Rows" not in pydicom.dcmread(cut, defer_size="256 KB")
+    with pytest.raises(CorruptFileError) as ei:
+        read_dicom_series(tmp_path)
+    assert "truncated" in assert_one_line_error(ei, cut)
+    with pytest.raises(CorruptFileError) as ei:  # the same file on its own: truncated, not "not an image"
+        read_image(cut)
+    assert "truncated" in assert_one_line_error(ei, cut)
+
+
+def test_series_skips_non_image_objects(tcia_dir, tmp_path):
+    files = sorted((tcia_dir / SERIES[0]).iterdir())[:3]
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    sr = pydicom.Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    sr.SOPInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    sr.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")
+    img = read_dicom_series(tmp_path)
+    assert img.array.shape == (1, 3, 320, 260) and img.meta["skipped_files"] == 2
