@@ -392,7 +392,10 @@ def read_dicom_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
     Single frame: ``(C, H, W)`` with spacing (row, col) or None. Multi-frame:
     ``(C, F, H, W)`` with spacing (frame, row, col); unknown parts are 1.0 and
-    flagged in meta (``frame_spacing_unknown``, ``pixel_spacing_unknown``).
+    flagged in meta (``frame_spacing_unknown``, ``pixel_spacing_unknown``). Frames
+    with distinct per-frame positions are ordered along the slice normal
+    (``meta["sort_key"] == "position"``); otherwise, e.g. cine or multi-phase frames
+    that repeat positions, they keep the file's order (``"frame_order"``).
 
     Raises:
         CorruptFileError: not DICOM, truncated or undecodable.
@@ -423,6 +426,8 @@ def _read_dataset(p: Path, ds, max_pixels: int) -> ImageData:
     meta["slice_thickness"] = g["slice_thickness"]
     ps = g["pixel_spacing"]
     positions = g["positions"]
+    if frames > 1:
+        arr, positions, meta["sort_key"] = _sort_frames(arr, positions, iop, frames)
     origin = positions[0] if positions is not None else None
     if frames == 1:
         thick = g["slice_thickness"] or 1.0
@@ -446,6 +451,22 @@ def _read_dataset(p: Path, ds, max_pixels: int) -> ImageData:
     meta["affine"] = _affine(iop, origin, ps, vec)
     spacing = (float(step),) + ((float(ps[0]), float(ps[1])) if ps is not None else (1.0, 1.0))
     return ImageData(arr, spacing=spacing, meta=meta)
+
+
+def _sort_frames(arr: np.ndarray, positions: np.ndarray | None, iop: np.ndarray | None,
+                 frames: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Order multi-frame frames by position along the slice normal, as a series' slices are.
+
+    Only when every frame has a distinct position: repeated positions (cine, multi-phase)
+    keep the file's frame order, and ``_slice_axis`` flags them as irregular.
+    """
+    if iop is None or positions is None or len(positions) != frames:
+        return arr, positions, "frame_order"
+    proj = positions @ _normal(iop)
+    order = np.argsort(proj, kind="stable")
+    if np.any(np.abs(np.diff(proj[order])) < _POSITION_TOL):
+        return arr, positions, "frame_order"
+    return np.ascontiguousarray(arr[:, order]), positions[order], "position"
 
 
 def _series_candidates(folder: Path) -> tuple[list[Path], int]:
