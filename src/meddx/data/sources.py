@@ -43,10 +43,18 @@ def _medmnist_flag(path: Path) -> str:
 
 
 def open_npz(path: Path) -> CaseSet:
-    """MedMNIST-style npz: ``{train,val,test}_{images,labels}``."""
+    """MedMNIST-style npz: ``{train,val,test}_{images,labels}``.
+
+    An empty val split is allowed (``make_split`` carves one out of train); an empty
+    test split is refused, as a manifest's official split without test rows is.
+    """
     from meddx.io.npz import read_medmnist_npz
 
     splits = read_medmnist_npz(path)
+    if len(splits["test"][0]) == 0:
+        raise DatasetError("the test split is empty; meddx evaluates on the official test split", path=path,
+                           fix="fill test_images and test_labels, or use a manifest without a split column "
+                               "to let meddx split")
     flag = _medmnist_flag(path)
     label_arrays = {s: lab for s, (_, lab) in splits.items()}
     for s, lab in label_arrays.items():
@@ -56,7 +64,7 @@ def open_npz(path: Path) -> CaseSet:
                 path=path,
                 fix="use a single-label MedMNIST file or a manifest with one label column",
             )
-    n_classes = int(max(lab.max() for lab in label_arrays.values())) + 1
+    n_classes = int(max(lab.max() for lab in label_arrays.values() if lab.size)) + 1  # val/test may be empty
     names = MEDMNIST_LABELS.get(flag)
     if names is None or len(names) < n_classes:
         names = [str(i) for i in range(n_classes)]
