@@ -36,3 +36,18 @@ def test_empty_test_split_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError) as ei:
         open_dataset(p)
     assert "test split is empty" in _one_line(ei.value, p)
+
+
+@pytest.mark.parametrize(("trailing", "channels"), [(1, 1), (3, 3), (4, 3)])
+def test_channels_last_npz_is_2d(tmp_path, trailing, channels):
+    p = _npz(tmp_path / f"c{trailing}.npz", shape=(8, 8, trailing))
+    cs = open_dataset(p)
+    img = cs.load(cs.cases[0])
+    assert img.array.shape == (channels, 8, 8)
+    with np.load(p) as z:  # channel k is the file's colour k; an alpha channel is dropped
+        np.testing.assert_array_equal(img.array, np.moveaxis(z["train_images"][0][..., :channels], -1, 0))
+
+
+def test_volume_npz_stays_3d(tmp_path):
+    cs = open_dataset(_npz(tmp_path / "vol.npz", shape=(6, 8, 8)))
+    assert cs.load(cs.cases[0]).array.shape == (1, 6, 8, 8)

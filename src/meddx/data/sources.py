@@ -45,8 +45,11 @@ def _medmnist_flag(path: Path) -> str:
 def open_npz(path: Path) -> CaseSet:
     """MedMNIST-style npz: ``{train,val,test}_{images,labels}``.
 
-    An empty val split is allowed (``make_split`` carves one out of train); an empty
-    test split is refused, as a manifest's official split without test rows is.
+    Images ``(N, H, W)`` or ``(N, H, W, 1)`` are grey 2D, ``(N, H, W, 3)`` RGB and
+    ``(N, H, W, 4)`` RGBA with the alpha dropped; other 4D arrays are volumes
+    ``(N, D, H, W)``. An empty val split is allowed (``make_split`` carves one out of
+    train); an empty test split is refused, as a manifest's official split without
+    test rows is.
     """
     from meddx.io.npz import read_medmnist_npz
 
@@ -69,8 +72,10 @@ def open_npz(path: Path) -> CaseSet:
     if names is None or len(names) < n_classes:
         names = [str(i) for i in range(n_classes)]
     images = {s: img for s, (img, _) in splits.items()}
-    ndim = next(iter(images.values())).ndim
-    is_rgb_2d = ndim == 4 and next(iter(images.values())).shape[-1] == 3
+    first = next(iter(images.values()))
+    # (N, H, W, 1) is grey, (N, H, W, 3) RGB, (N, H, W, 4) RGBA (alpha dropped, as for RGBA PNGs);
+    # any other 4D array is a batch of volumes (N, D, H, W).
+    channels_last = first.ndim == 4 and first.shape[-1] in (1, 3, 4)
     cases: list[Case] = []
     for s in ("train", "val", "test"):
         lab = label_arrays[s]
@@ -78,8 +83,8 @@ def open_npz(path: Path) -> CaseSet:
 
     def load(case: Case) -> ImageData:
         arr = images[case.split][case.index]
-        if is_rgb_2d:
-            arr = np.moveaxis(arr, -1, 0)
+        if channels_last:
+            arr = np.moveaxis(arr[..., :3], -1, 0)
         else:
             arr = arr[None]
         return ImageData(arr.astype(np.float32), spacing=None, meta={"format": "npz"})
