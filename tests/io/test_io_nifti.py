@@ -89,3 +89,17 @@ def test_truncated_nifti(tmp_path, data_dir, assert_one_line_error):
         with pytest.raises(CorruptFileError) as ei:
             read_image(p)
         assert_one_line_error(ei, p)
+
+
+def test_rgb24(tmp_path, assert_one_line_error):
+    rgb = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+    a = np.zeros((4, 5, 6, 2), rgb)
+    a["R"], a["G"], a["B"] = 7, 8, 9
+    nib.save(nib.Nifti1Image(a[..., 0], np.eye(4)), tmp_path / "rgb.nii")
+    img = read_image(tmp_path / "rgb.nii")
+    assert img.array.shape == (3, 4, 5, 6) and img.meta["source_dtype"] == "rgb"
+    assert img.array[:, 0, 0, 0].tolist() == [7, 8, 9]
+    nib.save(nib.Nifti1Image(a, np.eye(4)), tmp_path / "rgb4d.nii")
+    with pytest.raises(ImageContentError) as ei:
+        read_image(tmp_path / "rgb4d.nii")
+    assert "RGB" in assert_one_line_error(ei, tmp_path / "rgb4d.nii")

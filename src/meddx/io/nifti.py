@@ -24,7 +24,7 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     Raises:
         CorruptFileError: not NIfTI, bad gzip, truncated data.
         ImageContentError: too many voxels (checked from the header before loading),
-            or more than 4 meaningful dimensions.
+            more than 4 meaningful dimensions, or RGB voxels with a 4th dimension.
     """
     import nibabel as nib
 
@@ -51,6 +51,10 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if len(extra) > 1:
         raise ImageContentError(f"NIfTI has {len(shape)} dimensions {shape}; meddx reads 3D or 3D+channels",
                                 path=p, fix="split the extra dimensions into separate files")
+    if dtype.names and extra:  # RGB voxels already are the channels: a 4th axis would be a second one
+        raise ImageContentError(f"NIfTI holds RGB voxels with a further {extra[0]}-long dimension {shape}; meddx "
+                                "reads one RGB volume per file", path=p,
+                                fix="save each volume of the 4th dimension as its own file")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
