@@ -55,3 +55,16 @@ def test_too_few_cases_is_a_clear_error():
     cs = _cs([0, 1, 0, 1])
     with pytest.raises(DatasetError, match="split is empty"):
         apply_split(cs, make_split(cs, seed=0))
+
+
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_few_cases_per_class_still_reach_every_split(n):
+    labels = [0] * n + [1] * n
+    cs = _cs(labels)
+    for seed in range(5):
+        split = make_split(cs, seed=seed)
+        assert split == make_split(cs, seed=seed)
+        for s in ("train", "val", "test"):
+            assert sorted({labels[i] for i, c in enumerate(cs.cases) if split[c.case_id] == s}) == [0, 1], (n, s)
+        parts = apply_split(cs, split)
+        assert len(parts["train"]) == 2 * (n - 2)

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -332,3 +333,81 @@ def test_series_errors(tmp_path, tcia_dir):
         read_dicom_series(tmp_path)
     with pytest.raises(ImageContentError, match="downsample or crop"):
         read_dicom_series(tcia_dir / SERIES[0], max_pixels=24 * 320 * 260 - 1)
+
+
+def test_truncated_slice_in_series_is_named(tcia_dir, tmp_path, assert_one_line_error):
+    files = sorted((tcia_dir / SERIES[0]).iterdir())[:4]
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    cut = tmp_path / files[2].name
+    cut.write_bytes(cut.read_bytes()[:600])  # keeps the SOP class (MR Image Storage), loses Rows and pixels
+    assert "Rows" not in pydicom.dcmread(cut, defer_size="256 KB")
+    with pytest.raises(CorruptFileError) as ei:
+        read_dicom_series(tmp_path)
+    assert "truncated" in assert_one_line_error(ei, cut)
+    with pytest.raises(CorruptFileError) as ei:  # the same file on its own: truncated, not "not an image"
+        read_image(cut)
+    assert "truncated" in assert_one_line_error(ei, cut)
+
+
+def test_series_skips_non_image_objects(tcia_dir, tmp_path):
+    files = sorted((tcia_dir / SERIES[0]).iterdir())[:3]
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    sr = pydicom.Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    sr.SOPInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    sr.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")
+    img = read_dicom_series(tmp_path)
+    assert img.array.shape == (1, 3, 320, 260) and img.meta["skipped_files"] == 2
+
+
+def _enhanced_ct(path, z_positions):
+    """A tiny enhanced (multi-frame) CT whose frame k is filled with k, at per-frame z_positions[k]."""
+    from pydicom.sequence import Sequence
+
+    n = len(z_positions)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 4, 5, n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.arange(n, dtype=np.uint16)[:, None, None] * np.ones((1, 4, 5), np.uint16)).tobytes()
+    orient, measures, shared = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    orient.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 1.0
+    shared.PlaneOrientationSequence, shared.PixelMeasuresSequence = Sequence([orient]), Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for z in z_positions:
+        pos, group = pydicom.Dataset(), pydicom.Dataset()
+        pos.ImagePositionPatient = [0.0, 0.0, float(z)]
+        group.PlanePositionSequence = Sequence([pos])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_multiframe_frames_sorted_by_position(tmp_path):
+    img = read_dicom_file(_enhanced_ct(tmp_path / "mf.dcm", [10.0, 12.0, 11.0, 13.0]))
+    assert img.spacing == pytest.approx((1.0, 0.5, 0.5))
+    assert img.meta["sort_key"] == "position" and img.meta["irregular_slices"] is False
+    assert [int(img.array[0, k, 0, 0]) for k in range(4)] == [0, 2, 1, 3]  # frames in z order
+    a = np.array(img.meta["affine"])
+    np.testing.assert_allclose(a[:3, 3], [0, 0, 10.0])
+    np.testing.assert_allclose(a[:3, 0], [0, 0, 1.0])
+
+
+def test_multiframe_repeated_positions_keep_file_order(tmp_path):
+    img = read_dicom_file(_enhanced_ct(tmp_path / "cine.dcm", [10.0, 11.0, 10.0, 11.0]))  # two phases
+    assert img.meta["sort_key"] == "frame_order" and img.meta["irregular_slices"] is True
+    assert [int(img.array[0, k, 0, 0]) for k in range(4)] == [0, 1, 2, 3]

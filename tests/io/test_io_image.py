@@ -121,6 +121,19 @@ def test_16bit_rgb_tiff_is_not_truncated(tmp_path):
     assert img.meta["source_dtype"] == "uint16"
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16bit_rgb_tiff_orientation_as_8bit(tmp_path, orientation):
+    a = RNG.integers(0, 256, (10, 12, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb16.tif", a.astype(np.uint16), photometric="rgb",
+                     extratags=[(274, "H", 1, orientation, True)])
+    tifffile.imwrite(tmp_path / "rgb8.tif", a, photometric="rgb", extratags=[(274, "H", 1, orientation, True)])
+    eight, sixteen = read_image(tmp_path / "rgb8.tif"), read_image(tmp_path / "rgb16.tif")
+    assert sixteen.meta["mode"].startswith("tifffile") and not eight.meta["mode"].startswith("tifffile")
+    assert sixteen.array.shape == ((3, 12, 10) if orientation >= 5 else (3, 10, 12))
+    np.testing.assert_array_equal(sixteen.array, eight.array)
+    assert sixteen.meta.get("exif_orientation", 1) == orientation  # Pillow rotates 8-bit TIFFs as it loads them
+
+
 def test_float_and_16bit_grey_tiff(tmp_path):
     f = RNG.normal(size=(7, 5)).astype(np.float32)
     tifffile.imwrite(tmp_path / "f.tiff", f)

@@ -90,3 +90,11 @@ def test_header_problems(images, text, needle, assert_one_line_error):
 def test_missing_manifest(tmp_path):
     with pytest.raises(DatasetError, match="absent.csv"):
         read_manifest(tmp_path / "absent.csv")
+
+
+def test_overlong_field_names_the_line(images, assert_one_line_error):
+    csv = _write(images / "m.csv", "path,label\nimg/a.png,x\n\nimg/b.png," + "y" * 200_000 + "\nimg/c.png,z\n")
+    with pytest.raises(DatasetError) as ei:
+        read_manifest(csv)
+    msg = assert_one_line_error(ei, csv)
+    assert "line 4" in msg and "field limit" in msg

@@ -89,3 +89,35 @@ def test_truncated_nifti(tmp_path, data_dir, assert_one_line_error):
         with pytest.raises(CorruptFileError) as ei:
             read_image(p)
         assert_one_line_error(ei, p)
+
+
+def test_rgb24(tmp_path, assert_one_line_error):
+    rgb = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+    a = np.zeros((4, 5, 6, 2), rgb)
+    a["R"], a["G"], a["B"] = 7, 8, 9
+    nib.save(nib.Nifti1Image(a[..., 0], np.eye(4)), tmp_path / "rgb.nii")
+    img = read_image(tmp_path / "rgb.nii")
+    assert img.array.shape == (3, 4, 5, 6) and img.meta["source_dtype"] == "rgb"
+    assert img.array[:, 0, 0, 0].tolist() == [7, 8, 9]
+    nib.save(nib.Nifti1Image(a, np.eye(4)), tmp_path / "rgb4d.nii")
+    with pytest.raises(ImageContentError) as ei:
+        read_image(tmp_path / "rgb4d.nii")
+    assert "RGB" in assert_one_line_error(ei, tmp_path / "rgb4d.nii")
+
+
+@pytest.mark.parametrize(("unit", "zoom", "mm"), [("micron", 500.0, 0.5), ("meter", 0.002, 2.0), ("mm", 0.5, 0.5),
+                                                  ("unknown", 3.0, 3.0)])
+def test_spacing_converted_to_mm(tmp_path, unit, zoom, mm):
+    img = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), np.diag([zoom, zoom, 2 * zoom, 1.0]))
+    img.header.set_xyzt_units(xyz=unit)
+    nib.save(img, tmp_path / "u.nii")
+    out = read_image(tmp_path / "u.nii")
+    assert out.spacing == pytest.approx((mm, mm, 2 * mm)) and out.meta["spatial_unit"] == unit
+
+
+def test_invalid_unit_code_read_as_is(tmp_path):
+    img = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), np.diag([0.7, 0.7, 0.7, 1.0]))
+    img.header["xyzt_units"] = 7  # not a NIfTI unit code
+    nib.save(img, tmp_path / "odd.nii")
+    out = read_image(tmp_path / "odd.nii")
+    assert out.spacing == pytest.approx((0.7, 0.7, 0.7)) and out.meta["spatial_unit"] == "unknown"

@@ -103,3 +103,12 @@ def test_single_npy_refused(tmp_path):
         np.save(fh, np.zeros(3))
     with pytest.raises(InputError, match="one.npz"):
         read_medmnist_npz(p)
+
+
+def test_negative_labels_refused(tmp_path, assert_one_line_error):
+    arrays = _valid()
+    arrays["val_labels"] = np.array([[0], [-1]])
+    p = _save(tmp_path / "unlabelled.npz", **arrays)
+    with pytest.raises(InputError) as ei:
+        read_medmnist_npz(p)
+    assert "val_labels" in assert_one_line_error(ei, p)

@@ -43,10 +43,21 @@ def _medmnist_flag(path: Path) -> str:
 
 
 def open_npz(path: Path) -> CaseSet:
-    """MedMNIST-style npz: ``{train,val,test}_{images,labels}``."""
+    """MedMNIST-style npz: ``{train,val,test}_{images,labels}``.
+
+    Images ``(N, H, W)`` or ``(N, H, W, 1)`` are grey 2D, ``(N, H, W, 3)`` RGB and
+    ``(N, H, W, 4)`` RGBA with the alpha dropped; other 4D arrays are volumes
+    ``(N, D, H, W)``. An empty val split is allowed (``make_split`` carves one out of
+    train); an empty test split is refused, as a manifest's official split without
+    test rows is.
+    """
     from meddx.io.npz import read_medmnist_npz
 
     splits = read_medmnist_npz(path)
+    if len(splits["test"][0]) == 0:
+        raise DatasetError("the test split is empty; meddx evaluates on the official test split", path=path,
+                           fix="fill test_images and test_labels, or use a manifest without a split column "
+                               "to let meddx split")
     flag = _medmnist_flag(path)
     label_arrays = {s: lab for s, (_, lab) in splits.items()}
     for s, lab in label_arrays.items():
@@ -56,13 +67,15 @@ def open_npz(path: Path) -> CaseSet:
                 path=path,
                 fix="use a single-label MedMNIST file or a manifest with one label column",
             )
-    n_classes = int(max(lab.max() for lab in label_arrays.values())) + 1
+    n_classes = int(max(lab.max() for lab in label_arrays.values() if lab.size)) + 1  # val/test may be empty
     names = MEDMNIST_LABELS.get(flag)
     if names is None or len(names) < n_classes:
         names = [str(i) for i in range(n_classes)]
     images = {s: img for s, (img, _) in splits.items()}
-    ndim = next(iter(images.values())).ndim
-    is_rgb_2d = ndim == 4 and next(iter(images.values())).shape[-1] == 3
+    first = next(iter(images.values()))
+    # (N, H, W, 1) is grey, (N, H, W, 3) RGB, (N, H, W, 4) RGBA (alpha dropped, as for RGBA PNGs);
+    # any other 4D array is a batch of volumes (N, D, H, W).
+    channels_last = first.ndim == 4 and first.shape[-1] in (1, 3, 4)
     cases: list[Case] = []
     for s in ("train", "val", "test"):
         lab = label_arrays[s]
@@ -70,8 +83,8 @@ def open_npz(path: Path) -> CaseSet:
 
     def load(case: Case) -> ImageData:
         arr = images[case.split][case.index]
-        if is_rgb_2d:
-            arr = np.moveaxis(arr, -1, 0)
+        if channels_last:
+            arr = np.moveaxis(arr[..., :3], -1, 0)
         else:
             arr = arr[None]
         return ImageData(arr.astype(np.float32), spacing=None, meta={"format": "npz"})

@@ -16,7 +16,10 @@ def _assign_groups(keys: list[str], labels: np.ndarray, fractions: tuple[float, 
     """Assign whole groups to splits, greedily keeping each class near its target share.
 
     Groups are shuffled, then placed largest-first into the split whose per-class deficit
-    (target minus current count) is largest for that group's label mix.
+    (target minus current count) is largest for that group's label mix. Once a class has
+    only as many groups left as there are splits (with a share) still lacking it, those
+    groups go to the lacking splits: a class with 3 cases reaches train, val and test.
+    This changes nothing where the greedy choice would have reached every split anyway.
     """
     uniq = sorted(set(keys))
     rng.shuffle(uniq)
@@ -29,11 +32,18 @@ def _assign_groups(keys: list[str], labels: np.ndarray, fractions: tuple[float, 
     total = comp.sum(0)
     target = np.outer(np.array(fractions), total)  # (3, n_cls)
     current = np.zeros_like(target)
+    left = (comp > 0).sum(0)  # groups not yet placed, per class
     out: dict[str, str] = {}
     for gi in order:
         deficit = ((target - current) * comp[gi]).sum(1) / max(comp[gi].sum(), 1)
+        lacking = (target > 0) & (current == 0)  # (3, n_cls): splits that still lack a class
+        bound = (comp[gi] > 0) & (left > 0) & (left == lacking.sum(0))
+        if bound.any():
+            # the rule ignores val's small share, which loses every close call to train or test
+            deficit = np.where(lacking[:, bound].any(1), deficit, -np.inf)
         s = int(np.argmax(deficit))
         current[s] += comp[gi]
+        left -= comp[gi] > 0
         out[uniq[gi]] = SPLITS[s]
     return out
 
@@ -76,7 +86,8 @@ def apply_split(cs: CaseSet, split: dict[str, str]) -> dict[str, list[Case]]:
         if not parts[s]:
             raise DatasetError(
                 f"the {s} split is empty ({len(cs.cases)} cases in all)", path=cs.source,
-                fix="add cases: each class needs at least 3 for a train/val/test split",
+                fix="add cases: each class needs at least 3 (patients, when cases are grouped) for a "
+                    "train/val/test split",
             )
     train_counts = cs.class_counts(parts["train"])
     missing = [n for n, c in train_counts.items() if c == 0]

@@ -76,12 +76,26 @@ def _has_pixels(ds) -> bool:
     return any(k in ds for k in _PIXEL_KEYWORDS)
 
 
+def _sop_class(ds):
+    """The SOP class UID, from the dataset or else the file meta (a DICOMDIR has it only there)."""
+    sop = ds.get("SOPClassUID")
+    if sop is None:
+        sop = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return sop
+
+
+def _is_image_header(ds) -> bool:
+    """True if the header announces an image: Rows, an image storage SOP class, or no SOP class at all."""
+    sop = _sop_class(ds)
+    return "Rows" in ds or sop is None or "Image Storage" in (_uid_name(sop) or "")
+
+
 def _no_pixels_error(p: Path, ds) -> InputError:
-    if "Rows" in ds or "SOPClassUID" not in ds:
+    if _is_image_header(ds):
         # An image header without pixels, or a header cut short: the file is truncated.
         return CorruptFileError("DICOM file ends before its pixel data (truncated?)", path=p,
                                 fix="copy or export the file again")
-    sop = _uid_name(ds.get("SOPClassUID")) or "unknown SOP class"
+    sop = _uid_name(_sop_class(ds)) or "unknown SOP class"
     return InputError(f"DICOM object has no pixel data ({sop}, modality {ds.get('Modality', '?')})",
                       path=p, fix="point at a DICOM image file, not a report, presentation state or DICOMDIR")
 
@@ -378,7 +392,10 @@ def read_dicom_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
     Single frame: ``(C, H, W)`` with spacing (row, col) or None. Multi-frame:
     ``(C, F, H, W)`` with spacing (frame, row, col); unknown parts are 1.0 and
-    flagged in meta (``frame_spacing_unknown``, ``pixel_spacing_unknown``).
+    flagged in meta (``frame_spacing_unknown``, ``pixel_spacing_unknown``). Frames
+    with distinct per-frame positions are ordered along the slice normal
+    (``meta["sort_key"] == "position"``); otherwise, e.g. cine or multi-phase frames
+    that repeat positions, they keep the file's order (``"frame_order"``).
 
     Raises:
         CorruptFileError: not DICOM, truncated or undecodable.
@@ -409,6 +426,8 @@ def _read_dataset(p: Path, ds, max_pixels: int) -> ImageData:
     meta["slice_thickness"] = g["slice_thickness"]
     ps = g["pixel_spacing"]
     positions = g["positions"]
+    if frames > 1:
+        arr, positions, meta["sort_key"] = _sort_frames(arr, positions, iop, frames)
     origin = positions[0] if positions is not None else None
     if frames == 1:
         thick = g["slice_thickness"] or 1.0
@@ -432,6 +451,22 @@ def _read_dataset(p: Path, ds, max_pixels: int) -> ImageData:
     meta["affine"] = _affine(iop, origin, ps, vec)
     spacing = (float(step),) + ((float(ps[0]), float(ps[1])) if ps is not None else (1.0, 1.0))
     return ImageData(arr, spacing=spacing, meta=meta)
+
+
+def _sort_frames(arr: np.ndarray, positions: np.ndarray | None, iop: np.ndarray | None,
+                 frames: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Order multi-frame frames by position along the slice normal, as a series' slices are.
+
+    Only when every frame has a distinct position: repeated positions (cine, multi-phase)
+    keep the file's frame order, and ``_slice_axis`` flags them as irregular.
+    """
+    if iop is None or positions is None or len(positions) != frames:
+        return arr, positions, "frame_order"
+    proj = positions @ _normal(iop)
+    order = np.argsort(proj, kind="stable")
+    if np.any(np.abs(np.diff(proj[order])) < _POSITION_TOL):
+        return arr, positions, "frame_order"
+    return np.ascontiguousarray(arr[:, order]), positions[order], "position"
 
 
 def _series_candidates(folder: Path) -> tuple[list[Path], int]:
@@ -458,12 +493,14 @@ def read_dicom_series(folder: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXEL
 
     Slices are ordered by their position along the slice normal (else InstanceNumber,
     else file name). Spacing is (median slice step, row, col). Hidden and non-DICOM
-    files are skipped (counted in ``meta["skipped_files"]``).
+    files, and DICOM objects that are not images (reports, presentation states,
+    DICOMDIR), are skipped (counted in ``meta["skipped_files"]``).
 
     Raises:
         DatasetError: no DICOM images, several series, mismatched slice sizes or
             orientations, or slices sharing one position.
-        CorruptFileError / MissingCodecError: a slice cannot be decoded (the file is named).
+        CorruptFileError / MissingCodecError: a slice cannot be decoded, or an image file
+            ends before its pixel data (the file is named).
     """
     d = Path(folder)
     if not d.is_dir():
@@ -474,8 +511,10 @@ def read_dicom_series(folder: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXEL
         ds = _dcmread(f, allow_force=path_suffix(f) in (".dcm", ".dicom"))
         if _has_pixels(ds):
             images.append((f, ds))
+        elif _is_image_header(ds):
+            raise _no_pixels_error(f, ds)  # a truncated slice: dropping it would leave a silent gap
         else:
-            no_pixels += 1
+            no_pixels += 1  # a report, presentation state, DICOMDIR ... beside the images
     if not images:
         raise DatasetError(f"no DICOM images in this folder ({len(files)} DICOM files without pixel data, "
                            f"{skipped} other files)", path=d, fix="point at a folder that holds DICOM image files")

@@ -158,6 +158,11 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
             axes, shape = series.axes, tuple(int(s) for s in series.shape)
             page = tif.pages[0]
             photometric = getattr(getattr(page, "photometric", None), "name", str(getattr(page, "photometric", "")))
+            tag = page.tags.get(274)  # Orientation, as Pillow's route honours it
+            try:
+                orientation = int(tag.value) if tag is not None else 1
+            except (TypeError, ValueError):
+                orientation = 1
             keep = [(ax, s) for ax, s in zip(axes, shape) if s > 1 or ax in "YX"]
             if any(ax not in "YXS" for ax, _ in keep):
                 raise ImageContentError(
@@ -190,7 +195,21 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
     elif n_ch >= 3:
         arr = arr[:3]
     meta = {"format": "tiff", "mode": f"tifffile:{photometric.lower()}", "source_dtype": arr.dtype.name}
+    if orientation in range(2, 9):
+        arr = _orient(arr, orientation)
+        meta["exif_orientation"] = orientation
     return ImageData(np.ascontiguousarray(arr).astype(np.float32), spacing=None, meta=meta)
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply a TIFF/EXIF Orientation (2-8) to ``(C, H, W)`` as ``ImageOps.exif_transpose`` does."""
+    if orientation in (5, 6, 7, 8):
+        arr = np.swapaxes(arr, 1, 2)  # 5: transpose; 6, 7, 8 are a transpose then a flip
+    if orientation in (2, 3, 6, 7):
+        arr = arr[:, :, ::-1]
+    if orientation in (3, 4, 7, 8):
+        arr = arr[:, ::-1, :]
+    return arr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,8 +60,9 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True,
             every row names one or more masks, separated by ``;``.
 
     Raises:
-        DatasetError: missing/unreadable file, no header, missing columns, empty path or
-            label, bad split, no rows, or listed files that do not exist.
+        DatasetError: missing/unreadable file, no header, a line the CSV parser rejects
+            (e.g. a field over its size limit), missing columns, empty path or label, bad
+            split, no rows, or listed files that do not exist.
     """
     p = Path(csv_path)
     if not p.is_file():
@@ -77,7 +78,15 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True,
     reader = csv.reader(lines, delimiter=delimiter)
     header: list[str | None] | None = None
     rows: list[ManifestRow] = []
-    for cells in reader:
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. "field larger than field limit (131072)"
+            raise DatasetError(f"line {start} cannot be read as CSV ({e})", path=p,
+                               fix="look for an unclosed quote or an overlong value on that line") from e
         line = reader.line_num
         if not any(c.strip() for c in cells):
             continue

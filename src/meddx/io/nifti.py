@@ -11,6 +11,7 @@ from meddx.io.base import ImageData, too_big
 from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, short_reason
 
 _FIX_CORRUPT = "the file is probably truncated or damaged; export or download it again"
+_UNITS = {1: ("meter", 1000.0), 2: ("mm", 1.0), 3: ("micron", 1e-3)}  # xyzt_units bits 0-2 -> name, mm per unit
 
 
 def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
@@ -18,13 +19,15 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
     3D ``(X, Y, Z)`` -> ``(1, X, Y, Z)``; 4D ``(X, Y, Z, T)`` -> ``(T, X, Y, Z)`` (the
     4th axis becomes channels); a single slice (Z = 1, or 2D) -> ``(C, X, Y)``.
-    ``spacing`` holds the zooms of the spatial axes kept; values have the header's
-    scl_slope/scl_inter applied.
+    ``spacing`` holds the zooms of the spatial axes kept, converted to mm from the
+    header's spatial unit (meter, mm, micron; an unknown unit is taken as mm, i.e. as
+    is). ``meta["spatial_unit"]`` records that unit; ``meta["affine"]`` stays as
+    stored, in it. Values have the header's scl_slope/scl_inter applied.
 
     Raises:
         CorruptFileError: not NIfTI, bad gzip, truncated data.
         ImageContentError: too many voxels (checked from the header before loading),
-            or more than 4 meaningful dimensions.
+            more than 4 meaningful dimensions, or RGB voxels with a 4th dimension.
     """
     import nibabel as nib
 
@@ -51,6 +54,10 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if len(extra) > 1:
         raise ImageContentError(f"NIfTI has {len(shape)} dimensions {shape}; meddx reads 3D or 3D+channels",
                                 path=p, fix="split the extra dimensions into separate files")
+    if dtype.names and extra:  # RGB voxels already are the channels: a 4th axis would be a second one
+        raise ImageContentError(f"NIfTI holds RGB voxels with a further {extra[0]}-long dimension {shape}; meddx "
+                                "reads one RGB volume per file", path=p,
+                                fix="save each volume of the 4th dimension as its own file")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
@@ -62,7 +69,8 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     n_ch = extra[0] if extra else 1
     data = data.reshape(spatial + [n_ch])
     arr = np.moveaxis(data, -1, 0).astype(np.float32)
-    zooms = [float(z) for z in hdr.get_zooms()[:3]] + [1.0] * (3 - min(3, len(shape)))
+    unit, to_mm = _spatial_unit(hdr)
+    zooms = [float(z) * to_mm for z in hdr.get_zooms()[:3]] + [1.0] * (3 - min(3, len(shape)))
     if spatial[2] == 1:
         arr = arr[..., 0]
         spacing = tuple(zooms[:2])
@@ -80,7 +88,17 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         "axcodes": axcodes,
         "source_dtype": (dtype.name if not dtype.names else "rgb"),
         "shape": list(shape),
+        "spatial_unit": unit,
     }
     if n_ch > 1 and not dtype.names:
         meta["channel_axis"] = "dim4" if len(shape) == 4 else f"dim{shape.index(n_ch, 3) + 1}"
     return ImageData(np.ascontiguousarray(arr), spacing=spacing, meta=meta)
+
+
+def _spatial_unit(hdr) -> tuple[str, float]:
+    """The header's spatial unit and its size in mm; an unset or invalid code is "unknown" (1.0)."""
+    try:
+        code = int(hdr["xyzt_units"]) & 0x07
+    except (KeyError, TypeError, ValueError):
+        code = 0
+    return _UNITS.get(code, ("unknown", 1.0))

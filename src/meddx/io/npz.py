@@ -25,7 +25,8 @@ def read_medmnist_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
 
     Raises:
         CorruptFileError: not a zip/npz, or a damaged member.
-        InputError: missing arrays, pickled objects, mismatched lengths, non-integer labels.
+        InputError: missing arrays, pickled objects, mismatched lengths, non-integer or
+            negative labels.
     """
     p = check_file(path)
     try:
@@ -86,4 +87,8 @@ def _check_labels(p: Path, split: str, labels: np.ndarray, n: int) -> np.ndarray
         raise InputError(f"{split} has {n} images but {len(labels)} labels", path=p, fix=_FIX_FORMAT)
     if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
         raise InputError(f"{split}_labels holds non-integer values", path=p, fix=_FIX_FORMAT)
+    if labels.size and labels.min() < 0:
+        # a -1 "unlabelled" marker would silently fall out of every class count
+        raise InputError(f"{split}_labels holds negative values (min {int(labels.min())}); labels are class "
+                         "indices 0, 1, 2, ...", path=p, fix="drop the unlabelled cases or renumber the classes from 0")
     return labels.astype(np.int64)

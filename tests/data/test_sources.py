@@ -1,0 +1,53 @@
+"""Opening generated MedMNIST-style npz files: edge cases the official files do not have."""
+
+import numpy as np
+import pytest
+
+from meddx.data.sources import open_dataset
+from meddx.data.split import apply_split, make_split
+from meddx.errors import DatasetError
+
+
+def _npz(path, n=(20, 6, 6), shape=(8, 8)):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s, k in zip(("train", "val", "test"), n):
+        arrays[f"{s}_images"] = rng.integers(0, 255, (k, *shape), dtype=np.uint8)
+        arrays[f"{s}_labels"] = (np.arange(k) % 2).reshape(k, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def _one_line(err, path):
+    msg = str(err)
+    assert path.name in msg and "Fix:" in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_empty_val_split_is_carved_from_train(tmp_path):
+    cs = open_dataset(_npz(tmp_path / "emptyval.npz", n=(20, 0, 6)))
+    assert cs.num_classes == 2 and len(cs.subset("val")) == 0
+    parts = apply_split(cs, make_split(cs, seed=0))
+    assert len(parts["val"]) > 0 and len(parts["test"]) == 6
+
+
+def test_empty_test_split_is_a_clear_error(tmp_path):
+    p = _npz(tmp_path / "emptytest.npz", n=(20, 6, 0))
+    with pytest.raises(DatasetError) as ei:
+        open_dataset(p)
+    assert "test split is empty" in _one_line(ei.value, p)
+
+
+@pytest.mark.parametrize(("trailing", "channels"), [(1, 1), (3, 3), (4, 3)])
+def test_channels_last_npz_is_2d(tmp_path, trailing, channels):
+    p = _npz(tmp_path / f"c{trailing}.npz", shape=(8, 8, trailing))
+    cs = open_dataset(p)
+    img = cs.load(cs.cases[0])
+    assert img.array.shape == (channels, 8, 8)
+    with np.load(p) as z:  # channel k is the file's colour k; an alpha channel is dropped
+        np.testing.assert_array_equal(img.array, np.moveaxis(z["train_images"][0][..., :channels], -1, 0))
+
+
+def test_volume_npz_stays_3d(tmp_path):
+    cs = open_dataset(_npz(tmp_path / "vol.npz", shape=(6, 8, 8)))
+    assert cs.load(cs.cases[0]).array.shape == (1, 6, 8, 8)
