@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Pseudonyms are keyed (data/case.py): the tests use a fixed key, so they neither read nor make
+# the user's ~/.config/meddx/pseudonym.key (the CLI subprocesses inherit it).
+os.environ.setdefault("MEDDX_PSEUDONYM_KEY", "meddx-tests-not-a-secret")
 
 from meddx_testutils import data_dir, write_png
 

@@ -68,3 +68,53 @@ def test_few_cases_per_class_still_reach_every_split(n):
             assert sorted({labels[i] for i, c in enumerate(cs.cases) if split[c.case_id] == s}) == [0, 1], (n, s)
         parts = apply_split(cs, split)
         assert len(parts["train"]) == 2 * (n - 2)
+
+
+def test_pseudonyms_are_keyed_and_the_split_does_not_depend_on_the_key(tmp_path, monkeypatch):
+    """A patient id is pseudonymised with a secret key (an unkeyed hash of a 7-digit id is reversed
+    by trying all 10^7 in seconds); the key is made once per user (mode 600) or taken from
+    MEDDX_PSEUDONYM_KEY, and the seeded split is the same whatever the key."""
+    import hashlib
+    import stat
+
+    from meddx.data import case
+
+    monkeypatch.delenv("MEDDX_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    a = pseudonymise("1234567")
+    key_file = tmp_path / "cfg" / "meddx" / "pseudonym.key"
+    assert key_file.exists() and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_text().strip()) == 64 and pseudonymise("1234567") == a  # made once, then read
+    assert a != hashlib.sha256(b"meddx:1234567").hexdigest()[:12]  # not the old unkeyed hash
+    monkeypatch.setenv("MEDDX_PSEUDONYM_KEY", "another site")
+    assert pseudonymise("1234567") != a
+
+    def dataset():
+        cases = [Case(case_id=f"p{i // 4}/{i}.png", label=(i // 4) % 2, group=pseudonymise(f"p{i // 4}"),
+                      split_key=case.split_order_key(f"p{i // 4}")) for i in range(200)]
+        return CaseSet(name="t", source="t", kind="manifest", class_names=["a", "b"], cases=cases,
+                       official_split=False, loader=lambda c: None)
+
+    by_patient = {}
+    for key in ("site one", "site two"):
+        monkeypatch.setenv("MEDDX_PSEUDONYM_KEY", key)
+        split = make_split(dataset(), seed=0)
+        by_patient[key] = {cid.split("/")[1]: s for cid, s in split.items()}
+    assert by_patient["site one"] == by_patient["site two"]
+
+
+def test_a_run_made_with_another_key_says_so(tmp_path, monkeypatch):
+    import json
+
+    from meddx.data.split import read_split
+    from meddx.errors import RunError
+
+    (tmp_path / "split.csv").write_text("case_id,label,split,group\nabc/1.png,a,test,abc\n")
+    monkeypatch.setenv("MEDDX_PSEUDONYM_KEY", "site one")
+    from meddx.data.case import pseudonym_key_id
+
+    (tmp_path / "run.json").write_text(json.dumps({"status": "complete", "pseudonym_key_id": pseudonym_key_id()}))
+    assert read_split(tmp_path / "split.csv") == {"abc/1.png": "test"}
+    monkeypatch.setenv("MEDDX_PSEUDONYM_KEY", "site two")
+    with pytest.raises(RunError, match="another key"):
+        read_split(tmp_path / "split.csv")

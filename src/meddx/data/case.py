@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from meddx.errors import MeddxError
 from meddx.io.base import ImageData
 
 SPLITS = ("train", "val", "test")
@@ -22,7 +26,10 @@ class Case:
         case_id: stable id within the dataset (relative path, or ``split/index`` for npz).
         label: class index into ``CaseSet.class_names`` (None when unlabelled).
         split: ``train`` / ``val`` / ``test`` when the dataset defines it, else None.
-        group: pseudonymised patient key (a hash, never the raw identifier) or None.
+        group: pseudonymised patient key (a keyed hash, never the raw identifier) or None.
+        split_key: in memory only, never written: the patient's unkeyed order key
+            (``split_order_key``), so a seeded split is the same on every machine whatever
+            its pseudonym key.
         path: file or series folder, for file-backed datasets.
         index: row in an in-memory array, for array-backed datasets (MedMNIST).
         masks: segmentation only: the mask file(s) of this image (several are merged).
@@ -37,11 +44,64 @@ class Case:
     index: int | None = None
     masks: tuple[Path, ...] = ()
     boxes: tuple = ()
+    split_key: str | None = field(default=None, repr=False)
 
 
-def pseudonymise(value: str, salt: str = "meddx") -> str:
-    """Return a short one-way key for a patient identifier, safe to write to outputs."""
-    return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:12]
+PSEUDONYM_KEY_ENV = "MEDDX_PSEUDONYM_KEY"
+
+
+def _key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "meddx" / "pseudonym.key"
+
+
+def pseudonym_key() -> bytes:
+    """The secret behind pseudonyms: ``$MEDDX_PSEUDONYM_KEY``, else this user's key file
+    (``~/.config/meddx/pseudonym.key``, made with 256 random bits, mode 600, on first use).
+
+    Patient identifiers are short (a 7-digit number, ``PGBM-001``): a hash of them without a
+    secret is reversed by trying every candidate in seconds, so the hash is keyed (HMAC) and
+    the key never goes into a run directory. Runs made with one key are evaluated with the
+    same key: copy the file, or set the variable, on another machine.
+    """
+    env = os.environ.get(PSEUDONYM_KEY_ENV)
+    if env:
+        return env.encode()
+    f = _key_file()
+    try:
+        if not f.exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+        key = f.read_text().strip()
+    except FileExistsError:  # another process made it a moment ago
+        key = f.read_text().strip()
+    except OSError as e:
+        raise MeddxError(f"cannot read or create the pseudonym key ({e.strerror or e})", path=f,
+                         fix=f"make {f.parent} writable, or set {PSEUDONYM_KEY_ENV} to a secret string") from None
+    if not key:
+        raise MeddxError("the pseudonym key file is empty", path=f,
+                         fix=f"delete it (a new key is made) or set {PSEUDONYM_KEY_ENV}")
+    return key.encode()
+
+
+def pseudonym_key_id() -> str:
+    """A short fingerprint of the key (not the key): run.json records it, so that a run can
+    tell that it is being evaluated with another key than it was made with."""
+    return hashlib.sha256(b"meddx-key-id:" + pseudonym_key()).hexdigest()[:8]
+
+
+def pseudonymise(value: str) -> str:
+    """Return a short keyed one-way key (HMAC-SHA256) for a patient identifier, safe to write to outputs."""
+    return hmac.new(pseudonym_key(), value.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def split_order_key(value: str) -> str:
+    """An unkeyed hash of a patient identifier that orders patients for the seeded split, so
+    the split does not depend on the machine's key. Kept in memory (``Case.split_key``) and
+    never written: unkeyed, it could be reversed."""
+    return hashlib.sha256(f"meddx:{value}".encode()).hexdigest()[:12]
 
 
 @dataclass

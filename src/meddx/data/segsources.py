@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.data.case import Case, CaseSet, pseudonymise
+from meddx.data.case import Case, CaseSet, pseudonymise, split_order_key
 from meddx.errors import DatasetError, ImageContentError, InputError
 from meddx.io import read_image
 from meddx.io.base import ImageData
@@ -177,7 +177,7 @@ def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by
         for c in cases:
             folder = c.path.parent.name
             key = pseudonymise(folder)
-            c.group = key
+            c.group, c.split_key = key, split_order_key(folder)
             c.case_id = c.case_id.replace(folder, key)
     names = sorted({s for s in strata if s is not None}) or ["all"]
     idx = {n: i for i, n in enumerate(names)}

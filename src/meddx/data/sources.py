@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.data.case import Case, CaseSet, pseudonymise
+from meddx.data.case import Case, CaseSet, pseudonymise, split_order_key
 from meddx.errors import DatasetError, InputError
 from meddx.io import read_image
 from meddx.io.base import ImageData
@@ -158,7 +158,8 @@ def manifest_cases(path: Path, rows, label_of) -> tuple[list[Case], bool]:
                                fix="list each image once")
         seen.add(cid)
         cases.append(Case(case_id=cid, label=label_of(r), split=r.split, path=r.path, masks=r.masks,
-                          group=pseudonymise(r.patient_id) if r.patient_id else None))
+                          group=pseudonymise(r.patient_id) if r.patient_id else None,
+                          split_key=split_order_key(r.patient_id) if r.patient_id else None))
     official = all(have_split)
     if official:
         present = {r.split for r in rows}

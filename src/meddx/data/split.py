@@ -48,6 +48,13 @@ def _assign_groups(keys: list[str], labels: np.ndarray, fractions: tuple[float, 
     return out
 
 
+def _order_key(c: Case) -> str:
+    """What a case is grouped and ordered by: its patient's machine-independent order key (the
+    pseudonym is keyed per machine, so ordering by it would change the split from machine to
+    machine), else its patient group, else the case itself."""
+    return c.split_key or c.group or c.case_id
+
+
 def make_split(cs: CaseSet, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, str]:
     """Return ``case_id -> split``.
 
@@ -61,12 +68,12 @@ def make_split(cs: CaseSet, seed: int = 0, fractions: tuple[float, float, float]
         if not any(c.split == "val" for c in cs.cases):
             train = [c for c in cs.cases if c.split == "train"]
             val_frac = fractions[1] / (fractions[0] + fractions[1])
-            sub = _assign_groups([c.group or c.case_id for c in train], cs.labels(train),
+            sub = _assign_groups([_order_key(c) for c in train], cs.labels(train),
                                  (1 - val_frac, val_frac, 0.0), rng)
             for c in train:
-                split[c.case_id] = sub[c.group or c.case_id]
+                split[c.case_id] = sub[_order_key(c)]
         return split
-    keys = [c.group or c.case_id for c in cs.cases]
+    keys = [_order_key(c) for c in cs.cases]
     by_group = _assign_groups(keys, cs.labels(), fractions, rng)
     split = {c.case_id: by_group[k] for c, k in zip(cs.cases, keys)}
     return split
@@ -107,5 +114,29 @@ def write_split(path: Path, cs: CaseSet) -> None:
 
 
 def read_split(path: Path) -> dict[str, str]:
+    """``case_id -> split`` from a run's ``split.csv``.
+
+    Raises:
+        RunError: the run (its ``run.json`` beside the file) pseudonymised patient ids with another
+            key than this machine's, so its case ids cannot be matched to the data here.
+    """
+    _check_pseudonym_key(Path(path).parent)
     with open(path, newline="") as f:
         return {row["case_id"]: row["split"] for row in csv.DictReader(f)}
+
+
+def _check_pseudonym_key(run_dir: Path) -> None:
+    import json
+
+    from meddx.data.case import PSEUDONYM_KEY_ENV, pseudonym_key_id
+    from meddx.errors import RunError
+
+    try:
+        made_with = json.loads((run_dir / "run.json").read_text()).get("pseudonym_key_id")
+    except (OSError, ValueError, AttributeError):
+        return
+    if made_with and made_with != pseudonym_key_id():
+        raise RunError(f"the run pseudonymised patient ids with another key (id {made_with}) than this machine's "
+                       f"(id {pseudonym_key_id()}), so its case ids do not match the data here", path=run_dir,
+                       fix=f"set {PSEUDONYM_KEY_ENV} to the key it was made with, or copy that machine's "
+                           "~/.config/meddx/pseudonym.key here")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import meddx
-from meddx.data.case import CaseSet
+from meddx.data.case import CaseSet, pseudonym_key_id
 from meddx.data.fingerprint import compute_fingerprint
 from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
 from meddx.data.sources import open_dataset
@@ -216,7 +216,9 @@ def start_run_dir(out: Path, plan: Plan, fp: dict, cs: CaseSet) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", {"status": "running", "task": plan.task,
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": plan.seed,
-                                  "data_hash": fp.get("data_hash"), "versions": versions(), "machine": machine()})
+                                  "data_hash": fp.get("data_hash"), "versions": versions(), "machine": machine(),
+                                  **({"pseudonym_key_id": pseudonym_key_id()} if any(c.group for c in cs.cases)
+                                     else {})})
     write_json(out / "fingerprint.json", fp)
     write_split(out / "split.csv", cs)
     plan.save(out / "plan.yaml")  # so a run killed while preprocessing can be resumed
