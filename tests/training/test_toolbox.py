@@ -342,3 +342,44 @@ def test_trials_charge_their_whole_wall_time_to_the_budget(tmp_path, monkeypatch
     dec = next(d for d in Plan.load(run / "plan.yaml").decisions if d.rule == "R9 epochs")
     # two trial probes (0.5 s each) and the trials' training; then R9's own probe (0.5 s)
     assert 10 - dec.reads["training_budget_s"] >= trained + 1.5
+
+
+def test_empirical_choice_folds_hold_no_gan_samples(tmp_path, monkeypatch):
+    """R17 scores its options on real training cases only: the GAN's fakes are added after the
+    trials (which fold the training split), and the GAN's share comes from what the trials left."""
+    import meddx.training.empirical as emp
+    import meddx.training.fitted_inputs as fi
+    import meddx.training.run as run_mod
+    from meddx.training.run import fit_classifier
+
+    plan = Plan.model_validate(dict(seed=0, data=dict(source="x", kind="npz", class_names=["a", "b"], spatial_dims=2,
+                                                      channels=1, input_size=[8, 8]),
+                                    train=dict(batch_size=8, epochs=1, time_budget_s=3000, synthetic={}),
+                                    choices=[dict(name="model_structure", folds=5,
+                                                  options=[{"model.params.attention": None},
+                                                           {"model.params.attention": "se"}])]))
+    x, y = torch.zeros(60, 1, 8, 8), torch.tensor([0] * 50 + [1] * 10)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def choices(p, out, xt, yt, xv, yv, **kw):
+        held = [xh for *_, xh, _ in emp.trial_splits(p.choices[0].folds, xt, yt, xv, yv, p.seed)]
+        calls.append(("choices", int(xt.shape[0]), int(sum(float(h.abs().sum()) for h in held))))
+        p.train.time_budget_s -= 1000.0  # the trials' wall time
+
+    def gan(p, out, xt, yt, log=print):  # stands in for the GAN: 40 minority fakes of value 99
+        calls.append(("synthetic", p.train.time_budget_s))
+        return torch.cat([xt, torch.full((40, 1, 8, 8), 99.0)]), torch.cat([yt, torch.ones(40, dtype=torch.long)]), 0.0
+
+    def sized(*a, **k):  # the main training is not this test's business
+        raise Stop
+
+    monkeypatch.setattr(emp, "run_choices", choices)
+    monkeypatch.setattr(fi, "add_synthetic", gan)
+    monkeypatch.setattr(run_mod, "size_epochs", sized)
+    with pytest.raises(Stop):
+        fit_classifier(plan, tmp_path, x, y, torch.zeros(10, 1, 8, 8), torch.tensor([0] * 8 + [1] * 2),
+                       resume=False, progress=False, log=_quiet)
+    assert calls == [("choices", 60, 0), ("synthetic", 2000.0)]

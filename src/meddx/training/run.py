@@ -377,17 +377,18 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         xtr, xva = den.transform(xtr), den.transform(xva)  # the network trains on denoised images
         if plan.train.time_budget_s and spent:
             plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+    if any(c.chosen is None for c in plan.choices):
+        from meddx.training.empirical import run_choices
+
+        # before the GAN: R17 scores its options (and folds the training split) on real cases only
+        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
+        plan.save(out / "plan.yaml")
     if plan.train.synthetic:
         from meddx.training.fitted_inputs import add_synthetic
 
         xtr, ytr, spent = add_synthetic(plan, out, xtr, ytr, log=log)
         if plan.train.time_budget_s and spent:
             plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
-    if any(c.chosen is None for c in plan.choices):
-        from meddx.training.empirical import run_choices
-
-        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
-        plan.save(out / "plan.yaml")
     k = n_members(plan)
     head = plan.train.head
     if head == "pca_linear":
