@@ -383,3 +383,79 @@ def test_empirical_choice_folds_hold_no_gan_samples(tmp_path, monkeypatch):
         fit_classifier(plan, tmp_path, x, y, torch.zeros(10, 1, 8, 8), torch.tensor([0] * 8 + [1] * 2),
                        resume=False, progress=False, log=_quiet)
     assert calls == [("choices", 60, 0), ("synthetic", 2000.0)]
+
+
+class _ScoreTask:
+    """A one-step-per-epoch task whose validation score falls every epoch (best at epoch 1): early
+    stopping with patience 1 would end each cycle after two epochs."""
+
+    select_name = "score"
+
+    @staticmethod
+    def batches(data, epoch):
+        yield data
+
+    @staticmethod
+    def step(model, batch):
+        return model(batch).pow(2).mean()
+
+    @staticmethod
+    def validate(model, data):
+        with torch.no_grad():
+            return float(model(data).pow(2).mean()), {}
+
+
+def _fit_toy_members(out, kind, resume=False, stop_at=None):
+    from meddx.training.ensemble import fit_members
+    from meddx.training.loop import TaskTrainer
+
+    plan = _plan(epochs=4, batch_size=8, early_stopping_patience=1)
+    plan.ensemble.kind, plan.ensemble.members = kind, 2
+    plan.optim.lr = 0.05
+    data = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    class Toy(_ScoreTask, TaskTrainer):
+        def validate(self, model, d):
+            calls.append(1)
+            if stop_at is not None and len(calls) == stop_at:
+                raise KeyboardInterrupt  # killed during this validation
+            return _ScoreTask.validate(model, d)
+
+    return fit_members(plan, out, lambda p: torch.nn.Linear(4, 2),
+                       lambda p, m, d: Toy(p, m, d, device=torch.device("cpu"), progress=False),
+                       lambda tr, idx, res: tr.fit(data, data, resume=res), np.array([0, 1] * 4),
+                       resume=resume, log=_quiet)
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "seeds"])
+def test_snapshot_members_are_the_weights_at_their_cycle_end(tmp_path, kind):
+    """Huang et al. 2017 take each snapshot at the learning-rate minimum: a snapshot member runs its
+    whole cosine cycle (no early stopping) and keeps its last weights; seed members keep their best."""
+    from meddx.training.checkpoint import load_checkpoint
+
+    ens, fit = _fit_toy_members(tmp_path, kind)
+    for i, member in enumerate(ens.members):
+        ck = tmp_path / "members" / str(i) / "checkpoints"
+        last = load_checkpoint(ck / "last.pt")
+        same = all(torch.equal(v, last["model"][k]) for k, v in member.state_dict().items())
+        best_file = load_checkpoint(ck / "best.pt")["model"]
+        assert all(torch.equal(v, best_file[k]) for k, v in member.state_dict().items())
+        assert last["best_epoch"] == 1  # the score only falls
+        if kind == "snapshot":
+            assert len(last["history"]) == 4 and same  # the full cycle, and its end
+            assert last["history"][-1]["lr"] < 0.1 * max(h["lr"] for h in last["history"])
+        else:
+            assert len(last["history"]) == 2 and not same  # early stopping; the best epoch
+    if kind == "snapshot":
+        assert fit.epochs_run == 8 and fit.best_epoch == 4
+
+
+def test_a_killed_snapshot_ensemble_resumes_to_the_same_members(tmp_path):
+    ref, _ = _fit_toy_members(tmp_path / "ref", "snapshot")
+    with pytest.raises(KeyboardInterrupt):
+        _fit_toy_members(tmp_path / "cut", "snapshot", stop_at=6)  # member 2, epoch 2
+    ens, fit = _fit_toy_members(tmp_path / "cut", "snapshot", resume=True)
+    assert fit.epochs_run == 8
+    for a, b in zip(ref.members, ens.members):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

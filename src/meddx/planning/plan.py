@@ -131,7 +131,8 @@ class EnsembleConfig(_Strict):
 
     ``seeds``: independent initialisations and batch orders; ``kfold``: member i leaves out fold i of
     the training split; ``snapshot``: member i continues from member i-1 with a fresh cosine cycle
-    (Huang et al. 2017). Each member keeps its best-validation epoch.
+    (Huang et al. 2017). Seed and k-fold members keep their best-validation epoch; a snapshot member
+    is the weights at the end of its cycle (the learning-rate minimum), with no early stopping.
     """
 
     kind: Literal["none", "seeds", "kfold", "snapshot"] = "none"

@@ -282,8 +282,9 @@ ENSEMBLE_MAX_TRAIN = 2000
 ENSEMBLE_MIN_BUDGET_S = 600.0
 """R14 evidence (validation only, benchmarks/results/choices/): on BreastMNIST, 5 seed members of
 30 s each (a 150 s budget) reached mean validation ACC 0.816 / AUC 0.874 against 0.872 / 0.946 for
-one network with the whole budget (snapshot members no better): members need time. With about 100
-epochs each, 3 members (ACC 0.919 / AUC 0.981) beat one network trained for the same total time
+one network with the whole budget (snapshot members no better, measured when each was its cycle's
+best-validation epoch rather than its end): members need time. With about 100 epochs each, 3
+members (ACC 0.919 / AUC 0.981) beat one network trained for the same total time
 (200 epochs, the cap: 0.906 / 0.977) and one of 100 epochs (0.910 / 0.974). At 2 s per BreastMNIST
 epoch here, 3 x 100 epochs is a 10-minute budget: ensembles are planned from 600 s."""
 
