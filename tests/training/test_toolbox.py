@@ -114,11 +114,13 @@ def test_ensemble_needs_two_members():
 
 
 def test_pca_head_replaces_the_linear_layer_and_predicts(tmp_path):
-    ov = {"train.epochs": 2, "train.head": "pca_linear", "train.pca_components": 8}
+    ov = {"train.epochs": 2, "train.head": "pca_linear", "train.pca_components": 8, "train.sampler": "weighted"}
     run = train_run("synthetic:phantoms:160", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
     plan, model = load_run(run)
     assert type(model).__name__ == "PCALinearHead"
     assert model.pca.out_features == 8 and model.fc.in_features == 8
+    fits = json.loads((run / "fitted_inputs.json").read_text())["pca_head"]
+    assert [f["class_weight"] for f in fits] == ["balanced"]  # the head keeps the sampler's class balance
     m = json.loads((run / "metrics.json").read_text())
     assert m["operating_points"]["argmax / 0.5"]["overall"]["auc"]["value"] > 0.5
 
@@ -459,3 +461,40 @@ def test_a_killed_snapshot_ensemble_resumes_to_the_same_members(tmp_path):
     assert fit.epochs_run == 8
     for a, b in zip(ref.members, ens.members):
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+class _FeaturesAreInputs(torch.nn.Module):
+    """A "trained network" whose pooled features are its inputs (the head sees them as they are)."""
+
+    classifier_layer = "fc"
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(1))  # a backbone with a weight, as a network has
+        self.fc = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.gain * x)
+
+
+def test_pca_head_keeps_the_plans_class_balance():
+    """R12 + R15 on a small imbalanced set: a refit without class weights learns the 9:1 training
+    prior back and calls almost every minority case majority; the balanced fit does not."""
+    from meddx.training.heads import fit_pca_head, head_class_weight
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 180 + [1] * 20)
+    x = torch.randn(200, 2, generator=g) + 1.2 * y[:, None]
+    yv = torch.tensor([0] * 50 + [1] * 50)
+    xv = torch.randn(100, 2, generator=g) + 1.2 * yv[:, None]
+    recall = {}
+    for cw in (None, "balanced"):
+        head, rec = fit_pca_head(_FeaturesAreInputs(), x, y, xv, yv, 2, 2, class_weight=cw)
+        assert rec["class_weight"] == cw
+        with torch.no_grad():
+            recall[cw] = float((head(xv[yv == 1]).argmax(1) == 1).float().mean())
+    assert recall[None] < 0.3 and recall["balanced"] > 0.6, recall
+    for ov, want in [({}, None), ({"sampler": "weighted"}, "balanced"), ({"sampler": "undersample"}, "balanced"),
+                     ({"class_weights": "balanced"}, "balanced"), ({"logit_adjust": 1.0}, "balanced"),
+                     ({"loss": "focal"}, None)]:
+        assert head_class_weight(_plan(**ov).train) == want, ov

@@ -30,7 +30,9 @@ Rules (kind in brackets, as nnU-Net documents its own):
        seed members sharing the budget; shorter budgets train one network (validation evidence in
        ENSEMBLE_MIN_BUDGET_S).
     R15 head [rule-based]: under 300 training cases, PCA (16 components) of the trained features +
-       logistic regression replaces the deep linear head (the light option for tiny datasets).
+       logistic regression replaces the deep linear head (the light option for tiny datasets); the
+       regression is class-balanced when the plan balances the classes (R12's sampler, class
+       weights or logit adjustment), so the refitted head keeps that balance.
     R16 test-time augmentation [empirical]: 3D classification tries averaging its predictions over the
        flips it was trained with (R8: every axis) on the validation split after training, and keeps
        them only when the validation AUC rises (recorded in the plan); 2D none (R8 trains no flips:

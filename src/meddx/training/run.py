@@ -400,16 +400,18 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xtr[:m], ytr[:m], xva.shape[0]) * k, "R9 epochs", 0.97)
     plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
     deep.train.epochs, deep.train.time_budget_s = plan.train.epochs, plan.train.time_budget_s
+    head_fits = []
 
     def post(model, p):
         if head != "pca_linear":
             return model
-        from meddx.training.heads import fit_pca_head
+        from meddx.training.heads import fit_pca_head, head_class_weight
 
         new, rec = fit_pca_head(model, xtr, ytr, xva, yva, plan.train.pca_components, len(plan.data.class_names),
-                                seed=p.seed)
+                                seed=p.seed, class_weight=head_class_weight(plan.train))
         log(f"PCA head: {rec['components']} components ({rec['explained_variance']:.0%} of the feature variance), "
-            f"C={rec['C']}")
+            f"C={rec['C']}, class weights {rec['class_weight'] or 'none'}")
+        head_fits.append(rec)
         return new
 
     if k == 1:
@@ -429,6 +431,10 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
 
         model, result = fit_members(deep, out, build_single_model, make_trainer, fit_member, ytr.numpy(),
                                     resume=resume, post=post, log=log)
+    if head_fits:
+        from meddx.training.fitted_inputs import record_fit
+
+        record_fit(out, "pca_head", head_fits)  # one record per member
     if den is not None:
         from meddx.models.ensemble import DenoisedInput
 
