@@ -67,6 +67,8 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
        left-right flips; 3D mirrors only along the left-right axis when the orientation is
        known (NIfTI/DICOM geometry), also as flip test-time augmentation (a mirror along
        another axis would swap anatomy such as anterior/posterior hippocampus); else no flips.
+       The heatmap detector applies only the flips and the intensity keys (rotation, zoom, shift
+       and elastic deformation would move its boxes); its run records the keys it leaves out.
     S8 epochs [rule-based]: as R9.
     S9 model selection [fixed]: best validation mean Dice over the foreground classes.
     S10 post-processing [empirical]: largest component, hole filling and small-component
