@@ -75,6 +75,12 @@ def test_detect_run_reports_ap_froc_and_predicts_boxes(box_manifest, tmp_path, d
         s11 = next(d for d in plan.decisions if d.rule.startswith("S11"))
         assert s11.kind == "empirical" and set(s11.reads["validation"]) == {"argmax", "0.5", "0.3", "0.15", "0.08"}
         assert plan.segment.det_threshold == s11.value and not plan.segment.choose_det_threshold
+    else:  # S7: the planned geometric augmentation the heatmap detector leaves out is recorded
+        from meddx.planning.plan import Plan
+
+        plan = Plan.load(out / "plan.yaml")
+        s7 = next(d for d in plan.decisions if d.rule == "S7 augmentation" and d.reads.get("detector") == "heatmap")
+        assert s7.reads["not_applied"] == ["rotate_deg", "scale", "translate"]
     rows = predict_seg_paths(out, box_manifest.parent / "im1.png", tmp_path / "p", progress=False)
     assert rows[0]["finding"] in ("spot", "") and (tmp_path / "p" / "im1_overlay.png").exists()
 
@@ -84,3 +90,30 @@ def test_detect_dataset_pseudonymises_patients(tmp_path):
     (tmp_path / "b.csv").write_text("image,x,y,w,h,label,patient_id\n00012345_000.png,1,1,3,3,Mass,00012345\n")
     cs = open_det_dataset(tmp_path / "b.csv")
     assert "00012345" not in cs.cases[0].case_id and cs.cases[0].group
+
+
+def test_heatmap_detector_keeps_intensity_augmentation_and_says_what_it_drops(tmp_path):
+    """Gamma and blur leave boxes where they are: the heatmap detector applies them with the flips,
+    brightness, contrast and noise; rotation, zoom, shift and elastic would move the boxes."""
+    from meddx.planning.plan import Plan
+    from meddx.training.det_engine import HeatmapTrainer
+    from meddx.training.seg_run import note_heatmap_augment
+
+    plan = Plan.model_validate(dict(
+        task="detect", data=dict(source="x", kind="folder", class_names=["bg", "les"], spatial_dims=2, channels=1,
+                                 input_size=[32, 32]),
+        segment=dict(label_values=[0, 1], label_names=["bg", "les"], detector="heatmap"),
+        augment=dict(flip_axes=[1], rotate_deg=15, scale=0.15, gamma=0.5, blur_sigma=1.0, elastic=0.05,
+                     brightness=0.1, noise_std=0.05)))
+    t = HeatmapTrainer(plan, torch.nn.Conv2d(1, 3, 1), tmp_path, device=torch.device("cpu"), progress=False)
+    a = t.augment
+    assert (a.flip_axes, a.gamma, a.blur_sigma, a.brightness, a.noise_std) == ((1,), 0.5, 1.0, 0.1, 0.05)
+    assert a.rotate_deg == a.scale == a.elastic == a.translate == 0
+    assert t.augment_dropped == ["rotate_deg", "scale", "elastic"]
+    said = []
+    note_heatmap_augment(plan, said.append)
+    note_heatmap_augment(plan, said.append)  # a resumed run records it once
+    s7 = [d for d in plan.decisions if d.rule == "S7 augmentation"]
+    assert len(s7) == 1 and s7[0].reads["not_applied"] == ["rotate_deg", "scale", "elastic"]
+    assert s7[0].value["gamma"] == 0.5 and s7[0].value["blur_sigma"] == 1.0
+    assert "rotate_deg, scale, elastic not applied" in said[0]

@@ -114,11 +114,13 @@ def test_ensemble_needs_two_members():
 
 
 def test_pca_head_replaces_the_linear_layer_and_predicts(tmp_path):
-    ov = {"train.epochs": 2, "train.head": "pca_linear", "train.pca_components": 8}
+    ov = {"train.epochs": 2, "train.head": "pca_linear", "train.pca_components": 8, "train.sampler": "weighted"}
     run = train_run("synthetic:phantoms:160", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
     plan, model = load_run(run)
     assert type(model).__name__ == "PCALinearHead"
     assert model.pca.out_features == 8 and model.fc.in_features == 8
+    fits = json.loads((run / "fitted_inputs.json").read_text())["pca_head"]
+    assert [f["class_weight"] for f in fits] == ["balanced"]  # the head keeps the sampler's class balance
     m = json.loads((run / "metrics.json").read_text())
     assert m["operating_points"]["argmax / 0.5"]["overall"]["auc"]["value"] > 0.5
 
@@ -342,3 +344,157 @@ def test_trials_charge_their_whole_wall_time_to_the_budget(tmp_path, monkeypatch
     dec = next(d for d in Plan.load(run / "plan.yaml").decisions if d.rule == "R9 epochs")
     # two trial probes (0.5 s each) and the trials' training; then R9's own probe (0.5 s)
     assert 10 - dec.reads["training_budget_s"] >= trained + 1.5
+
+
+def test_empirical_choice_folds_hold_no_gan_samples(tmp_path, monkeypatch):
+    """R17 scores its options on real training cases only: the GAN's fakes are added after the
+    trials (which fold the training split), and the GAN's share comes from what the trials left."""
+    import meddx.training.empirical as emp
+    import meddx.training.fitted_inputs as fi
+    import meddx.training.run as run_mod
+    from meddx.training.run import fit_classifier
+
+    plan = Plan.model_validate(dict(seed=0, data=dict(source="x", kind="npz", class_names=["a", "b"], spatial_dims=2,
+                                                      channels=1, input_size=[8, 8]),
+                                    train=dict(batch_size=8, epochs=1, time_budget_s=3000, synthetic={}),
+                                    choices=[dict(name="model_structure", folds=5,
+                                                  options=[{"model.params.attention": None},
+                                                           {"model.params.attention": "se"}])]))
+    x, y = torch.zeros(60, 1, 8, 8), torch.tensor([0] * 50 + [1] * 10)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def choices(p, out, xt, yt, xv, yv, **kw):
+        held = [xh for *_, xh, _ in emp.trial_splits(p.choices[0].folds, xt, yt, xv, yv, p.seed)]
+        calls.append(("choices", int(xt.shape[0]), int(sum(float(h.abs().sum()) for h in held))))
+        p.train.time_budget_s -= 1000.0  # the trials' wall time
+
+    def gan(p, out, xt, yt, log=print):  # stands in for the GAN: 40 minority fakes of value 99
+        calls.append(("synthetic", p.train.time_budget_s))
+        return torch.cat([xt, torch.full((40, 1, 8, 8), 99.0)]), torch.cat([yt, torch.ones(40, dtype=torch.long)]), 0.0
+
+    def sized(*a, **k):  # the main training is not this test's business
+        raise Stop
+
+    monkeypatch.setattr(emp, "run_choices", choices)
+    monkeypatch.setattr(fi, "add_synthetic", gan)
+    monkeypatch.setattr(run_mod, "size_epochs", sized)
+    with pytest.raises(Stop):
+        fit_classifier(plan, tmp_path, x, y, torch.zeros(10, 1, 8, 8), torch.tensor([0] * 8 + [1] * 2),
+                       resume=False, progress=False, log=_quiet)
+    assert calls == [("choices", 60, 0), ("synthetic", 2000.0)]
+
+
+class _ScoreTask:
+    """A one-step-per-epoch task whose validation score falls every epoch (best at epoch 1): early
+    stopping with patience 1 would end each cycle after two epochs."""
+
+    select_name = "score"
+
+    @staticmethod
+    def batches(data, epoch):
+        yield data
+
+    @staticmethod
+    def step(model, batch):
+        return model(batch).pow(2).mean()
+
+    @staticmethod
+    def validate(model, data):
+        with torch.no_grad():
+            return float(model(data).pow(2).mean()), {}
+
+
+def _fit_toy_members(out, kind, resume=False, stop_at=None):
+    from meddx.training.ensemble import fit_members
+    from meddx.training.loop import TaskTrainer
+
+    plan = _plan(epochs=4, batch_size=8, early_stopping_patience=1)
+    plan.ensemble.kind, plan.ensemble.members = kind, 2
+    plan.optim.lr = 0.05
+    data = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    class Toy(_ScoreTask, TaskTrainer):
+        def validate(self, model, d):
+            calls.append(1)
+            if stop_at is not None and len(calls) == stop_at:
+                raise KeyboardInterrupt  # killed during this validation
+            return _ScoreTask.validate(model, d)
+
+    return fit_members(plan, out, lambda p: torch.nn.Linear(4, 2),
+                       lambda p, m, d: Toy(p, m, d, device=torch.device("cpu"), progress=False),
+                       lambda tr, idx, res: tr.fit(data, data, resume=res), np.array([0, 1] * 4),
+                       resume=resume, log=_quiet)
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "seeds"])
+def test_snapshot_members_are_the_weights_at_their_cycle_end(tmp_path, kind):
+    """Huang et al. 2017 take each snapshot at the learning-rate minimum: a snapshot member runs its
+    whole cosine cycle (no early stopping) and keeps its last weights; seed members keep their best."""
+    from meddx.training.checkpoint import load_checkpoint
+
+    ens, fit = _fit_toy_members(tmp_path, kind)
+    for i, member in enumerate(ens.members):
+        ck = tmp_path / "members" / str(i) / "checkpoints"
+        last = load_checkpoint(ck / "last.pt")
+        same = all(torch.equal(v, last["model"][k]) for k, v in member.state_dict().items())
+        best_file = load_checkpoint(ck / "best.pt")["model"]
+        assert all(torch.equal(v, best_file[k]) for k, v in member.state_dict().items())
+        assert last["best_epoch"] == 1  # the score only falls
+        if kind == "snapshot":
+            assert len(last["history"]) == 4 and same  # the full cycle, and its end
+            assert last["history"][-1]["lr"] < 0.1 * max(h["lr"] for h in last["history"])
+        else:
+            assert len(last["history"]) == 2 and not same  # early stopping; the best epoch
+    if kind == "snapshot":
+        assert fit.epochs_run == 8 and fit.best_epoch == 4
+
+
+def test_a_killed_snapshot_ensemble_resumes_to_the_same_members(tmp_path):
+    ref, _ = _fit_toy_members(tmp_path / "ref", "snapshot")
+    with pytest.raises(KeyboardInterrupt):
+        _fit_toy_members(tmp_path / "cut", "snapshot", stop_at=6)  # member 2, epoch 2
+    ens, fit = _fit_toy_members(tmp_path / "cut", "snapshot", resume=True)
+    assert fit.epochs_run == 8
+    for a, b in zip(ref.members, ens.members):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+class _FeaturesAreInputs(torch.nn.Module):
+    """A "trained network" whose pooled features are its inputs (the head sees them as they are)."""
+
+    classifier_layer = "fc"
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(1))  # a backbone with a weight, as a network has
+        self.fc = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.gain * x)
+
+
+def test_pca_head_keeps_the_plans_class_balance():
+    """R12 + R15 on a small imbalanced set: a refit without class weights learns the 9:1 training
+    prior back and calls almost every minority case majority; the balanced fit does not."""
+    from meddx.training.heads import fit_pca_head, head_class_weight
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 180 + [1] * 20)
+    x = torch.randn(200, 2, generator=g) + 1.2 * y[:, None]
+    yv = torch.tensor([0] * 50 + [1] * 50)
+    xv = torch.randn(100, 2, generator=g) + 1.2 * yv[:, None]
+    recall = {}
+    for cw in (None, "balanced"):
+        head, rec = fit_pca_head(_FeaturesAreInputs(), x, y, xv, yv, 2, 2, class_weight=cw)
+        assert rec["class_weight"] == cw
+        with torch.no_grad():
+            recall[cw] = float((head(xv[yv == 1]).argmax(1) == 1).float().mean())
+    assert recall[None] < 0.3 and recall["balanced"] > 0.6, recall
+    for ov, want in [({}, None), ({"sampler": "weighted"}, "balanced"), ({"sampler": "undersample"}, "balanced"),
+                     ({"class_weights": "balanced"}, "balanced"), ({"logit_adjust": 1.0}, "balanced"),
+                     ({"loss": "focal"}, None)]:
+        assert head_class_weight(_plan(**ov).train) == want, ov

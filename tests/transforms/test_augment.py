@@ -100,3 +100,59 @@ def test_elastic_moves_labels_with_images_in_3d():
     assert not torch.equal(lab, x[:, 0].long())  # the cube moved
     agree = ((y[:, 0] > 0.5).long() == lab).float().mean()
     assert agree > 0.97  # image and mask deformed alike
+
+
+def _coordinate_image(spatial: tuple[int, ...]) -> torch.Tensor:
+    """``(1, d, *spatial)``: channel i holds each pixel's index along the grid's axis i (x, y[, z] =
+    the spatial axes reversed). Bilinear sampling of it returns the sampled input position exactly."""
+    idx = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in spatial], indexing="ij")
+    return torch.stack(idx[::-1])[None]
+
+
+def _pure_rotation(aug: BatchAugment, angles) -> dict:
+    params = aug.sample(1, torch.Generator().manual_seed(0))
+    params["angles"] = torch.tensor([angles], dtype=torch.float64)
+    params["apply"][:] = True
+    return params
+
+
+def test_rotation_is_rigid_on_non_square_images():
+    """A rotation of a 16x64 image (8x16x32 volume) moves pixels as a rigid rotation in pixel units:
+    one output step is one input step, steps along different axes stay at right angles, and the
+    2D angle is the one drawn (in affine_grid's [-1, 1] units it sheared and stretched)."""
+    import math
+
+    aug = BatchAugment(spatial_dims=2, rotate_deg=30)
+    out = aug.apply(_coordinate_image((16, 64)), _pure_rotation(aug, [math.radians(30)]))[0, :, 6:10, 28:36]
+    dx = (out[:, :, 1:] - out[:, :, :-1]).flatten(1).mean(1)  # input position per output step along x
+    dy = (out[:, 1:] - out[:, :-1]).flatten(1).mean(1)
+    assert torch.allclose(dx.norm(), torch.tensor(1.0, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(dy.norm(), torch.tensor(1.0, dtype=torch.float64), atol=1e-5)
+    assert abs(float(dx @ dy)) < 1e-5
+    assert abs(abs(math.degrees(math.atan2(dx[1], dx[0]))) - 30) < 1e-3
+
+    aug3 = BatchAugment(spatial_dims=3, rotate_deg=30)
+    out = aug3.apply(_coordinate_image((8, 16, 32)), _pure_rotation(aug3, [0.3, -0.4, 0.5]))[0, :, 3:6, 7:10, 15:18]
+    jac = torch.stack([out[:, 1, 1, 2] - out[:, 1, 1, 1],   # input position per output step along x (last axis)
+                       out[:, 1, 2, 1] - out[:, 1, 1, 1],   # along y
+                       out[:, 2, 1, 1] - out[:, 1, 1, 1]], 1)  # along z
+    assert torch.allclose(jac.T @ jac, torch.eye(3, dtype=torch.float64), atol=1e-5)
+
+
+def test_rotation_of_square_images_is_unchanged():
+    """On square inputs the pixel-unit rotation is affine_grid's plain rotation, to the bit."""
+    import torch.nn.functional as F
+
+    from meddx.transforms.augment import _rot2, _rot3
+
+    for d, shape in ((2, (5, 2, 24, 24)), (3, (3, 1, 12, 12, 12))):
+        aug = BatchAugment(spatial_dims=d, rotate_deg=25, scale=0.2, translate=0.1)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(d))
+        params = aug.sample(shape[0], torch.Generator().manual_seed(1))
+        params["apply"][:] = True
+        a = params["angles"]
+        rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
+        theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
+        before = F.grid_sample(x, F.affine_grid(theta, list(shape), align_corners=False), mode="bilinear",
+                               padding_mode="border", align_corners=False)
+        assert torch.equal(aug.apply(x, params), before)

@@ -125,7 +125,7 @@ class SyntheticConfig(_Strict):
 
     target_ratio: float = Field(default=1.0, gt=0, le=1)  # raise each class towards this share of the largest
     max_per_real: float = Field(default=1.0, gt=0)        # at most this many fakes per real image of a class
-    budget_fraction: float = Field(default=0.3, gt=0, lt=1)  # of train.time_budget_s (GAN + check)
+    budget_fraction: float = Field(default=0.3, gt=0, lt=1)  # of what R17's trials leave of train.time_budget_s (GAN + check)
     epochs: int = Field(default=300, ge=1)                # GAN epochs cap (and the amount without a budget)
 
 
@@ -134,7 +134,8 @@ class EnsembleConfig(_Strict):
 
     ``seeds``: independent initialisations and batch orders; ``kfold``: member i leaves out fold i of
     the training split; ``snapshot``: member i continues from member i-1 with a fresh cosine cycle
-    (Huang et al. 2017). Each member keeps its best-validation epoch.
+    (Huang et al. 2017). Seed and k-fold members keep their best-validation epoch; a snapshot member
+    is the weights at the end of its cycle (the learning-rate minimum), with no early stopping.
     """
 
     kind: Literal["none", "seeds", "kfold", "snapshot"] = "none"

@@ -30,7 +30,9 @@ Rules (kind in brackets, as nnU-Net documents its own):
        seed members sharing the budget; shorter budgets train one network (validation evidence in
        ENSEMBLE_MIN_BUDGET_S).
     R15 head [rule-based]: under 300 training cases, PCA (16 components) of the trained features +
-       logistic regression replaces the deep linear head (the light option for tiny datasets).
+       logistic regression replaces the deep linear head (the light option for tiny datasets); the
+       regression is class-balanced when the plan balances the classes (R12's sampler, class
+       weights or logit adjustment), so the refitted head keeps that balance.
     R16 test-time augmentation [empirical]: 3D classification tries averaging its predictions over the
        flips it was trained with (R8: every axis) on the validation split after training, and keeps
        them only when the validation AUC rises (recorded in the plan); 2D none (R8 trains no flips:
@@ -65,6 +67,8 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
        left-right flips; 3D mirrors only along the left-right axis when the orientation is
        known (NIfTI/DICOM geometry), also as flip test-time augmentation (a mirror along
        another axis would swap anatomy such as anterior/posterior hippocampus); else no flips.
+       The heatmap detector applies only the flips and the intensity keys (rotation, zoom, shift
+       and elastic deformation would move its boxes); its run records the keys it leaves out.
     S8 epochs [rule-based]: as R9.
     S9 model selection [fixed]: best validation mean Dice over the foreground classes.
     S10 post-processing [empirical]: largest component, hole filling and small-component
@@ -282,8 +286,9 @@ ENSEMBLE_MAX_TRAIN = 2000
 ENSEMBLE_MIN_BUDGET_S = 600.0
 """R14 evidence (validation only, benchmarks/results/choices/): on BreastMNIST, 5 seed members of
 30 s each (a 150 s budget) reached mean validation ACC 0.816 / AUC 0.874 against 0.872 / 0.946 for
-one network with the whole budget (snapshot members no better): members need time. With about 100
-epochs each, 3 members (ACC 0.919 / AUC 0.981) beat one network trained for the same total time
+one network with the whole budget (snapshot members no better, measured when each was its cycle's
+best-validation epoch rather than its end): members need time. With about 100 epochs each, 3
+members (ACC 0.919 / AUC 0.981) beat one network trained for the same total time
 (200 epochs, the cap: 0.906 / 0.977) and one of 100 epochs (0.910 / 0.974). At 2 s per BreastMNIST
 epoch here, 3 x 100 epochs is a 10-minute budget: ensembles are planned from 600 s."""
 

@@ -87,6 +87,21 @@ def decode(out: torch.Tensor, n_cls: int, max_det: int = MAX_DETECTIONS, floor: 
     return boxes
 
 
+BOX_MOVING_AUGMENT = ("rotate_deg", "scale", "translate", "elastic")
+"""Plan ``augment`` keys the heatmap detector leaves out: they move the image, so its boxes (centre
+heatmaps and sizes) would have to move with it."""
+
+
+def heatmap_augment(cfg) -> tuple[BatchAugment, list[str]]:
+    """The heatmap detector's augmentation from a plan's ``augment``: the flips (the targets flip
+    with the image) and every intensity-only key (brightness, contrast, noise, gamma, blur), which
+    leave the boxes where they are. Returns it and the geometric keys the plan sets that it drops."""
+    aug = BatchAugment(spatial_dims=2, flip_axes=tuple(cfg.flip_axes), brightness=cfg.brightness,
+                       contrast=cfg.contrast, noise_std=cfg.noise_std, gamma=cfg.gamma, blur_sigma=cfg.blur_sigma,
+                       p=cfg.p)
+    return aug, [k for k in BOX_MOVING_AUGMENT if getattr(cfg, k)]
+
+
 class HeatmapTrainer(TaskTrainer):
     """Trains the heatmap detector on ``SegData`` whose ``boxes`` are in input-size coordinates."""
 
@@ -96,10 +111,7 @@ class HeatmapTrainer(TaskTrainer):
                  progress: bool = True):
         super().__init__(plan, model, run_dir, device=device, progress=progress)
         self.n_cls = len(plan.segment.label_values) - 1
-        # geometry beyond flips would have to move the boxes too: flips and intensity only
-        a = plan.augment
-        self.augment = BatchAugment(spatial_dims=2, flip_axes=tuple(a.flip_axes), brightness=a.brightness,
-                                    contrast=a.contrast, noise_std=a.noise_std, p=a.p)
+        self.augment, self.augment_dropped = heatmap_augment(plan.augment)
 
     def _targets(self, data: SegData) -> list[torch.Tensor]:
         if getattr(data, "_targets", None) is None:

@@ -4,13 +4,14 @@ finished members and continues a killed one), then joined into one ``EnsembleMod
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from meddx.models.ensemble import EnsembleModel
 from meddx.planning.plan import EnsembleConfig, Plan
-from meddx.training.checkpoint import load_checkpoint
+from meddx.training.checkpoint import load_checkpoint, save_checkpoint
 from meddx.training.loop import FitResult
 
 
@@ -23,12 +24,15 @@ def member_plan(plan: Plan, i: int) -> Plan:
 
     A snapshot member continues the previous one's weights, so its seed only draws the batch order,
     augmentation, mixup and dropout of its cycle: with the run's seed every cycle would replay the
-    first one's draws (the engine seeds each epoch from ``(seed, epoch)``)."""
+    first one's draws (the engine seeds each epoch from ``(seed, epoch)``). Its cycle runs to the
+    end (no early stopping): the snapshot is taken at the learning-rate minimum."""
     mp = plan.model_copy(deep=True)
     k = n_members(plan)
     mp.seed = plan.seed + 1009 * i
     if plan.train.time_budget_s:
         mp.train.time_budget_s = plan.train.time_budget_s / k
+    if plan.ensemble.kind == "snapshot":
+        mp.train.early_stopping_patience = None
     mp.ensemble = EnsembleConfig()
     return mp
 
@@ -58,7 +62,10 @@ def member_cases(plan: Plan, n_train: int) -> int:
 
 def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fold_labels: np.ndarray, *,
                 resume: bool, post=None, log=print) -> tuple[EnsembleModel, FitResult]:
-    """Train each member and return the ensemble (members at their best-validation weights).
+    """Train each member and return the ensemble: ``seeds`` and ``kfold`` members at their
+    best-validation weights, ``snapshot`` members at the weights that end their cosine cycle (the
+    learning-rate minimum, as Huang et al. 2017 take snapshots; ``checkpoints/last.pt``'s model, the
+    raw weights even under EMA), with the member's ``best.pt`` rewritten to match.
 
     ``make_model(member_plan)`` builds a fresh member and ``make_trainer(member_plan, model, dir)`` its
     trainer; ``fit_member(trainer, train_indices_or_None, resume) -> FitResult`` trains it (on the
@@ -87,7 +94,11 @@ def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fol
         trainer = make_trainer(mp, model, mdir)
         res = fit_member(trainer, idx, resume and started)
         if kind == "snapshot":
-            prev_final = load_checkpoint(mdir / "checkpoints" / "last.pt")["model"]
+            last = load_checkpoint(mdir / "checkpoints" / "last.pt")
+            prev_final = last["model"]
+            trainer.model.load_state_dict(prev_final)  # the snapshot: the cycle's end, not its best epoch
+            save_checkpoint(mdir / "checkpoints" / "best.pt", {"model": prev_final, "epoch": last["epoch"]})
+            res = replace(res, best_epoch=last["epoch"], best_metric=float(last["history"][-1]["val_metric"]))
         model = post(trainer.model, mp) if post else trainer.model
         members.append(model)
         results.append(res)

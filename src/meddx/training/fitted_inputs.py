@@ -3,7 +3,8 @@ denoiser (plan ``data.learned_denoise``) and GAN minority samples (plan ``train.
 
 Both are fitted on training cases only, charge their time to the run's budget, are saved in
 the run directory (so ``--resume`` reuses them rather than refitting) and record what they
-did in ``RUN/fitted_inputs.json``.
+did in ``RUN/fitted_inputs.json``, where the PCA head fitted after training (plan
+``train.head: pca_linear``) records its fit too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _budget(plan: Plan, fraction: float) -> float | None:
     return plan.train.time_budget_s * fraction if plan.train.time_budget_s else None
 
 
-def _record(out: Path, key: str, value: dict) -> None:
+def record_fit(out: Path, key: str, value: dict | list) -> None:
+    """Write ``value`` under ``key`` in ``RUN/fitted_inputs.json``, keeping the other keys."""
     from meddx.training.run import write_json
 
     p = out / "fitted_inputs.json"
@@ -46,7 +48,7 @@ def fit_learned_denoiser(plan: Plan, out: Path, x_train: torch.Tensor, log=print
     den.save(path)
     spent = time.perf_counter() - t0
     loss = den.loss_history_
-    _record(out, "learned_denoise", {"epochs_run": den.epochs_run_, "seconds": round(spent, 1),
+    record_fit(out, "learned_denoise", {"epochs_run": den.epochs_run_, "seconds": round(spent, 1),
                                      "masked_loss_first": loss[0] if loss else None,
                                      "masked_loss_last": loss[-1] if loss else None})
     log(f"learned denoiser: {den.epochs_run_} epochs in {spent:.0f} s (masked loss "
@@ -84,7 +86,7 @@ def add_synthetic(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.T
     t0 = time.perf_counter()
     todo = synthetic_counts(y_train, cfg.target_ratio, cfg.max_per_real)
     if not todo:
-        _record(out, "synthetic", {"added": 0, "why": "the classes are already balanced to the target ratio"})
+        record_fit(out, "synthetic", {"added": 0, "why": "the classes are already balanced to the target ratio"})
         torch.save({"x": x_train[:0], "y": y_train[:0]}, saved)
         return x_train, y_train, 0.0
     size = plan.data.input_size[0]
@@ -101,7 +103,7 @@ def add_synthetic(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.T
     rec = {"generated": {plan.data.class_names[c]: n for c, n in todo.items()}, "passed": passed,
            "added": int(fx.shape[0]) if passed else 0, "gan_epochs": gan.epochs_run_, "seconds": round(spent, 1),
            "quality_check": check}
-    _record(out, "synthetic", rec)
+    record_fit(out, "synthetic", rec)
     torch.save({"x": fx if passed else x_train[:0], "y": fy if passed else y_train[:0]}, saved)
     log(f"synthetic samples: {'added' if passed else 'REFUSED by the quality check:'} "
         f"{int(fx.shape[0])} ({', '.join(f'{k}: {v}' for k, v in rec['generated'].items())}) in {spent:.0f} s")

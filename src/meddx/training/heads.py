@@ -22,14 +22,29 @@ def deep_features(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> n
         replace_module(model, model.classifier_layer, old)
 
 
+def head_class_weight(train) -> str | None:
+    """``"balanced"`` when the plan's training balances the classes (``class_weights``, a
+    ``sampler``, ``logit_adjust``): the refitted head must too, or it undoes that balance by
+    learning the training prior again. ``train.class_weights: balanced`` is scikit-learn's
+    ``"balanced"`` (w_c = N / (K * n_c))."""
+    if train.class_weights or train.sampler != "none" or train.logit_adjust > 0:
+        return "balanced"
+    return None
+
+
 def fit_pca_head(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-                 y_val: torch.Tensor, n_components: int, num_classes: int, seed: int = 0) -> tuple[PCALinearHead, dict]:
+                 y_val: torch.Tensor, n_components: int, num_classes: int, seed: int = 0,
+                 class_weight: str | None = None) -> tuple[PCALinearHead, dict]:
     """Replace a trained classifier's linear layer by PCA (fitted on training features) and an
     L2 logistic regression whose strength is chosen on validation log-loss (scikit-learn).
 
+    Args:
+        class_weight: scikit-learn's ``class_weight`` of the logistic regression
+            (:func:`head_class_weight` of the plan).
+
     Returns:
         The new model and a record of the fit (components kept, explained variance, chosen C,
-        validation log-loss per C).
+        validation log-loss per C, class weighting).
     """
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -44,7 +59,7 @@ def fit_pca_head(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
     scores = {}
     best = None
     for c in (0.01, 0.1, 1.0, 10.0):
-        lr = LogisticRegression(C=c, max_iter=5000).fit(z_tr, ytr)
+        lr = LogisticRegression(C=c, max_iter=5000, class_weight=class_weight).fit(z_tr, ytr)
         p = np.zeros((len(yva), num_classes))
         p[:, lr.classes_] = lr.predict_proba(z_va)
         p = np.clip(p, 1e-7, 1)
@@ -70,5 +85,5 @@ def fit_pca_head(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
     head.fc.bias.data = torch.from_numpy(inter).float()
     head.to(next(model.parameters()).device).eval()
     record = {"components": k, "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4),
-              "C": c, "val_log_loss": {str(kk): round(v, 5) for kk, v in scores.items()}}
+              "C": c, "val_log_loss": {str(kk): round(v, 5) for kk, v in scores.items()}, "class_weight": class_weight}
     return head, record

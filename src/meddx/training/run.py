@@ -379,17 +379,18 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         xtr, xva = den.transform(xtr), den.transform(xva)  # the network trains on denoised images
         if plan.train.time_budget_s and spent:
             plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+    if any(c.chosen is None for c in plan.choices):
+        from meddx.training.empirical import run_choices
+
+        # before the GAN: R17 scores its options (and folds the training split) on real cases only
+        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
+        plan.save(out / "plan.yaml")
     if plan.train.synthetic:
         from meddx.training.fitted_inputs import add_synthetic
 
         xtr, ytr, spent = add_synthetic(plan, out, xtr, ytr, log=log)
         if plan.train.time_budget_s and spent:
             plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
-    if any(c.chosen is None for c in plan.choices):
-        from meddx.training.empirical import run_choices
-
-        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
-        plan.save(out / "plan.yaml")
     k = n_members(plan)
     head = plan.train.head
     if head == "pca_linear":
@@ -401,16 +402,18 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     size_epochs(plan, out, lambda: probe.measure_epoch_seconds(xtr[:m], ytr[:m], xva.shape[0]) * k, "R9 epochs", 0.97)
     plan.save(out / "plan.yaml")  # resolved: normalisation statistics and epochs
     deep.train.epochs, deep.train.time_budget_s = plan.train.epochs, plan.train.time_budget_s
+    head_fits = []
 
     def post(model, p):
         if head != "pca_linear":
             return model
-        from meddx.training.heads import fit_pca_head
+        from meddx.training.heads import fit_pca_head, head_class_weight
 
         new, rec = fit_pca_head(model, xtr, ytr, xva, yva, plan.train.pca_components, len(plan.data.class_names),
-                                seed=p.seed)
+                                seed=p.seed, class_weight=head_class_weight(plan.train))
         log(f"PCA head: {rec['components']} components ({rec['explained_variance']:.0%} of the feature variance), "
-            f"C={rec['C']}")
+            f"C={rec['C']}, class weights {rec['class_weight'] or 'none'}")
+        head_fits.append(rec)
         return new
 
     if k == 1:
@@ -430,6 +433,10 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
 
         model, result = fit_members(deep, out, build_single_model, make_trainer, fit_member, ytr.numpy(),
                                     resume=resume, post=post, log=log)
+    if head_fits:
+        from meddx.training.fitted_inputs import record_fit
+
+        record_fit(out, "pca_head", head_fits)  # one record per member
     if den is not None:
         from meddx.models.ensemble import DenoisedInput
 

@@ -83,6 +83,26 @@ def choose_det_threshold(plan: Plan, cs, val_cases, model, progress: bool) -> No
                                    kind="empirical", reads={"validation": trace}))
 
 
+def note_heatmap_augment(plan: Plan, log=print) -> None:
+    """S7 under the heatmap detector: record (once) and say which of the plan's augmentation it applies.
+    Rotation, zoom, shift and elastic deformation would have to move the boxes, so it drops them."""
+    from meddx.training.det_engine import heatmap_augment
+
+    aug, dropped = heatmap_augment(plan.augment)
+    if any(d.rule == "S7 augmentation" and d.reads.get("detector") == "heatmap" for d in plan.decisions):
+        return  # a resumed run
+    used = {k: getattr(aug, k) for k in ("brightness", "contrast", "noise_std", "gamma", "blur_sigma")
+            if getattr(aug, k)}
+    used = {"flip_axes": list(aug.flip_axes), **used, "p": aug.p}
+    plan.decisions.append(Decision(field="augment", value=used, rule="S7 augmentation", kind="rule-based",
+                                   reads={"detector": "heatmap", "not_applied": dropped,
+                                          "why": "geometric augmentation would move the boxes; flips move "
+                                                 "the centre heatmaps with the image, intensity changes none"}))
+    if dropped:
+        log(f"heatmap detector: augmentation {', '.join(dropped)} not applied (it would move the boxes); "
+            f"flips and intensity only")
+
+
 def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
                   overrides: dict[str, Any] | None = None, resume: bool = False, resample_masks: bool = False,
                   group_by_folder: bool = False, task: str = "segment", progress: bool = True, log=print) -> Path:
@@ -133,6 +153,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if heatmap and plan.data.spatial_dims != 2:
             raise PlanError("the heatmap detector is 2D only", path=plan_path or cs.source,
                             fix="use segment.detector: components for 3D")
+        if heatmap:
+            note_heatmap_augment(plan, log)
         from meddx.training.ensemble import fit_members, member_cases, n_members
 
         def make_trainer(p, model, d):

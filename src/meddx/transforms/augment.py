@@ -124,6 +124,11 @@ class BatchAugment:
         n = shape[0]
         a = params["angles"]
         rot = _rot2(a[:, 0]) if d == 2 else _rot3(a[:, 0], a[:, 1], a[:, 2])
+        # affine_grid's coordinates run from -1 to 1 along every axis: a rotation there shears and
+        # stretches a non-square image. Rotate in pixel units instead: S^-1 R S with S = diag(size / 2)
+        # in the grid's (x, y[, z]) order, i.e. R[i, j] * size[j] / size[i] (exactly R when square)
+        size = torch.tensor([float(s) for s in reversed(shape[2:])])
+        rot = rot * (size[None, :] / size[:, None])
         theta = torch.cat([rot / params["zoom"].view(-1, 1, 1), params["shift"].unsqueeze(-1)], -1)
         ident = torch.cat([torch.eye(d).expand(n, d, d), torch.zeros(n, d, 1)], -1)
         theta = torch.where(keep.view(-1, 1, 1).cpu(), theta, ident).to(device, dtype)
