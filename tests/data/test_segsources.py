@@ -235,3 +235,37 @@ def test_bad_masks_and_datasets_name_the_file(tmp_path):
     (empty / "masks").mkdir()
     with pytest.raises((DatasetError, InputError), match="no image/mask pairs found|no mask"):
         open_seg_dataset(empty)
+
+
+def test_a_dicom_image_with_a_nifti_mask_is_refused_even_with_resampling(real_data, tmp_path):
+    """A DICOM series is (slice, row, column), a NIfTI volume (i, j, k): resizing the mask onto the
+    image (--resample-masks) would pair each voxel with a voxel of another place."""
+    import nibabel as nib
+
+    series = real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001" / "11-T1post-80644"
+    mask = np.zeros((260, 320, 24), np.uint8)  # the series' 24x320x260 voxels in NIfTI's axis order
+    mask[100:140, 150:200, 10:14] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([0.6875, 0.6875, 6.5, 1.0])), tmp_path / "mask.nii.gz")
+    (tmp_path / "m.csv").write_text(f"image,mask\n{series},mask.nii.gz\n")
+    cs = open_seg_dataset(tmp_path / "m.csv", resample_masks=True)
+    with pytest.raises(ImageContentError, match="ordered differently"):
+        load_mask_values(cs, cs.cases[0])
+
+
+def test_mixed_orientations_are_a_finding(real_data, tmp_path):
+    """DICOM series beside NIfTI volumes in one classification manifest: the fingerprint says the
+    volumes' axes point different ways (train and inspect print it)."""
+    import nibabel as nib
+
+    from meddx.data.sources import open_dataset
+
+    rows = ["path,label"]
+    tcia = real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001"
+    for i, s in enumerate(["11-T1post-80644", "35623-FLAIRreg-79237", "37908-T2reg-21119"]):
+        rows.append(f"{tcia / s},{'ab'[i % 2]}")
+        vol = np.random.default_rng(i).normal(100, 10, (40, 48, 24)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / f"v{i}.nii.gz")
+        rows.append(f"v{i}.nii.gz,{'ba'[i % 2]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    fp = compute_fingerprint(open_dataset(tmp_path / "m.csv"), strict=False)
+    assert any(f.startswith("mixed orientations") for f in fp["findings"]), fp["findings"]

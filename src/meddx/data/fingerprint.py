@@ -197,6 +197,11 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"{len(problems)} case(s) could not be used (see problems)")
     if len(set(dims)) > 1:
         findings.append(f"mixed dimensionality: {dict(Counter(dims))} (2D and 3D images in one dataset)")
+    if len(axcodes) > 1:  # e.g. DICOM series (slice, row, column) beside NIfTI (i, j, k): transposed volumes
+        shown = ", ".join(f"{''.join(k)}: {v}" for k, v in axcodes.most_common(4))
+        findings.append(f"mixed orientations ({shown}): the arrays' axes point different ways, so the network "
+                        "sees some volumes flipped or transposed; reorient them to one (e.g. nibabel's "
+                        "as_closest_canonical, or convert DICOM series to NIfTI with dcm2niix)")
     if len(set(chans)) > 1:
         findings.append(f"mixed channel counts: {dict(Counter(chans))}")
     if fp["distinct_shapes"] > 1:

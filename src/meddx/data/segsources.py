@@ -230,6 +230,14 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
     merged = None
     for mp in case.masks:
         m = read_image(mp)
+        formats = {img.meta.get("format"), m.meta.get("format")}
+        if img.spatial_dims == 3 and formats == {"dicom", "nifti"}:
+            # DICOM arrays are (slice, row, column), NIfTI's (i, j, k): resizing one onto the other
+            # would pair each voxel with a voxel of another place
+            raise ImageContentError(f"the image is {img.meta.get('format').upper()} and its mask "
+                                    f"{m.meta.get('format').upper()}: their voxel axes are ordered differently",
+                                    path=mp, fix="convert the DICOM side to NIfTI (e.g. dcm2niix) so image and "
+                                                 "mask share one geometry")
         plane = _mask_plane(m, mp)
         if tuple(plane.shape) != shape:
             squeezed = np.squeeze(plane)
