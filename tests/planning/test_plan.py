@@ -66,6 +66,8 @@ def test_rules_large_rgb_mixed_sizes_and_ct():
                                   "p99_5": 1500.0}), source="x", cuda=False)
     assert ct.data.spatial_dims == 3 and ct.data.input_size == [32, 32, 32]
     assert ct.data.intensity == "clip_scale" and ct.data.clip == [-1000.0, 1500.0]
+    clip = next(d for d in ct.decisions if d.field == "data.clip")  # the window names the percentiles it read
+    assert clip.rule.startswith("R4") and clip.reads == {"p00_5": -1000.0, "p99_5": 1500.0}
     # R16: 3D tries, on validation after training, averaging over the flips it was trained with; 2D none
     assert ct.evaluate.tta_flip_axes == ct.augment.flip_axes == [0, 1, 2] and ct.evaluate.choose_tta
     assert p.evaluate.tta_flip_axes == [] and p.augment.flip_axes == []

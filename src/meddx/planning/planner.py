@@ -142,6 +142,8 @@ def _rule_intensity(fp: dict, note) -> tuple[str, list[float] | None]:
         scheme, clip = "image_zscore", None
     note("data.intensity", scheme, "R4 intensity", "rule-based", min=it["min"], max=it["max"],
          integer_valued=it["integer_valued"])
+    if clip is not None:  # the clip window is a decision of its own, from the percentiles it read
+        note("data.clip", clip, "R4 intensity", "rule-based", p00_5=it["p00_5"], p99_5=it["p99_5"])
     return scheme, clip
 
 
