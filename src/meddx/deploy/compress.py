@@ -105,9 +105,11 @@ class DistillTrainer(Trainer):
             p.requires_grad_(False)
         self.kd, self.affine = kd, teacher_affine
 
-    def _loss(self, model, xb, yb, gen) -> torch.Tensor:
+    def _loss(self, model, xb, yb, gen, idx=None) -> torch.Tensor:
+        params = None
         if self.augment.active:
-            xb, _ = self.augment(xb, gen)
+            xb, params = self.augment(xb, gen)
+        self._record(idx, params)
         xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
         a, b = self.affine
         with torch.no_grad():

@@ -182,6 +182,11 @@ class Trainer:
         for s in range(self._steps_per_epoch(n)):
             yield perm[s * bs:(s + 1) * bs], g
 
+    def _record(self, idx, params, mix=None) -> None:
+        """Keep a batch's augmentation for ``augment.record`` (epoch-loop batches only: they carry ``idx``)."""
+        if self.recorder is not None and idx is not None:
+            self.recorder.add(idx, self.augment.used_params(params) if params else {}, mix)
+
     def _loss(self, model, xb, yb, gen, idx=None) -> torch.Tensor:
         """The batch's loss; ``idx`` (its cases' indices) is given by the epoch loop only, whose
         batches the recorder (plan ``augment.record``) writes down."""
@@ -195,10 +200,9 @@ class Trainer:
             state = gen.get_state()  # recorded: replaying cutmix/mixup from it redraws the same box and pairs
             xb, perm, lam = (cutmix if use_cut else mixup)(xb, cfg.cutmix if use_cut else cfg.mixup, gen)
             mix = (perm, lam)
-        if self.recorder is not None and idx is not None:
-            self.recorder.add(idx, self.augment.used_params(params) if params else {}, None if mix is None else
-                              {"kind": "cutmix" if use_cut else "mixup", "perm": mix[0], "lam": float(mix[1]),
-                               "generator_state": state})
+        self._record(idx, params, None if mix is None else
+                     {"kind": "cutmix" if use_cut else "mixup", "perm": mix[0], "lam": float(mix[1]),
+                      "generator_state": state})
         xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
         out = model(xb)
         if mix is None:
