@@ -250,6 +250,18 @@ def test_a_dicom_image_with_a_nifti_mask_is_refused_even_with_resampling(real_da
     cs = open_seg_dataset(tmp_path / "m.csv", resample_masks=True)
     with pytest.raises(ImageContentError, match="ordered differently"):
         load_mask_values(cs, cs.cases[0])
+    # the NIfTI mask `meddx predict` writes for a DICOM series keeps the series' grid: it is accepted
+    from meddx.evaluation.seg_predict import write_mask
+    from meddx.io import read_image
+
+    img = read_image(series)
+    own = np.zeros(img.spatial_shape, np.uint8)
+    own[10:14, 150:200, 100:140] = 1
+    written = write_mask(own, img, tmp_path / "pred")
+    (tmp_path / "m2.csv").write_text(f"image,mask\n{series},{written.name}\n")
+    for resample in (False, True):
+        cs = open_seg_dataset(tmp_path / "m2.csv", resample_masks=resample)
+        assert np.array_equal(load_mask_values(cs, cs.cases[0])[1], own)
 
 
 def test_mixed_orientations_are_a_finding(real_data, tmp_path):

@@ -118,3 +118,40 @@ def test_a_run_made_with_another_key_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDDX_PSEUDONYM_KEY", "site two")
     with pytest.raises(RunError, match="another key"):
         read_split(tmp_path / "split.csv")
+    (tmp_path / "run.json").write_text(json.dumps({"status": "complete"}))  # made before keyed pseudonyms
+    with pytest.raises(RunError, match="before meddx keyed"):
+        read_split(tmp_path / "split.csv")
+    (tmp_path / "split.csv").write_text("case_id,label,split,group\nx/1.png,a,test,\n")  # no patients: no key
+    assert read_split(tmp_path / "split.csv") == {"x/1.png": "test"}
+
+
+def test_the_data_hash_is_the_same_whatever_the_key(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.sources import open_dataset
+
+    rows = ["path,label,patient_id"]
+    for k in range(8):
+        Image.fromarray(np.full((8, 8), 10 * k, np.uint8)).save(tmp_path / f"P{k}.png")
+        rows.append(f"P{k}.png,{'ab'[k % 2]},P{k}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    hashes = set()
+    for key in ("site one", "site two"):
+        monkeypatch.setenv("MEDDX_PSEUDONYM_KEY", key)
+        cs = open_dataset(tmp_path / "m.csv")
+        assert cs.cases[0].case_id != "P0.png"  # the id embedded in the path is pseudonymised
+        hashes.add(compute_fingerprint(cs, strict=False)["data_hash"])
+    assert len(hashes) == 1
+
+
+def test_a_key_file_is_made_whole_once(tmp_path, monkeypatch):
+    from meddx.data import case
+
+    monkeypatch.delenv("MEDDX_PSEUDONYM_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "meddx").mkdir()
+    (tmp_path / "meddx" / "pseudonym.key").write_text("already there\n")  # another process won the race
+    case._file_key.cache_clear()
+    assert case.pseudonym_key() == b"already there"
+    assert [p.name for p in (tmp_path / "meddx").iterdir()] == ["pseudonym.key"]  # no temp file left

@@ -253,3 +253,44 @@ def test_flip_tta_in_one_batch_equals_the_mean_of_separate_passes(patch):
     assert got.shape == (3, *img.shape[1:]) and torch.allclose(got, ref, atol=1e-5)
     plan.segment.tta_flip_axes = []
     assert torch.allclose(segment_probs(model, img, plan), one(x)[0], atol=1e-6)
+
+
+def test_recorded_segmentation_patches_replay(tmp_path):
+    """augment.record in a 3D patch run: each batch keeps its cases, each patch's corner and the
+    drawn parameters; padding + crop + BatchAugment.apply rebuild the batch exactly. The timing
+    probe records nothing (no stray epoch file)."""
+    import torch.nn.functional as F
+
+    from meddx.data.segprep import SegData
+    from meddx.planning.plan import AugmentConfig
+    from meddx.training.seg_engine import SegTrainer
+    from meddx.transforms.augment import BatchAugment, load_augment_record
+
+    root = write_seg_volumes(tmp_path / "vols", n=6)
+    out = tmp_path / "run"
+    train_seg_run(str(root), out, overrides={"train.epochs": 2, "segment.patch_size": [16, 16, 16],
+                                             "augment.record": True}, progress=False, log=lambda *a: None)
+    assert sorted(p.name for p in (out / "augment").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    from meddx.planning.plan import Plan
+
+    plan = Plan.load(out / "plan.yaml")
+    plan.augment = AugmentConfig(flip_axes=[0, 1, 2], rotate_deg=10, scale=0.1, gamma=0.3, record=True)
+    g = torch.Generator().manual_seed(0)
+    data = SegData([torch.randn(1, 14, 20, 18, generator=g) for _ in range(5)],
+                   [(torch.rand(14, 20, 18, generator=g) > 0.7).to(torch.uint8) for _ in range(5)])
+    t = SegTrainer(plan, torch.nn.Conv3d(1, 3, 1), tmp_path / "t", progress=False)
+    seen = list(t.batches(data, 1))
+    rec = load_augment_record(tmp_path / "t" / "augment" / "epoch_0001.pt")
+    aug = BatchAugment.from_config(plan.augment, 3)
+    patch = plan.segment.patch_size
+    for (xb, yb), b in zip(seen, rec["batches"], strict=True):
+        xs, ys = [], []
+        for i, start in zip(b["case_index"].tolist(), b["crop_start"].tolist()):
+            pad = [max(0, p - s) for p, s in zip(patch, data.labels[i].shape)]
+            spec = [v for p_ in pad[::-1] for v in (p_ // 2, p_ - p_ // 2)]
+            img, lab = F.pad(data.images[i], spec), F.pad(data.labels[i], spec)
+            sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
+            xs.append(img[(slice(None), *sl)])
+            ys.append(lab[sl])
+        assert torch.equal(aug.apply(torch.stack(xs), b["params"]), xb)
+        assert torch.equal(aug.apply_labels(torch.stack(ys), b["params"]), yb)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -67,22 +68,32 @@ def pseudonym_key() -> bytes:
     env = os.environ.get(PSEUDONYM_KEY_ENV)
     if env:
         return env.encode()
-    f = _key_file()
+    return _file_key(_key_file())
+
+
+@functools.lru_cache(maxsize=4)
+def _file_key(f: Path) -> bytes:
+    """Read the key file, making it first if there is none (read once per process)."""
     try:
         if not f.exists():
             f.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32) + "\n")
-        key = f.read_text().strip()
-    except FileExistsError:  # another process made it a moment ago
+            try:  # a complete file appears at once; if another process won the race, its key stands
+                os.link(tmp, f)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
         key = f.read_text().strip()
     except OSError as e:
         raise MeddxError(f"cannot read or create the pseudonym key ({e.strerror or e})", path=f,
                          fix=f"make {f.parent} writable, or set {PSEUDONYM_KEY_ENV} to a secret string") from None
     if not key:
         raise MeddxError("the pseudonym key file is empty", path=f,
-                         fix=f"delete it (a new key is made) or set {PSEUDONYM_KEY_ENV}")
+                         fix=f"restore it from a backup (runs made with it need it), or set {PSEUDONYM_KEY_ENV}")
     return key.encode()
 
 
@@ -95,6 +106,21 @@ def pseudonym_key_id() -> str:
 def pseudonymise(value: str) -> str:
     """Return a short keyed one-way key (HMAC-SHA256) for a patient identifier, safe to write to outputs."""
     return hmac.new(pseudonym_key(), value.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def patient_keys(case_id: str, patient_id: str | None) -> dict:
+    """``Case`` fields for a case of patient ``patient_id``: the case id with the identifier
+    (where the path embeds it) replaced by its pseudonym, ``group`` and ``split_key``."""
+    if not patient_id:
+        return {"case_id": case_id, "group": None, "split_key": None}
+    key = pseudonymise(patient_id)
+    return {"case_id": case_id.replace(patient_id, key), "group": key, "split_key": split_order_key(patient_id)}
+
+
+def hash_id(c: "Case") -> str:
+    """The case id as the data hash reads it: with the machine-independent order key in place of the
+    keyed pseudonym, so one dataset has one hash on every machine (as before pseudonyms were keyed)."""
+    return c.case_id.replace(c.group, c.split_key) if c.group and c.split_key else c.case_id
 
 
 def split_order_key(value: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.data.case import Case, CaseSet, pseudonymise, split_order_key
+from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, InputError
 from meddx.io import read_image
 
@@ -110,10 +110,7 @@ def open_det_dataset(path: str | Path) -> CaseSet:
             cid = str(ip.relative_to(p.parent))
         except ValueError:
             cid = str(ip)
-        if pid:
-            cid = cid.replace(pid, pseudonymise(pid))
-        cases.append(Case(case_id=cid, label=strata.index(bs[0][4] if bs else "none"), split=split,
-                          group=pseudonymise(pid) if pid else None, split_key=split_order_key(pid) if pid else None,
+        cases.append(Case(label=strata.index(bs[0][4] if bs else "none"), split=split, **patient_keys(cid, pid),
                           path=ip,
                           boxes=tuple((x1, y1, x2, y2, idx[lab]) for x1, y1, x2, y2, lab in bs)))
     official = all(splits)

@@ -8,8 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from meddx.data.case import CaseSet
-from meddx.io.base import check_pixels
+from meddx.data.case import CaseSet, hash_id
+from meddx.io.base import check_pixels, ras_affine
 from meddx.errors import MeddxError
 
 PIXEL_SAMPLE = 4096  # pixels drawn per image for dataset-wide percentiles
@@ -123,7 +123,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                 integer_valued = False
         h = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
         hashes[h].append(c.case_id)
-        data_hash.update(f"{c.case_id}|{c.label}|{c.split}|{h}\n".encode())
+        data_hash.update(f"{hash_id(c)}|{c.label}|{c.split}|{h}\n".encode())
         if progress:
             progress(1)
 
@@ -233,7 +233,7 @@ def _axcodes(img) -> tuple[str, ...] | None:
     import nibabel as nib
 
     try:
-        return tuple(nib.aff2axcodes(np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(aff, float)))
+        return tuple(nib.aff2axcodes(ras_affine(img)))
     except Exception:  # noqa: BLE001 - degenerate geometry: orientation unknown
         return None
 

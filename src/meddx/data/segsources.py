@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.data.case import Case, CaseSet, pseudonymise, split_order_key
+from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, ImageContentError, InputError
 from meddx.io import read_image
-from meddx.io.base import ImageData
+from meddx.io.base import ImageData, ras_affine
 from meddx.io.formats import is_hidden, is_readable_path, path_suffix
 
 MASK_STEM = re.compile(r"^(?P<stem>.+?)_(mask|seg|label|labels)(_(?P<k>\d+))?$", re.IGNORECASE)
@@ -175,10 +175,8 @@ def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by
     if group_by_folder:
         strata = [None] * len(cases)  # the folders are patients, not strata (and their names are identifiers)
         for c in cases:
-            folder = c.path.parent.name
-            key = pseudonymise(folder)
-            c.group, c.split_key = key, split_order_key(folder)
-            c.case_id = c.case_id.replace(folder, key)
+            keys = patient_keys(c.case_id, c.path.parent.name)
+            c.case_id, c.group, c.split_key = keys["case_id"], keys["group"], keys["split_key"]
     names = sorted({s for s in strata if s is not None}) or ["all"]
     idx = {n: i for i, n in enumerate(names)}
     for c, s in zip(cases, strata):
@@ -206,10 +204,11 @@ def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
 
 
 def _same_geometry(img: ImageData, msk: ImageData) -> bool:
-    a, b = img.meta.get("affine"), msk.meta.get("affine")
+    """Same voxel-to-world mapping (both read in RAS: a DICOM's LPS affine is converted); unknown: True."""
+    a, b = ras_affine(img), ras_affine(msk)
     if a is None or b is None:
         return True
-    return bool(np.allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-3, rtol=1e-4))
+    return bool(np.allclose(a, b, atol=1e-3, rtol=1e-4))
 
 
 def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) -> tuple[ImageData, np.ndarray]:
@@ -230,15 +229,18 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
     merged = None
     for mp in case.masks:
         m = read_image(mp)
+        plane = _mask_plane(m, mp)
         formats = {img.meta.get("format"), m.meta.get("format")}
-        if img.spatial_dims == 3 and formats == {"dicom", "nifti"}:
+        aligned = (ras_affine(img) is not None and ras_affine(m) is not None and _same_geometry(img, m)
+                   and tuple(plane.shape) == shape)  # e.g. the NIfTI mask `meddx predict` wrote
+        if img.spatial_dims == 3 and formats == {"dicom", "nifti"} and not aligned:
             # DICOM arrays are (slice, row, column), NIfTI's (i, j, k): resizing one onto the other
             # would pair each voxel with a voxel of another place
             raise ImageContentError(f"the image is {img.meta.get('format').upper()} and its mask "
-                                    f"{m.meta.get('format').upper()}: their voxel axes are ordered differently",
+                                    f"{m.meta.get('format').upper()} on another voxel grid: their voxel axes are "
+                                    "ordered differently (DICOM slice, row, column; NIfTI i, j, k)",
                                     path=mp, fix="convert the DICOM side to NIfTI (e.g. dcm2niix) so image and "
                                                  "mask share one geometry")
-        plane = _mask_plane(m, mp)
         if tuple(plane.shape) != shape:
             squeezed = np.squeeze(plane)
             if squeezed.shape == tuple(s for s in shape if s != 1):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.data.case import Case, CaseSet, pseudonymise, split_order_key
+from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, InputError
 from meddx.io import read_image
 from meddx.io.base import ImageData
@@ -150,16 +150,13 @@ def manifest_cases(path: Path, rows, label_of) -> tuple[list[Case], bool]:
             cid = str(r.path.relative_to(path.parent))
         except ValueError:
             cid = str(r.path)
-        if r.patient_id:
-            # a path that embeds the patient identifier is written with its pseudonym instead
-            cid = cid.replace(r.patient_id, pseudonymise(r.patient_id))
+        keys = patient_keys(cid, r.patient_id)  # a path that embeds the identifier gets its pseudonym
+        cid = keys["case_id"]
         if cid in seen:
             raise DatasetError(f"'{cid}' is listed twice (line {r.line})", path=path,
                                fix="list each image once")
         seen.add(cid)
-        cases.append(Case(case_id=cid, label=label_of(r), split=r.split, path=r.path, masks=r.masks,
-                          group=pseudonymise(r.patient_id) if r.patient_id else None,
-                          split_key=split_order_key(r.patient_id) if r.patient_id else None))
+        cases.append(Case(label=label_of(r), split=r.split, path=r.path, masks=r.masks, **keys))
     official = all(have_split)
     if official:
         present = {r.split for r in rows}

@@ -118,11 +118,14 @@ def read_split(path: Path) -> dict[str, str]:
 
     Raises:
         RunError: the run (its ``run.json`` beside the file) pseudonymised patient ids with another
-            key than this machine's, so its case ids cannot be matched to the data here.
+            key than this machine's, or before pseudonyms were keyed, so its case ids cannot be
+            matched to the data here.
     """
-    _check_pseudonym_key(Path(path).parent)
     with open(path, newline="") as f:
-        return {row["case_id"]: row["split"] for row in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    if any(row.get("group") for row in rows):
+        _check_pseudonym_key(Path(path).parent)
+    return {row["case_id"]: row["split"] for row in rows}
 
 
 def _check_pseudonym_key(run_dir: Path) -> None:
@@ -132,10 +135,14 @@ def _check_pseudonym_key(run_dir: Path) -> None:
     from meddx.errors import RunError
 
     try:
-        made_with = json.loads((run_dir / "run.json").read_text()).get("pseudonym_key_id")
-    except (OSError, ValueError, AttributeError):
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
         return
-    if made_with and made_with != pseudonym_key_id():
+    made_with = info.get("pseudonym_key_id") if isinstance(info, dict) else None
+    if made_with is None:
+        raise RunError("the run was made before meddx keyed its patient pseudonyms, so its case ids do not "
+                       "match the data as read now", path=run_dir, fix="train the run again")
+    if made_with != pseudonym_key_id():
         raise RunError(f"the run pseudonymised patient ids with another key (id {made_with}) than this machine's "
                        f"(id {pseudonym_key_id()}), so its case ids do not match the data here", path=run_dir,
                        fix=f"set {PSEUDONYM_KEY_ENV} to the key it was made with, or copy that machine's "

@@ -20,10 +20,9 @@ import numpy as np
 
 from meddx.errors import InputError, RunError
 from meddx.io import read_image
-from meddx.io.base import ImageData
+from meddx.io.base import ImageData, ras_affine
 from meddx.io.formats import file_stem
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 
@@ -37,10 +36,8 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
             affine = np.asarray(img.meta["affine"], float)
             data = mask if mask.ndim == 3 else mask[..., None]
         else:
-            aff = img.meta.get("affine")
-            if aff is not None:
-                affine = LPS_TO_RAS @ np.asarray(aff, float)
-            else:
+            affine = ras_affine(img)
+            if affine is None:
                 affine = np.diag([*(img.spacing or (1.0, 1.0, 1.0)), 1.0])
             data = mask
         path = out_base.with_name(out_base.name + "_mask.nii.gz")

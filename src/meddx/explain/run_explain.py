@@ -18,10 +18,9 @@ import torch
 from meddx.errors import InputError, MeddxError, RunError
 from meddx.explain.cam import METHODS, SEG_METHODS, Explainer
 from meddx.explain.scores import resize_map
-from meddx.io.base import ImageData
+from meddx.io.base import ImageData, ras_affine
 from meddx.io.formats import file_stem
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -150,12 +149,8 @@ def write_heatmap_nifti(heatmap: np.ndarray, img: ImageData, path: Path) -> Path
     """A 3D heatmap as float32 NIfTI in the input's geometry."""
     import nibabel as nib
 
-    fmt = img.meta.get("format", "")
-    if fmt == "nifti" and img.meta.get("affine") is not None:
-        affine = np.asarray(img.meta["affine"], float)
-    elif img.meta.get("affine") is not None:
-        affine = LPS_TO_RAS @ np.asarray(img.meta["affine"], float)
-    else:
+    affine = ras_affine(img)
+    if affine is None:
         affine = np.diag([*(img.spacing or (1.0, 1.0, 1.0)), 1.0])
     tmp = path.with_name(path.name + ".tmp.nii.gz")
     nib.save(nib.Nifti1Image(heatmap.astype(np.float32), affine), str(tmp))

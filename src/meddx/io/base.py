@@ -8,6 +8,19 @@ from typing import Any
 import numpy as np
 
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient axes (LPS) to NIfTI's (RAS)
+
+
+def ras_affine(img: "ImageData") -> np.ndarray | None:
+    """The image's voxel-to-world affine in RAS (NIfTI's convention), or None where unknown:
+    a DICOM reader's LPS affine is converted; any other stays as it is."""
+    aff = img.meta.get("affine")
+    if aff is None:
+        return None
+    aff = np.asarray(aff, float)
+    return LPS_TO_RAS @ aff if img.meta.get("format") == "dicom" else aff
+
+
 @dataclass
 class ImageData:
     """One decoded image or volume.

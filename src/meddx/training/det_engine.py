@@ -120,6 +120,7 @@ class HeatmapTrainer(TaskTrainer):
         return data._targets
 
     def batches(self, data: SegData, epoch: int):
+        self._epoch_start()
         g = torch.Generator().manual_seed(self.plan.seed * 1_000_003 + epoch)
         n = len(data)
         bs = min(self.plan.train.batch_size, n)
@@ -127,6 +128,7 @@ class HeatmapTrainer(TaskTrainer):
         for idx in self.epoch_indices(n, bs, g):
             xb = torch.stack([data.images[i] for i in idx])
             tb = torch.stack([tg[i] for i in idx])
+            params = {}
             if self.augment.active:
                 params = self.augment.sample(xb.shape[0], g)
                 xb = self.augment.apply(xb, params)
@@ -134,7 +136,9 @@ class HeatmapTrainer(TaskTrainer):
                 for j, ax in enumerate(self.augment.flip_axes):  # targets flip with the image
                     m = (params["flip"][:, j] & keep).view(-1, 1, 1, 1)
                     tb = torch.where(m, tb.flip(2 + ax), tb)
+            self._record(idx, params)
             yield xb, tb
+        self._epoch_done(epoch)
 
     def step(self, model: nn.Module, batch) -> torch.Tensor:
         xb, tb = batch

@@ -185,7 +185,7 @@ class Trainer:
     def _record(self, idx, params, mix=None) -> None:
         """Keep a batch's augmentation for ``augment.record`` (epoch-loop batches only: they carry ``idx``)."""
         if self.recorder is not None and idx is not None:
-            self.recorder.add(idx, self.augment.used_params(params) if params else {}, mix)
+            self.recorder.add(idx, self.augment.used_params(params) if params else {}, **({"mix": mix} if mix else {}))
 
     def _loss(self, model, xb, yb, gen, idx=None) -> torch.Tensor:
         """The batch's loss; ``idx`` (its cases' indices) is given by the epoch loop only, whose

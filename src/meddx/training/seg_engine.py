@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from meddx.data.segprep import SegData
 from meddx.losses.segmentation import SegLoss
 from meddx.training.loop import TaskTrainer
-from meddx.transforms.augment import AugmentRecorder, BatchAugment
+from meddx.transforms.augment import BatchAugment
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,12 +76,13 @@ class SegTrainer(TaskTrainer):
                  progress: bool = True):
         super().__init__(plan, model, run_dir, device=device, progress=progress)
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
-        self.recorder = AugmentRecorder(self.run_dir / "augment") if plan.augment.record else None
         self.loss_fn = SegLoss(plan.segment.loss, plan.segment.class_weights).to(self.device)
         self.k = len(plan.segment.label_values)
 
     # -- batches --------------------------------------------------------------------------
-    def _crop(self, img: torch.Tensor, lab: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crop(self, img: torch.Tensor, lab: torch.Tensor,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """A training patch (zero-padded up to the patch size first) and its corner in the padded image."""
         patch = self.plan.segment.patch_size
         shape = np.array(lab.shape)
         pad = np.maximum(np.array(patch) - shape, 0)
@@ -101,33 +102,33 @@ class SegTrainer(TaskTrainer):
         else:
             start = np.array([rng.integers(h + 1) for h in hi])
         sl = tuple(slice(int(s), int(s) + p) for s, p in zip(start, patch))
-        return img[(slice(None), *sl)], lab[sl]
+        return img[(slice(None), *sl)], lab[sl], start
 
     def batches(self, data: SegData, epoch: int):
-        if self.recorder is not None:
-            self.recorder.discard()  # batches drawn before (the timing probe) are not part of an epoch
+        self._epoch_start()
         seed = self.plan.seed * 1_000_003 + epoch
         g = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
         n = len(data)
         bs = min(self.plan.train.batch_size, n) if not self.plan.segment.patch_size else self.plan.train.batch_size
         for idx in self.epoch_indices(n, bs, g):
+            crops = {}
             if self.plan.segment.patch_size:
                 pairs = [self._crop(data.images[i], data.labels[i], rng) for i in idx]
                 xb = torch.stack([p[0] for p in pairs])
                 yb = torch.stack([p[1] for p in pairs])
+                crops = {"crop_start": torch.as_tensor(np.stack([p[2] for p in pairs]))}
             else:
                 xb = torch.stack([data.images[i] for i in idx])
                 yb = torch.stack([data.labels[i] for i in idx])
+            params = {}
             if self.augment.active:
                 params = self.augment.sample(xb.shape[0], g)
                 xb = self.augment.apply(xb, params)
                 yb = self.augment.apply_labels(yb, params)
-                if self.recorder is not None:  # patch crops (3D) are not recorded: params apply to the crop
-                    self.recorder.add(torch.as_tensor(idx), self.augment.used_params(params))
+            self._record(idx, params, **crops)
             yield xb, yb
-        if self.recorder is not None:
-            self.recorder.write(epoch)
+        self._epoch_done(epoch)
 
     def step(self, model: nn.Module, batch) -> torch.Tensor:
         xb, yb = batch

@@ -214,8 +214,9 @@ class BatchAugment:
 class AugmentRecorder:
     """Records the parameters drawn for each training batch (plan ``augment.record``).
 
-    ``add`` keeps one batch (the indices of its cases in the training tensor, the parameters
-    ``BatchAugment.sample`` drew, and any mixup/cutmix pairing); ``write`` saves the epoch's
+    ``add`` keeps one batch (the indices of its cases in the training data, the parameters
+    ``BatchAugment.sample`` drew, any mixup/cutmix pairing and, for segmentation patches, each
+    crop's corner in the zero-padded image); ``write`` saves the epoch's
     batches to ``<folder>/epoch_NNNN.pt`` (atomically) and starts the next. Replay a batch with
     ``BatchAugment.apply(x_train[case_index], params)``; ``load_augment_record`` reads a file back.
     An epoch cut short (a killed run, the time budget) writes nothing: a resumed run re-draws it.
@@ -225,12 +226,16 @@ class AugmentRecorder:
         self.folder = Path(folder)
         self._batches: list[dict] = []
 
-    def add(self, case_index, params: dict[str, torch.Tensor], mix: dict | None = None) -> None:
-        rec = {"case_index": torch.as_tensor(case_index).detach().cpu().clone(),
-               "params": {k: v.detach().cpu().clone() for k, v in params.items()}}
-        if mix is not None:
-            rec["mix"] = {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v) for k, v in mix.items()}
-        self._batches.append(rec)
+    def add(self, case_index, params: dict[str, torch.Tensor], **extra) -> None:
+        """One batch: its cases, the drawn parameters, and what else replaying it needs (``mix``:
+        the mixup/cutmix pairing; ``crop_start``: segmentation patch corners)."""
+        def keep(v):
+            if isinstance(v, dict):
+                return {k: keep(x) for k, x in v.items()}
+            return v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+
+        self._batches.append({"case_index": torch.as_tensor(case_index).detach().cpu().clone(),
+                              "params": keep(params), **{k: keep(v) for k, v in extra.items()}})
 
     def write(self, epoch: int) -> Path | None:
         from meddx.io.state import save_state
