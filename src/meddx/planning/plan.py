@@ -276,13 +276,23 @@ class Plan(_Strict):
             raise PlanError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
         if not isinstance(raw, dict):
             raise PlanError("a plan must be a YAML mapping", path=p, fix="start from a plan written by meddx")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
-            if not loc:  # a check of the whole plan: its message names the fields
-                raise PlanError(err["msg"].removeprefix("Value error, "), path=p,
-                                fix="edit the plan as the message says") from None
-            raise PlanError(f"field '{loc}': {err['msg']}", path=p,
-                            fix=f"correct '{loc}' ({len(e.errors())} problem(s) in all)") from None
+        return validate_plan(raw, path=p)
+
+
+def validate_plan(raw: dict, *, path: Path | None = None, overrides: bool = False) -> Plan:
+    """``Plan.model_validate`` with a one-line ``PlanError`` naming the first bad field: of the plan
+    file at ``path``, or of the user's ``overrides`` (``--set``)."""
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if not loc:  # a check of the whole plan: its message names the fields
+            raise PlanError(err["msg"].removeprefix("Value error, "), path=path,
+                            fix="leave those overrides out" if overrides else "edit the plan as the message says"
+                            ) from None
+        if overrides:
+            raise PlanError(f"plan field '{loc}': {err['msg']}",
+                            fix=f"check the override of '{loc}' (see `meddx plan` for the fields)") from None
+        raise PlanError(f"field '{loc}': {err['msg']}", path=path,
+                        fix=f"correct '{loc}' ({len(e.errors())} problem(s) in all)") from None

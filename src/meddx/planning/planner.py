@@ -85,10 +85,10 @@ from typing import Any
 
 import numpy as np
 
-from meddx.errors import DatasetError, PlanError
+from meddx.errors import DatasetError
 from meddx.planning.plan import (AugmentConfig, Choice, DataConfig, Decision, EnsembleConfig, EvaluateConfig,
                                  ModelConfig, OptimConfig, Plan, PreprocessStep, ScheduleConfig, SegmentConfig,
-                                 TrainConfig)
+                                 TrainConfig, validate_plan)
 
 
 def _round8(x: float) -> int:
@@ -476,14 +476,4 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
             node[parts[-1]] = copy.deepcopy(value)  # a later nested key must not write into the caller's dict
         raw["decisions"].append({"field": key, "value": value, "rule": "set by the user", "kind": "user",
                                  "reads": {}})
-    from pydantic import ValidationError
-
-    try:
-        return Plan.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        if not loc:  # a check of the whole plan: its message names the fields
-            raise PlanError(err["msg"].removeprefix("Value error, "), fix="leave those overrides out") from None
-        raise PlanError(f"plan field '{loc}': {err['msg']}",
-                        fix=f"check the override of '{loc}' (see `meddx plan` for the fields)") from None
+    return validate_plan(raw, overrides=True)
