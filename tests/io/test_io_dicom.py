@@ -280,6 +280,14 @@ def test_positions_beat_instance_numbers_and_fallback(series, tcia_dir, tmp_path
         np.testing.assert_array_equal(fallback.array[0, k], pydicom.dcmread(files[i]).pixel_array)
 
 
+def _first_slices(tcia_dir, to, n: int = 3) -> list:
+    """Copy the first ``n`` slice files of the T1post series into ``to``; returns the originals."""
+    files = sorted((tcia_dir / SERIES[0]).iterdir())[:n]
+    for f in files:
+        shutil.copy(f, to / f.name)
+    return files
+
+
 def test_two_series_in_one_folder(tcia_dir, tmp_path, assert_one_line_error):
     for s in SERIES[:2]:
         for f in sorted((tcia_dir / s).iterdir())[:2]:
@@ -290,9 +298,7 @@ def test_two_series_in_one_folder(tcia_dir, tmp_path, assert_one_line_error):
 
 
 def test_series_with_differing_slice_sizes(tcia_dir, tmp_path):
-    files = sorted((tcia_dir / SERIES[0]).iterdir())[:3]
-    for f in files:
-        shutil.copy(f, tmp_path / f.name)
+    files = _first_slices(tcia_dir, tmp_path)
     ds = pydicom.dcmread(tmp_path / files[1].name)
     ds.PixelData = ds.pixel_array[:100].tobytes()
     ds.Rows = 100
@@ -336,9 +342,7 @@ def test_series_errors(tmp_path, tcia_dir):
 
 
 def test_truncated_slice_in_series_is_named(tcia_dir, tmp_path, assert_one_line_error):
-    files = sorted((tcia_dir / SERIES[0]).iterdir())[:4]
-    for f in files:
-        shutil.copy(f, tmp_path / f.name)
+    files = _first_slices(tcia_dir, tmp_path, 4)
     cut = tmp_path / files[2].name
     cut.write_bytes(cut.read_bytes()[:600])  # keeps the SOP class (MR Image Storage), loses Rows and pixels
     assert "Rows" not in pydicom.dcmread(cut, defer_size="256 KB")
@@ -351,9 +355,7 @@ def test_truncated_slice_in_series_is_named(tcia_dir, tmp_path, assert_one_line_
 
 
 def test_series_skips_non_image_objects(tcia_dir, tmp_path):
-    files = sorted((tcia_dir / SERIES[0]).iterdir())[:3]
-    for f in files:
-        shutil.copy(f, tmp_path / f.name)
+    _first_slices(tcia_dir, tmp_path)
     sr = pydicom.Dataset()
     sr.file_meta = FileMetaDataset()
     sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
