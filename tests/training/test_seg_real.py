@@ -56,7 +56,7 @@ def test_dicom_series_with_mask_series_trains(real_data, tmp_path):
     res = predict_seg_paths(out, root / "35623-FLAIRreg-79237", tmp_path / "p", progress=False)
     img = nib.load(res[0]["mask"])
     assert img.shape == (24, 320, 260)
-    from meddx.evaluation.seg_predict import LPS_TO_RAS
+    from meddx.io.base import LPS_TO_RAS
     from meddx.io import read_image
 
     lps = np.asarray(read_image(root / "35623-FLAIRreg-79237").meta["affine"])
