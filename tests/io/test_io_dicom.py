@@ -133,15 +133,20 @@ def test_monochrome1_is_inverted(dicom_dir, tmp_path):
     assert np.argmax(m1.array) == np.argmin(m2.array)
 
 
-def test_no_pixel_data_is_input_error(tmp_path, assert_one_line_error):
+def _write_text_report(p) -> None:
+    """A DICOM Basic Text SR: a DICOM object without pixel data."""
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = "SR"
-    p = tmp_path / "report.dcm"
     ds.save_as(p, enforce_file_format=True)
+
+
+def test_no_pixel_data_is_input_error(tmp_path, assert_one_line_error):
+    p = tmp_path / "report.dcm"
+    _write_text_report(p)
     with pytest.raises(InputError) as ei:
         read_image(p)
     assert not isinstance(ei.value, CorruptFileError)
@@ -356,13 +361,7 @@ def test_truncated_slice_in_series_is_named(tcia_dir, tmp_path, assert_one_line_
 
 def test_series_skips_non_image_objects(tcia_dir, tmp_path):
     _first_slices(tcia_dir, tmp_path)
-    sr = pydicom.Dataset()
-    sr.file_meta = FileMetaDataset()
-    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
-    sr.SOPInstanceUID = generate_uid()
-    sr.Modality = "SR"
-    sr.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    _write_text_report(tmp_path / "report.dcm")
     shutil.copy(get_testdata_file("DICOMDIR"), tmp_path / "DICOMDIR")
     img = read_dicom_series(tmp_path)
     assert img.array.shape == (1, 3, 320, 260) and img.meta["skipped_files"] == 2
