@@ -203,11 +203,12 @@ def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
     return a
 
 
-def _same_geometry(img: ImageData, msk: ImageData) -> bool:
-    """Same voxel-to-world mapping (both read in RAS: a DICOM's LPS affine is converted); unknown: True."""
+def _same_geometry(img: ImageData, msk: ImageData, unknown: bool = True) -> bool:
+    """Same voxel-to-world mapping (both read in RAS: a DICOM's LPS affine is converted); ``unknown``
+    where either has none."""
     a, b = ras_affine(img), ras_affine(msk)
     if a is None or b is None:
-        return True
+        return unknown
     return bool(np.allclose(a, b, atol=1e-3, rtol=1e-4))
 
 
@@ -230,10 +231,9 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
     for mp in case.masks:
         m = read_image(mp)
         plane = _mask_plane(m, mp)
-        formats = {img.meta.get("format"), m.meta.get("format")}
-        aligned = (ras_affine(img) is not None and ras_affine(m) is not None and _same_geometry(img, m)
-                   and tuple(plane.shape) == shape)  # e.g. the NIfTI mask `meddx predict` wrote
-        if img.spatial_dims == 3 and formats == {"dicom", "nifti"} and not aligned:
+        if (img.spatial_dims == 3 and {img.meta.get("format"), m.meta.get("format")} == {"dicom", "nifti"}
+                and not (tuple(plane.shape) == shape and _same_geometry(img, m, unknown=False))):
+            # (on one grid, e.g. the NIfTI mask `meddx predict` wrote for a DICOM series, they pair up)
             # DICOM arrays are (slice, row, column), NIfTI's (i, j, k): resizing one onto the other
             # would pair each voxel with a voxel of another place
             raise ImageContentError(f"the image is {img.meta.get('format').upper()} and its mask "

@@ -120,7 +120,7 @@ class HeatmapTrainer(TaskTrainer):
         return data._targets
 
     def batches(self, data: SegData, epoch: int):
-        self._epoch_start()
+        self.recorder.discard()  # what an epoch cut short drew is not part of this one
         g = torch.Generator().manual_seed(self.plan.seed * 1_000_003 + epoch)
         n = len(data)
         bs = min(self.plan.train.batch_size, n)
@@ -136,9 +136,9 @@ class HeatmapTrainer(TaskTrainer):
                 for j, ax in enumerate(self.augment.flip_axes):  # targets flip with the image
                     m = (params["flip"][:, j] & keep).view(-1, 1, 1, 1)
                     tb = torch.where(m, tb.flip(2 + ax), tb)
-            self._record(idx, params)
+            self.recorder.add(self.augment, idx, params)
             yield xb, tb
-        self._epoch_done(epoch)
+        self.recorder.write(epoch)
 
     def step(self, model: nn.Module, batch) -> torch.Tensor:
         xb, tb = batch

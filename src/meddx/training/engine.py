@@ -121,7 +121,7 @@ class Trainer:
         self.progress = progress
         self.on_epoch = on_epoch
         self.augment = BatchAugment.from_config(plan.augment, plan.data.spatial_dims)
-        self.recorder = AugmentRecorder(self.run_dir / "augment") if plan.augment.record else None
+        self.recorder = AugmentRecorder.for_plan(plan, self.run_dir)
         self.loss_fn: nn.Module | None = None  # built from the training labels (``_setup_loss``)
         self._y_train: torch.Tensor | None = None
 
@@ -184,8 +184,8 @@ class Trainer:
 
     def _record(self, idx, params, mix=None) -> None:
         """Keep a batch's augmentation for ``augment.record`` (epoch-loop batches only: they carry ``idx``)."""
-        if self.recorder is not None and idx is not None:
-            self.recorder.add(idx, self.augment.used_params(params) if params else {}, **({"mix": mix} if mix else {}))
+        if idx is not None:
+            self.recorder.add(self.augment, idx, params, **({"mix": mix} if mix else {}))
 
     def _loss(self, model, xb, yb, gen, idx=None) -> torch.Tensor:
         """The batch's loss; ``idx`` (its cases' indices) is given by the epoch loop only, whose
@@ -257,12 +257,10 @@ class Trainer:
         n = x_train.shape[0]
 
         def batches(epoch):
-            if self.recorder is not None:
-                self.recorder.discard()  # a batch drawn before (the timing probe) is not part of an epoch
+            self.recorder.discard()  # what an epoch cut short drew is not part of this one
             for idx, gen in self._epoch_batches(n, epoch):
                 yield x_train[idx], y_train[idx], gen, idx
-            if self.recorder is not None:
-                self.recorder.write(epoch)
+            self.recorder.write(epoch)
 
         def validate(model):
             ev = self.plan.evaluate  # flips still to be chosen (R16) are tried after training, not here

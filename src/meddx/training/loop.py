@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from meddx.training.checkpoint import load_checkpoint, save_checkpoint
 from meddx.training.optim import create_optimizer, create_scheduler, shorten_schedule
+from meddx.transforms.augment import AugmentRecorder
 
 
 @dataclass
@@ -263,7 +264,7 @@ def measure_epoch_seconds(trainer, train, val, probe_steps: int = 4, val_probe: 
     opt = create_optimizer(model.parameters(), trainer.plan.optim)
     sched = create_scheduler(opt, trainer.plan.schedule, 10, 1)
     times = []
-    recorder, trainer.recorder = getattr(trainer, "recorder", None), None  # probe batches are not an epoch
+    recorder, trainer.recorder = trainer.recorder, AugmentRecorder(None)  # probe batches are not an epoch
     try:
         for i, batch in enumerate(trainer.batches(train, 10_000)):
             if i > probe_steps:
@@ -295,30 +296,15 @@ class TaskTrainer:
 
     select_name = "metric"
 
-    def _record(self, idx, params, **extra) -> None:
-        """Keep one batch's augmentation (plan ``augment.record``; ``self.augment`` drew ``params``)."""
-        if self.recorder is not None:
-            self.recorder.add(torch.as_tensor(idx), self.augment.used_params(params), **extra)
-
-    def _epoch_start(self) -> None:
-        if self.recorder is not None:
-            self.recorder.discard()  # what an abandoned epoch drew is not part of this one
-
-    def _epoch_done(self, epoch: int) -> None:
-        if self.recorder is not None:
-            self.recorder.write(epoch)
-
     def __init__(self, plan, model: nn.Module, run_dir: Path, *, device: torch.device | None = None,
                  progress: bool = True):
         from meddx.training.engine import get_device
-
-        from meddx.transforms.augment import AugmentRecorder
 
         self.plan = plan
         self.device = device or get_device()
         self.model = model.to(self.device)
         self.run_dir = Path(run_dir)
-        self.recorder = AugmentRecorder(self.run_dir / "augment") if plan.augment.record else None
+        self.recorder = AugmentRecorder.for_plan(plan, self.run_dir)  # plan augment.record
         self.progress = progress
 
     def steps_per_epoch(self, n: int) -> int:

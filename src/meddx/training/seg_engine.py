@@ -105,7 +105,7 @@ class SegTrainer(TaskTrainer):
         return img[(slice(None), *sl)], lab[sl], start
 
     def batches(self, data: SegData, epoch: int):
-        self._epoch_start()
+        self.recorder.discard()  # what an epoch cut short drew is not part of this one
         seed = self.plan.seed * 1_000_003 + epoch
         g = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
@@ -126,9 +126,9 @@ class SegTrainer(TaskTrainer):
                 params = self.augment.sample(xb.shape[0], g)
                 xb = self.augment.apply(xb, params)
                 yb = self.augment.apply_labels(yb, params)
-            self._record(idx, params, **crops)
+            self.recorder.add(self.augment, idx, params, **crops)
             yield xb, yb
-        self._epoch_done(epoch)
+        self.recorder.write(epoch)
 
     def step(self, model: nn.Module, batch) -> torch.Tensor:
         xb, yb = batch

@@ -222,26 +222,35 @@ class AugmentRecorder:
     An epoch cut short (a killed run, the time budget) writes nothing: a resumed run re-draws it.
     """
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path | None):
+        self.folder = None if folder is None else Path(folder)  # None: records nothing
         self._batches: list[dict] = []
 
-    def add(self, case_index, params: dict[str, torch.Tensor], **extra) -> None:
-        """One batch: its cases, the drawn parameters, and what else replaying it needs (``mix``:
-        the mixup/cutmix pairing; ``crop_start``: segmentation patch corners)."""
+    @classmethod
+    def for_plan(cls, plan, run_dir: str | Path) -> "AugmentRecorder":
+        """``RUN/augment`` when the plan sets ``augment.record``, else one that records nothing."""
+        return cls(Path(run_dir) / "augment" if plan.augment.record else None)
+
+    def add(self, augment: BatchAugment, case_index, params: dict[str, torch.Tensor], **extra) -> None:
+        """One batch: its cases, the parameters ``augment`` drew and applies, and what else replaying
+        it needs (``mix``: the mixup/cutmix pairing; ``crop_start``: segmentation patch corners)."""
+        if self.folder is None:
+            return
+
         def keep(v):
             if isinstance(v, dict):
                 return {k: keep(x) for k, x in v.items()}
             return v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
 
         self._batches.append({"case_index": torch.as_tensor(case_index).detach().cpu().clone(),
-                              "params": keep(params), **{k: keep(v) for k, v in extra.items()}})
+                              "params": keep(augment.used_params(params) if params else {}),
+                              **{k: keep(v) for k, v in extra.items()}})
 
     def write(self, epoch: int) -> Path | None:
         from meddx.io.state import save_state
 
         batches, self._batches = self._batches, []
-        if not batches:
+        if not batches or self.folder is None:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
         return save_state({"epoch": int(epoch), "batches": batches}, self.folder / f"epoch_{int(epoch):04d}.pt")
