@@ -107,6 +107,54 @@ def test_ensembles_train_each_member_and_load_as_one_model(tmp_path, kind, membe
         assert sizes == [56, 56, 56]
 
 
+def test_kfold_folds_keep_each_patient_on_one_side():
+    from meddx.training.ensemble import kfold_splits
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i}" for i in range(30)], 3)  # 30 patients, 3 images each
+    y = np.repeat(rng.integers(0, 2, 30), 3)
+    folds = kfold_splits(y, 5, 0, groups)
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held.tolist()) == list(range(90))  # every case held out once
+    for fit, h in folds:
+        assert not set(groups[fit]) & set(groups[h])  # no patient on both sides
+        assert set(y[h]) == {0, 1}  # still stratified
+    # one case per patient: exactly the ungrouped folds, so datasets without patients are unchanged
+    y2 = np.array([0, 1] * 20)
+    plain = kfold_splits(y2, 4, 3)
+    same = kfold_splits(y2, 4, 3, [f"c{i}" for i in range(40)])
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(plain, same))
+    with pytest.raises(PlanError, match="5 folds need at least 5 patients, but the training split has 3"):
+        kfold_splits(np.array([0, 1] * 6), 5, 0, np.repeat(["a", "b", "c"], 4))
+
+
+def test_trial_splits_count_patients_when_grouped():
+    from meddx.training.empirical import trial_splits
+
+    x = torch.arange(40, dtype=torch.float32).view(40, 1, 1, 1)
+    y = torch.tensor([0, 1] * 20)
+    groups = [f"p{i // 8}" for i in range(40)]  # 5 patients, each with both classes
+    splits = trial_splits(5, x, y, x[:2], y[:2], 0, groups)
+    for xf, _, xh, _ in splits:
+        fit_p = {groups[int(v)] for v in xf.flatten()}
+        held_p = {groups[int(v)] for v in xh.flatten()}
+        assert len(held_p) == 1 and not fit_p & held_p
+    with pytest.raises(PlanError, match="class 0 has only 5 patients in the training split"):
+        trial_splits(6, x, y, x[:2], y[:2], 0, groups)
+
+
+def test_kfold_members_fit_their_pca_head_on_their_own_training_folds(tmp_path):
+    ov = {"train.epochs": 1, "train.head": "pca_linear", "train.pca_components": 4, "ensemble.kind": "kfold",
+          "ensemble.members": 3}
+    run = train_run("synthetic:phantoms:90", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
+    fits = json.loads((run / "fitted_inputs.json").read_text())["pca_head"]
+    import csv
+
+    n_train = sum(r["split"] == "train" for r in csv.DictReader((run / "split.csv").open()))
+    assert len(fits) == 3 and n_train > 0
+    assert sum(f["train_cases"] for f in fits) == 2 * n_train  # each case in 2 of the 3 members' folds
+
+
 def test_ensemble_needs_two_members():
     with pytest.raises(PlanError, match="members >= 2"):
         train_run("synthetic:phantoms:60", "/nonexistent/never", overrides={"ensemble.kind": "seeds"},

@@ -55,6 +55,12 @@ def _order_key(c: Case) -> str:
     return c.split_key or c.group or c.case_id
 
 
+def patient_groups(cases) -> list[str]:
+    """One group key per case, equal for the cases of one patient (cross-validation folds keep
+    them together); machine-independent like the split, and held in memory only."""
+    return [_order_key(c) for c in cases]
+
+
 def make_split(cs: CaseSet, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, str]:
     """Return ``case_id -> split``.
 

@@ -16,9 +16,11 @@ from meddx.planning.planner import apply_overrides
 
 
 def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-                y_val: torch.Tensor, *, make_model, make_trainer, log=print) -> None:
+                y_val: torch.Tensor, *, make_model, make_trainer, groups=None, log=print) -> None:
     """Resolve every unresolved choice in place: apply the winners, record them, and take the time
-    spent on trials off ``train.time_budget_s``. Trials live in ``RUN/choices/<name>/<option>/``."""
+    spent on trials off ``train.time_budget_s``. Trials live in ``RUN/choices/<name>/<option>/``.
+    ``groups`` (optional): the training cases' patient keys, so that cross-validation folds keep
+    each patient's cases together."""
     from meddx.training.engine import seed_everything
 
     target = plan
@@ -29,7 +31,7 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
         if not budget:
             raise_no_budget(choice.name)
         each = budget * choice.budget_fraction / len(choice.options)
-        splits = trial_splits(choice.folds, x_train, y_train, x_val, y_val, plan.seed)
+        splits = trial_splits(choice.folds, x_train, y_train, x_val, y_val, plan.seed, groups)
         each_trial = each / len(splits)
         scores, fold_scores = [], []
         t0 = time.perf_counter()  # trials, their probes and checkpoints all spend the user's budget
@@ -73,23 +75,25 @@ def run_choices(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.Ten
 
 
 def trial_splits(folds: int, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-                 y_val: torch.Tensor, seed: int) -> list[tuple[torch.Tensor, ...]]:
+                 y_val: torch.Tensor, seed: int, groups=None) -> list[tuple[torch.Tensor, ...]]:
     """``(x_fit, y_fit, x_score, y_score)`` of each trial: the training and validation splits, or
     with ``folds`` k >= 2 each stratified fold of the training split held out in turn (the same
-    folds as a ``kfold`` ensemble's members)."""
+    folds as a ``kfold`` ensemble's members; grouped by patient when ``groups`` repeat)."""
     if not folds:
         return [(x_train, y_train, x_val, y_val)]
     from meddx.errors import PlanError
     from meddx.training.ensemble import kfold_splits
 
     y = y_train.numpy()
-    counts = np.bincount(y)
+    keys = np.arange(len(y)) if groups is None else np.asarray([str(g) for g in groups])
+    counts = np.array([len(np.unique(keys[y == c])) for c in range(int(y.max()) + 1)])
+    what = "training cases" if groups is None or len(np.unique(keys)) == len(y) else "patients in the training split"
     if counts.min() < folds:
         raise PlanError(f"an empirical choice asks for {folds}-fold cross-validation, but class {int(counts.argmin())} "
-                        f"has only {int(counts.min())} training cases",
+                        f"has only {int(counts.min())} {what}",
                         fix=f"set the choice's folds to at most {int(counts.min())}, or to 0 (score on the validation split)")
     return [(x_train[fit], y_train[fit], x_train[held], y_train[held])
-            for fit, held in (map(torch.from_numpy, pair) for pair in kfold_splits(y, folds, seed))]
+            for fit, held in (map(torch.from_numpy, pair) for pair in kfold_splits(y, folds, seed, groups))]
 
 
 def raise_no_budget(name: str):

@@ -37,21 +37,40 @@ def member_plan(plan: Plan, i: int) -> Plan:
     return mp
 
 
-def kfold_splits(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold_splits(y: np.ndarray, k: int, seed: int, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(fit, held_out)`` indices of each of k folds: stratified by ``y`` when every class has k
-    cases, else plain shuffled folds."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+    cases, else plain shuffled folds. With ``groups`` (one patient key per case) in which some
+    patient has several cases, the folds are grouped so that no patient is on both sides
+    (``StratifiedGroupKFold``); all-distinct groups give exactly the ungrouped folds."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
+    from meddx.errors import PlanError
+
+    y = np.asarray(y)
     idx = np.arange(len(y))
     counts = np.bincount(y)
-    splitter = (StratifiedKFold(k, shuffle=True, random_state=seed) if counts[counts > 0].min() >= k
-                else KFold(k, shuffle=True, random_state=seed))
+    stratify = counts[counts > 0].min() >= k
+    if groups is not None:
+        codes = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
+        if len(codes) != len(y):
+            raise ValueError(f"{len(codes)} groups for {len(y)} labels")
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        if n_groups < len(y):  # some patient has several cases
+            if n_groups < k:
+                raise PlanError(f"{k} folds need at least {k} patients, but the training split has {n_groups}",
+                                fix=f"use at most {n_groups} folds")
+            per_class = min(len(np.unique(codes[y == c])) for c in np.unique(y))
+            splitter = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if per_class >= k
+                        else GroupKFold(k, shuffle=True, random_state=seed))
+            return list(splitter.split(idx, y, codes))
+    splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if stratify else KFold(k, shuffle=True, random_state=seed)
     return list(splitter.split(idx, y))
 
 
-def kfold_train_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Training indices of each member for ``kfold``: all but one stratified fold of the training split."""
-    return [fit for fit, _ in kfold_splits(y, k, seed)]
+def kfold_train_indices(y: np.ndarray, k: int, seed: int, groups=None) -> list[np.ndarray]:
+    """Training indices of each member for ``kfold``: all but one stratified (and, with ``groups``,
+    patient-grouped) fold of the training split."""
+    return [fit for fit, _ in kfold_splits(y, k, seed, groups)]
 
 
 def member_cases(plan: Plan, n_train: int) -> int:
@@ -61,7 +80,7 @@ def member_cases(plan: Plan, n_train: int) -> int:
 
 
 def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fold_labels: np.ndarray, *,
-                resume: bool, post=None, log=print) -> tuple[EnsembleModel, FitResult]:
+                resume: bool, post=None, fold_groups=None, log=print) -> tuple[EnsembleModel, FitResult]:
     """Train each member and return the ensemble: ``seeds`` and ``kfold`` members at their
     best-validation weights, ``snapshot`` members at the weights that end their cosine cycle (the
     learning-rate minimum, as Huang et al. 2017 take snapshots; ``checkpoints/last.pt``'s model, the
@@ -70,14 +89,16 @@ def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fol
     ``make_model(member_plan)`` builds a fresh member and ``make_trainer(member_plan, model, dir)`` its
     trainer; ``fit_member(trainer, train_indices_or_None, resume) -> FitResult`` trains it (on the
     training cases at those indices for ``kfold``, else on all of them); ``fold_labels`` are the
-    training cases' labels the k folds are stratified by; ``post(model, member_plan) -> model``
-    (optional) runs on each trained member (e.g. the PCA head).
+    training cases' labels the k folds are stratified by, and ``fold_groups`` (optional) their
+    patient keys, so that no patient's cases are split between a member's training and held-out
+    folds; ``post(model, member_plan, train_indices_or_None) -> model`` (optional) runs on each
+    trained member (e.g. the PCA head, fitted on that member's own training cases).
     """
     from meddx.training.engine import seed_everything
 
     k = n_members(plan)
     kind = plan.ensemble.kind
-    folds = kfold_train_indices(np.asarray(fold_labels), k, plan.seed) if kind == "kfold" else None
+    folds = kfold_train_indices(np.asarray(fold_labels), k, plan.seed, fold_groups) if kind == "kfold" else None
     members, results = [], []
     prev_final = None
     for i in range(k):
@@ -99,7 +120,7 @@ def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fol
             trainer.model.load_state_dict(prev_final)  # the snapshot: the cycle's end, not its best epoch
             save_checkpoint(mdir / "checkpoints" / "best.pt", {"model": prev_final, "epoch": last["epoch"]})
             res = replace(res, best_epoch=last["epoch"], best_metric=float(last["history"][-1]["val_metric"]))
-        model = post(trainer.model, mp) if post else trainer.model
+        model = post(trainer.model, mp, idx) if post else trainer.model
         members.append(model)
         results.append(res)
     history = []

@@ -43,8 +43,8 @@ def fit_pca_head(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
             (:func:`head_class_weight` of the plan).
 
     Returns:
-        The new model and a record of the fit (components kept, explained variance, chosen C,
-        validation log-loss per C, class weighting).
+        The new model and a record of the fit (training cases, components kept, explained
+        variance, chosen C, validation log-loss per C, class weighting).
     """
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -84,6 +84,6 @@ def fit_pca_head(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
     head.fc.weight.data = torch.from_numpy(coef).float()
     head.fc.bias.data = torch.from_numpy(inter).float()
     head.to(next(model.parameters()).device).eval()
-    record = {"components": k, "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4),
+    record = {"train_cases": int(f_tr.shape[0]), "components": k, "explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4),
               "C": c, "val_log_loss": {str(kk): round(v, 5) for kk, v in scores.items()}, "class_weight": class_weight}
     return head, record

@@ -24,7 +24,7 @@ from meddx.data.case import CaseSet, pseudonym_key_id
 from meddx.data.fingerprint import compute_fingerprint
 from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
 from meddx.data.sources import open_dataset
-from meddx.data.split import apply_split, make_split, read_split, write_split
+from meddx.data.split import apply_split, make_split, patient_groups, read_split, write_split
 from meddx.errors import MeddxError, PlanError, RunError
 from meddx.planning.plan import DataConfig, Decision, Plan
 from meddx.planning.planner import apply_overrides, make_plan
@@ -315,7 +315,8 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         tensors = prepare_tensors(cs, parts, plan, progress)
         xtr, ytr = tensors["train"]
         xva, yva = tensors["val"]
-        result, model = fit_classifier(plan, out, xtr, ytr, xva, yva, resume=resume, progress=progress, log=log)
+        result, model = fit_classifier(plan, out, xtr, ytr, xva, yva, resume=resume, progress=progress,
+                                       groups=patient_groups(parts["train"]), log=log)
         from meddx.evaluation.run_report import evaluate_run_outputs
 
         xte, yte = tensors["test"]
@@ -362,9 +363,10 @@ def choose_tta(plan: Plan, model: torch.nn.Module, xva: torch.Tensor, yva: np.nd
 
 
 def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor,
-                   yva: torch.Tensor, *, resume: bool, progress: bool, log=print):
+                   yva: torch.Tensor, *, resume: bool, progress: bool, groups: list[str] | None = None, log=print):
     """Size the schedule to the budget, train one network or an ensemble, fit the PCA head if the plan
-    asks for it; the run's final weights go to ``checkpoints/best.pt``. Returns ``(FitResult, model)``."""
+    asks for it; the run's final weights go to ``checkpoints/best.pt``. Returns ``(FitResult, model)``.
+    ``groups``: the training cases' patient keys (cross-validation folds keep a patient together)."""
     from meddx.training.checkpoint import save_checkpoint
     from meddx.training.ensemble import fit_members, member_cases, n_members
 
@@ -383,12 +385,16 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         from meddx.training.empirical import run_choices
 
         # before the GAN: R17 scores its options (and folds the training split) on real cases only
-        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer, log=log)
+        run_choices(plan, out, xtr, ytr, xva, yva, make_model=build_single_model, make_trainer=make_trainer,
+                    groups=groups, log=log)
         plan.save(out / "plan.yaml")
     if plan.train.synthetic:
         from meddx.training.fitted_inputs import add_synthetic
 
+        n_real = xtr.shape[0]
         xtr, ytr, spent = add_synthetic(plan, out, xtr, ytr, log=log)
+        if groups is not None:  # each generated image is its own group
+            groups = list(groups) + [f"synthetic-{i}" for i in range(xtr.shape[0] - n_real)]
         if plan.train.time_budget_s and spent:
             plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
     k = n_members(plan)
@@ -404,12 +410,13 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
     deep.train.epochs, deep.train.time_budget_s = plan.train.epochs, plan.train.time_budget_s
     head_fits = []
 
-    def post(model, p):
+    def post(model, p, idx=None):
         if head != "pca_linear":
             return model
         from meddx.training.heads import fit_pca_head, head_class_weight
 
-        new, rec = fit_pca_head(model, xtr, ytr, xva, yva, plan.train.pca_components, len(plan.data.class_names),
+        x, y = (xtr, ytr) if idx is None else (xtr[idx], ytr[idx])  # a kfold member: its own training folds
+        new, rec = fit_pca_head(model, x, y, xva, yva, plan.train.pca_components, len(plan.data.class_names),
                                 seed=p.seed, class_weight=head_class_weight(plan.train))
         log(f"PCA head: {rec['components']} components ({rec['explained_variance']:.0%} of the feature variance), "
             f"C={rec['C']}, class weights {rec['class_weight'] or 'none'}")
@@ -432,7 +439,7 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
             return trainer.fit(x, y, xva, yva, resume=res)
 
         model, result = fit_members(deep, out, build_single_model, make_trainer, fit_member, ytr.numpy(),
-                                    resume=resume, post=post, log=log)
+                                    resume=resume, post=post, fold_groups=groups, log=log)
     if head_fits:
         from meddx.training.fitted_inputs import record_fit
 

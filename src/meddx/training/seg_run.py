@@ -21,6 +21,7 @@ from meddx.data.case import CaseSet
 from meddx.data.detsources import open_det_dataset
 from meddx.data.segprep import build_seg_data
 from meddx.data.segsources import open_seg_dataset
+from meddx.data.split import patient_groups
 from meddx.errors import PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
@@ -186,7 +187,7 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
 
             fg = [int(lab.max() > 0) for lab in data["train"].labels]  # folds stratified by "has foreground"
             model, result = fit_members(plan, out, build_single_model, make_trainer, fit_member, np.array(fg),
-                                        resume=resume, log=log)
+                                        resume=resume, fold_groups=patient_groups(parts["train"]), log=log)
             model = model.eval()
             from meddx.training.checkpoint import save_checkpoint
 
