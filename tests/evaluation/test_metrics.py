@@ -162,7 +162,8 @@ def test_bootstrap_matches_naive_loop():
         assert m["overall"][key]["ci_low"] == pytest.approx(lo, abs=1e-12), key
         assert m["overall"][key]["ci_high"] == pytest.approx(hi, abs=1e-12), key
     assert m["bootstrap"] == {"method": "percentile bootstrap over cases", "n_boot": n_boot,
-                              "seed": seed, "ci_level": 0.9}
+                              "seed": seed, "ci_level": 0.9,
+                              "proportions_with_wilson_ci": "denominator < 20 cases, or a value of 0 or 1"}
 
 
 def _synthetic(n, seed):
@@ -249,7 +250,7 @@ def test_paired_bootstrap_pvalue():
 
 
 def test_a_ci_from_fewer_resamples_says_how_many():
-    """Two positives in 300 cases: about exp(-2) = 13.5 % of resamples draw none, and sensitivity is
+    """Two positives in 300 cases: about exp(-2) = 13.5 % of resamples draw none, and their AUC is
     undefined there; the CI says it rests on the rest. Well-populated metrics say nothing."""
     from meddx.evaluation.report import format_metric
 
@@ -258,7 +259,29 @@ def test_a_ci_from_fewer_resamples_says_how_many():
     y[:2] = 1
     p1 = np.clip(0.2 + 0.6 * y + rng.normal(0, 0.1, 300), 0, 1)
     m = classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=1000)
-    sens = m["per_class"]["1"]["sensitivity"]
-    assert 800 < sens["ci_resamples"] < 920
-    assert format_metric(sens).endswith(f"(CI of {sens['ci_resamples']} resamples)")
+    auc = m["per_class"]["1"]["auc"]  # (its sensitivity, a proportion over 2 cases, is Wilson's)
+    assert 800 < auc["ci_resamples"] < 920
+    assert format_metric(auc).endswith(f"(CI of {auc['ci_resamples']} resamples)")
     assert "ci_resamples" not in m["overall"]["accuracy"] and "ci_resamples" not in m["per_class"]["0"]["sensitivity"]
+
+
+def test_a_proportion_over_few_cases_or_at_one_gets_the_wilson_interval():
+    """2 of 2 positives found: the bootstrap of a proportion at 1 collapses to [1, 1]; the Wilson
+    score interval of 2/2 is [0.342, 1]. Large, interior proportions keep the bootstrap."""
+    from meddx.evaluation.report import format_metric
+
+    rng = np.random.default_rng(1)
+    y = np.zeros(300, int)
+    y[:2] = 1
+    p1 = np.where(y == 1, 0.9, np.clip(rng.normal(0.3, 0.2, 300), 0, 1))
+    m = classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=500)
+    sens = m["per_class"]["1"]["sensitivity"]
+    assert sens["value"] == 1.0 and sens["ci_method"] == "wilson"
+    assert sens["ci_low"] == pytest.approx(0.3424, abs=1e-3) and sens["ci_high"] == pytest.approx(1.0)
+    assert format_metric(sens).endswith("(Wilson)")
+    ppv = m["per_class"]["1"]["ppv"]  # few predicted positives: a small denominator
+    den = int(np.sum(p1 >= 0.5))
+    assert (ppv.get("ci_method") == "wilson") == (den < 20)
+    acc = m["overall"]["accuracy"]
+    assert "ci_method" not in acc and acc["ci_low"] < acc["value"] < acc["ci_high"]
+    assert classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=0)["per_class"]["1"]["sensitivity"]["ci_low"] is None

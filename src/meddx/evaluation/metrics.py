@@ -12,6 +12,10 @@ Conventions:
       a resample in which any of those is undefined is dropped from that metric's CI.
       A CI computed from fewer than ``n_boot`` resamples says how many in ``ci_resamples``
       (a rare class: the interval is conditional on the class being drawn at all).
+    * A proportion (accuracy, sensitivity, specificity, PPV, NPV) whose denominator has fewer
+      than ``WILSON_BELOW`` cases, or whose value is 0 or 1, gets the Wilson score interval
+      (scipy) instead, marked ``"ci_method": "wilson"``: there the percentile bootstrap
+      collapses (2 of 2 positives found resample to [1, 1]) or is far too narrow.
     * Balanced accuracy is the macro sensitivity (mean per-class recall).
     * ECE is top-label (argmax) with ``ece_bins`` equal-width bins (15 unless the plan says
       otherwise), independent of the threshold. It is
@@ -33,6 +37,8 @@ ECE_BINS = 15
 _MAX_WEIGHT_ELEMENTS = 1 << 22
 
 PER_CLASS_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
+PROPORTION_KEYS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+WILSON_BELOW = 20  # cases in a proportion's denominator under which its CI is Wilson's
 
 
 # ---------------------------------------------------------------- public helpers
@@ -129,6 +135,7 @@ def classification_metrics(
 
     engine = _MetricEngine(y, p, y_pred, ece_bins)
     point = engine.compute(np.ones((1, n)))
+    counts = engine.counts(np.ones((1, n)))  # successes and denominators of the proportions
     # Macro averages are fixed to the classes defined on the full sample.
     masks = {key: ~np.isnan(point[key][0]) for key in PER_CLASS_KEYS}
     point_flat = engine.flatten(point, masks)
@@ -145,6 +152,11 @@ def classification_metrics(
         value = point_flat[key][0] if col is None else point_flat[key][0, col]
         if np.isnan(value):
             return _metric(None)
+        if key in PROPORTION_KEYS and int(n_boot) > 0:
+            hits, den = (c[0] if col is None else c[0, col] for c in counts[key])
+            if den < WILSON_BELOW or hits in (0, den):
+                lo, hi = _wilson(int(round(hits)), int(round(den)), ci)
+                return {**_metric(value, lo, hi), "ci_method": "wilson"}
         if key not in samples_by_key:
             return _metric(value)
         samples = samples_by_key[key] if col is None else samples_by_key[key][:, col]
@@ -181,6 +193,7 @@ def classification_metrics(
         "ece_bins": int(ece_bins),
         "bootstrap": {
             "method": "percentile bootstrap over cases",
+            "proportions_with_wilson_ci": f"denominator < {WILSON_BELOW} cases, or a value of 0 or 1",
             "n_boot": int(n_boot),
             "seed": int(seed),
             "ci_level": float(ci),
@@ -255,6 +268,13 @@ def _metric(value, lo=None, hi=None) -> dict:
         return None if x is None or not np.isfinite(x) else float(x)
 
     return {"value": f(value), "ci_low": f(lo), "ci_high": f(hi)}
+
+
+def _wilson(hits: int, n: int, ci: float) -> tuple[float, float]:
+    from scipy.stats import binomtest
+
+    r = binomtest(hits, n).proportion_ci(confidence_level=ci, method="wilson")
+    return float(r.low), float(r.high)
 
 
 def _check_threshold(threshold) -> float:
@@ -372,6 +392,17 @@ class _MetricEngine:
             "ece": np.abs(weights @ self.gap).sum(axis=1) / weights.sum(axis=1),
         }
         return out
+
+    def counts(self, weights: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``(successes, denominator)`` of each proportion, shaped like ``compute``'s values."""
+        k = self.k
+        cm = (weights @ self.cells).reshape(-1, k, k)
+        tp = np.diagonal(cm, axis1=1, axis2=2)
+        support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+        total = cm.sum(axis=(1, 2))[:, None]
+        tn = total - support - predicted + tp
+        return {"sensitivity": (tp, support), "specificity": (tn, total - support), "ppv": (tp, predicted),
+                "npv": (tn, total - predicted), "accuracy": (tp.sum(axis=1), total[:, 0])}
 
     def _auc(self, weights: np.ndarray) -> np.ndarray:
         if self.k == 2:

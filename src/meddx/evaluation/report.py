@@ -67,7 +67,9 @@ def format_metric(m: Mapping | None) -> str:
     if not m:
         return "n/a"
     text = f"{f(m.get('value'))} [{f(m.get('ci_low'))}, {f(m.get('ci_high'))}]"
-    if m.get("ci_resamples") is not None:  # a rare class was absent from the other resamples
+    if m.get("ci_method") == "wilson":  # a proportion over few cases, or at 0 or 1
+        text += " (Wilson)"
+    elif m.get("ci_resamples") is not None:  # a rare class was absent from the other resamples
         text += f" (CI of {m['ci_resamples']} resamples)"
     return text
 
@@ -92,7 +94,10 @@ def _how_to_read(metrics: Mapping[str, Mapping]) -> str:
     bins = next((m["ece_bins"] for m in metrics.values() if m.get("ece_bins")), 15)
     items = [
         f"Brackets are {level:g}% confidence intervals: percentile bootstrap over test cases"
-        f"{resamples}. They show sampling uncertainty of the test set only, not of training.",
+        f"{resamples}, except for a proportion (accuracy, sensitivity, specificity, PPV, NPV) over fewer "
+        "than 20 cases or at 0 or 1, marked (Wilson), whose interval is the Wilson score interval "
+        "(there the bootstrap collapses to a point). They show sampling uncertainty of the test set "
+        "only, not of training.",
         "A threshold operating point was chosen on the validation split, never the test split, "
         "and then applied unchanged to the test cases. The default operating point (argmax; 0.5 for "
         "binary tasks) involves no choice.",
