@@ -455,12 +455,13 @@ class _ScoreTask:
             return float(model(data).pow(2).mean()), {}
 
 
-def _fit_toy_members(out, kind, resume=False, stop_at=None):
+def _fit_toy_members(out, kind, resume=False, stop_at=None, ema=None):
     from meddx.training.ensemble import fit_members
     from meddx.training.loop import TaskTrainer
 
     plan = _plan(epochs=4, batch_size=8, early_stopping_patience=1)
     plan.ensemble.kind, plan.ensemble.members = kind, 2
+    plan.train.ema_decay = ema
     plan.optim.lr = 0.05
     data = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     calls = []
@@ -499,6 +500,18 @@ def test_snapshot_members_are_the_weights_at_their_cycle_end(tmp_path, kind):
             assert len(last["history"]) == 2 and not same  # early stopping; the best epoch
     if kind == "snapshot":
         assert fit.epochs_run == 8 and fit.best_epoch == 4
+
+
+def test_snapshot_members_under_ema_are_the_averaged_weights_at_their_cycle_end(tmp_path):
+    from meddx.training.checkpoint import load_checkpoint
+
+    ens, _ = _fit_toy_members(tmp_path, "snapshot", ema=0.5)
+    for i, member in enumerate(ens.members):
+        last = load_checkpoint(tmp_path / "members" / str(i) / "checkpoints" / "last.pt")
+        assert len(last["history"]) == 4
+        state = member.state_dict()
+        assert all(torch.equal(v, last["eval_model"][k]) for k, v in state.items())
+        assert not all(torch.equal(v, last["model"][k]) for k, v in state.items())  # not the raw weights
 
 
 def test_a_killed_snapshot_ensemble_resumes_to_the_same_members(tmp_path):

@@ -83,8 +83,9 @@ def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fol
                 resume: bool, post=None, fold_groups=None, log=print) -> tuple[EnsembleModel, FitResult]:
     """Train each member and return the ensemble: ``seeds`` and ``kfold`` members at their
     best-validation weights, ``snapshot`` members at the weights that end their cosine cycle (the
-    learning-rate minimum, as Huang et al. 2017 take snapshots; ``checkpoints/last.pt``'s model, the
-    raw weights even under EMA), with the member's ``best.pt`` rewritten to match.
+    learning-rate minimum, as Huang et al. 2017 take snapshots: ``checkpoints/last.pt``'s model, or
+    under EMA its averaged weights as validated; the next cycle still continues from the raw
+    weights), with the member's ``best.pt`` rewritten to match.
 
     ``make_model(member_plan)`` builds a fresh member and ``make_trainer(member_plan, model, dir)`` its
     trainer; ``fit_member(trainer, train_indices_or_None, resume) -> FitResult`` trains it (on the
@@ -116,9 +117,10 @@ def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fol
         res = fit_member(trainer, idx, resume and started)
         if kind == "snapshot":
             last = load_checkpoint(mdir / "checkpoints" / "last.pt")
-            prev_final = last["model"]
-            trainer.model.load_state_dict(prev_final)  # the snapshot: the cycle's end, not its best epoch
-            save_checkpoint(mdir / "checkpoints" / "best.pt", {"model": prev_final, "epoch": last["epoch"]})
+            prev_final = last["model"]  # the next cycle's start
+            snap = last.get("eval_model") or prev_final  # under EMA: the averaged weights
+            trainer.model.load_state_dict(snap)  # the snapshot: the cycle's end, not its best epoch
+            save_checkpoint(mdir / "checkpoints" / "best.pt", {"model": snap, "epoch": last["epoch"]})
             res = replace(res, best_epoch=last["epoch"], best_metric=float(last["history"][-1]["val_metric"]))
         model = post(trainer.model, mp, idx) if post else trainer.model
         members.append(model)

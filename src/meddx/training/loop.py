@@ -235,6 +235,8 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed, "epochs": epochs,
                 "best_model": best_state, "finished": stop is not None or epoch == epochs,
                 "ema": ema.state if ema is not None else None,
+                # the averaged weights as validated (BatchNorm refreshed): a snapshot member's weights
+                "eval_model": eval_model.state_dict() if ema is not None else None,
             })
             bar.set_note(f"val {select_name} {abs(score):.4f} (best {abs(best_metric):.4f} @ {best_epoch})")
             if on_epoch:
