@@ -135,3 +135,28 @@ def test_a_segmentation_plan_refuses_keys_only_classifiers_read(tmp_path, key, v
 def test_a_classifier_plan_refuses_a_target_spacing():
     with pytest.raises(PlanError, match="target_spacing"):
         apply_overrides(make_plan(_fp(), source="x"), {"data.target_spacing": [1.0, 1.0]})
+
+
+@pytest.mark.parametrize("ov, match", [
+    ({"evaluate.target_sensitivity": 0.9}, "only applies to threshold_rule 'sensitivity'"),
+    ({"evaluate.threshold_rule": "sensitivity"}, "needs evaluate.target_sensitivity"),
+    ({"evaluate.threshold_rule": "sensitivity", "evaluate.target_sensitivity": 1.5}, r"\(0, 1\]"),
+    ({"evaluate.threshold_rule": "sensitivity", "evaluate.target_sensitivity": 0.0}, r"\(0, 1\]"),
+])
+def test_an_unusable_operating_point_rule_is_refused_by_the_plan(ov, match):
+    """choose_threshold refuses these only after training, failing the whole run: the plan refuses them first."""
+    with pytest.raises(PlanError, match=match):
+        apply_overrides(make_plan(_fp(), source="x"), ov)
+    p = apply_overrides(make_plan(_fp(), source="x"),
+                        {"evaluate.threshold_rule": "sensitivity", "evaluate.target_sensitivity": 0.9})
+    assert p.evaluate.target_sensitivity == 0.9
+
+
+def test_a_target_sensitivity_without_its_rule_fails_before_training(tmp_path):
+    from meddx.training.run import train_run
+
+    with pytest.raises(PlanError, match="threshold_rule"):
+        train_run("synthetic:phantoms:60", tmp_path / "r", overrides={"evaluate.target_sensitivity": 0.9,
+                                                                       "train.epochs": 1},
+                  progress=False, log=lambda *a, **k: None)
+    assert not (tmp_path / "r").exists()

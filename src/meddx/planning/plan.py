@@ -164,6 +164,19 @@ class EvaluateConfig(_Strict):
     refer_fraction: float = Field(default=0.1, ge=0, lt=1)
     ensemble_runs: list[str] = []  # other runs of the same plan (other seeds) that join the ensemble
 
+    @model_validator(mode="after")
+    def _threshold_rule_and_target(self):
+        # choose_threshold would refuse these only after training, failing the finished run
+        if self.threshold_rule == "sensitivity" and self.target_sensitivity is None:
+            raise ValueError("threshold_rule 'sensitivity' needs evaluate.target_sensitivity (e.g. 0.95)")
+        if self.target_sensitivity is not None:
+            if self.threshold_rule != "sensitivity":
+                raise ValueError("target_sensitivity only applies to threshold_rule 'sensitivity' "
+                                 "(add --threshold-rule sensitivity)")
+            if not 0.0 < self.target_sensitivity <= 1.0:
+                raise ValueError(f"target_sensitivity must lie in (0, 1], got {self.target_sensitivity}")
+        return self
+
 
 class SegmentConfig(_Strict):
     """Segmentation: labels, patching, loss and post-processing (``task: segment``)."""
