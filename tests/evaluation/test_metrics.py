@@ -285,3 +285,21 @@ def test_a_proportion_over_few_cases_or_at_one_gets_the_wilson_interval():
     acc = m["overall"]["accuracy"]
     assert "ci_method" not in acc and acc["ci_low"] < acc["value"] < acc["ci_high"]
     assert classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=0)["per_class"]["1"]["sensitivity"]["ci_low"] is None
+
+
+def test_macro_ppv_and_npv_are_reported():
+    """The spec asks for every metric per class *and* macro: PPV and NPV too, with their CIs."""
+    rng = np.random.default_rng(4)
+    n, k = 200, 3
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += 1.0
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = proba.argmax(1)
+    m = classification_metrics(y, proba, n_boot=200)
+    o = m["overall"]
+    assert o["ppv_macro"]["value"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
+    npv = [np.sum((y != j) & (pred != j)) / np.sum(pred != j) for j in range(k)]
+    assert o["npv_macro"]["value"] == pytest.approx(np.mean(npv))
+    for key in ("ppv_macro", "npv_macro"):
+        assert o[key]["ci_low"] < o[key]["value"] < o[key]["ci_high"]

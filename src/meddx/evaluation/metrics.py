@@ -171,7 +171,7 @@ def classification_metrics(
 
     overall_keys = [
         "accuracy", "balanced_accuracy", "auc_macro", "f1_macro",
-        "sensitivity_macro", "specificity_macro", "ece",
+        "sensitivity_macro", "specificity_macro", "ppv_macro", "npv_macro", "ece",
     ]
     overall = {key: summarise(key) for key in overall_keys}
     if k == 2:
@@ -420,6 +420,8 @@ class _MetricEngine:
         out["sensitivity_macro"] = _macro(m["sensitivity"], masks["sensitivity"])
         out["balanced_accuracy"] = out["sensitivity_macro"]
         out["specificity_macro"] = _macro(m["specificity"], masks["specificity"])
+        out["ppv_macro"] = _macro(m["ppv"], masks["ppv"])
+        out["npv_macro"] = _macro(m["npv"], masks["npv"])
         out["f1_macro"] = _macro(m["f1"], masks["f1"])
         out["auc_macro"] = _macro(m["auc"], masks["auc"])
         return out

@@ -42,6 +42,8 @@ _OVERALL_LABELS = {
     "f1_macro": "F1 (macro)",
     "sensitivity_macro": "Sensitivity (macro)",
     "specificity_macro": "Specificity (macro)",
+    "ppv_macro": "PPV (macro)",
+    "npv_macro": "NPV (macro)",
     "ece": "ECE (top-label, {bins} bins)",
     "sensitivity": "Sensitivity (positive class)",
     "specificity": "Specificity (positive class)",
