@@ -40,6 +40,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     if plan.task in ("segment", "detect"):
         return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
     names = list(plan.data.class_names)
+    train: list = []  # only counted, for the report's summary of the run's own split
     if dataset is None:
         cs = open_dataset(plan.data.source)
         split = read_split(run_dir / "split.csv")
@@ -47,6 +48,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
             c.split = split.get(c.case_id)
         test = [c for c in cs.cases if c.split == "test"]
         val = [c for c in cs.cases if c.split == "val"]
+        train = [c for c in cs.cases if c.split == "train"]
         sub = run_dir / "evaluations" / "test"
     else:
         cs = open_dataset(dataset)
@@ -74,9 +76,9 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     from meddx.evaluation.uncertainty import load_ensemble
 
     members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(run_dir.parent))]
-    evaluate_run_outputs(run_dir, plan, cs, {"val": val, "test": test}, p_val, np.zeros(0, dtype=np.int64),
-                         p_test, y_test, fit=None, out_dir=sub, title_suffix=" (re-evaluation)",
-                         uncertainty_inputs=(members, x_test[:0], x_test))
+    evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
+                         np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
+                         title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
     return sub
 
 

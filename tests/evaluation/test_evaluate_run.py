@@ -1,0 +1,36 @@
+"""`meddx evaluate`: re-scoring a finished run on its own test split or on another labelled dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+_RUN = {}
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    from meddx.training.run import train_run
+
+    if "run" not in _RUN:
+        out = tmp_path_factory.mktemp("eval_run") / "run"
+        train_run("synthetic:phantoms:60", out, overrides={"train.epochs": 1, "evaluate.n_boot": 50},
+                  progress=False, log=lambda *a, **k: None)
+        _RUN["run"] = out
+    return _RUN["run"]
+
+
+def test_re_evaluation_reports_the_runs_training_cases(phantom_run):
+    """The report and model card of a re-evaluation describe the same model: trained on the run's train split,
+    not on 0 cases."""
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    sub = evaluate_run(phantom_run, progress=False)
+    original = (phantom_run / "model_card.md").read_text()
+    line = next(ln for ln in original.splitlines() if "cases train / val / test" in ln)
+    assert not line.split(": ")[-1].startswith("0 /")
+    assert line in (sub / "model_card.md").read_text()
+    a = json.loads((phantom_run / "metrics.json").read_text())
+    b = json.loads((sub / "metrics.json").read_text())
+    assert a["operating_points"] == b["operating_points"] and a["threshold"] == b["threshold"]
