@@ -109,3 +109,13 @@ def test_inspect_does_not_write_a_patient_id_held_in_an_unreadable_files_path(tm
     fp = (tmp_path / "fp.json").read_text()
     assert "PGBM-003" not in r.stdout + fp
     assert len(json.loads(fp)["problems"]) == 1
+
+
+def test_a_target_sensitivity_alone_chooses_the_sensitivity_rule(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--target-sensitivity", "0.9", "--no-progress")
+    import yaml
+
+    ev = yaml.safe_load((run / "plan.yaml").read_text())["evaluate"]
+    assert ev["threshold_rule"] == "sensitivity" and ev["target_sensitivity"] == 0.9
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"

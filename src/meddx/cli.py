@@ -192,7 +192,8 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size per axis."),
           threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="youden | sensitivity"),
           target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
-                                                             help="With --threshold-rule sensitivity."),
+                                                             help="Choose the threshold on validation for this "
+                                                             "sensitivity (implies --threshold-rule sensitivity)."),
           task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP + " (default: classify, or the plan's)"),
           loss: Optional[str] = typer.Option(None, "--loss", help="Segmentation: dice | dice_ce | dice_focal | tversky"),
           detector: Optional[str] = typer.Option(None, "--detector", help="Detection: components (boxes from a "
@@ -206,6 +207,8 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
     from meddx.training.run import train_run
 
     budget = parse_duration(time_budget)
+    if target_sensitivity is not None and threshold_rule is None:
+        threshold_rule = "sensitivity"  # a target only means something to that rule
     ov = {"seed": seed, "train.time_budget_s": budget, "train.epochs": epochs, "model.name": model,
           "train.batch_size": batch_size, "optim.lr": lr, "optim.name": optimizer, "schedule.name": schedule,
           "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity,
