@@ -31,6 +31,7 @@ def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
               "checkpoints/last.pt", "checkpoints/best.pt", "thresholds.json"):
         assert (run / f).exists(), f
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert "positive class: normal" in " ".join(r.stdout.split())  # binary metrics are about class 1
     html = (run / "report.html").read_text()
     assert "data:image/png;base64" in html and "http://" not in html
     r = meddx("evaluate", run, "--no-progress")

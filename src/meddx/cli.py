@@ -264,7 +264,9 @@ def _print_seg_summary(run: Path, sub: str = "") -> None:
 
 def _print_summary(run: Path, sub: str = "") -> None:
     m = json.loads((run / sub / "metrics.json").read_text()) if sub else json.loads((run / "metrics.json").read_text())
-    t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']})")
+    names = next(iter(m["operating_points"].values()), {}).get("class_names") or []
+    pos = f", positive class: {names[1]}" if len(names) == 2 else ", sensitivity/specificity: macro"
+    t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']}{pos})")
     t.add_column("operating point")
     for c in ("AUC", "accuracy", "balanced acc.", "sensitivity", "specificity"):
         t.add_column(c)

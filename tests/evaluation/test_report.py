@@ -112,3 +112,11 @@ def test_predictions_csv_counts_a_tie_as_the_metrics_do(tmp_path):
         got = {r["case_id"]: r["predicted"] for r in csv.DictReader(f)}
     cm = classification_metrics(np.array([0, 1]), np.stack([r[3] for r in rows]), n_boot=0)["confusion_matrix"]
     assert got == {"a": "pos", "b": "pos"} and cm == [[0, 1], [0, 1]]
+
+
+def test_binary_metrics_name_their_positive_class(tmp_path, inputs):
+    """Binary sensitivity, PPV, AUC and the threshold are about class 1: the report names it, so a
+    reader of BreastMNIST (class 1 is "normal, benign") does not take them for malignancy."""
+    text = write_report(tmp_path / "report.html", **inputs).read_text(encoding="utf-8")
+    assert "Sensitivity (positive class: malignant)" in text and "AUC (positive class: malignant)" in text
+    assert "threshold 0.65 on p(malignant)" in text

@@ -45,12 +45,12 @@ _OVERALL_LABELS = {
     "ppv_macro": "PPV (macro)",
     "npv_macro": "NPV (macro)",
     "ece": "ECE (top-label, {bins} bins)",
-    "sensitivity": "Sensitivity (positive class)",
-    "specificity": "Specificity (positive class)",
-    "ppv": "PPV (positive class)",
-    "npv": "NPV (positive class)",
-    "f1": "F1 (positive class)",
-    "auc": "AUC (positive class)",
+    "sensitivity": "Sensitivity (positive class: {pos})",
+    "specificity": "Specificity (positive class: {pos})",
+    "ppv": "PPV (positive class: {pos})",
+    "npv": "NPV (positive class: {pos})",
+    "f1": "F1 (positive class: {pos})",
+    "auc": "AUC (positive class: {pos})",
 }
 _PER_CLASS_COLUMNS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
 
@@ -120,7 +120,8 @@ def _metrics_section(label: str, m: Mapping) -> str:
     op = m.get("operating_point") or {}
     rule = op.get("rule", "?")
     thr = op.get("threshold")
-    op_text = f"rule: {rule}" + (f", threshold {float(thr):.4g}" if thr is not None else "")
+    pos = names[1] if len(names) == 2 else "class 1"  # binary metrics and thresholds are about class 1
+    op_text = f"rule: {rule}" + (f", threshold {float(thr):.4g} on p({pos})" if thr is not None else "")
     parts = [
         f"<h2>Operating point: {_e(label)}</h2>",
         f'<p class="note">{_e(op_text)}; n = {_e(m.get("n", "?"))} cases, '
@@ -131,7 +132,8 @@ def _metrics_section(label: str, m: Mapping) -> str:
     keys = [k for k in _OVERALL_LABELS if k in overall] + [k for k in overall if k not in _OVERALL_LABELS]
     parts.append(_table(
         ["metric", f"value [{_level(m):g}% CI]"],
-        ([_OVERALL_LABELS.get(k, k).format(bins=m.get("ece_bins", 15)), format_metric(overall[k])] for k in keys),
+        ([_OVERALL_LABELS.get(k, k).format(bins=m.get("ece_bins", 15), pos=pos), format_metric(overall[k])]
+         for k in keys),
     ))
     per_class = m.get("per_class") or {}
     if per_class:
