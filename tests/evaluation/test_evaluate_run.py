@@ -34,3 +34,30 @@ def test_re_evaluation_reports_the_runs_training_cases(phantom_run):
     a = json.loads((phantom_run / "metrics.json").read_text())
     b = json.loads((sub / "metrics.json").read_text())
     assert a["operating_points"] == b["operating_points"] and a["threshold"] == b["threshold"]
+
+
+def test_other_datasets_never_overwrite_the_runs_own_or_each_others_evaluations(phantom_run, tmp_path):
+    """A dataset folder named "test" must not land in the run's own ``evaluations/test``, and two
+    datasets of one name (say two sites' ``data`` folders) must not overwrite each other."""
+    import shutil
+
+    from conftest import write_png
+    from meddx.data.synthetic import make_phantoms
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    own = evaluate_run(phantom_run, progress=False)
+    own_metrics = (own / "metrics.json").read_text()
+    imgs, labels = make_phantoms(n=12, size=28, seed=5)
+    folders = []
+    for site in ("a", "b"):
+        for name in ("test", "data"):
+            root = tmp_path / site / name
+            for i, (im, y) in enumerate(zip(imgs, labels)):
+                write_png(root / ("lesion" if y else "normal") / f"{i}.png", im)
+            folders.append(root)
+    subs = [evaluate_run(phantom_run, str(f), progress=False) for f in folders]
+    assert (own / "metrics.json").read_text() == own_metrics
+    assert len(set(subs)) == 4 and own not in subs
+    assert subs[1].name == "data" and subs[3].name.startswith("data-")
+    assert evaluate_run(phantom_run, str(folders[1]), progress=False) == subs[1]  # same data, same folder
+    assert "/" not in (subs[3] / ".source").read_text()  # a hash, not the path

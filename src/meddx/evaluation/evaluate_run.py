@@ -28,6 +28,29 @@ def _proba(cs, cases, plan, model, progress: bool) -> tuple[np.ndarray, torch.Te
                              plan.evaluate.tta_flip_axes), x
 
 
+def external_dir(run_dir: Path, cs) -> Path:
+    """``RUN/evaluations/<name>/`` for another dataset: its name, unless that is the run's own
+    ``test`` or another dataset of the same name was evaluated there before (then the name plus
+    a hash of the dataset's path; the folder keeps that hash in ``.source``, not the path)."""
+    key = _source_key(cs)
+    base = Path(run_dir) / "evaluations"
+    sub = base / cs.name
+    marker = sub / ".source"
+    if cs.name == "test" or (sub.exists() and (not marker.exists() or marker.read_text().strip() != key)):
+        sub = base / f"{cs.name}-{key}"
+    return sub
+
+
+def _source_key(cs) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(Path(str(cs.source)).resolve()).encode()).hexdigest()[:8]
+
+
+def _mark_external(sub: Path, cs) -> None:
+    (sub / ".source").write_text(_source_key(cs) + "\n")
+
+
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: bool = True) -> Path:
     """Write metrics, plots and a report under ``RUN/evaluations/<name>/``; return that folder.
 
@@ -64,7 +87,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
         for c in test:
             c.split = "test"
         val = []
-        sub = run_dir / "evaluations" / cs.name
+        sub = external_dir(run_dir, cs)
     if not test:
         raise RunError("no test cases to evaluate", path=run_dir, fix="give a labelled dataset")
     if not (run_dir / "thresholds.json").exists():
@@ -79,6 +102,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
                          np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
                          title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
+    if dataset is not None:
+        _mark_external(sub, cs)
     return sub
 
 
@@ -95,7 +120,7 @@ def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progres
         sub = run_dir / "evaluations" / "test"
     else:
         test = [c for c in cs.cases if c.split == "test"] if cs.official_split else list(cs.cases)
-        sub = run_dir / "evaluations" / cs.name
+        sub = external_dir(run_dir, cs)
     if not test:
         raise RunError("no test cases to evaluate", path=run_dir, fix="give a dataset with masks")
     sub.mkdir(parents=True, exist_ok=True)
@@ -103,4 +128,6 @@ def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progres
         evaluate_det_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
     else:
         evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+    if dataset is not None:
+        _mark_external(sub, cs)
     return sub
