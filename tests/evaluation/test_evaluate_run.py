@@ -59,3 +59,21 @@ def test_other_datasets_never_overwrite_the_runs_own_or_each_others_evaluations(
     assert subs[1].name == "data" and subs[3].name.startswith("data-")
     assert evaluate_run(phantom_run, str(folders[1]), progress=False) == subs[1]  # same data, same folder
     assert "/" not in (subs[3] / ".source").read_text()  # a hash, not the path
+
+
+def test_a_3d_model_predicts_each_dicom_series_folder_under_a_folder_as_one_volume(tmp_path):
+    """One folder per patient, each a DICOM series, plus a NIfTI file: three volumes for a 3D model,
+    not one prediction per slice; a 2D model still takes every file."""
+    from meddx.evaluation.predict import collect_inputs
+
+    dicm = b"\0" * 128 + b"DICM" + b"\0" * 64
+    for patient in ("p1", "p2"):
+        for i in range(4):
+            f = tmp_path / "in" / patient / "series" / f"{i}.dcm"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(dicm)
+    (tmp_path / "in" / "other.nii.gz").write_bytes(b"x")
+    got = collect_inputs(tmp_path / "in", 3)
+    assert [p.relative_to(tmp_path / "in").as_posix() for p in got] == ["other.nii.gz", "p1/series", "p2/series"]
+    assert len(collect_inputs(tmp_path / "in", 2)) == 9
+    assert collect_inputs(tmp_path / "in" / "p1" / "series", 3) == [tmp_path / "in" / "p1" / "series"]

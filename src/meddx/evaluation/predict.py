@@ -29,15 +29,17 @@ def _is_dicom_series(folder: Path) -> bool:
 
 
 def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
-    """A file, a DICOM series folder (3D models), or every readable file under a folder."""
+    """A file, a DICOM series folder (3D models), or every readable file under a folder; for 3D
+    models every DICOM series folder under it is one volume (one folder per patient or study)."""
     if not target.exists():
         raise InputError("no such file or folder", path=target, fix="check the path")
     if target.is_file():
         return [target]
     if spatial_dims == 3 and _is_dicom_series(target):
         return [target]
-    found = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and is_readable_path(p))
+    series = sorted(d for d in target.rglob("*") if d.is_dir() and _is_dicom_series(d)) if spatial_dims == 3 else []
+    found = sorted([p for p in target.rglob("*") if p.is_file() and not p.name.startswith(".")
+                    and p.parent not in series and is_readable_path(p)] + series)
     if not found:
         raise InputError("no readable images in the folder", path=target,
                          fix="PNG, JPEG, TIFF, DICOM and NIfTI files are read")
