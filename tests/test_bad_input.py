@@ -231,3 +231,17 @@ def test_a_test_split_of_one_class_is_said_in_the_report(tiny_folder, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["classes_absent_from_test"] == ["normal"]
     assert "The test cases hold no &#x27;normal&#x27;: AUC" in (run / "report.html").read_text()  # HTML-escaped
+
+
+def test_a_plan_that_is_not_text(tmp_path):
+    """`--plan` at an image, or a run whose plan.yaml was overwritten with binary: one line, no traceback."""
+    from deploy_testutils import make_run
+
+    png = tmp_path / "scan.png"
+    write_png(png, np.zeros((8, 8), np.uint8))
+    r = meddx("train", "--plan", png, "--out", tmp_path / "run", "--no-progress")
+    assert_user_error(r, "scan.png", "not a text file")
+    assert not (tmp_path / "run").exists()
+    run = make_run(tmp_path / "damaged")
+    (run / "plan.yaml").write_bytes(png.read_bytes())
+    assert_user_error(meddx("predict", run, png), "plan.yaml", "not a text file")

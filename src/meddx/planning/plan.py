@@ -274,6 +274,9 @@ class Plan(_Strict):
             raise PlanError("plan file not found", path=p, fix="check the path") from None
         except yaml.YAMLError as e:
             raise PlanError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+        except UnicodeDecodeError:
+            raise PlanError("not a text file, so not a plan", path=p,
+                            fix="point at a plan.yaml written by `meddx plan` or `meddx train`") from None
         if not isinstance(raw, dict):
             raise PlanError("a plan must be a YAML mapping", path=p, fix="start from a plan written by meddx")
         return validate_plan(raw, path=p)
