@@ -245,3 +245,11 @@ def test_a_plan_that_is_not_text(tmp_path):
     run = make_run(tmp_path / "damaged")
     (run / "plan.yaml").write_bytes(png.read_bytes())
     assert_user_error(meddx("predict", run, png), "plan.yaml", "not a text file")
+
+
+@pytest.mark.parametrize("sets", [["seed.x=1"], ["data.learned_denoise.epochs=5"], ["train=3", "train.epochs=2"]])
+def test_set_below_a_field_that_is_not_a_section(tiny_folder, tmp_path, sets):
+    args = [a for s in sets for a in ("--set", s)]
+    r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--no-progress", *args)
+    assert_user_error(r, "cannot set", "not a section")
+    assert not (tmp_path / "p.yaml").exists()
