@@ -253,3 +253,16 @@ def test_set_below_a_field_that_is_not_a_section(tiny_folder, tmp_path, sets):
     r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--no-progress", *args)
     assert_user_error(r, "cannot set", "not a section")
     assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize("value, needle", [("data.input_size=[5]", "data.input_size"),
+                                           ("data.input_size=[0, 28]", "data.input_size"),
+                                           ("augment.flip_axes=[7]", "augment.flip_axes"),
+                                           ("evaluate.tta_flip_axes=[-1]", "evaluate.tta_flip_axes")])
+def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_training(tiny_folder, tmp_path, value,
+                                                                                     needle):
+    """Refused when the plan is made, not by a traceback from inside training with a run directory left."""
+    out = tmp_path / "run"
+    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", "--set", value)
+    assert_user_error(r, needle, "2D")
+    assert not out.exists()

@@ -257,6 +257,27 @@ class Plan(_Strict):
                              f"remove them from the plan")
         return self
 
+    @model_validator(mode="after")
+    def _sizes_and_axes_fit_the_dimensions(self):
+        """Sizes hold one positive entry per spatial axis and flips name axes that exist, so a wrong
+        ``--set`` or hand edit is refused here, not deep inside training after the run has started."""
+        sd = self.data.spatial_dims
+        sizes = {"data.input_size": self.data.input_size}
+        if self.segment is not None and self.segment.patch_size is not None:
+            sizes["segment.patch_size"] = self.segment.patch_size
+        for name, v in sizes.items():
+            if len(v) != sd or min(v) < 1:
+                raise ValueError(f"{name} {v} must hold {sd} positive sizes, one per spatial axis of the {sd}D data")
+        axes = {"augment.flip_axes": self.augment.flip_axes, "evaluate.tta_flip_axes": self.evaluate.tta_flip_axes}
+        if self.segment is not None:
+            axes["segment.tta_flip_axes"] = self.segment.tta_flip_axes
+        for name, v in axes.items():
+            bad = [a for a in v if not 0 <= a < sd]
+            if bad:
+                raise ValueError(f"{name} {v}: axis {bad[0]} does not exist in {sd}D data (spatial axes are "
+                                 f"0..{sd - 1})")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100)
 
