@@ -266,3 +266,11 @@ def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_train
     r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", "--set", value)
     assert_user_error(r, needle, "2D")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, needle", [("synthetic:phantoms:0", "no cases"), ("synthetic:phantoms:1", "one class"),
+                                          ("synthetic:bogus", "unknown synthetic dataset"),
+                                          ("synthetic:phantoms:ten", "unknown synthetic dataset")])
+def test_a_bad_synthetic_dataset_spec(tmp_path, spec, needle):
+    """Was a traceback (0 or 1 cases) or, for a misspelt spec, a silent run on 600 phantoms."""
+    _train_fails(tmp_path, spec, spec, needle)
