@@ -274,3 +274,15 @@ def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_train
 def test_a_bad_synthetic_dataset_spec(tmp_path, spec, needle):
     """Was a traceback (0 or 1 cases) or, for a misspelt spec, a silent run on 600 phantoms."""
     _train_fails(tmp_path, spec, spec, needle)
+
+
+def test_a_damaged_run_json(tmp_path):
+    """evaluate and --resume on a run whose run.json is not JSON: one line naming it, nothing written
+    (evaluate was a JSONDecodeError traceback after writing half of evaluations/test)."""
+    from deploy_testutils import make_run
+
+    run = make_run(tmp_path / "run")
+    (run / "run.json").write_text('{"status": "runn')
+    assert_user_error(meddx("evaluate", run, "--no-progress"), "run.json", "damaged")
+    assert not (run / "evaluations").exists()
+    assert_user_error(meddx("train", "--out", run, "--resume", "--no-progress"), "run.json", "damaged")
