@@ -70,3 +70,17 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
         assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "c").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("status", ["running", "failed", "interrupted"])
+def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path, status):
+    """A killed or failed run (best.pt written, evaluation not) gave a finished-looking bundle with an
+    argmax operating point and T = 1; it is refused like `meddx evaluate` refuses it."""
+    run = make_run(tmp_path / "run", threshold=None, temperature=None)
+    (run / "run.json").write_text(json.dumps({"status": status}))
+    for args in (("export", run, "--out", tmp_path / "b"),
+                 ("compress", run, "--out", tmp_path / "b", "--int8", "--no-progress")):
+        r = meddx(*args, check=False)
+        assert r.returncode == 2 and "did not finish" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "b").exists()

@@ -239,7 +239,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     from meddx.evaluation.run_report import operating_points
     from meddx.models.registry import count_parameters
     from meddx.runtime.spec import BundleError
-    from meddx.training.run import build_model, load_run
+    from meddx.training.run import build_model, load_run, require_finished
 
     run_dir = Path(run_dir)
     out = Path(out)
@@ -250,6 +250,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     if int(opts.prune_steps) < 1:
         raise PlanError(f"--prune-steps must be at least 1, got {opts.prune_steps}", fix="e.g. --prune-steps 3")
     plan, model = load_run(run_dir)
+    require_finished(run_dir, "compressed")
     if plan.task == "segment":
         if opts.prune or opts.distill_from or opts.student:
             raise RunError("segmentation runs can only be int8-quantised here (Torch-Pruning cannot trace MONAI "

@@ -93,6 +93,15 @@ def read_run_info(run_dir: Path) -> dict:
     return info
 
 
+def require_finished(run_dir: Path, what: str) -> None:
+    """Refuse a run whose run.json says it did not finish (killed, failed, interrupted): ``what`` it
+    would make from it (a bundle) would look finished. A run without run.json is taken as it is."""
+    status = read_run_info(run_dir).get("status", "complete")
+    if status != "complete":
+        raise RunError(f"the run did not finish (run.json says '{status}'), so it cannot be {what}", path=run_dir,
+                       fix="finish it with `meddx train --resume --out RUN` (or train it again)")
+
+
 def set_status(run_dir: Path, status: str, **extra) -> None:
     p = run_dir / "run.json"
     info = json.loads(p.read_text()) if p.exists() else {}
