@@ -467,8 +467,8 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
 
 @app.command()
 def bench(target: Path = typer.Argument(..., help="Run directory (torch fp32 eager) or bundle (ONNX Runtime)."),
-          threads: Optional[int] = typer.Option(None, "--threads", help="Threads (default: the library's choice)."),
-          seconds: float = typer.Option(2.0, "--seconds", help="Timing length per measurement."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads (default: the library's choice)."),
+          seconds: float = typer.Option(2.0, "--seconds", min=0.01, help="Timing length per measurement."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON.")):
     """Latency (batch 1, p50/p99), throughput (best batch), parameters, FLOPs and file size on this machine."""
     from meddx.deploy.bench import bench_path
@@ -519,11 +519,11 @@ def explain(run: Path = typer.Argument(..., help="Run directory written by `medd
 @app.command()
 def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifier or segmenter)."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          port: int = typer.Option(8000, "--port", help="Port to listen on."),
+          port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
           api_key: Optional[str] = typer.Option(None, "--api-key", help="Key clients must send in X-API-Key "
                                                 "(default: $MEDDX_API_KEY; one of them is required)."),
-          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Larger uploads get HTTP 413."),
-          max_megapixels: float = typer.Option(64.0, "--max-megapixels",
+          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.01, help="Larger uploads get HTTP 413."),
+          max_megapixels: float = typer.Option(64.0, "--max-megapixels", min=0.01,
                                                help="Images decoding to more pixels x channels get HTTP 413."),
           explain_method: str = typer.Option("gradcam", "--explain-method",
                                              help="Heatmap method: gradcam | gradcampp | occlusion.")):

@@ -84,3 +84,17 @@ def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path, statu
         assert r.returncode == 2 and "did not finish" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, option", [(["bench", "RUN", "--threads", "-2"], "--threads"),
+                                          (["bench", "RUN", "--seconds", "-1"], "--seconds"),
+                                          (["serve", "RUN", "--api-key", "k" * 12, "--port", "99999"], "--port"),
+                                          (["serve", "RUN", "--api-key", "k" * 12, "--max-upload-mb", "-1"],
+                                           "--max-upload-mb")])
+def test_meaningless_bench_and_serve_options_are_usage_errors(tmp_path, args, option):
+    """--threads -2 and --port 99999 were tracebacks (torch.set_num_threads, socket.bind); --seconds -1
+    and --max-upload-mb -1 were taken (one timing call; every upload refused)."""
+    run = make_run(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-m", "meddx.cli", *[str(run) if a == "RUN" else a for a in args]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr, r.stderr
