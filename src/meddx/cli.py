@@ -530,10 +530,9 @@ def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifi
     """Serve the run over HTTP: the diagnosis API under /v1 (OpenAPI at /openapi.json) and the web viewer at /."""
     from meddx.deploy.server import serve as run_server
 
-    err_console.print(f"meddx serving {run} on http://{host}:{port}/ (API under /v1; Ctrl-C stops)",
-                      markup=False, highlight=False)
     run_server(run, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 2**20),
-               max_pixels=int(max_megapixels * 2**20), explain_method=explain_method)
+               max_pixels=int(max_megapixels * 2**20), explain_method=explain_method,
+               banner=f"meddx serving {run} on http://{host}:{port}/ (API under /v1; Ctrl-C stops)")
 
 
 def main() -> None:

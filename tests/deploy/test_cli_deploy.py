@@ -98,3 +98,23 @@ def test_meaningless_bench_and_serve_options_are_usage_errors(tmp_path, args, op
     r = subprocess.run([sys.executable, "-m", "meddx.cli", *[str(run) if a == "RUN" else a for a in args]],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_serve_mistakes_are_one_line_before_the_banner(tmp_path):
+    """An unknown --explain-method started a server whose every explanation failed; a port in use or an
+    unknown host was uvicorn's log and exit 1 or 3; and the 'serving' banner came first, so no error
+    was one line."""
+    import socket
+
+    run = make_run(tmp_path / "run")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [(["--port", str(port)], f"127.0.0.1:{port}"), (["--host", "256.1.1.1"], "256.1.1.1"),
+                 (["--explain-method", "bogus"], "bogus")]
+        for args, needle in cases:
+            r = subprocess.run([sys.executable, "-m", "meddx.cli", "serve", str(run), "--api-key", "k" * 12, *args],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and "serving" not in r.stderr, r.stderr
