@@ -286,3 +286,16 @@ def test_a_damaged_run_json(tmp_path):
     assert_user_error(meddx("evaluate", run, "--no-progress"), "run.json", "damaged")
     assert not (run / "evaluations").exists()
     assert_user_error(meddx("train", "--out", run, "--resume", "--no-progress"), "run.json", "damaged")
+
+
+@pytest.mark.parametrize("args, needle", [(["--seeds", ","], "--seeds"), (["--epochs", "0"], "--epochs"),
+                                          (["--components", "magic"], "magic")])
+def test_ablate_mistakes_leave_no_output_folder(tiny_folder, tmp_path, args, needle):
+    """--seeds ',' was a traceback after training the baseline, --epochs 0 silently meant 20, and every
+    refused ablation left its (empty) --out folder behind."""
+    out = tmp_path / "abl"
+    base = {"--seeds": "0", "--epochs": "1", "--components": "magic"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    r = meddx("ablate", tiny_folder, "-o", out, "--no-progress", *[x for kv in base.items() for x in kv])
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()

@@ -344,7 +344,7 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
                                     "(an interrupted ablation continues in it)."),
            time_budget: Optional[str] = typer.Option(None, "--time-budget",
                                                      help="Training time of every run, e.g. 60s."),
-           epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of every run instead of a time budget "
+           epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of every run instead of a time budget "
                                                 "(an ensemble's members share them); default 20."),
            seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
            components: Optional[str] = typer.Option(None, "--components",
@@ -362,6 +362,8 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
+    if not seed_list:
+        raise MeddxError(f"--seeds '{seeds}' lists no seed", fix="give integers, e.g. --seeds 0,1,2")
     comps = [c.strip() for c in components.split(",")] if components else None
     budget = parse_duration(time_budget)
     if budget and epochs:
