@@ -118,3 +118,20 @@ def test_serve_mistakes_are_one_line_before_the_banner(tmp_path):
                                capture_output=True, text=True, timeout=120)
             assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
             assert len(r.stderr.strip().splitlines()) == 1 and "serving" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, option", [(["--int8", "--calibration-images", "0"], "--calibration-images"),
+                                          (["--prune", "0.5", "--epochs", "1", "--lr", "-1"], "--lr"),
+                                          (["--prune", "0.5", "--epochs", "-1"], "--epochs"),
+                                          (["--distill-from", "RUN", "--epochs", "1", "--kd-alpha", "5"], "--kd-alpha"),
+                                          (["--distill-from", "RUN", "--epochs", "1", "--kd-temperature", "0"],
+                                           "--kd-temperature")])
+def test_meaningless_compress_options_are_refused_before_work(tmp_path, args, option):
+    """Were tracebacks from quantise/the optimiser/the distillation loss (after loading the data), or
+    for --epochs -1 a silent one-epoch fine-tune recorded as -1."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--no-progress",
+              *[str(run) if a == "RUN" else a for a in args], check=False)
+    assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "c").exists()
