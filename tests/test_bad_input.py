@@ -299,3 +299,14 @@ def test_ablate_mistakes_leave_no_output_folder(tiny_folder, tmp_path, args, nee
     r = meddx("ablate", tiny_folder, "-o", out, "--no-progress", *[x for kv in base.items() for x in kv])
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_an_output_file_that_is_a_folder_is_named(tiny_folder, tmp_path):
+    """plan -o DIR, inspect --json DIR: the error named a temp file that does not exist (DIR/../.DIR.xyz.tmp)."""
+    (tmp_path / "outdir").mkdir()
+    for args in (("plan", tiny_folder, "-o", tmp_path / "outdir", "--no-progress"),
+                 ("inspect", tiny_folder, "--json", tmp_path / "outdir", "--no-progress")):
+        r = meddx(*args)
+        assert_user_error(r, f"{tmp_path / 'outdir'}: is a folder")
+        assert ".tmp" not in r.stderr
+    assert not list(tmp_path.glob(".outdir*"))
