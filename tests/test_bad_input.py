@@ -310,3 +310,13 @@ def test_an_output_file_that_is_a_folder_is_named(tiny_folder, tmp_path):
         assert_user_error(r, f"{tmp_path / 'outdir'}: is a folder")
         assert ".tmp" not in r.stderr
     assert not list(tmp_path.glob(".outdir*"))
+
+
+@pytest.mark.parametrize("fractions", ["[0.5, 0.5, 0.5]", "[1, 0, 0]", "[0.7, 0.3]", "[-0.2, 0.6, 0.6]"])
+def test_split_fractions_that_are_not_three_positive_shares_of_one(tiny_folder, tmp_path, fractions):
+    """[0.5, 0.5, 0.5] silently split 35/35/30 %; [1, 0, 0] and [0.7, 0.3] said 'add cases'."""
+    out = tmp_path / "run"
+    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress",
+              "--set", f"data.split_fractions={fractions}")
+    assert_user_error(r, "data.split_fractions", "sum to 1")
+    assert not out.exists()

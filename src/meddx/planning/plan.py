@@ -54,6 +54,13 @@ class DataConfig(_Strict):
     split_fractions: list[float] = [0.7, 0.1, 0.2]
     split_seed: Optional[int] = None  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
 
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"must be three positive fractions (train, val, test) that sum to 1, got {v}")
+        return v
+
 
 class ModelConfig(_Strict):
     name: str = "small_cnn"
