@@ -231,3 +231,92 @@ def test_a_test_split_of_one_class_is_said_in_the_report(tiny_folder, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["classes_absent_from_test"] == ["normal"]
     assert "The test cases hold no &#x27;normal&#x27;: AUC" in (run / "report.html").read_text()  # HTML-escaped
+
+
+def test_a_plan_that_is_not_text(tmp_path):
+    """`--plan` at an image, or a run whose plan.yaml was overwritten with binary: one line, no traceback."""
+    from deploy_testutils import make_run
+
+    png = tmp_path / "scan.png"
+    write_png(png, np.zeros((8, 8), np.uint8))
+    r = meddx("train", "--plan", png, "--out", tmp_path / "run", "--no-progress")
+    assert_user_error(r, "scan.png", "not a text file")
+    assert not (tmp_path / "run").exists()
+    run = make_run(tmp_path / "damaged")
+    (run / "plan.yaml").write_bytes(png.read_bytes())
+    assert_user_error(meddx("predict", run, png), "plan.yaml", "not a text file")
+
+
+@pytest.mark.parametrize("sets", [["seed.x=1"], ["data.learned_denoise.epochs=5"], ["train=3", "train.epochs=2"]])
+def test_set_below_a_field_that_is_not_a_section(tiny_folder, tmp_path, sets):
+    args = [a for s in sets for a in ("--set", s)]
+    r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--no-progress", *args)
+    assert_user_error(r, "cannot set", "not a section")
+    assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize("value, needle", [("data.input_size=[5]", "data.input_size"),
+                                           ("data.input_size=[0, 28]", "data.input_size"),
+                                           ("augment.flip_axes=[7]", "augment.flip_axes"),
+                                           ("evaluate.tta_flip_axes=[-1]", "evaluate.tta_flip_axes")])
+def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_training(tiny_folder, tmp_path, value,
+                                                                                     needle):
+    """Refused when the plan is made, not by a traceback from inside training with a run directory left."""
+    out = tmp_path / "run"
+    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", "--set", value)
+    assert_user_error(r, needle, "2D")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec, needle", [("synthetic:phantoms:0", "no cases"), ("synthetic:phantoms:1", "one class"),
+                                          ("synthetic:bogus", "unknown synthetic dataset"),
+                                          ("synthetic:phantoms:ten", "unknown synthetic dataset")])
+def test_a_bad_synthetic_dataset_spec(tmp_path, spec, needle):
+    """Was a traceback (0 or 1 cases) or, for a misspelt spec, a silent run on 600 phantoms."""
+    _train_fails(tmp_path, spec, spec, needle)
+
+
+def test_a_damaged_run_json(tmp_path):
+    """evaluate and --resume on a run whose run.json is not JSON: one line naming it, nothing written
+    (evaluate was a JSONDecodeError traceback after writing half of evaluations/test)."""
+    from deploy_testutils import make_run
+
+    run = make_run(tmp_path / "run")
+    (run / "run.json").write_text('{"status": "runn')
+    assert_user_error(meddx("evaluate", run, "--no-progress"), "run.json", "damaged")
+    assert not (run / "evaluations").exists()
+    assert_user_error(meddx("train", "--out", run, "--resume", "--no-progress"), "run.json", "damaged")
+
+
+@pytest.mark.parametrize("args, needle", [(["--seeds", ","], "--seeds"), (["--epochs", "0"], "--epochs"),
+                                          (["--components", "magic"], "magic")])
+def test_ablate_mistakes_leave_no_output_folder(tiny_folder, tmp_path, args, needle):
+    """--seeds ',' was a traceback after training the baseline, --epochs 0 silently meant 20, and every
+    refused ablation left its (empty) --out folder behind."""
+    out = tmp_path / "abl"
+    base = {"--seeds": "0", "--epochs": "1", "--components": "magic"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    r = meddx("ablate", tiny_folder, "-o", out, "--no-progress", *[x for kv in base.items() for x in kv])
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_an_output_file_that_is_a_folder_is_named(tiny_folder, tmp_path):
+    """plan -o DIR, inspect --json DIR: the error named a temp file that does not exist (DIR/../.DIR.xyz.tmp)."""
+    (tmp_path / "outdir").mkdir()
+    for args in (("plan", tiny_folder, "-o", tmp_path / "outdir", "--no-progress"),
+                 ("inspect", tiny_folder, "--json", tmp_path / "outdir", "--no-progress")):
+        r = meddx(*args)
+        assert_user_error(r, f"{tmp_path / 'outdir'}: is a folder")
+        assert ".tmp" not in r.stderr
+    assert not list(tmp_path.glob(".outdir*"))
+
+
+@pytest.mark.parametrize("fractions", ["[0.5, 0.5, 0.5]", "[1, 0, 0]", "[0.7, 0.3]", "[-0.2, 0.6, 0.6]"])
+def test_split_fractions_that_are_not_three_positive_shares_of_one(tiny_folder, tmp_path, fractions):
+    """[0.5, 0.5, 0.5] silently split 35/35/30 %; [1, 0, 0] and [0.7, 0.3] said 'add cases'."""
+    out = tmp_path / "run"
+    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress",
+              "--set", f"data.split_fractions={fractions}")
+    assert_user_error(r, "data.split_fractions", "sum to 1")
+    assert not out.exists()

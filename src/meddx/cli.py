@@ -349,7 +349,7 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
                                     "(an interrupted ablation continues in it)."),
            time_budget: Optional[str] = typer.Option(None, "--time-budget",
                                                      help="Training time of every run, e.g. 60s."),
-           epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of every run instead of a time budget "
+           epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of every run instead of a time budget "
                                                 "(an ensemble's members share them); default 20."),
            seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
            components: Optional[str] = typer.Option(None, "--components",
@@ -367,6 +367,8 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
+    if not seed_list:
+        raise MeddxError(f"--seeds '{seeds}' lists no seed", fix="give integers, e.g. --seeds 0,1,2")
     comps = [c.strip() for c in components.split(",")] if components else None
     budget = parse_duration(time_budget)
     if budget and epochs:
@@ -472,8 +474,8 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
 
 @app.command()
 def bench(target: Path = typer.Argument(..., help="Run directory (torch fp32 eager) or bundle (ONNX Runtime)."),
-          threads: Optional[int] = typer.Option(None, "--threads", help="Threads (default: the library's choice)."),
-          seconds: float = typer.Option(2.0, "--seconds", help="Timing length per measurement."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads (default: the library's choice)."),
+          seconds: float = typer.Option(2.0, "--seconds", min=0.01, help="Timing length per measurement."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON.")):
     """Latency (batch 1, p50/p99), throughput (best batch), parameters, FLOPs and file size on this machine."""
     from meddx.deploy.bench import bench_path
@@ -524,21 +526,20 @@ def explain(run: Path = typer.Argument(..., help="Run directory written by `medd
 @app.command()
 def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifier or segmenter)."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          port: int = typer.Option(8000, "--port", help="Port to listen on."),
+          port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
           api_key: Optional[str] = typer.Option(None, "--api-key", help="Key clients must send in X-API-Key "
                                                 "(default: $MEDDX_API_KEY; one of them is required)."),
-          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Larger uploads get HTTP 413."),
-          max_megapixels: float = typer.Option(64.0, "--max-megapixels",
+          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.01, help="Larger uploads get HTTP 413."),
+          max_megapixels: float = typer.Option(64.0, "--max-megapixels", min=0.01,
                                                help="Images decoding to more pixels x channels get HTTP 413."),
           explain_method: str = typer.Option("gradcam", "--explain-method",
                                              help="Heatmap method: gradcam | gradcampp | occlusion.")):
     """Serve the run over HTTP: the diagnosis API under /v1 (OpenAPI at /openapi.json) and the web viewer at /."""
     from meddx.deploy.server import serve as run_server
 
-    err_console.print(f"meddx serving {run} on http://{host}:{port}/ (API under /v1; Ctrl-C stops)",
-                      markup=False, highlight=False)
     run_server(run, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 2**20),
-               max_pixels=int(max_megapixels * 2**20), explain_method=explain_method)
+               max_pixels=int(max_megapixels * 2**20), explain_method=explain_method,
+               banner=f"meddx serving {run} on http://{host}:{port}/ (API under /v1; Ctrl-C stops)")
 
 
 def main() -> None:

@@ -70,3 +70,68 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
         assert r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "c").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("status", ["running", "failed", "interrupted"])
+def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path, status):
+    """A killed or failed run (best.pt written, evaluation not) gave a finished-looking bundle with an
+    argmax operating point and T = 1; it is refused like `meddx evaluate` refuses it."""
+    run = make_run(tmp_path / "run", threshold=None, temperature=None)
+    (run / "run.json").write_text(json.dumps({"status": status}))
+    for args in (("export", run, "--out", tmp_path / "b"),
+                 ("compress", run, "--out", tmp_path / "b", "--int8", "--no-progress")):
+        r = meddx(*args, check=False)
+        assert r.returncode == 2 and "did not finish" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, option", [(["bench", "RUN", "--threads", "-2"], "--threads"),
+                                          (["bench", "RUN", "--seconds", "-1"], "--seconds"),
+                                          (["serve", "RUN", "--api-key", "k" * 12, "--port", "99999"], "--port"),
+                                          (["serve", "RUN", "--api-key", "k" * 12, "--max-upload-mb", "-1"],
+                                           "--max-upload-mb")])
+def test_meaningless_bench_and_serve_options_are_usage_errors(tmp_path, args, option):
+    """--threads -2 and --port 99999 were tracebacks (torch.set_num_threads, socket.bind); --seconds -1
+    and --max-upload-mb -1 were taken (one timing call; every upload refused)."""
+    run = make_run(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-m", "meddx.cli", *[str(run) if a == "RUN" else a for a in args]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_serve_mistakes_are_one_line_before_the_banner(tmp_path):
+    """An unknown --explain-method started a server whose every explanation failed; a port in use or an
+    unknown host was uvicorn's log and exit 1 or 3; and the 'serving' banner came first, so no error
+    was one line."""
+    import socket
+
+    run = make_run(tmp_path / "run")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [(["--port", str(port)], f"127.0.0.1:{port}"), (["--host", "256.1.1.1"], "256.1.1.1"),
+                 (["--explain-method", "bogus"], "bogus")]
+        for args, needle in cases:
+            r = subprocess.run([sys.executable, "-m", "meddx.cli", "serve", str(run), "--api-key", "k" * 12, *args],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and "serving" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, option", [(["--int8", "--calibration-images", "0"], "--calibration-images"),
+                                          (["--prune", "0.5", "--epochs", "1", "--lr", "-1"], "--lr"),
+                                          (["--prune", "0.5", "--epochs", "-1"], "--epochs"),
+                                          (["--distill-from", "RUN", "--epochs", "1", "--kd-alpha", "5"], "--kd-alpha"),
+                                          (["--distill-from", "RUN", "--epochs", "1", "--kd-temperature", "0"],
+                                           "--kd-temperature")])
+def test_meaningless_compress_options_are_refused_before_work(tmp_path, args, option):
+    """Were tracebacks from quantise/the optimiser/the distillation loss (after loading the data), or
+    for --epochs -1 a silent one-epoch fine-tune recorded as -1."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--no-progress",
+              *[str(run) if a == "RUN" else a for a in args], check=False)
+    assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "c").exists()

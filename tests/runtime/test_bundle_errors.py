@@ -162,3 +162,19 @@ def test_runtime_cli_exits_2_with_one_line(copy, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "labels.json" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_runtime_cli_masks_folder_that_is_a_file(tmp_path):
+    """--masks onto an existing file was a FileExistsError traceback."""
+    from deploy_testutils import make_seg_run
+    from meddx_testutils import write_png
+
+    b = export_run(make_seg_run(tmp_path / "seg", dims=2, size=32, labels=(0, 1), names=("background", "lesion"),
+                                tta=(), postprocess=()), tmp_path / "bundle")
+    img = tmp_path / "x.png"
+    write_png(img, (np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32))
+    (tmp_path / "taken").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(b), str(img), "--masks", str(tmp_path / "taken")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "taken" in proc.stderr, proc.stderr

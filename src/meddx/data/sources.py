@@ -186,8 +186,12 @@ def open_dataset(path: str | Path) -> CaseSet:
         from meddx.data.synthetic import synthetic_caseset
 
         parts = str(path).split(":")
-        n = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 600
-        return synthetic_caseset(n=n)
+        if parts[1:2] != ["phantoms"] or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
+            raise InputError("unknown synthetic dataset", path=path,
+                             fix="use synthetic:phantoms or synthetic:phantoms:N (N cases, e.g. 200)")
+        cs = synthetic_caseset(n=int(parts[2]) if len(parts) == 3 else 600)
+        check_labels(cs)
+        return cs
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError("no such file or folder", path=p, fix="check the path")

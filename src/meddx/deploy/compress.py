@@ -239,7 +239,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     from meddx.evaluation.run_report import operating_points
     from meddx.models.registry import count_parameters
     from meddx.runtime.spec import BundleError
-    from meddx.training.run import build_model, load_run
+    from meddx.training.run import build_model, load_run, require_finished
 
     run_dir = Path(run_dir)
     out = Path(out)
@@ -249,7 +249,19 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         raise PlanError("nothing to do", fix="give --prune, --distill-from, --student and/or --int8")
     if int(opts.prune_steps) < 1:
         raise PlanError(f"--prune-steps must be at least 1, got {opts.prune_steps}", fix="e.g. --prune-steps 3")
+    if opts.epochs is not None and int(opts.epochs) < 1:
+        raise PlanError(f"--epochs must be at least 1, got {opts.epochs}", fix="e.g. --epochs 5")
+    if opts.lr is not None and not opts.lr > 0:
+        raise PlanError(f"--lr must be positive, got {opts.lr}", fix="e.g. --lr 0.001, or leave it out")
+    if int(opts.calibration_images) < 1:
+        raise PlanError(f"--calibration-images must be at least 1, got {opts.calibration_images}",
+                        fix="e.g. --calibration-images 256")
+    if not 0 <= opts.kd_alpha <= 1:
+        raise PlanError(f"--kd-alpha must be between 0 and 1, got {opts.kd_alpha}", fix="e.g. --kd-alpha 0.9")
+    if not opts.kd_temperature > 0:
+        raise PlanError(f"--kd-temperature must be positive, got {opts.kd_temperature}", fix="e.g. --kd-temperature 4")
     plan, model = load_run(run_dir)
+    require_finished(run_dir, "compressed")
     if plan.task == "segment":
         if opts.prune or opts.distill_from or opts.student:
             raise RunError("segmentation runs can only be int8-quantised here (Torch-Pruning cannot trace MONAI "

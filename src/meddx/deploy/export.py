@@ -214,10 +214,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = OPSET, over
         RunError: not a run, or a detection run (not exportable yet).
         BundleError: the ONNX graph disagrees with torch, or ``out`` exists.
     """
-    from meddx.training.run import load_run
+    from meddx.training.run import load_run, require_finished
 
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
+    require_finished(run_dir, "exported")
     torch_steps = [st.name for st in getattr(plan.data, "preprocess", []) if st.name in TORCH_STEPS]
     if torch_steps:
         raise RunError(f"the plan's preprocessing step(s) {torch_steps} run on MONAI (torch), which the edge "

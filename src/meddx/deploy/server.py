@@ -133,6 +133,9 @@ class ModelService:
             raise RunError("meddx serve serves classification and segmentation runs", path=self.run_dir,
                            fix="serve a run trained with --task classify or --task segment")
         self.explainer = Explainer(self.model)
+        from meddx.explain.run_explain import resolve_methods
+
+        resolve_methods(explain_method, self.explainer.segmenter)  # a wrong --explain-method is refused at start
         self.explain_method = explain_method
         self.max_pixels = int(max_pixels)
         self.names = (list(self.plan.segment.label_names) if self.task == "segment"
@@ -487,12 +490,27 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_pixels: int = DEFAULT_MAX_PIXELS,
-          explain_method: str = "gradcam", log_level: str = "info") -> None:
-    """Run the app with uvicorn until interrupted."""
+          explain_method: str = "gradcam", log_level: str = "info", banner: str | None = None) -> None:
+    """Run the app with uvicorn until interrupted; ``banner`` goes to stderr once the run is loaded and
+    the address is free (a user mistake before that is the only line)."""
+    import socket
+    import sys
+
     import uvicorn
 
     app = create_app(run_dir, api_key=api_key, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                      explain_method=explain_method)
+    try:  # uvicorn only logs an unknown host or a port in use, and exits 1 or 3
+        family, _, _, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind(address)
+    except OSError as e:
+        raise MeddxError(f"cannot listen on {host}:{port} ({e.strerror or e})",
+                         fix="choose a free --port, and a --host this machine has (127.0.0.1, or 0.0.0.0 for all)"
+                         ) from None
+    if banner:
+        print(banner, file=sys.stderr, flush=True)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(message)s")
     # access_log off: uvicorn's access line carries the query string; ours does not
     uvicorn.run(app, host=host, port=int(port), log_level=log_level, access_log=False)

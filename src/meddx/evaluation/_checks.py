@@ -100,8 +100,14 @@ class atomic_open:
 
     def __enter__(self):
         folder = self.path.parent
+        if self.path.is_dir():  # else os.replace fails at the end, naming the temp file
+            raise MeddxError("is a folder, not a file name", path=self.path,
+                             fix="give the path of a file to write (inside that folder, or elsewhere)")
         folder.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            fd, self._tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as e:  # name the folder the user gave, not the temp file that could not be made
+            raise OSError(e.errno, e.strerror, str(folder)) from None
         self._fh = os.fdopen(fd, "wb")
         return self._fh
 

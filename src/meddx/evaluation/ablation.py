@@ -233,7 +233,6 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     from meddx.training.run import fingerprint_dataset, planned_split, train_run
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if task == "segment":
         from meddx.data.segsources import open_seg_dataset
         from meddx.training.seg_run import train_seg_run
@@ -260,6 +259,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
         def train(rdir, ov):
             return train_run(dataset, rdir, overrides=ov, progress=False, log=lambda *a, **k: None)
     arm_list = arms(full, components)
+    out.mkdir(parents=True, exist_ok=True)  # once the dataset and the components are known good
     names = list(full.data.class_names)
     task = full.task
     total = len(arm_list) * len(seeds)

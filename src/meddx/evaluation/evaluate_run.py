@@ -13,7 +13,7 @@ from meddx.data.split import read_split
 from meddx.errors import DatasetError, RunError
 from meddx.evaluation.run_report import evaluate_run_outputs
 from meddx.training.engine import predict_proba
-from meddx.training.run import progress_callback, load_run
+from meddx.training.run import progress_callback, load_run, read_run_info
 
 
 def _proba(cs, cases, plan, model, progress: bool) -> tuple[np.ndarray, torch.Tensor]:
@@ -60,6 +60,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     """
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
+    read_run_info(run_dir)  # a damaged run.json is refused before anything is written
     if plan.task in ("segment", "detect"):
         return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
     names = list(plan.data.class_names)

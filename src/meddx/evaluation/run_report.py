@@ -207,9 +207,10 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     if fit is not None:
         summary.update({"epochs run (best)": f"{fit.epochs_run} ({fit.best_epoch})",
                         "training time (s)": round(fit.train_seconds, 1), "stopped by": fit.stopped_by})
-    info_p = run_dir / "run.json"
-    if info_p.exists():
-        info = json.loads(info_p.read_text())
+    from meddx.training.run import read_run_info
+
+    info = read_run_info(run_dir)
+    if info:
         summary["data hash"] = info.get("data_hash", "")[:16]
     summary.update({f"version {k}": v for k, v in versions().items()})
     mc = machine()

@@ -54,6 +54,13 @@ class DataConfig(_Strict):
     split_fractions: list[float] = [0.7, 0.1, 0.2]
     split_seed: Optional[int] = None  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
 
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or min(v) <= 0 or abs(sum(v) - 1) > 1e-6:
+            raise ValueError(f"must be three positive fractions (train, val, test) that sum to 1, got {v}")
+        return v
+
 
 class ModelConfig(_Strict):
     name: str = "small_cnn"
@@ -270,6 +277,27 @@ class Plan(_Strict):
                              f"remove them from the plan")
         return self
 
+    @model_validator(mode="after")
+    def _sizes_and_axes_fit_the_dimensions(self):
+        """Sizes hold one positive entry per spatial axis and flips name axes that exist, so a wrong
+        ``--set`` or hand edit is refused here, not deep inside training after the run has started."""
+        sd = self.data.spatial_dims
+        sizes = {"data.input_size": self.data.input_size}
+        if self.segment is not None and self.segment.patch_size is not None:
+            sizes["segment.patch_size"] = self.segment.patch_size
+        for name, v in sizes.items():
+            if len(v) != sd or min(v) < 1:
+                raise ValueError(f"{name} {v} must hold {sd} positive sizes, one per spatial axis of the {sd}D data")
+        axes = {"augment.flip_axes": self.augment.flip_axes, "evaluate.tta_flip_axes": self.evaluate.tta_flip_axes}
+        if self.segment is not None:
+            axes["segment.tta_flip_axes"] = self.segment.tta_flip_axes
+        for name, v in axes.items():
+            bad = [a for a in v if not 0 <= a < sd]
+            if bad:
+                raise ValueError(f"{name} {v}: axis {bad[0]} does not exist in {sd}D data (spatial axes are "
+                                 f"0..{sd - 1})")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, width=100)
 
@@ -287,6 +315,9 @@ class Plan(_Strict):
             raise PlanError("plan file not found", path=p, fix="check the path") from None
         except yaml.YAMLError as e:
             raise PlanError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+        except UnicodeDecodeError:
+            raise PlanError("not a text file, so not a plan", path=p,
+                            fix="point at a plan.yaml written by `meddx plan` or `meddx train`") from None
         if not isinstance(raw, dict):
             raise PlanError("a plan must be a YAML mapping", path=p, fix="start from a plan written by meddx")
         return validate_plan(raw, path=p)

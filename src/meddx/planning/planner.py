@@ -85,7 +85,7 @@ from typing import Any
 
 import numpy as np
 
-from meddx.errors import DatasetError
+from meddx.errors import DatasetError, PlanError
 from meddx.planning.plan import (AugmentConfig, Choice, DataConfig, Decision, EnsembleConfig, EvaluateConfig,
                                  ModelConfig, OptimConfig, Plan, PreprocessStep, ScheduleConfig, SegmentConfig,
                                  TrainConfig, validate_plan)
@@ -468,8 +468,14 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
     for key, value in sorted(overrides.items(), key=lambda kv: kv[0].count(".")):
         node = raw
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # e.g. --set seed.x=1, or a null section such as data.learned_denoise
+                parent = ".".join(parts[:i + 1])
+                shown = "null" if node is None else repr(node)
+                raise PlanError(f"cannot set '{key}': '{parent}' is {shown} in the plan, not a section of fields",
+                                fix=f"set '{parent}' itself (null sections: first --set {parent}={{}}), or check the "
+                                    "key (see `meddx plan` for the fields)")
         if value is None and parts[:-1] == ["model", "params"]:
             node.pop(parts[-1], None)
         else:

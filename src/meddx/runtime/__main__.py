@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except MeddxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the user gave: --masks onto a file, no permission (as `meddx` reports it)
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error:{where}: {e.strerror or e}. Fix: check that the path exists and is writable.", file=sys.stderr)
+        return 2
     return 0
 
 

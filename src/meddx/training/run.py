@@ -78,6 +78,30 @@ def _json_default(o):
     return str(o)
 
 
+def read_run_info(run_dir: Path) -> dict:
+    """``run.json`` of a run ({} when it has none); a damaged one is a RunError naming it."""
+    p = Path(run_dir) / "run.json"
+    if not p.exists():
+        return {}
+    try:
+        info = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise RunError("run.json is damaged (not a JSON object)", path=p,
+                       fix="restore it from a copy of the run, or train the run again")
+    return info
+
+
+def require_finished(run_dir: Path, what: str) -> None:
+    """Refuse a run whose run.json says it did not finish (killed, failed, interrupted): ``what`` it
+    would make from it (a bundle) would look finished. A run without run.json is taken as it is."""
+    status = read_run_info(run_dir).get("status", "complete")
+    if status != "complete":
+        raise RunError(f"the run did not finish (run.json says '{status}'), so it cannot be {what}", path=run_dir,
+                       fix="finish it with `meddx train --resume --out RUN` (or train it again)")
+
+
 def set_status(run_dir: Path, status: str, **extra) -> None:
     p = run_dir / "run.json"
     info = json.loads(p.read_text()) if p.exists() else {}
@@ -193,7 +217,7 @@ def resume_state(out: Path) -> tuple[Plan, dict]:
     """Plan and fingerprint of a stopped run in ``out`` (refuses a missing or complete one)."""
     if not (out / "plan.yaml").exists():
         raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
-    info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    info = read_run_info(out)
     if info.get("status") == "complete":
         raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
     return Plan.load(out / "plan.yaml"), json.loads((out / "fingerprint.json").read_text())
