@@ -120,3 +120,8 @@ def test_a_target_sensitivity_alone_chooses_the_sensitivity_rule(tiny_folder, tm
     ev = yaml.safe_load((run / "plan.yaml").read_text())["evaluate"]
     assert ev["threshold_rule"] == "sensitivity" and ev["target_sensitivity"] == 0.9
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_python_dash_m_meddx_is_the_cli():
+    r = subprocess.run([sys.executable, "-m", "meddx", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Usage" in r.stdout and "train" in r.stdout
