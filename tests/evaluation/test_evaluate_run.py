@@ -39,7 +39,7 @@ def test_re_evaluation_reports_the_runs_training_cases(phantom_run):
 def test_other_datasets_never_overwrite_the_runs_own_or_each_others_evaluations(phantom_run, tmp_path):
     """A dataset folder named "test" must not land in the run's own ``evaluations/test``, and two
     datasets of one name (say two sites' ``data`` folders) must not overwrite each other."""
-    from conftest import write_png
+    from meddx_testutils import write_png
     from meddx.data.synthetic import make_phantoms
     from meddx.evaluation.evaluate_run import evaluate_run
 
