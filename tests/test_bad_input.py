@@ -247,33 +247,52 @@ def test_a_plan_that_is_not_text(tmp_path):
     assert_user_error(meddx("predict", run, png), "plan.yaml", "not a text file")
 
 
-@pytest.mark.parametrize("sets", [["seed.x=1"], ["data.learned_denoise.epochs=5"], ["train=3", "train.epochs=2"]])
-def test_set_below_a_field_that_is_not_a_section(tiny_folder, tmp_path, sets):
-    args = [a for s in sets for a in ("--set", s)]
-    r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--no-progress", *args)
+def _refused_in_process(dataset, tmp_path, sets: list[str]) -> str:
+    """The error ``meddx train DATASET --set ...`` gives, raised in this process (no CLI start-up per
+    case: the CLI's one-line, exit-2 path is checked once per test below); no run folder is left."""
+    from meddx.cli import parse_sets
+    from meddx.errors import MeddxError
+    from meddx.training.run import train_run
+
+    out = tmp_path / "inproc"
+    with pytest.raises(MeddxError) as e:
+        train_run(str(dataset), out, overrides={"train.epochs": 1, **parse_sets(sets)}, progress=False,
+                  log=lambda *a, **k: None)
+    assert not out.exists()
+    return str(e.value)
+
+
+def test_set_below_a_field_that_is_not_a_section(tiny_folder, tmp_path):
+    r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--no-progress", "--set", "seed.x=1")
     assert_user_error(r, "cannot set", "not a section")
     assert not (tmp_path / "p.yaml").exists()
+    for sets in (["data.learned_denoise.epochs=5"], ["train=3", "train.epochs=2"]):
+        msg = _refused_in_process(tiny_folder, tmp_path, sets)
+        assert "cannot set" in msg and "not a section" in msg, (sets, msg)
 
 
-@pytest.mark.parametrize("value, needle", [("data.input_size=[5]", "data.input_size"),
-                                           ("data.input_size=[0, 28]", "data.input_size"),
-                                           ("augment.flip_axes=[7]", "augment.flip_axes"),
-                                           ("evaluate.tta_flip_axes=[-1]", "evaluate.tta_flip_axes")])
-def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_training(tiny_folder, tmp_path, value,
-                                                                                     needle):
+def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_training(tiny_folder, tmp_path):
     """Refused when the plan is made, not by a traceback from inside training with a run directory left."""
     out = tmp_path / "run"
-    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", "--set", value)
-    assert_user_error(r, needle, "2D")
+    r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", "--set", "data.input_size=[5]")
+    assert_user_error(r, "data.input_size", "2D")
     assert not out.exists()
+    for value, needle in (("data.input_size=[0, 28]", "data.input_size"), ("augment.flip_axes=[7]", "augment.flip_axes"),
+                          ("evaluate.tta_flip_axes=[-1]", "evaluate.tta_flip_axes")):
+        msg = _refused_in_process(tiny_folder, tmp_path, [value])
+        assert needle in msg and "2D" in msg, (value, msg)
 
 
-@pytest.mark.parametrize("spec, needle", [("synthetic:phantoms:0", "no cases"), ("synthetic:phantoms:1", "one class"),
-                                          ("synthetic:bogus", "unknown synthetic dataset"),
-                                          ("synthetic:phantoms:ten", "unknown synthetic dataset")])
-def test_a_bad_synthetic_dataset_spec(tmp_path, spec, needle):
+def test_a_bad_synthetic_dataset_spec(tmp_path):
     """Was a traceback (0 or 1 cases) or, for a misspelt spec, a silent run on 600 phantoms."""
-    _train_fails(tmp_path, spec, spec, needle)
+    from meddx.data.sources import open_dataset
+    from meddx.errors import MeddxError
+
+    _train_fails(tmp_path, "synthetic:phantoms:0", "synthetic:phantoms:0", "no cases")
+    for spec, needle in (("synthetic:phantoms:1", "one class"), ("synthetic:bogus", "unknown synthetic dataset"),
+                         ("synthetic:phantoms:ten", "unknown synthetic dataset")):
+        with pytest.raises(MeddxError, match=needle):
+            open_dataset(spec)
 
 
 def test_a_damaged_run_json(tmp_path):
@@ -312,11 +331,13 @@ def test_an_output_file_that_is_a_folder_is_named(tiny_folder, tmp_path):
     assert not list(tmp_path.glob(".outdir*"))
 
 
-@pytest.mark.parametrize("fractions", ["[0.5, 0.5, 0.5]", "[1, 0, 0]", "[0.7, 0.3]", "[-0.2, 0.6, 0.6]"])
-def test_split_fractions_that_are_not_three_positive_shares_of_one(tiny_folder, tmp_path, fractions):
+def test_split_fractions_that_are_not_three_positive_shares_of_one(tiny_folder, tmp_path):
     """[0.5, 0.5, 0.5] silently split 35/35/30 %; [1, 0, 0] and [0.7, 0.3] said 'add cases'."""
     out = tmp_path / "run"
     r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress",
-              "--set", f"data.split_fractions={fractions}")
+              "--set", "data.split_fractions=[0.5, 0.5, 0.5]")
     assert_user_error(r, "data.split_fractions", "sum to 1")
     assert not out.exists()
+    for fractions in ("[1, 0, 0]", "[0.7, 0.3]", "[-0.2, 0.6, 0.6]"):
+        msg = _refused_in_process(tiny_folder, tmp_path, [f"data.split_fractions={fractions}"])
+        assert "data.split_fractions" in msg and "sum to 1" in msg, (fractions, msg)

@@ -24,7 +24,8 @@ def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
     r = meddx("inspect", tiny_folder, "--no-progress")
     assert "48" in r.stdout and "lesion" in r.stdout and "mixed image sizes" in r.stdout
     run = tmp_path / "run"
-    r = meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress")
+    # --target-sensitivity alone implies --threshold-rule sensitivity
+    r = meddx("train", tiny_folder, "--out", run, "--epochs", "2", "--no-progress", "--target-sensitivity", "0.9")
     assert "finding: mixed image sizes" in r.stdout  # told without `meddx inspect`
     for f in ("plan.yaml", "fingerprint.json", "split.csv", "log.jsonl", "metrics.json", "predictions.csv",
               "report.html", "model_card.md", "roc.png", "confusion.png", "reliability.png", "training_curves.png",
@@ -32,6 +33,10 @@ def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
         assert (run / f).exists(), f
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert "positive class: normal" in " ".join(r.stdout.split())  # binary metrics are about class 1
+    import yaml
+
+    ev = yaml.safe_load((run / "plan.yaml").read_text())["evaluate"]
+    assert ev["threshold_rule"] == "sensitivity" and ev["target_sensitivity"] == 0.9
     html = (run / "report.html").read_text()
     assert "data:image/png;base64" in html and "http://" not in html
     r = meddx("evaluate", run, "--no-progress")
@@ -110,16 +115,6 @@ def test_inspect_does_not_write_a_patient_id_held_in_an_unreadable_files_path(tm
     fp = (tmp_path / "fp.json").read_text()
     assert "PGBM-003" not in r.stdout + fp
     assert len(json.loads(fp)["problems"]) == 1
-
-
-def test_a_target_sensitivity_alone_chooses_the_sensitivity_rule(tiny_folder, tmp_path):
-    run = tmp_path / "run"
-    meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--target-sensitivity", "0.9", "--no-progress")
-    import yaml
-
-    ev = yaml.safe_load((run / "plan.yaml").read_text())["evaluate"]
-    assert ev["threshold_rule"] == "sensitivity" and ev["target_sensitivity"] == 0.9
-    assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
 def test_python_dash_m_meddx_is_the_cli():

@@ -72,17 +72,28 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     assert not (tmp_path / "c").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("status", ["running", "failed", "interrupted"])
-def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path, status):
+def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path):
     """A killed or failed run (best.pt written, evaluation not) gave a finished-looking bundle with an
-    argmax operating point and T = 1; it is refused like `meddx evaluate` refuses it."""
+    argmax operating point and T = 1; it is refused like `meddx evaluate` refuses it (through the CLI
+    for one status, in this process for the others)."""
+    from meddx.deploy.compress import CompressOptions, compress_run
+    from meddx.deploy.export import export_run
+    from meddx.errors import RunError
+
     run = make_run(tmp_path / "run", threshold=None, temperature=None)
-    (run / "run.json").write_text(json.dumps({"status": status}))
+    (run / "run.json").write_text(json.dumps({"status": "failed"}))
     for args in (("export", run, "--out", tmp_path / "b"),
                  ("compress", run, "--out", tmp_path / "b", "--int8", "--no-progress")):
         r = meddx(*args, check=False)
         assert r.returncode == 2 and "did not finish" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "b").exists()
+    for status in ("running", "interrupted"):
+        (run / "run.json").write_text(json.dumps({"status": status}))
+        with pytest.raises(RunError, match="did not finish"):
+            export_run(run, tmp_path / "b")
+        with pytest.raises(RunError, match="did not finish"):
+            compress_run(run, tmp_path / "b", CompressOptions(int8=True), progress=False)
         assert not (tmp_path / "b").exists()
 
 
@@ -120,18 +131,21 @@ def test_serve_mistakes_are_one_line_before_the_banner(tmp_path):
             assert len(r.stderr.strip().splitlines()) == 1 and "serving" not in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("args, option", [(["--int8", "--calibration-images", "0"], "--calibration-images"),
-                                          (["--prune", "0.5", "--epochs", "1", "--lr", "-1"], "--lr"),
-                                          (["--prune", "0.5", "--epochs", "-1"], "--epochs"),
-                                          (["--distill-from", "RUN", "--epochs", "1", "--kd-alpha", "5"], "--kd-alpha"),
-                                          (["--distill-from", "RUN", "--epochs", "1", "--kd-temperature", "0"],
-                                           "--kd-temperature")])
-def test_meaningless_compress_options_are_refused_before_work(tmp_path, args, option):
+def test_meaningless_compress_options_are_refused_before_work(tmp_path):
     """Were tracebacks from quantise/the optimiser/the distillation loss (after loading the data), or
-    for --epochs -1 a silent one-epoch fine-tune recorded as -1."""
+    for --epochs -1 a silent one-epoch fine-tune recorded as -1 (through the CLI once, then in this process)."""
+    from meddx.deploy.compress import CompressOptions, compress_run
+    from meddx.errors import PlanError
+
     run = make_run(tmp_path / "run")
-    r = meddx("compress", run, "--out", tmp_path / "c", "--no-progress",
-              *[str(run) if a == "RUN" else a for a in args], check=False)
-    assert r.returncode == 2 and option in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = meddx("compress", run, "--out", tmp_path / "c", "--no-progress", "--int8", "--calibration-images", "0",
+              check=False)
+    assert r.returncode == 2 and "--calibration-images" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for opts, option in ((CompressOptions(prune=0.5, epochs=1, lr=-1), "--lr"),
+                         (CompressOptions(prune=0.5, epochs=-1), "--epochs"),
+                         (CompressOptions(distill_from=str(run), epochs=1, kd_alpha=5), "--kd-alpha"),
+                         (CompressOptions(distill_from=str(run), epochs=1, kd_temperature=0), "--kd-temperature")):
+        with pytest.raises(PlanError, match=option):
+            compress_run(run, tmp_path / "c", opts, progress=False)
     assert not (tmp_path / "c").exists()
