@@ -372,25 +372,15 @@ class _MetricEngine:
         self.auc_prep = [_auc_prep(s, pos) for s, pos in _ovr_scores(y, p)]
 
     def compute(self, weights: np.ndarray) -> dict[str, np.ndarray]:
-        k = self.k
-        cm = (weights @ self.cells).reshape(-1, k, k)
-        tp = np.diagonal(cm, axis1=1, axis2=2)
-        support = cm.sum(axis=2)
-        predicted = cm.sum(axis=1)
-        total = cm.sum(axis=(1, 2))[:, None]
-        fn = support - tp
-        fp = predicted - tp
-        tn = total - support - predicted + tp
-        out = {
-            "sensitivity": _div(tp, support),
-            "specificity": _div(tn, tn + fp),
-            "ppv": _div(tp, predicted),
-            "npv": _div(tn, tn + fn),
-            "f1": _div(2 * tp, 2 * tp + fp + fn),
+        c = self.counts(weights)
+        tp, support = c["sensitivity"]
+        predicted = c["ppv"][1]
+        out = {key: _div(*c[key]) for key in PROPORTION_KEYS}
+        out.update({
+            "f1": _div(2 * tp, support + predicted),  # 2TP / (2TP + FP + FN)
             "auc": self._auc(weights),
-            "accuracy": _div(tp.sum(axis=1), total[:, 0]),
             "ece": np.abs(weights @ self.gap).sum(axis=1) / weights.sum(axis=1),
-        }
+        })
         return out
 
     def counts(self, weights: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

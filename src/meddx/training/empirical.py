@@ -82,12 +82,12 @@ def trial_splits(folds: int, x_train: torch.Tensor, y_train: torch.Tensor, x_val
     if not folds:
         return [(x_train, y_train, x_val, y_val)]
     from meddx.errors import PlanError
-    from meddx.training.ensemble import kfold_splits
+    from meddx.training.ensemble import groups_per_class, kfold_splits
 
     y = y_train.numpy()
-    keys = np.arange(len(y)) if groups is None else np.asarray([str(g) for g in groups])
-    counts = np.array([len(np.unique(keys[y == c])) for c in range(int(y.max()) + 1)])
-    what = "training cases" if groups is None or len(np.unique(keys)) == len(y) else "patients in the training split"
+    counts = groups_per_class(y, groups)
+    what = ("training cases" if groups is None or len(set(map(str, groups))) == len(y)
+            else "patients in the training split")
     if counts.min() < folds:
         raise PlanError(f"an empirical choice asks for {folds}-fold cross-validation, but class {int(counts.argmin())} "
                         f"has only {int(counts.min())} {what}",

@@ -37,6 +37,13 @@ def member_plan(plan: Plan, i: int) -> Plan:
     return mp
 
 
+def groups_per_class(y: np.ndarray, groups=None) -> np.ndarray:
+    """Distinct patients (with ``groups``; else cases) of each class ``0..max(y)``."""
+    y = np.asarray(y)
+    keys = np.arange(len(y)) if groups is None else np.asarray([str(g) for g in groups])
+    return np.array([len(np.unique(keys[y == c])) for c in range(int(y.max()) + 1)])
+
+
 def kfold_splits(y: np.ndarray, k: int, seed: int, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(fit, held_out)`` indices of each of k folds: stratified by ``y`` when every class has k
     cases, else plain shuffled folds. With ``groups`` (one patient key per case) in which some
@@ -59,7 +66,7 @@ def kfold_splits(y: np.ndarray, k: int, seed: int, groups=None) -> list[tuple[np
             if n_groups < k:
                 raise PlanError(f"{k} folds need at least {k} patients, but the training split has {n_groups}",
                                 fix=f"use at most {n_groups} folds")
-            per_class = min(len(np.unique(codes[y == c])) for c in np.unique(y))
+            per_class = groups_per_class(y, codes)[counts > 0].min()
             splitter = (StratifiedGroupKFold(k, shuffle=True, random_state=seed) if per_class >= k
                         else GroupKFold(k, shuffle=True, random_state=seed))
             return list(splitter.split(idx, y, codes))
