@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -74,9 +75,13 @@ def main() -> None:
 
 
 def parse_variant(spec: str) -> tuple[str, str, list[str]]:
-    """``NAME:k=v,k=v`` -> (name, the overrides as given, the ``--set`` arguments)."""
+    """``NAME:k=v,k=v`` -> (name, the overrides as given, the ``--set`` arguments).
+
+    A comma starts a new override only where ``key=`` follows it, so list values such as
+    ``data.input_size=[56,56]`` stay whole.
+    """
     vname, _, sets = spec.partition(":")
-    return vname, sets, [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+    return vname, sets, [a for kv in re.split(r",(?=[\w.]+=)", sets) if kv for a in ("--set", kv)]
 
 
 def amount_args(args) -> list[str]:
