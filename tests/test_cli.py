@@ -32,7 +32,7 @@ def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
               "checkpoints/last.pt", "checkpoints/best.pt", "thresholds.json"):
         assert (run / f).exists(), f
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    assert "positive class: normal" in " ".join(r.stdout.split())  # binary metrics are about class 1
+    assert "positive class: lesion" in " ".join(r.stdout.split())  # R18: the disease, here class 0
     import yaml
 
     ev = yaml.safe_load((run / "plan.yaml").read_text())["evaluate"]

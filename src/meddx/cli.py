@@ -190,6 +190,9 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
           schedule: Optional[str] = typer.Option(None, help="constant | step | cosine | onecycle"),
           image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size per axis."),
+          positive_class: Optional[str] = typer.Option(None, "--positive-class",
+                                                       help="Binary: the class sensitivity, PPV, AUC and the "
+                                                       "threshold are about (default: planner rule R18)."),
           threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="youden | sensitivity"),
           target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
                                                              help="Choose the threshold on validation for this "
@@ -212,6 +215,7 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
     ov = {"seed": seed, "train.time_budget_s": budget, "train.epochs": epochs, "model.name": model,
           "train.batch_size": batch_size, "optim.lr": lr, "optim.name": optimizer, "schedule.name": schedule,
           "evaluate.threshold_rule": threshold_rule, "evaluate.target_sensitivity": target_sensitivity,
+          "evaluate.positive_class": positive_class,
           "segment.loss": loss, "segment.detector": detector}
     ov = {k: v for k, v in ov.items() if v is not None}
     ov.update(parse_sets(set_))
@@ -264,8 +268,10 @@ def _print_seg_summary(run: Path, sub: str = "") -> None:
 
 def _print_summary(run: Path, sub: str = "") -> None:
     m = json.loads((run / sub / "metrics.json").read_text()) if sub else json.loads((run / "metrics.json").read_text())
-    names = next(iter(m["operating_points"].values()), {}).get("class_names") or []
-    pos = f", positive class: {names[1]}" if len(names) == 2 else ", sensitivity/specificity: macro"
+    first = next(iter(m["operating_points"].values()), {})
+    names = first.get("class_names") or []
+    positive = (first.get("operating_point") or {}).get("positive_class") or (names[1] if len(names) == 2 else "")
+    pos = f", positive class: {positive}" if len(names) == 2 else ", sensitivity/specificity: macro"
     t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']}{pos})")
     t.add_column("operating point")
     for c in ("AUC", "accuracy", "balanced acc.", "sensitivity", "specificity"):

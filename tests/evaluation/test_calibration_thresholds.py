@@ -90,6 +90,15 @@ def test_choose_threshold():
         choose_threshold([0, 1, 2], np.full((3, 3), 1 / 3))
 
 
+def test_choose_threshold_for_a_positive_class_at_index_0():
+    """The threshold of class 0 is chosen on its probability, as class 1's would be on the mirrored data."""
+    mirrored = np.c_[ST, 1 - ST]
+    out = choose_threshold(1 - np.asarray(YT), mirrored, positive=0)
+    assert out == choose_threshold(YT, np.c_[1 - ST, ST])
+    out = choose_threshold(1 - np.asarray(YT), mirrored, rule="sensitivity", target_sensitivity=0.9, positive=0)
+    assert out["threshold"] == 0.3 and out["val_sensitivity"] == 1.0
+
+
 def test_temperature_scaling_fixes_overconfidence_and_keeps_ranking():
     from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 

@@ -77,3 +77,37 @@ def test_a_3d_model_predicts_each_dicom_series_folder_under_a_folder_as_one_volu
     assert [p.relative_to(tmp_path / "in").as_posix() for p in got] == ["other.nii.gz", "p1/series", "p2/series"]
     assert len(collect_inputs(tmp_path / "in", 2)) == 9
     assert collect_inputs(tmp_path / "in" / "p1" / "series", 3) == [tmp_path / "in" / "p1" / "series"]
+
+
+def test_a_disease_class_sorted_first_is_the_positive_class_end_to_end(tmp_path):
+    """Folders "cancer" and "normal": R18 makes cancer (index 0) the positive class, and the threshold,
+    the thresholded predictions, the binary metrics, the report and `meddx predict` all agree on it."""
+    import csv
+
+    import numpy as np
+
+    from meddx_testutils import write_png
+    from meddx.data.synthetic import make_phantoms
+    from meddx.evaluation.predict import predict_paths
+    from meddx.training.run import train_run
+
+    imgs, labels = make_phantoms(n=60, size=28, seed=3)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(tmp_path / "data" / ("cancer" if y else "normal") / f"{i}.png", im)
+    run = train_run(str(tmp_path / "data"), tmp_path / "run", overrides={"train.epochs": 1, "evaluate.n_boot": 20},
+                    progress=False, log=lambda *a, **k: None)
+    thr = json.loads((run / "thresholds.json").read_text())
+    assert thr["positive_class"] == "cancer" and thr["threshold"] is not None
+    m = json.loads((run / "metrics.json").read_text())
+    at_t = next(v for k, v in m["operating_points"].items() if k.startswith("validation-chosen"))
+    assert at_t["operating_point"]["positive_class"] == "cancer"
+    with open(run / "predictions.csv", newline="") as f:
+        test = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    called = np.array([float(r["p_cancer"]) >= thr["threshold"] for r in test])
+    assert [r["predicted_at_threshold"] == "cancer" for r in test] == called.tolist()
+    truth = np.array([r["label"] == "cancer" for r in test])
+    if truth.any():
+        assert at_t["overall"]["sensitivity"]["value"] == pytest.approx(called[truth].mean())
+    assert "on p(cancer)" in (run / "report.html").read_text(encoding="utf-8")
+    rows = predict_paths(run, tmp_path / "data" / "cancer", progress=False)
+    assert all((r["predicted_at_threshold"] == "cancer") == (r["p_cancer"] >= thr["threshold"]) for r in rows)

@@ -14,6 +14,7 @@ from meddx.evaluation import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
+    predict_labels,
     paired_bootstrap_pvalue,
 )
 
@@ -34,7 +35,7 @@ def test_binary_hand_computed():
     m = classification_metrics(Y8, PROBA8, class_names=["benign", "malignant"], n_boot=0)
     o = m["overall"]
     assert m["n"] == 8 and m["n_classes"] == 2
-    assert m["operating_point"] == {"rule": "threshold", "threshold": 0.5}
+    assert m["operating_point"] == {"rule": "threshold", "threshold": 0.5, "positive_class": "malignant"}
     assert m["confusion_matrix"] == [[3, 2], [1, 2]]
     assert o["sensitivity"]["value"] == pytest.approx(2 / 3)
     assert o["specificity"]["value"] == pytest.approx(3 / 5)
@@ -59,13 +60,28 @@ def test_binary_hand_computed():
 def test_binary_custom_threshold():
     # At 0.65 case 3 (0.6) becomes negative: TP=2, FN=1, FP=1, TN=4.
     m = classification_metrics(Y8, PROBA8, threshold=0.65, n_boot=0)
-    assert m["operating_point"] == {"rule": "threshold", "threshold": 0.65}
+    assert m["operating_point"] == {"rule": "threshold", "threshold": 0.65, "positive_class": "1"}
     assert m["confusion_matrix"] == [[4, 1], [1, 2]]
     assert value(m, "overall", "specificity") == pytest.approx(4 / 5)
     assert value(m, "overall", "ppv") == pytest.approx(2 / 3)
     assert value(m, "overall", "accuracy") == pytest.approx(6 / 8)
     # AUC does not depend on the threshold.
     assert value(m, "overall", "auc") == pytest.approx(11 / 15)
+
+
+def test_a_binary_positive_class_at_index_0_gives_its_metrics():
+    """Class 0 as the positive class: the same numbers as the mirrored problem with it at index 1,
+    and the threshold cuts its probability."""
+    names = ["malignant", "benign"]
+    m0 = classification_metrics(1 - Y8, PROBA8[:, ::-1], class_names=names, positive=0, threshold=0.65, n_boot=0)
+    m1 = classification_metrics(Y8, PROBA8, class_names=names[::-1], threshold=0.65, n_boot=0)
+    assert m0["operating_point"]["positive_class"] == "malignant"
+    for key in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc"):
+        assert value(m0, "overall", key) == pytest.approx(value(m1, "overall", key)), key
+    assert value(m0, "overall", "sensitivity") == pytest.approx(2 / 3)  # malignant cases found at p >= 0.65
+    assert predict_labels(np.array([[0.7, 0.3], [0.6, 0.4]]), 0.65, positive=0).tolist() == [0, 1]
+    with pytest.raises(MeddxError, match="index 0 or 1"):
+        predict_labels(PROBA8, positive=2)
 
 
 def _three_class():

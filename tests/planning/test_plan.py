@@ -120,11 +120,13 @@ def test_a_segmentation_plan_refuses_keys_only_classifiers_read(tmp_path, key, v
     instead of training as if they were not there."""
     seg = make_plan(_fp(), source="x").model_dump(mode="json")
     seg.update(task="segment", segment={"label_values": [0, 1], "label_names": ["background", "lesion"]})
+    seg["evaluate"]["positive_class"] = None  # R18's, which the classifier plan this starts from has
     base = Plan.model_validate(seg)  # the planner's segmentation defaults pass
     with pytest.raises(PlanError, match=key.replace(".", r"\.")):
         apply_overrides(base, {key: value})
     raw = apply_overrides(make_plan(_fp(), source="x"), {key: value}).model_dump(mode="json")
     raw.update(task="segment", segment=seg["segment"])
+    raw["evaluate"]["positive_class"] = None
     import yaml
 
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(raw))
@@ -150,6 +152,26 @@ def test_an_unusable_operating_point_rule_is_refused_by_the_plan(ov, match):
     p = apply_overrides(make_plan(_fp(), source="x"),
                         {"evaluate.threshold_rule": "sensitivity", "evaluate.target_sensitivity": 0.9})
     assert p.evaluate.target_sensitivity == 0.9
+
+
+@pytest.mark.parametrize("names, positive", [
+    (["malignant", "normal, benign"], "malignant"), (["normal", "pneumonia"], "pneumonia"),
+    (["COVID", "Normal"], "COVID"), (["no_tumor", "tumor"], "tumor"), (["abnormal", "normal"], "abnormal"),
+    (["vessel", "aneurysm"], "aneurysm"), (["benign", "normal"], "normal"), (["a", "b", "c"], None),
+])
+def test_r18_makes_the_disease_the_positive_class(names, positive):
+    """R18: the class whose name does not read as "no disease" when exactly one does, else the second."""
+    fp = _fp()
+    fp.update(class_names=names, class_counts={n: 500 for n in names})
+    p = make_plan(fp, source="x")
+    assert p.evaluate.positive_class == positive
+    assert any(d.rule.startswith("R18") for d in p.decisions) == (positive is not None)
+
+
+def test_a_positive_class_that_is_not_a_class_is_refused():
+    with pytest.raises(PlanError, match="not one of the classes"):
+        apply_overrides(make_plan(_fp(), source="x"), {"evaluate.positive_class": "tumour"})
+    assert apply_overrides(make_plan(_fp(), source="x"), {"evaluate.positive_class": "a"}).evaluate.positive_class == "a"
 
 
 def test_a_target_sensitivity_without_its_rule_fails_before_training(tmp_path):

@@ -75,11 +75,17 @@ def thresholds_from_run(run_dir: Path, plan, temperature: float | None = None, t
     thr = threshold.get("threshold")
     out = Thresholds(temperature=float(temperature), temperature_source=str(temperature_source),
                      threshold=None if thr is None else float(thr), threshold_rule=str(threshold.get("rule", "argmax")))
+    if len(names) == 2:
+        from meddx.evaluation.thresholds import stored_positive
+
+        out.positive_class = names[stored_positive(names, threshold)]
     if thr is not None and len(names) == 2:
         from meddx.evaluation.calibration import apply_temperature
 
-        out.positive_class = names[1]
-        out.calibrated_threshold = float(apply_temperature(np.array([[1 - thr, thr]]), temperature)[0, 1])
+        pos = names.index(out.positive_class)
+        at = np.full((1, 2), 1.0 - thr)
+        at[0, pos] = thr
+        out.calibrated_threshold = float(apply_temperature(at, temperature)[0, pos])
     return out
 
 

@@ -254,12 +254,16 @@ class ModelService:
     def _classify(self, x: torch.Tensor) -> dict:
         from meddx.evaluation.calibration import apply_temperature
         from meddx.evaluation.metrics import predict_labels
+        from meddx.evaluation.thresholds import stored_positive
         from meddx.evaluation.uncertainty import refer, uncertainty_scores
         from meddx.training.engine import predict_proba
 
         p = predict_proba(self.model, x, 1, torch.device("cpu"), self.plan.evaluate.tta_flip_axes)
         pc = apply_temperature(p, self.temperature)
-        k = int(predict_labels(p)[0])  # argmax; binary: class 1 iff p1 >= 0.5, as evaluated
+        thr_path = self.run_dir / "thresholds.json"
+        stored = json.loads(thr_path.read_text()) if len(self.names) == 2 and thr_path.exists() else {}
+        pos = stored_positive(self.names, stored)
+        k = int(predict_labels(p, positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
         res = {"label": self.names[k], "label_index": k,
                "probabilities": {n: round(float(v), 6) for n, v in zip(self.names, p[0])},
                "calibrated_probabilities": {n: round(float(v), 6) for n, v in zip(self.names, pc[0])},
@@ -273,12 +277,10 @@ class ModelService:
                               "threshold": thr, "refer_fraction": self.triage.get("refer_fraction"),
                               "note": why}
         res["refer"] = bool(refer(score, thr)[0]) if thr is not None else None
-        thr_path = self.run_dir / "thresholds.json"
-        if len(self.names) == 2 and thr_path.exists():
-            t = json.loads(thr_path.read_text()).get("threshold")
-            if t is not None:
-                res["label_at_threshold"] = self.names[int(p[0, 1] >= t)]
-                res["threshold"] = round(float(t), 6)
+        t = stored.get("threshold")
+        if t is not None:
+            res["label_at_threshold"] = self.names[int(predict_labels(p, t, pos)[0])]
+            res["threshold"] = round(float(t), 6)
         return res
 
     def _segment(self, img) -> tuple[dict, np.ndarray]:

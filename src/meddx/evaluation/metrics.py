@@ -44,13 +44,27 @@ WILSON_BELOW = 20  # cases in a proportion's denominator under which its CI is W
 # ---------------------------------------------------------------- public helpers
 
 
-def predict_labels(proba, threshold: float | None = None) -> np.ndarray:
+def positive_index(class_names: Sequence[str], positive_class: str | None = None) -> int:
+    """Index of a binary task's positive class: ``positive_class`` when given, else the second class
+    (index 1). Sensitivity, specificity, PPV, NPV, F1, AUC and the threshold are about that class."""
+    if positive_class is None:
+        return 1
+    names = [str(c) for c in class_names]
+    if str(positive_class) not in names:
+        raise MeddxError(f"positive class {positive_class!r} is not one of the classes {names}",
+                         fix="set evaluate.positive_class to one of them")
+    return names.index(str(positive_class))
+
+
+def predict_labels(proba, threshold: float | None = None, positive: int = 1) -> np.ndarray:
     """Turn probabilities into class predictions.
 
     Args:
         proba: (N, K) probabilities.
-        threshold: binary only: positive iff ``proba[:, 1] >= threshold`` (default 0.5).
-            Must be None for K > 2, where the prediction is the argmax.
+        threshold: binary only: class ``positive`` iff ``proba[:, positive] >= threshold``
+            (default 0.5), else the other class. Must be None for K > 2, where the prediction
+            is the argmax.
+        positive: binary only: index of the positive class (0 or 1).
 
     Returns:
         (N,) int64 predicted classes.
@@ -60,7 +74,8 @@ def predict_labels(proba, threshold: float | None = None) -> np.ndarray:
         raise MeddxError(f"proba must have shape (N, K) with K >= 2, got {p.shape}")
     if p.shape[1] == 2:
         t = 0.5 if threshold is None else _check_threshold(threshold)
-        return (p[:, 1] >= t).astype(np.int64)
+        pos = _check_positive(positive)
+        return np.where(p[:, pos] >= t, pos, 1 - pos).astype(np.int64)
     if threshold is not None:
         raise MeddxError(
             f"a threshold only applies to binary tasks, but proba has {p.shape[1]} classes",
@@ -97,6 +112,7 @@ def classification_metrics(
     *,
     class_names: Sequence[str] | None = None,
     threshold: float | None = None,
+    positive: int = 1,
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
@@ -108,8 +124,10 @@ def classification_metrics(
         y_true: (N,) integer labels in ``[0, K)``.
         proba: (N, K) class probabilities, rows summing to 1.
         class_names: K names (default ``"0"``, ``"1"``, ...).
-        threshold: binary only: positive iff ``proba[:, 1] >= threshold`` (default 0.5).
-            Must be None for K > 2 (argmax).
+        threshold: binary only: class ``positive`` iff ``proba[:, positive] >= threshold``
+            (default 0.5). Must be None for K > 2 (argmax).
+        positive: binary only: index of the positive class, whose sensitivity, specificity,
+            PPV, NPV, F1 and AUC are the overall binary metrics (see ``positive_index``).
         n_boot: bootstrap resamples of the cases (0 disables the CIs).
         seed: seed of ``np.random.default_rng`` for the resamples.
         ci: confidence level of the percentile interval.
@@ -127,9 +145,10 @@ def classification_metrics(
         raise MeddxError(f"ci must lie in (0, 1), got {ci}")
     if int(n_boot) < 0:
         raise MeddxError(f"n_boot must be >= 0, got {n_boot}")
-    y_pred = predict_labels(p, threshold)
+    y_pred = predict_labels(p, threshold, positive)
     if k == 2:
-        op = {"rule": "threshold", "threshold": 0.5 if threshold is None else float(threshold)}
+        op = {"rule": "threshold", "threshold": 0.5 if threshold is None else float(threshold),
+              "positive_class": names[positive]}
     else:
         op = {"rule": "argmax", "threshold": None}
 
@@ -176,7 +195,7 @@ def classification_metrics(
     overall = {key: summarise(key) for key in overall_keys}
     if k == 2:
         for key in PER_CLASS_KEYS:
-            overall[key] = summarise(key, 1)
+            overall[key] = summarise(key, positive)
 
     support = np.bincount(y, minlength=k)
     per_class = {}
@@ -275,6 +294,12 @@ def _wilson(hits: int, n: int, ci: float) -> tuple[float, float]:
 
     r = binomtest(hits, n).proportion_ci(confidence_level=ci, method="wilson")
     return float(r.low), float(r.high)
+
+
+def _check_positive(positive) -> int:
+    if positive not in (0, 1):
+        raise MeddxError(f"the positive class of a binary task is index 0 or 1, got {positive!r}")
+    return int(positive)
 
 
 def _check_threshold(threshold) -> float:

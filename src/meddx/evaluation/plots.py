@@ -43,14 +43,15 @@ def _finish(fig, path: str | Path | None) -> bytes:
     return data
 
 
-def plot_roc(y_true, proba, class_names: Sequence[str] | None = None, path=None) -> bytes:
-    """ROC curves: the positive class (index 1) for K=2, one curve per class for K>2.
+def plot_roc(y_true, proba, class_names: Sequence[str] | None = None, path=None, positive: int = 1) -> bytes:
+    """ROC curves: the positive class for K=2, one curve per class for K>2.
 
     Args:
         y_true: (N,) integer labels.
         proba: (N, K) probabilities.
         class_names: K names for the legend.
         path: also write the PNG here.
+        positive: K=2: index of the positive class, whose curve is drawn.
 
     Returns:
         PNG bytes.
@@ -66,7 +67,7 @@ def plot_roc(y_true, proba, class_names: Sequence[str] | None = None, path=None)
     fig = _figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
-    for j in [1] if k == 2 else range(k):
+    for j in [positive] if k == 2 else range(k):
         pos = y == j
         if np.isnan(aucs[j]):
             ax.plot([], [], label=f"{names[j]} (AUC n/a: one class only)")
@@ -78,7 +79,7 @@ def plot_roc(y_true, proba, class_names: Sequence[str] | None = None, path=None)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("1 - specificity (false-positive rate)")
     ax.set_ylabel("sensitivity (true-positive rate)")
-    ax.set_title("ROC" + (f": {names[1]} vs {names[0]}" if k == 2 else " (one vs rest)"))
+    ax.set_title("ROC" + (f": {names[positive]} vs {names[1 - positive]}" if k == 2 else " (one vs rest)"))
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=8)
     return _finish(fig, path)

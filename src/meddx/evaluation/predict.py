@@ -13,6 +13,7 @@ import torch
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise
 from meddx.errors import InputError
 from meddx.evaluation.metrics import predict_labels
+from meddx.evaluation.thresholds import stored_positive
 from meddx.io import is_readable_path, read_image
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run
@@ -50,9 +51,11 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
     thr_path = run_dir / "thresholds.json"
-    threshold = json.loads(thr_path.read_text()).get("threshold") if thr_path.exists() else None
+    stored = json.loads(thr_path.read_text()) if thr_path.exists() else {}
+    threshold = stored.get("threshold")
     spec = PreprocessSpec.from_plan(plan.data)
     names = list(plan.data.class_names)
+    pos = stored_positive(names, stored)
     paths = collect_inputs(Path(target), plan.data.spatial_dims)
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
@@ -60,10 +63,10 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
         for p in paths:
             x = torch.from_numpy(prepare(read_image(p), spec, str(p)))[None]
             proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"), plan.evaluate.tta_flip_axes)[0]
-            k = int(predict_labels(proba[None])[0])  # argmax; binary: class 1 iff p1 >= 0.5, as evaluated
+            k = int(predict_labels(proba[None], positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
             row = {"file": str(p), "predicted": names[k]}
             if threshold is not None:
-                row["predicted_at_threshold"] = names[int(proba[1] >= threshold)]
+                row["predicted_at_threshold"] = names[int(predict_labels(proba[None], threshold, pos)[0])]
                 row["threshold"] = round(float(threshold), 6)
             row.update({f"p_{n}": round(float(v), 6) for n, v in zip(names, proba)})
             rows.append(row)

@@ -120,7 +120,8 @@ def _metrics_section(label: str, m: Mapping) -> str:
     op = m.get("operating_point") or {}
     rule = op.get("rule", "?")
     thr = op.get("threshold")
-    pos = names[1] if len(names) == 2 else "class 1"  # binary metrics and thresholds are about class 1
+    # binary metrics and thresholds are about the positive class (class 1 in files written before it was named)
+    pos = op.get("positive_class") or (names[1] if len(names) == 2 else "class 1")
     op_text = f"rule: {rule}" + (f", threshold {float(thr):.4g} on p({pos})" if thr is not None else "")
     parts = [
         f"<h2>Operating point: {_e(label)}</h2>",

@@ -11,19 +11,24 @@ from typing import Any
 import numpy as np
 
 from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from meddx.evaluation.metrics import classification_metrics, predict_labels
+from meddx.evaluation.metrics import classification_metrics, positive_index, predict_labels
 from meddx.evaluation.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
 from meddx.evaluation.report import decision_rows, write_report
-from meddx.evaluation.thresholds import choose_threshold
+from meddx.evaluation.thresholds import choose_threshold, stored_positive
 
 
 def operating_points(plan, y_val: np.ndarray, p_val: np.ndarray) -> dict[str, Any]:
-    """The validation-chosen threshold for binary tasks (None for multi-class)."""
-    if p_val.shape[1] != 2 or len(np.unique(y_val)) < 2:
-        return {"rule": "argmax", "threshold": None,
-                "why": "multi-class: argmax" if p_val.shape[1] != 2 else "validation has one class"}
+    """The validation-chosen threshold for binary tasks (None for multi-class), on the probability of
+    the plan's positive class (``evaluate.positive_class``), which it names."""
+    names = list(plan.data.class_names)
+    if p_val.shape[1] != 2:
+        return {"rule": "argmax", "threshold": None, "why": "multi-class: argmax"}
+    pos = positive_index(names, plan.evaluate.positive_class)
+    if len(np.unique(y_val)) < 2:
+        return {"rule": "argmax", "threshold": None, "why": "validation has one class", "positive_class": names[pos]}
     ev = plan.evaluate
-    return choose_threshold(y_val, p_val, rule=ev.threshold_rule, target_sensitivity=ev.target_sensitivity)
+    return {**choose_threshold(y_val, p_val, rule=ev.threshold_rule, target_sensitivity=ev.target_sensitivity,
+                               positive=pos), "positive_class": names[pos]}
 
 
 def calibration(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray,
@@ -105,28 +110,34 @@ def triage(run_dir: Path, plan, y_val: np.ndarray, p_val: np.ndarray, y_test: np
 
 
 def metric_sets(plan, y: np.ndarray, p: np.ndarray, threshold: dict) -> dict[str, dict]:
+    """Metrics at argmax / 0.5 and at the stored validation-chosen threshold; a binary task's metrics are
+    about the positive class that threshold names."""
     names = list(plan.data.class_names)
     ev = plan.evaluate
-    out = {"argmax / 0.5": classification_metrics(y, p, class_names=names, n_boot=ev.n_boot, seed=plan.seed,
-                                                  ece_bins=ev.ece_bins)}
+    pos = stored_positive(names, threshold)
+    out = {"argmax / 0.5": classification_metrics(y, p, class_names=names, positive=pos, n_boot=ev.n_boot,
+                                                  seed=plan.seed, ece_bins=ev.ece_bins)}
     if threshold.get("threshold") is not None:
         label = f"validation-chosen threshold ({threshold['rule']}, t={threshold['threshold']:.3f})"
-        out[label] = classification_metrics(y, p, class_names=names, threshold=threshold["threshold"],
+        out[label] = classification_metrics(y, p, class_names=names, threshold=threshold["threshold"], positive=pos,
                                             n_boot=ev.n_boot, seed=plan.seed, ece_bins=ev.ece_bins)
     return out
 
 
 def write_predictions(path: Path, rows: list[tuple[str, str, int | None, np.ndarray]], class_names: list[str],
-                      threshold: float | None) -> None:
-    """CSV: case_id, split, label, predicted (argmax/0.5), predicted_at_threshold, p_<class>..."""
+                      threshold: float | None, positive: int = 1) -> None:
+    """CSV: case_id, split, label, predicted (argmax/0.5), predicted_at_threshold, p_<class>...
+
+    Binary tasks: both predictions are the ``positive`` class iff its probability reaches 0.5 or the
+    threshold, as the metrics count them."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case_id", "split", "label", "predicted", "predicted_at_threshold"]
                    + [f"p_{n}" for n in class_names])
         for cid, split, y, p in rows:
-            pred = int(predict_labels(p[None])[0])  # as the metrics count it: class 1 iff p1 >= 0.5
-            pred_t = int(p[1] >= threshold) if threshold is not None else pred
+            pred = int(predict_labels(p[None], positive=positive)[0])
+            pred_t = int(predict_labels(p[None], threshold, positive)[0]) if threshold is not None else pred
             w.writerow([cid, split, class_names[y] if y is not None else "", class_names[pred],
                         class_names[pred_t]] + [f"{v:.6f}" for v in p])
     os.replace(tmp, path)
@@ -159,10 +170,11 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     sets = metric_sets(plan, y_test, p_test, thr)
     rows = [(c.case_id, "val", int(c.label), p) for c, p in zip(parts.get("val", []), p_val)] if fit else []
     rows += [(c.case_id, c.split or "test", c.label, p) for c, p in zip(parts["test"], p_test)]
-    write_predictions(out_dir / "predictions.csv", rows, names, thr.get("threshold"))
+    pos = stored_positive(names, thr)
+    write_predictions(out_dir / "predictions.csv", rows, names, thr.get("threshold"), pos)
 
     plots: dict[str, bytes] = {}
-    plots["ROC curves (test)"] = plot_roc(y_test, p_test, names, path=out_dir / "roc.png")
+    plots["ROC curves (test)"] = plot_roc(y_test, p_test, names, path=out_dir / "roc.png", positive=pos)
     for i, (label, m) in enumerate(sets.items()):
         fname = "confusion.png" if i == 0 else "confusion_threshold.png"
         plots[f"Confusion matrix, {label}"] = plot_confusion(np.array(m["confusion_matrix"]), names,

@@ -72,13 +72,16 @@ def threshold_for_sensitivity(y_true_binary, score, target: float) -> float:
 
 
 def choose_threshold(
-    y_val, proba_val, rule: str = "youden", target_sensitivity: float | None = None
+    y_val, proba_val, rule: str = "youden", target_sensitivity: float | None = None, positive: int = 1
 ) -> dict:
     """Choose a binary operating point on the validation split (never the test split).
 
     Args:
         y_val: (N,) validation labels in {0, 1}.
         proba_val: (N, 2) validation probabilities, or (N,) positive-class scores.
+        positive: index of the positive class (with (N, 2) probabilities): the threshold applies to
+            its probability, and sensitivity is its recall. With (N,) scores, ``y_val == positive``
+            marks the positive cases.
         rule: ``"youden"`` (max sensitivity + specificity - 1) or ``"sensitivity"``
             (largest threshold reaching ``target_sensitivity``).
         target_sensitivity: required with ``rule="sensitivity"``.
@@ -87,9 +90,11 @@ def choose_threshold(
         ``{"rule", "threshold", "val_sensitivity", "val_specificity"}``, plus
         ``"target_sensitivity"`` for the sensitivity rule.
     """
+    if positive not in (0, 1):
+        raise MeddxError(f"the positive class of a binary task is index 0 or 1, got {positive!r}")
     p = np.asarray(proba_val, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 2:
-        score = p[:, 1]
+        score = p[:, positive]
     elif p.ndim == 1:
         score = p
     else:
@@ -98,6 +103,8 @@ def choose_threshold(
             fix="pass (N, 2) probabilities, or use argmax for multi-class tasks",
         )
     y, score = check_binary(y_val, score)
+    if positive == 0:
+        y = 1 - y
     if rule == "youden":
         if target_sensitivity is not None:
             raise MeddxError("target_sensitivity only applies to rule='sensitivity'")
@@ -118,3 +125,11 @@ def choose_threshold(
     if rule == "sensitivity":
         out["target_sensitivity"] = float(target_sensitivity)
     return out
+
+
+def stored_positive(class_names, threshold: dict | None) -> int:
+    """Index of the positive class a stored operating point (``thresholds.json``) is about: its
+    ``positive_class``; a file written before that key existed was about class 1."""
+    name = (threshold or {}).get("positive_class")
+    names = [str(c) for c in class_names]
+    return names.index(name) if name in names else 1

@@ -160,6 +160,9 @@ class EvaluateConfig(_Strict):
     # choose_tta: the flips above are a candidate: training validates without them, then they are kept
     # only if they raise the validation AUC (rule R16, recorded as a decision), else cleared
     choose_tta: bool = False
+    # binary tasks: the class whose sensitivity, specificity, PPV, NPV, F1 and AUC the report gives, and whose
+    # probability the threshold cuts (the disease: planner rule R18); None: the second class
+    positive_class: Optional[str] = None
     threshold_rule: Literal["youden", "sensitivity"] = "youden"
     target_sensitivity: Optional[float] = None
     n_boot: int = 1000
@@ -275,6 +278,19 @@ class Plan(_Strict):
         if unread:
             raise ValueError(f"{', '.join(unread)} apply only to classification, not to task '{self.task}': "
                              f"remove them from the plan")
+        return self
+
+    @model_validator(mode="after")
+    def _positive_class_is_one_of_two(self):
+        pc = self.evaluate.positive_class
+        if pc is not None:
+            names = [str(c) for c in self.data.class_names]
+            if self.task != "classify" or len(names) != 2:
+                raise ValueError("evaluate.positive_class applies only to binary classification "
+                                 f"({len(names)} classes here): set it to null")
+            if str(pc) not in names:
+                raise ValueError(f"evaluate.positive_class {pc!r} is not one of the classes {names}: "
+                                 "set it to one of them")
         return self
 
     @model_validator(mode="after")

@@ -42,6 +42,9 @@ Rules (kind in brackets, as nnU-Net documents its own):
        validation split, or, when that split has fewer than 100 cases, by 5-fold cross-validation
        over the training split (see CHOICE_FOLDS_MAX_VAL); the winner and every trial score are
        recorded in the plan.
+    R18 positive class [rule-based]: binary tasks: the class whose name does not read as the absence
+       of disease (a word of NEGATIVE_CLASS_WORDS: normal, benign, healthy, ...) when exactly one of
+       the two does, else the second class. Sensitivity, PPV, AUC and the threshold are about it.
     Available to a human editing the plan (measured by ``meddx ablate``): focal loss, logit
     adjustment, class-weighted CE, over-/under-sampling, mixup/cutmix, elastic/gamma/blur/noise
     augmentation, SE/spatial/CBAM attention, multi-scale features, k-fold and snapshot ensembles,
@@ -81,6 +84,7 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import numpy as np
@@ -161,6 +165,22 @@ def _rule_denoise(fp: dict, sd: int, note) -> list[PreprocessStep]:
     return steps
 
 
+# R18: words of a class name that mark it as the absence of disease ("normal, benign", "no_tumor", "non-covid")
+NEGATIVE_CLASS_WORDS = frozenset({"normal", "benign", "healthy", "negative", "control", "controls", "no", "non",
+                                  "not", "none", "absent", "clear", "nofinding"})
+
+
+def _rule_positive_class(names: list[str], note) -> str | None:
+    """R18: the disease class of a binary task (None for more classes)."""
+    if len(names) != 2:
+        return None
+    negative = [bool(NEGATIVE_CLASS_WORDS & set(re.findall(r"[a-z]+", str(n).lower()))) for n in names]
+    pos = negative.index(False) if sum(negative) == 1 else 1
+    note("evaluate.positive_class", names[pos], "R18 positive class", "rule-based", class_names=list(names),
+         reads_as_no_disease=[n for n, neg in zip(names, negative) if neg])
+    return names[pos]
+
+
 def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any] | None = None,
               cuda: bool | None = None, time_budget_s: float | None = None,
               memory_budget_gb: float | None = None) -> Plan:
@@ -217,6 +237,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     _rule_head(n_train, train, note)
     ensemble = _rule_ensemble(n_train, time_budget_s, note)
     choices = _rule_choices(fp, time_budget_s, note)
+    positive = _rule_positive_class(list(fp["class_names"]), note)
 
     plan = Plan(
         seed=seed,
@@ -228,7 +249,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         optim=OptimConfig(),
         schedule=ScheduleConfig(),
         train=train,
-        evaluate=EvaluateConfig(tta_flip_axes=tta, choose_tta=bool(tta)),
+        evaluate=EvaluateConfig(tta_flip_axes=tta, choose_tta=bool(tta), positive_class=positive),
         ensemble=ensemble,
         choices=choices,
         decisions=dec,

@@ -173,11 +173,11 @@ class Bundle:
         cal = apply_temperature(p[None], t.temperature)[0]
         from meddx.evaluation.metrics import predict_labels  # torch-free
 
-        k = int(predict_labels(p[None])[0])  # argmax; binary: class 1 iff p1 >= 0.5, as evaluated
+        pos = names.index(t.positive_class) if len(names) == 2 and t.positive_class in names else 1
+        k = int(predict_labels(p[None], positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
         at_thr = None
         if t.threshold is not None and len(names) == 2:
-            pos = names.index(t.positive_class) if t.positive_class in names else 1
-            at_thr = names[pos] if p[pos] >= t.threshold else names[1 - pos]
+            at_thr = names[int(predict_labels(p[None], t.threshold, pos)[0])]
         return Prediction(file=file, label=names[k], probabilities={n: float(v) for n, v in zip(names, p)},
                           confidence=float(cal[k]), calibrated={n: float(v) for n, v in zip(names, cal)},
                           label_at_threshold=at_thr, threshold=t.threshold)

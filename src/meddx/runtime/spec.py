@@ -190,7 +190,8 @@ class Thresholds:
         threshold: validation-chosen threshold on the (uncalibrated) probability of
             ``positive_class``; None for multi-class and segmentation.
         threshold_rule: how it was chosen (``youden``, ``sensitivity``, ``argmax``).
-        positive_class: the class the threshold applies to.
+        positive_class: binary: the positive class; the threshold, and the 0.5 cut of the plain
+            prediction, apply to its probability. None for multi-class and segmentation.
         calibrated_threshold: the same operating point on the calibrated probability.
     """
 
