@@ -51,3 +51,23 @@ def test_scale_column_and_errors(tmp_path):
 def test_draw_boxes_later_box_wins():
     lab = draw_boxes((10, 10), [(0, 0, 6, 6, 1), (3, 3, 8, 8, 2)])
     assert lab[4, 4] == 2 and lab[1, 1] == 1 and lab[9, 9] == 0
+
+
+@pytest.mark.parametrize("box, ok", [("38,28,42,33", True),     # past the corner by 2 of 40 x 32 px: clipped
+                                     ("-1,-1,6,6", True),
+                                     ("50,8,60,20", False),     # wholly right of the image
+                                     ("8,8,160,120", False),    # drawn on a 4x larger image (no scale column)
+                                     ("-10,4,6,10", False)])
+def test_a_box_outside_its_image_is_refused_naming_the_image(tmp_path, box, ok):
+    """A box beyond its 40 x 32 image would train and score as a finding that is not there (or a clipped
+    one); a small overhang is clipped as before."""
+    _images(tmp_path, 1)
+    (tmp_path / "b.csv").write_text(f"image,x1,y1,x2,y2,label\nim0.png,{box},Mass\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    if ok:
+        assert int((load_mask_values(cs, cs.cases[0])[1] > 0).sum()) > 0
+        return
+    with pytest.raises(DatasetError, match=r"lies outside the 40 x 32 px image") as e:
+        load_mask_values(cs, cs.cases[0])
+    assert "im0.png" in str(e.value) and "scale column" in str(e.value)
+

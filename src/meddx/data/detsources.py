@@ -119,6 +119,23 @@ def open_det_dataset(path: str | Path) -> CaseSet:
                    declared_labels={0: "background", **{i: n for n, i in idx.items()}})
 
 
+BOX_OVERHANG = 0.05  # a box may reach this share of the image's size past an edge (clipped), no further
+
+
+def check_boxes_fit(shape: tuple[int, int], boxes, where: str) -> None:
+    """Refuse a box that lies outside its image, or reaches past an edge by more than ``BOX_OVERHANG``
+    of the image's size: its coordinates belong to another image size (or another image), and drawn
+    clipped or not at all it would train and score as a finding that is not there."""
+    rows, cols = shape
+    for x1, y1, x2, y2, _ in boxes:
+        tol_c, tol_r = BOX_OVERHANG * cols, BOX_OVERHANG * rows
+        if x1 < -tol_c or y1 < -tol_r or x2 > cols + tol_c or y2 > rows + tol_r or x1 >= cols or y1 >= rows \
+                or x2 <= 0 or y2 <= 0:
+            raise DatasetError(f"the box ({x1:g},{y1:g})-({x2:g},{y2:g}) lies outside the {cols} x {rows} px image",
+                               path=where, fix="give box coordinates in pixels of this image (a scale column "
+                               "rescales boxes drawn on another size)")
+
+
 def draw_boxes(shape: tuple[int, int], boxes) -> np.ndarray:
     """Label map of ``shape`` (rows, cols) with each box ``(x1, y1, x2, y2, cls)`` filled with ``cls``."""
     out = np.zeros(shape, np.float32)

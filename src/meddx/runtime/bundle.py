@@ -46,7 +46,7 @@ class Prediction:
 
     Attributes:
         file: the input.
-        label: the most probable class (argmax; a binary tie at 0.5 is class 1, as evaluated).
+        label: the most probable class (argmax; a binary tie at 0.5 is the positive class, as evaluated).
         probabilities: model probability per class (after test-time flips, if the run used them).
         confidence: calibrated probability of ``label`` (temperature-scaled).
         calibrated: calibrated probability per class.
