@@ -26,6 +26,13 @@ def say(message) -> None:
     console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+def _warn_if_unfinished(run: Path) -> None:
+    from meddx.training.run import unfinished_note
+
+    if run.is_dir() and (note := unfinished_note(run)):
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
 def parse_duration(text: str | None) -> float | None:
     """'90', '90s', '10m', '1.5h' -> seconds."""
     if text is None:
@@ -317,6 +324,7 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `medd
     from meddx.evaluation.predict import predict_paths, write_predictions_file
     from meddx.planning.plan import Plan
 
+    _warn_if_unfinished(run)
     task = Plan.load(run / "plan.yaml").task if (run / "plan.yaml").exists() else "classify"
     if task == "segment":
         from meddx.evaluation.seg_predict import predict_seg_paths
@@ -521,6 +529,7 @@ def explain(run: Path = typer.Argument(..., help="Run directory written by `medd
     geometry for volumes)."""
     from meddx.explain.run_explain import explain_paths
 
+    _warn_if_unfinished(run)
     rows = explain_paths(run, target, out, method=method, class_name=class_name,
                          progress=_progress_enabled(no_progress))
     for r in rows:

@@ -97,6 +97,25 @@ def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path):
         assert not (tmp_path / "b").exists()
 
 
+def test_a_run_that_did_not_finish_is_not_served_and_predicting_with_it_warns(tmp_path, capsys):
+    """Readers of `meddx serve` would see an unfinished run's answers (no validation threshold, T = 1) as
+    a finished model's: refused. `meddx predict` and `explain` may look at its best checkpoint so far,
+    with one warning line saying so."""
+    from meddx.cli import _warn_if_unfinished
+    from meddx.deploy.server import create_app
+    from meddx.errors import RunError
+    from meddx.training.run import unfinished_note
+
+    run = make_run(tmp_path / "run", threshold=None, temperature=None)
+    assert unfinished_note(run) is None
+    (run / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(RunError, match="did not finish .* cannot be served"):
+        create_app(run, api_key="k" * 12)
+    _warn_if_unfinished(run)
+    err = capsys.readouterr().err
+    assert err.startswith("warning:") and "'interrupted'" in err and "--resume" in err
+
+
 @pytest.mark.parametrize("args, option", [(["bench", "RUN", "--threads", "-2"], "--threads"),
                                           (["bench", "RUN", "--seconds", "-1"], "--seconds"),
                                           (["serve", "RUN", "--api-key", "k" * 12, "--port", "99999"], "--port"),

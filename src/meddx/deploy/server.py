@@ -124,9 +124,12 @@ class ModelService:
 
     def __init__(self, run_dir: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, explain_method: str = "gradcam"):
         from meddx.explain.cam import Explainer
-        from meddx.training.run import load_run
+        from meddx.training.run import load_run, require_finished
 
         self.run_dir = Path(run_dir)
+        # an unfinished run has no validation threshold, calibration or triage rule: refuse to show its
+        # answers to readers as if it were finished
+        require_finished(self.run_dir, "served")
         self.plan, self.model = load_run(self.run_dir)
         self.task = self.plan.task
         if self.task == "detect":

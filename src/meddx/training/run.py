@@ -102,6 +102,17 @@ def require_finished(run_dir: Path, what: str) -> None:
                        fix="finish it with `meddx train --resume --out RUN` (or train it again)")
 
 
+def unfinished_note(run_dir: Path) -> str | None:
+    """One line for a user who predicts or explains with a run that did not finish (its best checkpoint so
+    far, without a validation threshold or calibration), or None for a finished run."""
+    status = read_run_info(run_dir).get("status", "complete")
+    if status == "complete":
+        return None
+    return (f"warning: {run_dir} did not finish (run.json says '{status}'): using its best checkpoint so far, "
+            "without the validation threshold and calibration a finished run has; finish it with "
+            "`meddx train --resume --out RUN`")
+
+
 def set_status(run_dir: Path, status: str, **extra) -> None:
     p = run_dir / "run.json"
     info = json.loads(p.read_text()) if p.exists() else {}
