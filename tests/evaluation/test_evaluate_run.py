@@ -111,3 +111,25 @@ def test_a_disease_class_sorted_first_is_the_positive_class_end_to_end(tmp_path)
     assert "on p(cancer)" in (run / "report.html").read_text(encoding="utf-8")
     rows = predict_paths(run, tmp_path / "data" / "cancer", progress=False)
     assert all((r["predicted_at_threshold"] == "cancer") == (r["p_cancer"] >= thr["threshold"]) for r in rows)
+
+
+def test_a_run_scores_a_dataset_of_one_class(phantom_run, tmp_path):
+    """A set of confirmed positives is no training set but is a fair test of sensitivity: `meddx evaluate`
+    scores it (AUC and specificity n/a), while training on it stays refused."""
+    from meddx_testutils import write_png
+    from meddx.data.sources import open_dataset
+    from meddx.data.synthetic import make_phantoms
+    from meddx.errors import DatasetError
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    imgs, labels = make_phantoms(n=30, size=28, seed=7)
+    for i, im in enumerate(imgs[labels == 1]):
+        write_png(tmp_path / "positives" / "lesion" / f"{i}.png", im)
+    sub = evaluate_run(phantom_run, str(tmp_path / "positives"), progress=False)
+    m = json.loads((sub / "metrics.json").read_text())
+    o = next(iter(m["operating_points"].values()))["overall"]
+    assert m["n_test"] == int((labels == 1).sum())
+    assert o["sensitivity"]["value"] is not None and o["sensitivity"]["value"] == o["accuracy"]["value"]
+    assert o["auc"]["value"] is None and o["specificity"]["value"] is None
+    with pytest.raises(DatasetError, match="only one class"):
+        open_dataset(tmp_path / "positives")

@@ -180,8 +180,11 @@ def open_manifest(path: Path) -> CaseSet:
                    official_split=official, loader=_load_file)
 
 
-def open_dataset(path: str | Path) -> CaseSet:
-    """Open a dataset path (npz, class folder or CSV manifest), or explain what is wrong."""
+def open_dataset(path: str | Path, *, min_classes: int = 2) -> CaseSet:
+    """Open a dataset path (npz, class folder or CSV manifest), or explain what is wrong.
+
+    ``min_classes=1`` accepts data of one class: scoring a trained model on, say, a set of confirmed
+    positives (its sensitivity), which is no training set."""
     if str(path).startswith("synthetic:"):
         from meddx.data.synthetic import synthetic_caseset
 
@@ -190,7 +193,7 @@ def open_dataset(path: str | Path) -> CaseSet:
             raise InputError("unknown synthetic dataset", path=path,
                              fix="use synthetic:phantoms or synthetic:phantoms:N (N cases, e.g. 200)")
         cs = synthetic_caseset(n=int(parts[2]) if len(parts) == 3 else 600)
-        check_labels(cs)
+        check_labels(cs, min_classes)
         return cs
     p = Path(path).expanduser()
     if not p.exists():
@@ -206,17 +209,17 @@ def open_dataset(path: str | Path) -> CaseSet:
             "not a dataset: meddx reads a MedMNIST .npz, a CSV manifest, or a folder with one sub-folder per class",
             path=p, fix="point at one of those (a single image is for `meddx predict`)",
         )
-    check_labels(cs)
+    check_labels(cs, min_classes)
     return cs
 
 
-def check_labels(cs: CaseSet) -> None:
-    """Refuse datasets that cannot train a classifier."""
+def check_labels(cs: CaseSet, min_classes: int = 2) -> None:
+    """Refuse datasets that cannot train a classifier (or, with ``min_classes=1``, be scored)."""
     if not cs.cases:
         raise DatasetError("the dataset has no cases", path=cs.source, fix="add labelled images")
     counts = cs.class_counts()
     present = [n for n, c in counts.items() if c > 0]
-    if len(present) < 2:
+    if len(present) < min_classes:
         raise DatasetError(
             f"only one class ('{present[0] if present else '?'}') is present; a classifier needs at least two",
             path=cs.source, fix="add images of another class",

@@ -75,7 +75,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
         train = [c for c in cs.cases if c.split == "train"]
         sub = run_dir / "evaluations" / "test"
     else:
-        cs = open_dataset(dataset)
+        cs = open_dataset(dataset, min_classes=1)  # one class is fine to score (e.g. sensitivity on positives)
         unknown = [n for n in cs.class_names if n not in names]
         if unknown:
             raise DatasetError(f"classes {unknown} are not among the model's classes {names}", path=dataset,
