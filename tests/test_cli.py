@@ -120,3 +120,20 @@ def test_inspect_does_not_write_a_patient_id_held_in_an_unreadable_files_path(tm
 def test_python_dash_m_meddx_is_the_cli():
     r = subprocess.run([sys.executable, "-m", "meddx", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "Usage" in r.stdout and "train" in r.stdout
+
+
+def test_command_line_mistakes_are_one_line_naming_the_help_to_read():
+    """An unknown option, a missing --out or an out-of-range value was click's three-line usage block;
+    it is one `error: ... Fix: ...` line with exit code 2, like every other mistake."""
+    from meddx.cli import app, usage_error_line
+
+    r = subprocess.run([sys.executable, "-m", "meddx", "train", "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: No such option: --bogus (Possible options: --loss, --out). Fix: see `python -m meddx train --help`."]
+    typer_main = __import__("typer").main.get_command(app)
+    for args, text in ((["train", "x"], "out"), (["nosuch"], "No such command"),
+                       (["bench", "r", "--threads", "-2"], "'--threads'")):
+        with pytest.raises(Exception) as e:  # typer may bring its own copy of click's exceptions
+            typer_main.main(args, standalone_mode=False, prog_name="meddx")
+        line = usage_error_line(e.value)
+        assert line.startswith("error: ") and text in line and "--help`." in line and "\n" not in line

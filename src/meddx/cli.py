@@ -578,9 +578,19 @@ def main() -> None:
 
         # typer may bring its own copy of click (typer._click): match either by what they do
         if isinstance(e, click.exceptions.ClickException) or (hasattr(e, "show") and hasattr(e, "format_message")):
-            e.show()
+            if str(e.format_message()).strip():  # empty: a bare `meddx`, whose help is already printed
+                err_console.print(usage_error_line(e), markup=False, highlight=False, soft_wrap=True)
             sys.exit(2)
         raise
+
+
+def usage_error_line(e) -> str:
+    """A command-line mistake (unknown option, missing or invalid value) as the one-line error every other
+    mistake gets, with where to look instead of click's three-line usage block."""
+    ctx = getattr(e, "ctx", None)
+    cmd = ctx.command_path if ctx is not None and getattr(ctx, "command_path", None) else "meddx"
+    msg = " ".join(str(e.format_message()).split()).rstrip(".")
+    return f"error: {msg}. Fix: see `{cmd} --help`."
 
 
 if __name__ == "__main__":
