@@ -182,3 +182,16 @@ def test_a_target_sensitivity_without_its_rule_fails_before_training(tmp_path):
                                                                        "train.epochs": 1},
                   progress=False, log=lambda *a, **k: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_ensemble_run_fails_before_training(tmp_path):
+    """evaluate.ensemble_runs was first read after training, failing the finished run."""
+    from meddx.errors import MeddxError
+    from meddx.training.run import train_run
+
+    with pytest.raises(MeddxError, match="nope"):
+        train_run("synthetic:phantoms:60", tmp_path / "r", overrides={"evaluate.ensemble_runs": ["nope"],
+                                                                       "train.epochs": 1},
+                  progress=False, log=lambda *a, **k: None)
+    assert not (tmp_path / "r").exists()
+

@@ -341,6 +341,10 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         plan = apply_overrides(plan, overrides)
         if fp is None:  # a given plan: its fingerprint is recorded, over the split the plan makes
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan), log=log)
+    if plan.evaluate.ensemble_runs:  # a missing or mismatched member is refused now, not after training
+        from meddx.evaluation.uncertainty import load_ensemble
+
+        load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(out.parent))
     seed_everything(plan.seed)
     parts = split_for_run(cs, plan, out, resume)
     with RunGuard(out, resume) as guard:
