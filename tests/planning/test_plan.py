@@ -195,3 +195,12 @@ def test_a_missing_ensemble_run_fails_before_training(tmp_path):
                   progress=False, log=lambda *a, **k: None)
     assert not (tmp_path / "r").exists()
 
+
+def test_a_plan_path_that_is_a_folder_names_the_plan_inside(tmp_path):
+    with pytest.raises(PlanError, match="a folder, not a plan file") as e:
+        Plan.load(tmp_path)
+    make_plan(_fp(), source="x").save(tmp_path / "plan.yaml")
+    with pytest.raises(PlanError, match="plan.yaml itself") as e:
+        Plan.load(tmp_path)
+    assert str(tmp_path / "plan.yaml") in str(e.value)
+

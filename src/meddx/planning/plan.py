@@ -329,6 +329,10 @@ class Plan(_Strict):
             raw = yaml.safe_load(p.read_text())
         except FileNotFoundError:
             raise PlanError("plan file not found", path=p, fix="check the path") from None
+        except IsADirectoryError:
+            hint = f" ({p / 'plan.yaml'})" if (p / "plan.yaml").is_file() else ""
+            raise PlanError("a folder, not a plan file", path=p,
+                            fix=f"give the plan.yaml itself{hint}, e.g. RUN/plan.yaml or one `meddx plan` wrote") from None
         except yaml.YAMLError as e:
             raise PlanError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
         except UnicodeDecodeError:
