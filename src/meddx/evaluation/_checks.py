@@ -64,6 +64,13 @@ def check_labels(y_true, *, n_classes: int | None = None, n: int | None = None) 
     return y
 
 
+def check_positive(positive) -> int:
+    """The index of a binary task's positive class: 0 or 1."""
+    if positive not in (0, 1):
+        raise MeddxError(f"the positive class of a binary task is index 0 or 1, got {positive!r}")
+    return int(positive)
+
+
 def check_binary(y_true, score) -> tuple[np.ndarray, np.ndarray]:
     """Validate binary labels (0/1, both present) and a 1-D finite score."""
     s = np.asarray(score, dtype=np.float64)

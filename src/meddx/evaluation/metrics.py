@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from meddx.errors import MeddxError
-from meddx.evaluation._checks import check_labels, check_labels_proba
+from meddx.evaluation._checks import check_labels, check_labels_proba, check_positive
 from meddx.evaluation.calibration import bin_index
 
 ECE_BINS = 15
@@ -74,7 +74,7 @@ def predict_labels(proba, threshold: float | None = None, positive: int = 1) -> 
         raise MeddxError(f"proba must have shape (N, K) with K >= 2, got {p.shape}")
     if p.shape[1] == 2:
         t = 0.5 if threshold is None else _check_threshold(threshold)
-        pos = _check_positive(positive)
+        pos = check_positive(positive)
         return np.where(p[:, pos] >= t, pos, 1 - pos).astype(np.int64)
     if threshold is not None:
         raise MeddxError(
@@ -294,12 +294,6 @@ def _wilson(hits: int, n: int, ci: float) -> tuple[float, float]:
 
     r = binomtest(hits, n).proportion_ci(confidence_level=ci, method="wilson")
     return float(r.low), float(r.high)
-
-
-def _check_positive(positive) -> int:
-    if positive not in (0, 1):
-        raise MeddxError(f"the positive class of a binary task is index 0 or 1, got {positive!r}")
-    return int(positive)
 
 
 def _check_threshold(threshold) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from meddx.errors import MeddxError
-from meddx.evaluation._checks import check_binary
+from meddx.evaluation._checks import check_binary, check_positive
 
 # Float noise must not break ties between mathematically equal Youden indices.
 _TIE_TOL = 1e-12
@@ -90,8 +90,7 @@ def choose_threshold(
         ``{"rule", "threshold", "val_sensitivity", "val_specificity"}``, plus
         ``"target_sensitivity"`` for the sensitivity rule.
     """
-    if positive not in (0, 1):
-        raise MeddxError(f"the positive class of a binary task is index 0 or 1, got {positive!r}")
+    check_positive(positive)
     p = np.asarray(proba_val, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 2:
         score = p[:, positive]
