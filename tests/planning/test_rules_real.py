@@ -30,17 +30,20 @@ def test_medmnist_2d_rules(real_data):
     assert p.ensemble.kind == "none" and p.choices == [] and p.train.head == "deep"
     assert p.evaluate.tta_flip_axes == []  # R16: no flips in 2D (laterality)
     assert r["R6"].reads["estimated_gb"] < 1.0
+    assert p.evaluate.positive_class == "pneumonia" and r["R18"].reads["reads_as_no_disease"] == ["normal"]
 
     fp, _ = _fp(mm / "retinamnist.npz")
     p = make_plan(fp, source="x", cuda=False)
     assert p.data.channels == 3 and p.train.batch_size == 64  # RGB, under 2000 training cases
     assert fp["imbalance_ratio"] > 7 and p.train.sampler == "none"  # below the sampler threshold (10)
+    assert p.evaluate.positive_class is None and "R18" not in _rules(p)  # 5 grades: no positive class
 
     fp, _ = _fp(mm / "breastmnist.npz")
     short = make_plan(fp, source="x", cuda=False, time_budget_s=150)
     ten = make_plan(fp, source="x", cuda=False, time_budget_s=600)
     long = make_plan(fp, source="x", cuda=False, time_budget_s=3600)
     assert short.ensemble.kind == "none" and short.choices == []
+    assert short.evaluate.positive_class == "malignant"  # R18: class 0; class 1 is "normal, benign"
     assert ten.ensemble.kind == "seeds" and ten.ensemble.members == 3 and ten.choices == []  # R14 from 10 min
     assert [c.name for c in long.choices] == ["model_structure"]      # R17: empirical choice from 20 min
     assert long.choices[0].folds == 5 and _rules(long)["R17"].reads["n_val"] == 78  # 78 validation images: CV
@@ -56,6 +59,7 @@ def test_medmnist_3d_rules(real_data):
     assert p.data.spatial_dims == 3 and p.data.input_size == [28, 28, 28]
     assert p.train.batch_size == 16 and p.augment.flip_axes == [0, 1, 2]
     assert p.evaluate.tta_flip_axes == [0, 1, 2] and p.evaluate.choose_tta  # R16: candidates, kept if val rises
+    assert p.evaluate.positive_class == "hyperplasia"  # R18
     fp64, _ = _fp(real_data / "medmnist" / "adrenalmnist3d_64.npz")
     assert make_plan(fp64, source="x", cuda=False).data.input_size == [32, 32, 32]  # CPU cap
     assert make_plan(fp64, source="x", cuda=True).data.input_size == [64, 64, 64]
