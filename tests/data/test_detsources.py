@@ -71,3 +71,13 @@ def test_a_box_outside_its_image_is_refused_naming_the_image(tmp_path, box, ok):
         load_mask_values(cs, cs.cases[0])
     assert "im0.png" in str(e.value) and "scale column" in str(e.value)
 
+
+
+def test_a_volume_in_a_box_manifest_is_one_error_line(tmp_path):
+    """The bounds check unpacked (rows, cols) from a volume's shape: a ValueError traceback."""
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(np.zeros((20, 16, 12), np.float32), np.eye(4)), str(tmp_path / "v.nii.gz"))
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label\nv.nii.gz,2,2,6,6,Mass\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    with pytest.raises(DatasetError, match="2D"):
+        load_mask_values(cs, cs.cases[0])

@@ -167,3 +167,32 @@ def test_a_changed_full_plan_invalidates_finished_runs_whose_overrides_did_not_c
     with pytest.raises(RuntimeError):
         ab.run_ablation("synthetic:phantoms:60", out, **kw)
     assert calls and calls[0].endswith("baseline/seed0")  # thrown away and retrained
+
+
+def test_ablation_sensitivity_is_the_positive_classs_when_it_sorts_first(tmp_path, monkeypatch):
+    """Folders "cancer" and "normal": R18 makes cancer (index 0) the positive class, so the ablation's
+    sensitivity column is cancer's recall, as in each run's report, not normal's."""
+    import meddx.evaluation.ablation as ab
+    from meddx.data.synthetic import make_phantoms
+    from meddx_testutils import write_png
+
+    imgs, labels = make_phantoms(n=24, size=16, seed=1)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(tmp_path / "data" / ("cancer" if y else "normal") / f"{i}.png", im)
+    # 4 cancer cases (all called cancer) and 4 normal ones (two called cancer): cancer recall 1, normal's 0.5
+    rows = [("c", "cancer", 0.9)] * 4 + [("n", "normal", 0.1)] * 2 + [("n", "normal", 0.8)] * 2
+
+    def fake_train_run(dataset, rdir, overrides, **kw):
+        rdir.mkdir(parents=True)
+        lines = ["case_id,split,label,predicted,predicted_at_threshold,p_cancer,p_normal"]
+        for split in ("val", "test"):
+            lines += [f"{split}{i},{split},{lab},x,x,{p:.6f},{1 - p:.6f}" for i, (_, lab, p) in enumerate(rows)]
+        (rdir / "predictions.csv").write_text("\n".join(lines) + "\n")
+        (rdir / "metrics.json").write_text(json.dumps({"training": {"train_seconds": 1.0}}))
+        return rdir
+
+    monkeypatch.setattr("meddx.training.run.train_run", fake_train_run)
+    res = ab.run_ablation(str(tmp_path / "data"), tmp_path / "abl", epochs=1, seeds=[0], components=[],
+                          progress=False, log=lambda *a, **k: None)
+    for r in res["arms"]:
+        assert r["test_sensitivity_mean"] == pytest.approx(1.0)

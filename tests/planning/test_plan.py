@@ -196,6 +196,22 @@ def test_a_missing_ensemble_run_fails_before_training(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_the_early_ensemble_check_accepts_a_member_of_the_same_plan_and_split(tmp_path):
+    """The check before training ran while the new run's normalisation was still the plan's default
+    (prepare_tensors measures it later), so every real member read as differing and was refused."""
+    import json
+
+    from meddx.training.run import train_run
+
+    ov = {"train.epochs": 1, "evaluate.n_boot": 10, "data.split_seed": 0, "data.input_size": [28, 28]}
+    a = train_run("synthetic:phantoms:60", tmp_path / "a", overrides={**ov, "seed": 0},
+                  progress=False, log=lambda *a, **k: None)
+    b = train_run("synthetic:phantoms:60", tmp_path / "b",
+                  overrides={**ov, "seed": 1, "evaluate.ensemble_runs": [str(a)], "evaluate.uncertainty": "ensemble"},
+                  progress=False, log=lambda *a, **k: None)
+    assert json.loads((b / "triage.json").read_text())["method_used"] == "ensemble"
+
+
 def test_a_plan_path_that_is_a_folder_names_the_plan_inside(tmp_path):
     with pytest.raises(PlanError, match="a folder, not a plan file") as e:
         Plan.load(tmp_path)

@@ -126,6 +126,9 @@ def check_boxes_fit(shape: tuple[int, int], boxes, where: str) -> None:
     """Refuse a box that lies outside its image, or reaches past an edge by more than ``BOX_OVERHANG``
     of the image's size: its coordinates belong to another image size (or another image), and drawn
     clipped or not at all it would train and score as a finding that is not there."""
+    if len(shape) != 2:  # x, y boxes have no z: drawn into a volume they would fill its first two axes
+        raise DatasetError(f"boxes (x1,y1,x2,y2) are 2D, but this image is {len(shape)}D {tuple(shape)}", path=where,
+                           fix="give 2D images in a box manifest, or segment volumes with masks (--task segment)")
     rows, cols = shape
     for x1, y1, x2, y2, _ in boxes:
         tol_c, tol_r = BOX_OVERHANG * cols, BOX_OVERHANG * rows

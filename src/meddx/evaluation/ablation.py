@@ -208,10 +208,11 @@ def paired_bootstrap_mean(a: list[np.ndarray], b: list[np.ndarray], n_boot: int 
     return float((1 + np.count_nonzero(np.abs(boots - obs) >= abs(obs) - 1e-12)) / (1 + n_boot))
 
 
-def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def _scores(y: np.ndarray, p: np.ndarray, positive: int = 1) -> dict[str, float]:
+    """Test or validation scores of one run; a binary task's sensitivity is its ``positive`` class's."""
     from meddx.evaluation.metrics import classification_metrics
 
-    ov = classification_metrics(y, p, n_boot=0)["overall"]
+    ov = classification_metrics(y, p, positive=positive, n_boot=0)["overall"]
     sens = ov.get("sensitivity", ov["sensitivity_macro"])
     return {"accuracy": ov["accuracy"]["value"], "balanced_accuracy": ov["balanced_accuracy"]["value"],
             "auc": (ov.get("auc") or ov["auc_macro"])["value"], "sensitivity": sens["value"]}
@@ -262,6 +263,12 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     out.mkdir(parents=True, exist_ok=True)  # once the dataset and the components are known good
     names = list(full.data.class_names)
     task = full.task
+    if task == "classify" and len(names) == 2:  # R18: sensitivity is the disease's, as in every run's report
+        from meddx.evaluation.metrics import positive_index
+
+        pos = positive_index(names, full.evaluate.positive_class)
+    else:
+        pos = 1
     total = len(arm_list) * len(seeds)
     done = 0
     t0 = time.perf_counter()
@@ -318,8 +325,8 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
                 raise MeddxError(f"{r / 'predictions.csv'} has other test cases than the ablation's first run",
                                  fix=f"delete {r} and run the ablation again (one split is shared by every arm)")
         results[arm] = {"overrides": ov, "runs": [str(r) for r in runs], "y_test": y_te[0],
-                        "p_test": list(p_te), "test": [_scores(y_te[0], p) for p in p_te],
-                        "val": [_scores(y, p) for y, p in zip(y_va, p_va)], "train_seconds": t_sec}
+                        "p_test": list(p_te), "test": [_scores(y_te[0], p, pos) for p in p_te],
+                        "val": [_scores(y, p, pos) for y, p in zip(y_va, p_va)], "train_seconds": t_sec}
     return summarise(results, out, dataset=cs.name, budget_s=budget_s, epochs=epochs, seeds=list(seeds), full=full)
 
 

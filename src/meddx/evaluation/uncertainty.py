@@ -192,8 +192,12 @@ def triage_summary(y: np.ndarray, proba: np.ndarray, score: np.ndarray, threshol
             "accuracy_all": float(correct.mean()), "accuracy_kept": acc(kept), "accuracy_referred": acc(r)}
 
 
-def load_ensemble(plan, runs: Sequence[str], base: str | None = None) -> list[nn.Module]:
-    """Models of ``runs`` (relative paths resolve against ``base``); each must share the plan's data and model."""
+def load_ensemble(plan, runs: Sequence[str], base: str | None = None, *,
+                  check_normalisation: bool = True) -> list[nn.Module]:
+    """Models of ``runs`` (relative paths resolve against ``base``); each must share the plan's data and model.
+
+    ``check_normalisation=False``: a plan whose standardisation is not yet measured (before training
+    computes it from the training split) checks everything else."""
     from pathlib import Path
 
     from meddx.training.run import load_run
@@ -206,7 +210,7 @@ def load_ensemble(plan, runs: Sequence[str], base: str | None = None) -> list[nn
         other, model = load_run(p)
         if (list(other.data.class_names) != list(plan.data.class_names)
                 or other.data.input_size != plan.data.input_size or other.data.channels != plan.data.channels
-                or other.data.norm_mean != plan.data.norm_mean):
+                or (check_normalisation and other.data.norm_mean != plan.data.norm_mean)):
             raise RunError("ensemble member differs from the run (classes, input size, channels or normalisation)",
                            path=p, fix="list runs trained with the same plan and split, other seeds only")
         out.append(model)

@@ -344,7 +344,8 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
     if plan.evaluate.ensemble_runs:  # a missing or mismatched member is refused now, not after training
         from meddx.evaluation.uncertainty import load_ensemble
 
-        load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(out.parent))
+        # (the normalisation is compared after training: prepare_tensors measures it on the training split)
+        load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(out.parent), check_normalisation=False)
     seed_everything(plan.seed)
     parts = split_for_run(cs, plan, out, resume)
     with RunGuard(out, resume) as guard:
