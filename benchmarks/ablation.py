@@ -199,8 +199,9 @@ def write(results: dict, command: str | None, machine_text: str | None = None) -
              "every arm; an ensemble's 5 members get a fifth each, so every arm does the same training work); seeds 0, 1, 2 on one fixed split (MedMNIST: the official split; BUSI: "
              "seeded 70/10/20). Δ is against the baseline; p is a two-sided paired bootstrap over test cases "
              "(2000 resamples; mean over seeds of the per-seed difference). Validation columns are shown so that "
-             "planner rules can be set from validation alone. Sensitivity: of class 1 for binary sets, macro "
-             "(= balanced ACC) otherwise.", "",
+             "planner rules can be set from validation alone. Sensitivity: for binary sets, of the class its "
+             "column header names (the plan's positive class, R18), or of class 1 where the header names none "
+             "(sections summarised before 2026-12-07); macro (= balanced ACC) otherwise.", "",
              "## Bar 1: full plan against the plain baseline (test accuracy, at this ablation's epochs)", "",
              "| dataset | epochs per run | baseline ACC | full plan ACC | gain (points) |", "|---|---|---|---|---|"]
     for k, v in cls.items():

@@ -196,3 +196,4 @@ def test_ablation_sensitivity_is_the_positive_classs_when_it_sorts_first(tmp_pat
                           progress=False, log=lambda *a, **k: None)
     for r in res["arms"]:
         assert r["test_sensitivity_mean"] == pytest.approx(1.0)
+    assert res["sensitivity_of"] == "cancer" and "| sensitivity (cancer) |" in (tmp_path / "abl" / "ablation.md").read_text()

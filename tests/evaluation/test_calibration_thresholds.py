@@ -99,6 +99,16 @@ def test_choose_threshold_for_a_positive_class_at_index_0():
     assert out["threshold"] == 0.3 and out["val_sensitivity"] == 1.0
 
 
+def test_the_stored_positive_class_of_a_run():
+    from meddx.evaluation.thresholds import stored_positive
+
+    names = ["cancer", "normal"]
+    assert stored_positive(names, {"threshold": 0.4, "positive_class": "cancer"}) == 0
+    assert stored_positive(names, {"threshold": 0.4}) == 1                 # written before R18: class 1
+    assert stored_positive(names, {}, fallback="cancer") == 0              # no thresholds.json: the plan's
+    assert stored_positive(names, {"threshold": 0.4}, fallback="cancer") == 1  # a stored file wins
+
+
 def test_temperature_scaling_fixes_overconfidence_and_keeps_ranking():
     from meddx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
 

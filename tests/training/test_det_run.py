@@ -83,6 +83,14 @@ def test_detect_run_reports_ap_froc_and_predicts_boxes(box_manifest, tmp_path, d
         assert s7.reads["not_applied"] == ["rotate_deg", "scale", "translate"]
     rows = predict_seg_paths(out, box_manifest.parent / "im1.png", tmp_path / "p", progress=False)
     assert rows[0]["finding"] in ("spot", "") and (tmp_path / "p" / "im1_overlay.png").exists()
+    # scoring another manifest whose box lies outside its image is refused, as training refuses it
+    from meddx.errors import DatasetError
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    bad = box_manifest.parent / "bad.csv"
+    bad.write_text("image,x1,y1,x2,y2,label\nim1.png,60,60,90,90,spot\n")
+    with pytest.raises(DatasetError, match="lies outside the 48 x 48 px image"):
+        evaluate_run(out, str(bad), progress=False)
 
 
 def test_detect_dataset_pseudonymises_patients(tmp_path):

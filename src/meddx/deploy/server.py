@@ -265,7 +265,7 @@ class ModelService:
         pc = apply_temperature(p, self.temperature)
         thr_path = self.run_dir / "thresholds.json"
         stored = json.loads(thr_path.read_text()) if len(self.names) == 2 and thr_path.exists() else {}
-        pos = stored_positive(self.names, stored)
+        pos = stored_positive(self.names, stored, self.plan.evaluate.positive_class)
         k = int(predict_labels(p, positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
         res = {"label": self.names[k], "label_index": k,
                "probabilities": {n: round(float(v), 6) for n, v in zip(self.names, p[0])},

@@ -208,6 +208,15 @@ def paired_bootstrap_mean(a: list[np.ndarray], b: list[np.ndarray], n_boot: int 
     return float((1 + np.count_nonzero(np.abs(boots - obs) >= abs(obs) - 1e-12)) / (1 + n_boot))
 
 
+def _positive(full: Plan) -> int:
+    """Index of the class whose sensitivity a binary classification ablation reports: the plan's positive
+    class (R18: the disease's, as in every run's report)."""
+    from meddx.evaluation.metrics import positive_index
+
+    names = list(full.data.class_names)
+    return positive_index(names, full.evaluate.positive_class) if full.task == "classify" and len(names) == 2 else 1
+
+
 def _scores(y: np.ndarray, p: np.ndarray, positive: int = 1) -> dict[str, float]:
     """Test or validation scores of one run; a binary task's sensitivity is its ``positive`` class's."""
     from meddx.evaluation.metrics import classification_metrics
@@ -263,12 +272,7 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     out.mkdir(parents=True, exist_ok=True)  # once the dataset and the components are known good
     names = list(full.data.class_names)
     task = full.task
-    if task == "classify" and len(names) == 2:  # R18: sensitivity is the disease's, as in every run's report
-        from meddx.evaluation.metrics import positive_index
-
-        pos = positive_index(names, full.evaluate.positive_class)
-    else:
-        pos = 1
+    pos = _positive(full)
     total = len(arm_list) * len(seeds)
     done = 0
     t0 = time.perf_counter()
@@ -374,6 +378,9 @@ def summarise(results: dict[str, dict], out: Path, *, dataset: str, budget_s: fl
                          "ensemble": full.ensemble.model_dump(), "model": full.model.model_dump(),
                          "segment": full.segment.model_dump() if full.segment else None},
            "components": {c.name: c.what for c in components_for(full).values()}, "arms": table}
+    if not seg:  # which class "sensitivity" is about (a summary written before this key: class 1, or macro)
+        names = list(full.data.class_names)
+        res["sensitivity_of"] = names[_positive(full)] if len(names) == 2 else "macro"
     from meddx.training.run import write_json
 
     write_json(out / "ablation.json", res)
@@ -401,8 +408,9 @@ def markdown_table(res: dict) -> str:
             lines.append(f"| {name} | {_f(r['test_dice_mean'], r['test_dice_sd'])} | {r['delta_dice']:+.3f} | {p} "
                          f"| {_f(r['val_dice_mean'], r['val_dice_sd'])} |")
         return "\n".join(lines) + "\n"
+    sens = f"sensitivity ({res['sensitivity_of']})" if res.get("sensitivity_of") else "sensitivity"
     lines = [f"### {res['dataset']} ({amount_text(res)}, seeds {', '.join(map(str, res['seeds']))})", "",
-             "| arm | test ACC | Δ ACC | p (ACC) | balanced ACC | test AUC | Δ AUC | p (AUC) | sensitivity | val ACC | val AUC |",
+             f"| arm | test ACC | Δ ACC | p (ACC) | balanced ACC | test AUC | Δ AUC | p (AUC) | {sens} | val ACC | val AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["arms"]:
         p_acc = f"{r['p_accuracy']:.3f}" if "p_accuracy" in r else ""

@@ -192,7 +192,8 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     if fit is not None and fit.history:
         plots["Training curves"] = plot_training_curves(fit.history, path=out_dir / "training_curves.png")
 
-    val_metrics = classification_metrics(y_val, p_val, class_names=names, n_boot=0) if fit is not None else None
+    val_metrics = (classification_metrics(y_val, p_val, class_names=names, positive=pos, n_boot=0)
+                   if fit is not None else None)
     metrics = {
         "dataset": cs.name, "n_test": int(len(y_test)), "class_names": names,
         "operating_points": sets, "threshold": thr,

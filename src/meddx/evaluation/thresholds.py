@@ -126,9 +126,12 @@ def choose_threshold(
     return out
 
 
-def stored_positive(class_names, threshold: dict | None) -> int:
+def stored_positive(class_names, threshold: dict | None, fallback: str | None = None) -> int:
     """Index of the positive class a stored operating point (``thresholds.json``) is about: its
-    ``positive_class``; a file written before that key existed was about class 1."""
-    name = (threshold or {}).get("positive_class")
+    ``positive_class``; a file written before that key existed was about class 1. Without a file (a run
+    that did not finish), ``fallback`` (the plan's ``evaluate.positive_class``) when it is a class."""
     names = [str(c) for c in class_names]
+    name = (threshold or {}).get("positive_class")
+    if name is None and not threshold and fallback is not None:
+        name = fallback
     return names.index(name) if name in names else 1
