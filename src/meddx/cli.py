@@ -274,11 +274,13 @@ def _print_seg_summary(run: Path, sub: str = "") -> None:
 
 
 def _print_summary(run: Path, sub: str = "") -> None:
+    from meddx.evaluation.thresholds import stored_positive
+
     m = json.loads((run / sub / "metrics.json").read_text()) if sub else json.loads((run / "metrics.json").read_text())
     first = next(iter(m["operating_points"].values()), {})
     names = first.get("class_names") or []
-    positive = (first.get("operating_point") or {}).get("positive_class") or (names[1] if len(names) == 2 else "")
-    pos = f", positive class: {positive}" if len(names) == 2 else ", sensitivity/specificity: macro"
+    pos = (f", positive class: {names[stored_positive(names, first.get('operating_point'))]}" if len(names) == 2
+           else ", sensitivity/specificity: macro")
     t = Table(title=f"test metrics: {m['dataset']} (n={m['n_test']}{pos})")
     t.add_column("operating point")
     for c in ("AUC", "accuracy", "balanced acc.", "sensitivity", "specificity"):

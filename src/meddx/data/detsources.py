@@ -115,7 +115,7 @@ def open_det_dataset(path: str | Path) -> CaseSet:
                           boxes=tuple((x1, y1, x2, y2, idx[lab]) for x1, y1, x2, y2, lab in bs)))
     official = all(splits)
     return CaseSet(name=p.stem, source=str(p), kind="box manifest", class_names=strata, cases=cases,
-                   official_split=official, loader=lambda c: read_image(c.path), task="detect",
+                   official_split=official, loader=_load_checked, task="detect",
                    declared_labels={0: "background", **{i: n for n, i in idx.items()}})
 
 
@@ -137,6 +137,14 @@ def check_boxes_fit(shape: tuple[int, int], boxes, where: str) -> None:
             raise DatasetError(f"the box ({x1:g},{y1:g})-({x2:g},{y2:g}) lies outside the {cols} x {rows} px image",
                                path=where, fix="give box coordinates in pixels of this image (a scale column "
                                "rescales boxes drawn on another size)")
+
+
+def _load_checked(case: Case):
+    """A box manifest's image, refused when a listed box does not fit it: every reader of the case set
+    (fingerprint, training's label maps, evaluation of either detector) loads through here."""
+    img = read_image(case.path)
+    check_boxes_fit(img.spatial_shape, case.boxes, str(case.path))
+    return img
 
 
 def draw_boxes(shape: tuple[int, int], boxes) -> np.ndarray:

@@ -145,6 +145,11 @@ class ModelService:
                       else list(self.plan.data.class_names))
         self.temperature = self._json("calibration.json").get("temperature", 1.0)
         self.triage = self._json("triage.json")
+        # binary classifiers: the validation threshold and the class it is about, read once
+        self.thresholds = self._json("thresholds.json") if self.task == "classify" and len(self.names) == 2 else {}
+        from meddx.evaluation.thresholds import stored_positive
+
+        self.positive = stored_positive(self.names, self.thresholds, self.plan.evaluate.positive_class)
         self.members = [self.model]
         if self.task == "classify" and self.triage.get("method_used") == "ensemble":
             from meddx.evaluation.uncertainty import load_ensemble
@@ -257,15 +262,12 @@ class ModelService:
     def _classify(self, x: torch.Tensor) -> dict:
         from meddx.evaluation.calibration import apply_temperature
         from meddx.evaluation.metrics import predict_labels
-        from meddx.evaluation.thresholds import stored_positive
         from meddx.evaluation.uncertainty import refer, uncertainty_scores
         from meddx.training.engine import predict_proba
 
         p = predict_proba(self.model, x, 1, torch.device("cpu"), self.plan.evaluate.tta_flip_axes)
         pc = apply_temperature(p, self.temperature)
-        thr_path = self.run_dir / "thresholds.json"
-        stored = json.loads(thr_path.read_text()) if len(self.names) == 2 and thr_path.exists() else {}
-        pos = stored_positive(self.names, stored, self.plan.evaluate.positive_class)
+        pos = self.positive
         k = int(predict_labels(p, positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
         res = {"label": self.names[k], "label_index": k,
                "probabilities": {n: round(float(v), 6) for n, v in zip(self.names, p[0])},
@@ -280,7 +282,7 @@ class ModelService:
                               "threshold": thr, "refer_fraction": self.triage.get("refer_fraction"),
                               "note": why}
         res["refer"] = bool(refer(score, thr)[0]) if thr is not None else None
-        t = stored.get("threshold")
+        t = self.thresholds.get("threshold")
         if t is not None:
             res["label_at_threshold"] = self.names[int(predict_labels(p, t, pos)[0])]
             res["threshold"] = round(float(t), 6)

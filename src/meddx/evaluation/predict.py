@@ -38,9 +38,9 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
         return [target]
     if spatial_dims == 3 and _is_dicom_series(target):
         return [target]
-    series = sorted(d for d in target.rglob("*") if d.is_dir() and _is_dicom_series(d)) if spatial_dims == 3 else []
+    series = {d for d in target.rglob("*") if d.is_dir() and _is_dicom_series(d)} if spatial_dims == 3 else set()
     found = sorted([p for p in target.rglob("*") if p.is_file() and not p.name.startswith(".")
-                    and p.parent not in series and is_readable_path(p)] + series)
+                    and p.parent not in series and is_readable_path(p)] + list(series))
     if not found:
         raise InputError("no readable images in the folder", path=target,
                          fix="PNG, JPEG, TIFF, DICOM and NIfTI files are read")

@@ -16,6 +16,7 @@ import numpy as np
 
 from meddx.errors import MeddxError
 from meddx.evaluation._checks import atomic_open
+from meddx.evaluation.thresholds import stored_positive
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -121,7 +122,7 @@ def _metrics_section(label: str, m: Mapping) -> str:
     rule = op.get("rule", "?")
     thr = op.get("threshold")
     # binary metrics and thresholds are about the positive class (class 1 in files written before it was named)
-    pos = op.get("positive_class") or (names[1] if len(names) == 2 else "class 1")
+    pos = names[stored_positive(names, op)] if len(names) == 2 else "class 1"
     op_text = f"rule: {rule}" + (f", threshold {float(thr):.4g} on p({pos})" if thr is not None else "")
     parts = [
         f"<h2>Operating point: {_e(label)}</h2>",
