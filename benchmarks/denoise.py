@@ -21,7 +21,7 @@ X-rays (COVID-19 Radiography, viral pneumonia), LGG FLAIR MRI and BUSI ultrasoun
    (SSIM to the input, and the removed residual's standard deviation against the estimated
    noise sigma: about 1 means it removes noise-sized detail only).
 
-Usage: python benchmarks/denoise.py [--quick] [--seeds 0 1 2] [--epochs 20] [--sigmas 25] [--threads 2]
+Usage: python benchmarks/denoise.py [--learned-3d] [--quick] [--seeds 0 1 2] [--epochs 20] [--sigmas 25] [--threads 2]
 """
 
 from __future__ import annotations
@@ -228,6 +228,97 @@ def learned_table(flags, sigmas, seeds, epochs: int, n_train: int, n_test: int) 
     return res
 
 
+LAYOUTS_3D = {"full-resolution level (16, 32, 64, 64)": (16, 32, 64, 64),
+              "narrow (8, 16, 32, 32)": (8, 16, 32, 32),
+              "no full-resolution level (16, 32, 64)": (16, 32, 64)}
+CROP_3D = (28, 36, 24)  # central crop of every MSD hippocampus volume (the smallest is 31 x 40 x 24)
+
+
+def learned_3d_table(seeds, budget_s: float, n_train: int, n_test: int, level: float) -> dict:
+    """3D: the learned denoiser's UNet layouts at an equal training time, against 3D median,
+    Gaussian and non-local-means filtering, on MSD hippocampus MRI volumes (central crops, each scaled by its
+    p99.5) with Gaussian noise of ``level`` x the robust range added; the first ``n_train``
+    volumes train, the last ``n_test`` are scored. Also times denoising per volume, the cost
+    the classifier's inputs pay once per run and every prediction pays again."""
+    import nibabel as nib
+    import torch
+
+    from meddx.transforms.denoise import denoise
+    from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+    files = sorted((DATA / "seg" / "msd_hippocampus_udacity" / "images").glob("*.nii.gz"))
+    vols = []
+    for f in files[:n_train] + files[-n_test:]:
+        a = np.asarray(nib.load(f).dataobj, dtype=np.float32)
+        st = [(s - c) // 2 for s, c in zip(a.shape, CROP_3D)]
+        a = a[tuple(slice(o, o + c) for o, c in zip(st, CROP_3D))]
+        vols.append((a / max(float(np.percentile(a, 99.5)), 1e-6))[None])
+    vols = np.stack(vols).astype(np.float32)
+    rng = np.random.default_rng(7)
+    noisy = np.stack([add_noise(v, level, rng) for v in vols])
+    tr, te, clean_te = noisy[:n_train], noisy[n_train:], vols[n_train:]
+    scores = {"noisy": np.array([psnr_ssim(c, n) for c, n in zip(clean_te, te)])}
+    for m in ("median", "gaussian", "nlm"):
+        t0 = time.perf_counter()
+        outs = [denoise(n, m) for n in te]
+        scores[m] = np.array([psnr_ssim(c, o) for c, o in zip(clean_te, outs)])
+        print(f"[3d] {m}: PSNR {scores[m][:, 0].mean():.2f} ({(time.perf_counter() - t0) / len(te) * 1000:.0f} ms/volume)",
+              flush=True)
+    table = {k: {"psnr": float(v[:, 0].mean()), "psnr_ci": bootstrap_ci(v[:, 0]), "ssim": float(v[:, 1].mean())}
+             for k, v in scores.items()}
+    layouts = {}
+    for name, feats in LAYOUTS_3D.items():
+        runs = []
+        for seed in seeds:
+            dn = SelfSupervisedDenoiser(3, 1, epochs=10_000, time_budget_s=budget_s, features=feats, seed=seed)
+            dn.fit(torch.from_numpy(tr))
+            t0 = time.perf_counter()
+            out = dn.transform(torch.from_numpy(te)).numpy()
+            per_vol = (time.perf_counter() - t0) / len(te)
+            sc = np.array([psnr_ssim(c, o) for c, o in zip(clean_te, out)])
+            runs.append({"seed": seed, "psnr": float(sc[:, 0].mean()), "ssim": float(sc[:, 1].mean()),
+                         "epochs": dn.epochs_run_, "train_wall_s": round(dn.train_seconds_, 1),
+                         "denoise_ms_per_volume": round(per_vol * 1000, 1)})
+            print(f"[3d] {name} seed {seed}: PSNR {runs[-1]['psnr']:.2f} SSIM {runs[-1]['ssim']:.3f}, "
+                  f"{dn.epochs_run_} epochs in {dn.train_seconds_:.0f} s, {per_vol * 1000:.0f} ms/volume", flush=True)
+        ps = np.array([r["psnr"] for r in runs])
+        layouts[name] = {"features": list(feats), "runs": runs, "psnr": float(ps.mean()),
+                         "psnr_sd": float(ps.std(ddof=1)) if len(ps) > 1 else 0.0,
+                         "ssim": float(np.mean([r["ssim"] for r in runs])),
+                         "epochs": float(np.mean([r["epochs"] for r in runs])),
+                         "denoise_ms_per_volume": float(np.mean([r["denoise_ms_per_volume"] for r in runs]))}
+    return {"n_train": n_train, "n_test": n_test, "level": level, "budget_s": budget_s, "crop": list(CROP_3D),
+            "seeds": list(seeds), "table": table, "layouts": layouts}
+
+
+def write_3d(res: dict, args) -> None:
+    from meddx.training.run import machine, versions
+
+    info = {"machine": machine(), "versions": versions()}
+    cmd = "python benchmarks/denoise.py " + " ".join(sys.argv[1:])
+    L = ["# Learned denoiser in 3D: UNet layout at an equal training time", "",
+         f"Command: `{cmd.strip()}` (from the repo root, `.venv` active; data from `MEDDX_DATA_DIR`).", "",
+         machine_line(info, f", torch threads {args.threads}") + f" Date {time.strftime('%Y-%m-%d')}, commit {COMMIT}.",
+         "", f"MSD hippocampus MRI: central {' x '.join(map(str, res['crop']))} crops, each scaled by its p99.5; "
+         f"Gaussian noise of {res['level']} x the robust range added; the first {res['n_train']} volumes train the "
+         f"denoiser (noisy only), the last {res['n_test']} are scored against their originals. Each layout trains "
+         f"for {res['budget_s']:.0f} s (seeds {res['seeds']}). PSNR (dB) with bootstrap 95 % CI over volumes; "
+         "learned rows: mean ± sd over seeds.", "",
+         "| method | PSNR | SSIM | epochs in the budget | denoising, ms per volume |", "|---|---|---|---|---|"]
+    for k, t in res["table"].items():
+        L.append(f"| {k} | {t['psnr']:.2f} [{t['psnr_ci'][0]:.2f}, {t['psnr_ci'][1]:.2f}] | {t['ssim']:.3f} | | |")
+    for k, t in res["layouts"].items():
+        L.append(f"| learned, {k} | {t['psnr']:.2f} ± {t['psnr_sd']:.2f} | {t['ssim']:.3f} | {t['epochs']:.1f} | "
+                 f"{t['denoise_ms_per_volume']:.0f} |")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "denoise_3d.md").write_text("\n".join(L) + "\n")
+    (out / "denoise_3d.json").write_text(json.dumps({"command": cmd, **info, "date": time.strftime("%Y-%m-%d"),
+                                                     "commit": COMMIT, "threads": args.threads, **res}, indent=1,
+                                                    default=float))
+    print("\n".join(L))
+
+
 def _change_stats(test, outs, estimate_noise) -> dict:
     sc = np.array([psnr_ssim(c, o) for c, o in zip(test, outs)])
     resid = np.array([float(np.std(c - o)) for c, o in zip(test, outs)])
@@ -321,10 +412,18 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=500, help="Noisy training images for the learned denoiser.")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-learned", action="store_true")
+    ap.add_argument("--learned-3d", action="store_true",
+                    help="Only the 3D learned-denoiser layouts (writes results/denoise_3d.md and .json).")
+    ap.add_argument("--budget-3d", type=float, default=120.0, help="Training seconds per 3D layout and seed.")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.learned_3d:
+        q = args.quick
+        write_3d(learned_3d_table(args.seeds[:1] if q else args.seeds, 10.0 if q else args.budget_3d,
+                                  n_train=20 if q else 200, n_test=6 if q else 60, level=0.12), args)
+        return
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], min(args.epochs, 2)
     sets = load_sets(n28=10 if args.quick else 50, nbig=3 if args.quick else 8, n3d=2 if args.quick else 4)

@@ -278,6 +278,7 @@ def test_learned_denoiser_is_fitted_on_training_images_and_kept_in_front_of_the_
     run = train_run("synthetic:phantoms:100", tmp_path / "r", overrides=ov, progress=False, log=_quiet)
     rec = json.loads((run / "fitted_inputs.json").read_text())["learned_denoise"]
     assert rec["epochs_run"] == 2 and rec["masked_loss_last"] < rec["masked_loss_first"]
+    assert rec["denoise_seconds"] >= 0
     plan, model = load_run(run)
     assert type(model).__name__ == "DenoisedInput"
     den = SelfSupervisedDenoiser.load(run / "denoiser.pt")
@@ -285,6 +286,33 @@ def test_learned_denoiser_is_fitted_on_training_images_and_kept_in_front_of_the_
     assert torch.allclose(model.denoise(x), den.transform(x), atol=1e-5)  # the same transform at inference
     model.train()
     assert not model.denoiser.training  # frozen, statistics included
+
+
+def test_the_denoising_pass_is_paid_from_the_budget_once(tmp_path, monkeypatch):
+    """``denoise_inputs`` returns the seconds of fitting *and* denoising both tensors (the caller
+    takes them from the time budget); a resumed run loads the denoiser and is charged nothing."""
+    import time as _time
+
+    from meddx.planning.plan import LearnedDenoiseConfig
+    from meddx.training.fitted_inputs import denoise_inputs
+    from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
+
+    real = SelfSupervisedDenoiser.transform
+
+    def slow(self, x, **kw):
+        _time.sleep(0.4)
+        return real(self, x, **kw)
+
+    monkeypatch.setattr(SelfSupervisedDenoiser, "transform", slow)
+    plan = make_plan_for()
+    plan.data.learned_denoise = LearnedDenoiseConfig(epochs=1)
+    xtr, xva = torch.rand(12, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    den, dtr, dva, spent = denoise_inputs(plan, tmp_path, xtr, xva, log=_quiet)
+    rec = json.loads((tmp_path / "fitted_inputs.json").read_text())["learned_denoise"]
+    assert rec["denoise_seconds"] >= 0.8 and spent >= rec["seconds"] + rec["denoise_seconds"] - 0.05
+    assert dtr.shape == xtr.shape and dva.shape == xva.shape
+    again = denoise_inputs(plan, tmp_path, xtr, xva, log=_quiet)  # resumed: loaded, same output, no charge
+    assert again[3] == 0.0 and torch.allclose(again[1], dtr, atol=1e-6)
 
 
 def test_synthetic_counts_fill_minorities_up_to_the_target():

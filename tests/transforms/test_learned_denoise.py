@@ -52,6 +52,21 @@ def test_3d_shapes_and_odd_sizes():
     assert len(dn.loss_history_) == 2 and all(np.isfinite(dn.loss_history_))
 
 
+def test_3d_default_layout_denoises_volumes_and_reports_progress():
+    """3D defaults to the UNet without a full-resolution level (measured faster and no worse:
+    benchmarks/results/denoise_3d.md); it still learns to denoise volumes from noisy ones alone."""
+    torch.set_num_threads(2)
+    clean = phantoms(48, 20, dims=3, seed=5)
+    noisy = clean + np.random.default_rng(6).normal(0, 0.15, clean.shape).astype(np.float32)
+    dn = SelfSupervisedDenoiser(spatial_dims=3, channels=1, epochs=15, time_budget_s=None, batch_size=8, seed=0)
+    assert dn.features == (16, 32, 64) and len(SelfSupervisedDenoiser(spatial_dims=2).features) == 4
+    dn.fit(torch.from_numpy(noisy))
+    done = []
+    out = dn.transform(torch.from_numpy(noisy), batch_size=20, progress=done.append).numpy()
+    assert done == [20, 20, 8]  # one call per batch, every image counted once
+    assert psnr(out, clean) > psnr(noisy, clean) + 1.5
+
+
 def test_seeded_and_save_load_roundtrip(tmp_path):
     x = phantoms(16, 16, seed=4) * 100 + 20  # raw units are restored on output
     a = SelfSupervisedDenoiser(epochs=2, time_budget_s=None, batch_size=8, seed=3).fit(x)

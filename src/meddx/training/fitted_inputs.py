@@ -33,27 +33,44 @@ def record_fit(out: Path, key: str, value: dict | list) -> None:
     write_json(p, rec)
 
 
-def fit_learned_denoiser(plan: Plan, out: Path, x_train: torch.Tensor, log=print):
-    """Fit (or, when resuming, load) the denoiser on the training tensor; returns ``(denoiser, seconds)``."""
+def denoise_inputs(plan: Plan, out: Path, x_train: torch.Tensor, x_val: torch.Tensor, log=print,
+                   progress: bool = False):
+    """Fit the learned denoiser on the training tensor (or, when resuming, load it) and denoise
+    both tensors, which the network then trains and is selected on. Returns ``(denoiser, x_train,
+    x_val, seconds)``: the seconds of a fit made now, denoising included, which the caller takes
+    from the time budget (0 when loaded: a resumed run's budget was cut the first time)."""
+    from meddx.training.run import progress_callback
     from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
 
     cfg = plan.data.learned_denoise
     path = out / "denoiser.pt"
-    if path.exists():
-        return SelfSupervisedDenoiser.load(path), 0.0
     t0 = time.perf_counter()
-    den = SelfSupervisedDenoiser(spatial_dims=plan.data.spatial_dims, channels=plan.data.channels,
-                                 mask_fraction=cfg.mask_fraction, epochs=cfg.epochs,
-                                 time_budget_s=_budget(plan, cfg.budget_fraction), seed=plan.seed).fit(x_train)
-    den.save(path)
+    fitted_now = not path.exists()
+    if fitted_now:
+        den = SelfSupervisedDenoiser(spatial_dims=plan.data.spatial_dims, channels=plan.data.channels,
+                                     mask_fraction=cfg.mask_fraction, epochs=cfg.epochs,
+                                     time_budget_s=_budget(plan, cfg.budget_fraction), seed=plan.seed)
+        den.fit(x_train, progress=progress)
+        den.save(path)
+    else:
+        den = SelfSupervisedDenoiser.load(path)
+    fit_s = time.perf_counter() - t0
+    cb, stop = progress_callback(progress, len(x_train) + len(x_val), "denoising")
+    try:
+        x_train, x_val = den.transform(x_train, progress=cb), den.transform(x_val, progress=cb)
+    finally:
+        stop()
     spent = time.perf_counter() - t0
+    if not fitted_now:
+        return den, x_train, x_val, 0.0
     loss = den.loss_history_
-    record_fit(out, "learned_denoise", {"epochs_run": den.epochs_run_, "seconds": round(spent, 1),
+    record_fit(out, "learned_denoise", {"epochs_run": den.epochs_run_, "seconds": round(fit_s, 1),
+                                     "denoise_seconds": round(spent - fit_s, 1),
                                      "masked_loss_first": loss[0] if loss else None,
                                      "masked_loss_last": loss[-1] if loss else None})
-    log(f"learned denoiser: {den.epochs_run_} epochs in {spent:.0f} s (masked loss "
-        f"{loss[0]:.4f} -> {loss[-1]:.4f})" if loss else "learned denoiser fitted")
-    return den, spent
+    log(f"learned denoiser: {den.epochs_run_} epochs in {fit_s:.0f} s (masked loss {loss[0]:.4f} -> "
+        f"{loss[-1]:.4f}), {len(x_train) + len(x_val)} images denoised in {spent - fit_s:.0f} s")
+    return den, x_train, x_val, spent
 
 
 def synthetic_counts(y: torch.Tensor, target_ratio: float, max_per_real: float) -> dict[int, int]:

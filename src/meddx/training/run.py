@@ -415,11 +415,10 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
 
     den = None
     if plan.data.learned_denoise:
-        from meddx.training.fitted_inputs import fit_learned_denoiser
+        from meddx.training.fitted_inputs import denoise_inputs
 
-        den, spent = fit_learned_denoiser(plan, out, xtr, log=log)
-        xtr, xva = den.transform(xtr), den.transform(xva)  # the network trains on denoised images
-        if plan.train.time_budget_s and spent:
+        den, xtr, xva, spent = denoise_inputs(plan, out, xtr, xva, log=log, progress=progress)
+        if plan.train.time_budget_s and spent:  # fitting and the denoising pass come out of the budget
             plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
     if any(c.chosen is None for c in plan.choices):
         from meddx.training.empirical import run_choices

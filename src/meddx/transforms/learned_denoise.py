@@ -8,8 +8,11 @@ replaced pixels only. The network never sees a pixel's own value when predicting
 for noise that is independent between pixels it cannot learn the identity; the best it
 can do is predict the pixel's clean value from its surroundings. No clean images are needed.
 
-The network is a small MONAI ``UNet`` (2D or 3D, residual units; a full-resolution first
-level, then two down-samplings) that predicts a correction added to its input. Images are
+The network is a small MONAI ``UNet`` (residual units) that predicts a correction added to its
+input: in 2D a full-resolution first level, then two down-samplings; in 3D two down-samplings
+from the start, which, trained for the same time, denoised noisy MRI volumes a little better
+(24.5 against 24.2 dB) and denoises a volume 11x faster (each voxel costs 27 passes in 3D, see
+below; ``benchmarks/results/denoise_3d.md``). Images are
 standardised with the training set's mean and standard deviation and trained on random
 patches with random flips. At inference every pixel is predicted the way it was trained: with
 its own value hidden. The pixels are split into the phases of a regular grid (stride 4 in 2D,
@@ -36,6 +39,8 @@ from meddx.errors import ImageContentError, MeddxError, ParameterError
 from meddx.io.state import StateFile
 
 _MULTIPLE = 4  # two stride-2 levels
+# UNet channels per level by spatial dims (``features=None``); measured in benchmarks/results/denoise*.md
+DEFAULT_FEATURES = {2: (16, 32, 64, 64), 3: (16, 32, 64)}
 
 
 def _as_tensor(x, what: str, spatial_dims: int, channels: int) -> torch.Tensor:
@@ -94,9 +99,10 @@ class SelfSupervisedDenoiser(StateFile):
         batch_size: patches per step.
         patch_size: training patch side in pixels (None: 64 in 2D, 32 in 3D, at most the image),
             rounded down to a multiple of 4.
-        features: UNet channels at full resolution, 1/2, 1/4 and the bottom (also 1/4). Three
-            values give the first version's layout (no full-resolution level), so denoisers
-            saved by it still load.
+        features: UNet channels at full resolution, 1/2, 1/4 and the bottom (also 1/4); three
+            values leave out the full-resolution level (1/2, 1/4, bottom), the layout of the
+            first version (whose saved denoisers still load). None: ``DEFAULT_FEATURES`` for
+            ``spatial_dims``, four levels in 2D, three in 3D.
         lr: Adam learning rate.
         seed: seeds the initial weights, batches, patches, flips and masks.
 
@@ -110,7 +116,7 @@ class SelfSupervisedDenoiser(StateFile):
 
     def __init__(self, spatial_dims: int = 2, channels: int = 1, mask_fraction: float = 0.05, epochs: int = 100,
                  time_budget_s: float | None = 60.0, batch_size: int = 32, patch_size: int | None = None,
-                 features: tuple[int, ...] = (16, 32, 64, 64), lr: float = 2e-3, seed: int = 0):
+                 features: tuple[int, ...] | None = None, lr: float = 2e-3, seed: int = 0):
         if spatial_dims not in (2, 3):
             raise ParameterError(f"SelfSupervisedDenoiser: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if not isinstance(channels, int) or channels < 1:
@@ -123,8 +129,10 @@ class SelfSupervisedDenoiser(StateFile):
             raise ParameterError(f"SelfSupervisedDenoiser: time_budget_s must be > 0, got {time_budget_s!r}")
         if patch_size is not None and (not isinstance(patch_size, int) or patch_size < _MULTIPLE):
             raise ParameterError(f"SelfSupervisedDenoiser: patch_size must be an int >= 4, got {patch_size!r}")
+        if features is None:
+            features = DEFAULT_FEATURES[spatial_dims]
         if len(features) not in (3, 4) or not all(isinstance(f, int) and f > 0 for f in features):
-            raise ParameterError(f"SelfSupervisedDenoiser: features must be 4 positive ints, got {features!r}")
+            raise ParameterError(f"SelfSupervisedDenoiser: features must be 3 or 4 positive ints, got {features!r}")
         self.spatial_dims = spatial_dims
         self.channels = channels
         self.mask_fraction = float(mask_fraction)
@@ -220,8 +228,9 @@ class SelfSupervisedDenoiser(StateFile):
         self.train_seconds_ = time.perf_counter() - t0
         return self
 
-    def transform(self, x, batch_size: int = 64) -> torch.Tensor:
-        """Denoise ``x`` ``(N, C, *spatial)``; returns a float32 tensor of the same shape and units."""
+    def transform(self, x, batch_size: int = 64, progress=None) -> torch.Tensor:
+        """Denoise ``x`` ``(N, C, *spatial)``; returns a float32 tensor of the same shape and units.
+        ``progress``: called with the number of images done after each batch (for a progress bar)."""
         if self.net_ is None:
             raise MeddxError("SelfSupervisedDenoiser is not fitted", fix="call fit(x) or load_state_dict() first")
         t = _as_tensor(x, "SelfSupervisedDenoiser.transform", self.spatial_dims, self.channels)
@@ -236,6 +245,8 @@ class SelfSupervisedDenoiser(StateFile):
                 y = blind_spot_predict(self.net_, z, stride)
                 y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
                 out.append(y * self.std_ + self.mean_)
+                if progress is not None:
+                    progress(int(z.shape[0]))
         return torch.cat(out).contiguous()
 
     def _grid_stride(self) -> int:
