@@ -310,13 +310,17 @@ def write_3d(res: dict, args) -> None:
     for k, t in res["layouts"].items():
         L.append(f"| learned, {k} | {t['psnr']:.2f} ± {t['psnr_sd']:.2f} | {t['ssim']:.3f} | {t['epochs']:.1f} | "
                  f"{t['denoise_ms_per_volume']:.0f} |")
+    save_results("denoise_3d", L, {"command": cmd, **info, "threads": args.threads, **res})
+
+
+def save_results(stem: str, lines: list[str], data: dict) -> None:
+    """Write ``results/<stem>.md`` (the lines) and ``.json`` (``data`` with the date and commit); print the table."""
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "denoise_3d.md").write_text("\n".join(L) + "\n")
-    (out / "denoise_3d.json").write_text(json.dumps({"command": cmd, **info, "date": time.strftime("%Y-%m-%d"),
-                                                     "commit": COMMIT, "threads": args.threads, **res}, indent=1,
-                                                    default=float))
-    print("\n".join(L))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({**data, "date": time.strftime("%Y-%m-%d"), "commit": COMMIT},
+                                                 indent=1, default=float))
+    print("\n".join(lines))
 
 
 def _change_stats(test, outs, estimate_noise) -> dict:
@@ -394,13 +398,7 @@ def write(results: dict, args) -> None:
             for k, t in v["no_added_noise"].items():
                 L.append(f"| {k} | {t['ssim_to_input']:.3f} | {t['psnr_to_input']:.2f} | {t['residual_over_sigma']:.2f} |")
             L.append("")
-    res = HERE / "results"
-    res.mkdir(exist_ok=True)
-    (res / "denoise.md").write_text("\n".join(L) + "\n")
-    (res / "denoise.json").write_text(json.dumps({"command": cmd, **info, "date": time.strftime("%Y-%m-%d"),
-                                                  "commit": COMMIT, "threads": args.threads, **results}, indent=1,
-                                                 default=float))
-    print("\n".join(L))
+    save_results("denoise", L, {"command": cmd, **info, "threads": args.threads, **results})
 
 
 def main() -> None:
