@@ -196,7 +196,10 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           lr: Optional[float] = typer.Option(None, help="Learning rate."),
           optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
           schedule: Optional[str] = typer.Option(None, help="constant | step | cosine | onecycle"),
-          image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size per axis."),
+          image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Network input size in "
+                                                   "pixels/voxels, the same on every axis (default: the plan's, "
+                                                   "R3 / S2); 3D segmentation: the training patch and sliding "
+                                                   "window."),
           positive_class: Optional[str] = typer.Option(None, "--positive-class",
                                                        help="Binary: the class sensitivity, PPV, AUC and the "
                                                        "threshold are about (default: planner rule R18)."),
@@ -232,10 +235,9 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
     if task in ("segment", "detect"):
         from meddx.training.seg_run import train_seg_run
 
-        if image_size:
-            ov["data.input_size"] = [image_size, image_size]
         run = train_seg_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
-                            resample_masks=resample_masks, group_by_folder=group_by_folder, task=task,
+                            image_size=image_size, resample_masks=resample_masks, group_by_folder=group_by_folder,
+                            task=task,
                             progress=_progress_enabled(no_progress), log=say)
         _print_seg_summary(run)
         return
