@@ -20,6 +20,15 @@ def test_help_on_every_command(cmd):
     assert "Usage" in r.stdout and len(r.stdout) > 100
 
 
+def test_ablate_help_names_every_component():
+    """`meddx ablate --components` takes names; its help lists them all (kept in step with the code)."""
+    from meddx.evaluation.ablation import COMPONENTS, SEG_COMPONENTS
+
+    text = " ".join(meddx("ablate", "--help").stdout.replace("│", " ").split())
+    missing = [c for c in [*COMPONENTS, *SEG_COMPONENTS] if c not in text]
+    assert not missing, missing
+
+
 def test_folder_train_evaluate_predict(tiny_folder, tmp_path):
     r = meddx("inspect", tiny_folder, "--no-progress")
     assert "48" in r.stdout and "lesion" in r.stdout and "mixed image sizes" in r.stdout

@@ -16,7 +16,8 @@ from rich.table import Table
 from meddx.errors import DatasetError, MeddxError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="meddx: plan, train, evaluate and explain medical image classifiers and segmenters.")
+                  help="meddx: inspect, plan, train, evaluate, predict, explain, serve and export medical image classifiers, "
+                       "segmenters and lesion detectors.")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -149,7 +150,8 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
 @app.command()
 def plan(path: str = typer.Argument(..., help="Dataset path."),
          out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
-         seed: int = typer.Option(0, help="Seed recorded in the plan."),
+         seed: int = typer.Option(0, help="Seed recorded in the plan; it also draws the seeded train/val/test "
+                                  "split when the dataset has none."),
          task: str = typer.Option("classify", "--task", help=TASK_HELP),
          resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
@@ -187,20 +189,31 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
           plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan.yaml instead of planning."),
           resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out exactly."),
-          seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+          seed: Optional[int] = typer.Option(None, help="Random seed (default 0): initialisation, batch order, "
+                                             "augmentation, and the seeded train/val/test split when the dataset "
+                                             "has none."),
           time_budget: Optional[str] = typer.Option(None, "--time-budget",
                                                     help="Fit the schedule into this time, e.g. 10m."),
-          epochs: Optional[int] = typer.Option(None, help="Number of epochs (ignored with --time-budget)."),
+          epochs: Optional[int] = typer.Option(None, help="Number of epochs (default 30, R9; ignored with "
+                                               "--time-budget)."),
           model: Optional[str] = typer.Option(None, help="Model name from the registry (see `meddx models`)."),
           batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default: the plan's, R6)."),
-          lr: Optional[float] = typer.Option(None, help="Learning rate."),
-          optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
-          schedule: Optional[str] = typer.Option(None, help="constant | step | cosine | onecycle"),
-          image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Input size per axis."),
+          lr: Optional[float] = typer.Option(None, help="Learning rate (default: the plan's: 2e-3 for a "
+                                                        "classifier, R7; 3e-3 for a segmenter)."),
+          optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop (default adamw, R7)"),
+          schedule: Optional[str] = typer.Option(None, help="Learning-rate schedule: constant | step | cosine | "
+                                                 "onecycle (default cosine with 1 warm-up epoch, R7)"),
+          image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Network input size in "
+                                                   "pixels/voxels, the same on every axis (default: the plan's, "
+                                                   "R3 / S2); 3D segmentation: the training patch and sliding "
+                                                   "window."),
           positive_class: Optional[str] = typer.Option(None, "--positive-class",
                                                        help="Binary: the class sensitivity, PPV, AUC and the "
                                                        "threshold are about (default: planner rule R18)."),
-          threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="youden | sensitivity"),
+          threshold_rule: Optional[str] = typer.Option(None, "--threshold-rule", help="How the second operating "
+                                                       "point's threshold is chosen on validation: youden (max "
+                                                       "sensitivity + specificity - 1; default) | sensitivity "
+                                                       "(needs --target-sensitivity)."),
           target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
                                                              help="Choose the threshold on validation for this "
                                                              "sensitivity (implies --threshold-rule sensitivity)."),
@@ -212,7 +225,8 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
           set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")):
-    """Train a classifier or segmenter and write a complete run directory (plan, split, checkpoints, report)."""
+    """Train a classifier, segmenter or detector and write a complete run directory (plan, split, checkpoints,
+    report)."""
     from meddx.planning.plan import Plan
     from meddx.training.run import train_run
 
@@ -232,10 +246,9 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
     if task in ("segment", "detect"):
         from meddx.training.seg_run import train_seg_run
 
-        if image_size:
-            ov["data.input_size"] = [image_size, image_size]
         run = train_seg_run(path, out, plan_path=str(plan_file) if plan_file else None, overrides=ov, resume=resume,
-                            resample_masks=resample_masks, group_by_folder=group_by_folder, task=task,
+                            image_size=image_size, resample_masks=resample_masks, group_by_folder=group_by_folder,
+                            task=task,
                             progress=_progress_enabled(no_progress), log=say)
         _print_seg_summary(run)
         return
@@ -319,10 +332,11 @@ def evaluate(run: Path = typer.Argument(..., help="Run directory written by `med
 def predict(run: Path = typer.Argument(..., help="Run directory written by `meddx train`."),
             target: Path = typer.Argument(..., help="An image, DICOM file or series folder, NIfTI, or a folder."),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Classifier: write .csv or .json (default: "
-                                               "CSV to stdout). Segmenter: folder for masks and overlays "
-                                               "(default RUN/predictions)."),
+                                               "CSV to stdout). Segmenter or detector: folder for masks or box "
+                                               "overlays and predictions.csv (default RUN/predictions)."),
             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Write class probabilities (classifier) or masks in the input's geometry plus overlays (segmenter)."""
+    """Write class probabilities (classifier), masks in the input's geometry plus overlays (segmenter), or
+    scored boxes plus overlays (detector)."""
     from meddx.evaluation.predict import predict_paths, write_predictions_file
     from meddx.planning.plan import Plan
 
@@ -369,7 +383,13 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
                                                 "(an ensemble's members share them); default 20."),
            seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
            components: Optional[str] = typer.Option(None, "--components",
-                                                    help="Comma-separated subset of the components (default: all)."),
+                                                    help="Comma-separated subset of the components (default: "
+                                                    "all). Classify: denoising, learned_denoising, clahe, "
+                                                    "augmentation, extra_augmentation, balanced_sampling, "
+                                                    "class_weights, focal_loss, logit_adjustment, synthetic_gan, "
+                                                    "mixup_cutmix, attention, pca_head, ensemble, tta. Segment: "
+                                                    "denoising, augmentation, extra_augmentation, dice_ce_loss, "
+                                                    "attention, postprocess, tta."),
            task: str = typer.Option("classify", "--task", help="classify | segment"),
            resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):

@@ -173,6 +173,18 @@ def test_cli_segment_train_evaluate_and_bad_input(tmp_path, run2d):
     assert r.returncode == 0 and "mask labels" in r.stdout and "255=foreground" in r.stdout
 
 
+def test_cli_image_size_on_3d_segmentation_sets_every_axis_and_the_patch(tmp_path):
+    """--image-size N on volumes: N on all three axes, and the training patch / sliding window N^3
+    (it used to write a 2-axis size into a 3D plan and stop with an error)."""
+    root = write_seg_volumes(tmp_path / "vols", n=8)
+    out = tmp_path / "run"
+    r = _cli("train", str(root), "--task", "segment", "--out", str(out), "--epochs", "1", "--image-size", "16",
+             "--no-progress")
+    assert r.returncode == 0, r.stderr
+    plan = Plan.load(out / "plan.yaml")
+    assert plan.data.input_size == [16, 16, 16] and plan.segment.patch_size == [16, 16, 16]
+
+
 def test_segmentation_kfold_ensemble_trains_members_and_predicts(tmp_path):
     from meddx.training.run import load_run
     from meddx.training.seg_run import train_seg_run

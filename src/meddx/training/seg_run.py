@@ -105,9 +105,13 @@ def note_heatmap_augment(plan: Plan, log=print) -> None:
 
 
 def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None = None,
-                  overrides: dict[str, Any] | None = None, resume: bool = False, resample_masks: bool = False,
-                  group_by_folder: bool = False, task: str = "segment", progress: bool = True, log=print) -> Path:
-    """Train, evaluate and report a segmentation (or detection) model. Returns the run directory."""
+                  overrides: dict[str, Any] | None = None, resume: bool = False, image_size: int | None = None,
+                  resample_masks: bool = False, group_by_folder: bool = False, task: str = "segment",
+                  progress: bool = True, log=print) -> Path:
+    """Train, evaluate and report a segmentation (or detection) model. Returns the run directory.
+
+    ``image_size`` (``--image-size``): the input size on every spatial axis; in 3D the training patch
+    and sliding window too (``segment.patch_size``), which is what a 3D segmenter's input is."""
     out = Path(out)
     overrides = dict(overrides or {})
     if resume:
@@ -136,6 +140,10 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         elif overrides.get("seed") is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)
+        if image_size:  # one size per spatial axis, known only now that the plan is
+            overrides["data.input_size"] = [int(image_size)] * plan.data.spatial_dims
+            if plan.segment.patch_size is not None:
+                overrides["segment.patch_size"] = [int(image_size)] * plan.data.spatial_dims
         plan = apply_overrides(plan, overrides)
         if fp is None:
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan), log=log)
