@@ -168,6 +168,28 @@ def test_r18_makes_the_disease_the_positive_class(names, positive):
     assert any(d.rule.startswith("R18") for d in p.decisions) == (positive is not None)
 
 
+@pytest.mark.parametrize("name,sided", [("kidney_left", True), ("Lung R", True), ("lt-adrenal", True),
+                                        ("RIGHT", True), ("vertebrae_L1", False), ("liver", False),
+                                        ("rectum", False), ("malignant", False)])
+def test_r19_reads_a_side_in_a_name(name, sided):
+    from meddx.planning.planner import sided_names
+
+    assert sided_names([name]) == ([name] if sided else [])
+
+
+def test_r19_no_flips_for_3d_classes_named_by_side():
+    """R8 flips 3D volumes on every axis and R16 averages those flips at test time, unless a class
+    names a side: a mirrored left-sided lesion would look right-sided and keep its label."""
+    fp = _fp(spatial_dims=[3], shape_median=[28, 28, 28], shape_min=[28, 28, 28], shape_max=[28, 28, 28])
+    plain = make_plan(fp, source="x")
+    assert plain.augment.flip_axes == [0, 1, 2] and plain.evaluate.tta_flip_axes == [0, 1, 2]
+    fp.update(class_names=["lesion_left", "lesion_right"], class_counts={"lesion_left": 500, "lesion_right": 700})
+    p = make_plan(fp, source="x")
+    assert p.augment.flip_axes == [] and p.evaluate.tta_flip_axes == [] and not p.evaluate.choose_tta
+    r8 = next(d for d in p.decisions if d.rule.startswith("R8"))
+    assert "R19" in r8.rule and r8.reads["sided_names"] == ["lesion_left", "lesion_right"]
+
+
 def test_a_positive_class_that_is_not_a_class_is_refused():
     with pytest.raises(PlanError, match="not one of the classes"):
         apply_overrides(make_plan(_fp(), source="x"), {"evaluate.positive_class": "tumour"})

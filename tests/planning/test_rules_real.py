@@ -77,3 +77,9 @@ def test_segmentation_rules_hippocampus_and_busi(real_data):
     small = make_seg_plan(fp, source="x", cuda=False, memory_budget_gb=0.03)
     assert small.train.batch_size == 2 and small.segment.patch_size != [40, 56, 40]  # patch shrunk to fit
     assert make_seg_plan(fp, source="x", cuda=True).model.name == "dynunet"
+    # R19: had the labels been named by side, a left-right mirror would teach "left" on the right
+    sided = {**fp, "segmentation": {**fp["segmentation"],
+                                    "label_names": ["background", "hippocampus_left", "hippocampus_right"]}}
+    q = make_seg_plan(sided, source="x", cuda=False)
+    assert q.augment.flip_axes == [] and q.segment.tta_flip_axes == []
+    assert _rules(q)["S7"].reads["sided_names"] == ["hippocampus_left", "hippocampus_right"]

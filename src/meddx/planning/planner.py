@@ -45,6 +45,10 @@ Rules (kind in brackets, as nnU-Net documents its own):
     R18 positive class [rule-based]: binary tasks: the class whose name does not read as the absence
        of disease (a word of NEGATIVE_CLASS_WORDS: normal, benign, healthy, ...) when exactly one of
        the two does, else the second class. Sensitivity, PPV, AUC and the threshold are about it.
+    R19 sided names [rule-based]: when a class (or, S7, a label) name names a side (a word of
+       SIDE_WORDS: left, right, l, r, lt, rt), no flips are trained or averaged at test time: a
+       mirrored left kidney looks like a right one but keeps the label "left". Applies to R8,
+       R16 and S7.
     Available to a human editing the plan (measured by ``meddx ablate``): focal loss, logit
     adjustment, class-weighted CE, over-/under-sampling, mixup/cutmix, elastic/gamma/blur/noise
     augmentation, SE/spatial/CBAM attention, multi-scale features, k-fold and snapshot ensembles,
@@ -70,6 +74,7 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
        left-right flips; 3D mirrors only along the left-right axis when the orientation is
        known (NIfTI/DICOM geometry), also as flip test-time augmentation (a mirror along
        another axis would swap anatomy such as anterior/posterior hippocampus); else no flips.
+       No flips in 2D or 3D when a label names a side (R19).
        The heatmap detector applies only the flips and the intensity keys (rotation, zoom, shift
        and elastic deformation would move its boxes); its run records the keys it leaves out.
     S8 epochs [rule-based]: as R9.
@@ -168,6 +173,13 @@ def _rule_denoise(fp: dict, sd: int, note) -> list[PreprocessStep]:
 # R18: words of a class name that mark it as the absence of disease ("normal, benign", "no_tumor", "non-covid")
 NEGATIVE_CLASS_WORDS = frozenset({"normal", "benign", "healthy", "negative", "control", "controls", "no", "non",
                                   "not", "none", "absent", "clear", "nofinding"})
+SIDE_WORDS = frozenset({"left", "right", "l", "r", "lt", "rt"})
+
+
+def sided_names(names) -> list[str]:
+    """R19: the names that name a side of the body, a word of ``SIDE_WORDS`` between non-alphanumerics
+    (``kidney_left``, ``Lung L``; not ``vertebrae_L1``, whose L is lumbar)."""
+    return [str(n) for n in names if set(re.findall(r"[a-z0-9]+", str(n).lower())) & SIDE_WORDS]
 
 
 def _rule_positive_class(names: list[str], note) -> str | None:
@@ -221,12 +233,14 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     note("train.batch_size", bs, "R6 batch size", "rule-based", n_train=n_train, input_size=size,
          memory_budget_gb=round(est["budget_gb"], 2), estimated_gb=round(est["estimated_gb"], 3))
 
+    sided = sided_names(fp["class_names"])
     if sd == 2:
         aug = AugmentConfig(rotate_deg=10, scale=0.1, translate=0.08, brightness=0.1, contrast=0.1)
     else:
-        aug = AugmentConfig(flip_axes=[0, 1, 2], rotate_deg=0, scale=0.0, translate=0.05, brightness=0.05,
-                            contrast=0.05)
-    note("augment", aug.model_dump(), "R8 augmentation", "rule-based", spatial_dims=sd)
+        aug = AugmentConfig(flip_axes=[] if sided else [0, 1, 2], rotate_deg=0, scale=0.0, translate=0.05,
+                            brightness=0.05, contrast=0.05)
+    note("augment", aug.model_dump(), "R8 augmentation" + (" + R19 sided names" if sided and sd == 3 else ""),
+         "rule-based", spatial_dims=sd, **({"sided_names": sided} if sided else {}))
     tta = list(aug.flip_axes) if sd == 3 else []
     note("evaluate.tta_flip_axes", tta, "R16 test-time augmentation", "empirical" if tta else "rule-based",
          spatial_dims=sd, trained_flip_axes=list(aug.flip_axes),
@@ -452,12 +466,15 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     note("segment.loss", "dice_ce", "S5 loss", "fixed")
     note("segment.fg_oversample", 0.33, "S6 sampling", "fixed")
     codes = fp.get("axcodes")
-    lr = [i for i, c in enumerate(codes or []) if c in ("L", "R")] if sd == 3 else []
+    sided = sided_names(sg["label_names"] or [])
+    lr = [i for i, c in enumerate(codes or []) if c in ("L", "R")] if sd == 3 and not sided else []
     if sd == 2:
-        aug = AugmentConfig(flip_axes=[1], rotate_deg=15, scale=0.15, translate=0.05, brightness=0.1, contrast=0.15)
+        aug = AugmentConfig(flip_axes=[] if sided else [1], rotate_deg=15, scale=0.15, translate=0.05,
+                            brightness=0.1, contrast=0.15)
     else:
         aug = AugmentConfig(flip_axes=lr[:1], rotate_deg=10, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1)
-    note("augment", aug.model_dump(), "S7 augmentation", "rule-based", spatial_dims=sd, axcodes=codes)
+    note("augment", aug.model_dump(), "S7 augmentation" + (" + R19 sided names" if sided else ""), "rule-based",
+         spatial_dims=sd, axcodes=codes, **({"sided_names": sided} if sided else {}))
     plan = Plan(
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
