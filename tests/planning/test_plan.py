@@ -191,8 +191,9 @@ def test_r19_no_flips_for_3d_classes_named_by_side():
 
 
 def test_a_positive_class_that_is_not_a_class_is_refused():
-    with pytest.raises(PlanError, match="not one of the classes"):
+    with pytest.raises(PlanError, match="not one of the classes") as e:
         apply_overrides(make_plan(_fp(), source="x"), {"evaluate.positive_class": "tumour"})
+    assert "Fix: change the option or --set value it names" in str(e.value)  # typed as --positive-class too
     assert apply_overrides(make_plan(_fp(), source="x"), {"evaluate.positive_class": "a"}).evaluate.positive_class == "a"
 
 

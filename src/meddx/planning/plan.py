@@ -353,7 +353,7 @@ def validate_plan(raw: dict, *, path: Path | None = None, overrides: bool = Fals
         loc = ".".join(str(x) for x in err["loc"])
         if not loc:  # a check of the whole plan: its message names the fields
             raise PlanError(err["msg"].removeprefix("Value error, "), path=path,
-                            fix="leave those overrides out" if overrides else "edit the plan as the message says"
+                            fix="change the option or --set value it names" if overrides else "edit the plan as the message says"
                             ) from None
         if overrides:
             raise PlanError(f"plan field '{loc}': {err['msg']}",
