@@ -82,7 +82,8 @@ def open_npz(path: Path) -> CaseSet:
         cases.extend(Case(case_id=f"{s}/{i}", label=int(lab[i]), split=s, index=i) for i in range(len(lab)))
 
     def load(case: Case) -> ImageData:
-        arr = images[case.split][case.index]
+        # the file's own split (the case id's prefix): a val carved out of train re-stamps case.split
+        arr = images[case.case_id.split("/", 1)[0]][case.index]
         if channels_last:
             arr = np.moveaxis(arr[..., :3], -1, 0)
         else:
