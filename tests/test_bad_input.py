@@ -308,7 +308,7 @@ def test_a_damaged_run_json(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [(["--seeds", ","], "--seeds"), (["--epochs", "0"], "--epochs"),
-                                          (["--components", "magic"], "magic")])
+                                          (["--components", "magic"], "magic"), (["--seeds", "0,-1"], "--seeds")])
 def test_ablate_mistakes_leave_no_output_folder(tiny_folder, tmp_path, args, needle):
     """--seeds ',' was a traceback after training the baseline, --epochs 0 silently meant 20, and every
     refused ablation left its (empty) --out folder behind."""
@@ -341,3 +341,21 @@ def test_split_fractions_that_are_not_three_positive_shares_of_one(tiny_folder, 
     for fractions in ("[1, 0, 0]", "[0.7, 0.3]", "[-0.2, 0.6, 0.6]"):
         msg = _refused_in_process(tiny_folder, tmp_path, [f"data.split_fractions={fractions}"])
         assert "data.split_fractions" in msg and "sum to 1" in msg, (fractions, msg)
+
+
+def test_seeds_and_split_overrides_numpy_cannot_take(tiny_folder, tmp_path):
+    """A negative or over-64-bit seed, or a split seed / fractions of the wrong type, were tracebacks
+    (ValueError, TypeError from numpy's generator) from the split made before the plan exists."""
+    out = tmp_path / "run"
+    for seed in ("-1", "99999999999999999999"):
+        r = meddx("train", tiny_folder, "--out", out, "--epochs", "1", "--no-progress", "--seed", seed)
+        assert_user_error(r, "--seed")
+        assert not out.exists()
+    r = meddx("plan", tiny_folder, "-o", tmp_path / "p.yaml", "--no-progress", "--set", "data.split_seed=-3")
+    assert_user_error(r, "data.split_seed")
+    assert not (tmp_path / "p.yaml").exists()
+    for sets, needle in ((["seed=-1"], "'seed'"), (["data.split_seed=foo"], "data.split_seed"),
+                         (["data.split_fractions=5"], "data.split_fractions"),
+                         (["data.split_fractions=abc"], "data.split_fractions")):
+        msg = _refused_in_process(tiny_folder, tmp_path, sets)
+        assert needle in msg, (sets, msg)

@@ -20,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "segmenters and lesion detectors.")
 console = Console()
 err_console = Console(stderr=True)
+MAX_SEED = 2**32 - 1  # meddx.planning.plan.MAX_SEED, not imported here: it would load pydantic at every start
 
 
 def say(message) -> None:
@@ -150,8 +151,8 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
 @app.command()
 def plan(path: str = typer.Argument(..., help="Dataset path."),
          out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
-         seed: int = typer.Option(0, help="Seed recorded in the plan; it also draws the seeded train/val/test "
-                                  "split when the dataset has none."),
+         seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed recorded in the plan; it also draws the seeded "
+                                  "train/val/test split when the dataset has none."),
          task: str = typer.Option("classify", "--task", help=TASK_HELP),
          resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
@@ -189,9 +190,9 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
           out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
           plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan.yaml instead of planning."),
           resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out exactly."),
-          seed: Optional[int] = typer.Option(None, help="Random seed (default 0): initialisation, batch order, "
-                                             "augmentation, and the seeded train/val/test split when the dataset "
-                                             "has none."),
+          seed: Optional[int] = typer.Option(None, min=0, max=MAX_SEED, help="Random seed (default 0): "
+                                             "initialisation, batch order, augmentation, and the seeded "
+                                             "train/val/test split when the dataset has none."),
           time_budget: Optional[str] = typer.Option(None, "--time-budget",
                                                     help="Fit the schedule into this time, e.g. 10m."),
           epochs: Optional[int] = typer.Option(None, help="Number of epochs (default 30, R9; ignored with "
@@ -405,6 +406,8 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
         raise MeddxError(f"cannot read --seeds '{seeds}'", fix="give integers, e.g. --seeds 0,1,2") from None
     if not seed_list:
         raise MeddxError(f"--seeds '{seeds}' lists no seed", fix="give integers, e.g. --seeds 0,1,2")
+    if not all(0 <= s <= MAX_SEED for s in seed_list):
+        raise MeddxError(f"--seeds '{seeds}' holds a seed outside 0..{MAX_SEED}", fix="give seeds such as 0,1,2")
     comps = [c.strip() for c in components.split(",")] if components else None
     budget = parse_duration(time_budget)
     if budget and epochs:
@@ -482,7 +485,8 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
              kd_alpha: float = typer.Option(0.9, "--kd-alpha", help="Weight of the teacher term (0-1)."),
              calibration_images: int = typer.Option(256, "--calibration-images", help="int8: training images "
                                                     "used to calibrate activation ranges."),
-             seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default: the run's)."),
+             seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED,
+                                               help="Seed (default: the run's)."),
              data: Optional[str] = typer.Option(None, "--data", help="Dataset path, if it moved since training."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
              no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):

@@ -281,3 +281,25 @@ def test_mixed_orientations_are_a_finding(real_data, tmp_path):
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     fp = compute_fingerprint(open_dataset(tmp_path / "m.csv"), strict=False)
     assert any(f.startswith("mixed orientations") for f in fp["findings"]), fp["findings"]
+
+
+def test_a_mask_of_fractions_or_undeclared_labels_is_named(tmp_path):
+    """The label set is decided over all masks at once: the error named only the dataset folder, so
+    the one bad mask among hundreds had to be hunted down."""
+    import json
+
+    import nibabel as nib
+
+    root = write_seg_volumes(tmp_path / "v", n=4, shape=(12, 14, 12))
+    bad = root / "labels" / "vol02.nii.gz"
+    m = nib.load(str(bad))
+    lab, aff = np.asarray(m.dataobj).copy(), m.affine
+    nib.save(nib.Nifti1Image(lab.astype(np.float32) * 0.5, aff), str(bad))
+    with pytest.raises(DatasetError, match="non-integer") as e:
+        compute_fingerprint(open_seg_dataset(root))
+    assert str(e.value).startswith(f"{bad}: ")
+    nib.save(nib.Nifti1Image(lab * 3, aff), str(bad))  # values 3 and 6
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"}}))
+    with pytest.raises(DatasetError, match="not declared") as e:
+        compute_fingerprint(open_seg_dataset(root))
+    assert str(e.value).startswith(f"{bad}: ")

@@ -51,3 +51,13 @@ def test_channels_last_npz_is_2d(tmp_path, trailing, channels):
 def test_volume_npz_stays_3d(tmp_path):
     cs = open_dataset(_npz(tmp_path / "vol.npz", shape=(6, 8, 8)))
     assert cs.load(cs.cases[0]).array.shape == (1, 6, 8, 8)
+
+
+def test_cases_carved_into_val_still_load_their_own_images(tmp_path):
+    """The loader looked the carved cases up in the (empty) val array: IndexError in `meddx train`."""
+    p = _npz(tmp_path / "emptyval.npz", n=(20, 0, 6))
+    cs = open_dataset(p)
+    parts = apply_split(cs, make_split(cs, seed=0))
+    with np.load(p) as z:
+        for c in parts["val"]:
+            np.testing.assert_array_equal(cs.load(c).array[0], z["train_images"][c.index])

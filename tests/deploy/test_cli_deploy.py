@@ -168,3 +168,13 @@ def test_meaningless_compress_options_are_refused_before_work(tmp_path):
         with pytest.raises(PlanError, match=option):
             compress_run(run, tmp_path / "c", opts, progress=False)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("opset", ["5", "99"])
+def test_an_opset_torch_cannot_export_is_one_line(tmp_path, opset):
+    """--opset 99 was torch's RuntimeError traceback, --opset 5 an onnx checker traceback."""
+    run = make_run(tmp_path / "run")
+    r = meddx("export", run, "--out", tmp_path / "b", "--opset", opset, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"--opset {opset}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "b").exists()

@@ -150,6 +150,14 @@ def test_tiff_stack_is_refused(tmp_path):
         read_image(p)
 
 
+def test_complex_tiff_is_refused(tmp_path):
+    """Was read as its real part, with numpy's ComplexWarning printed on stderr for every read."""
+    p = tmp_path / "phase.tif"
+    tifffile.imwrite(p, RNG.normal(size=(8, 8)).astype(np.complex64))
+    with pytest.raises(ImageContentError, match="phase.tif.*complex64"):
+        read_image(p)
+
+
 @pytest.mark.parametrize(("color_type", "channels"), [(2, 3), (6, 4), (4, 2)])
 def test_16bit_colour_png_all_filters_exact(tmp_path, make_png, color_type, channels):
     # Pillow reduces these to 8 bits; our decoder must return the exact 16-bit values

@@ -98,3 +98,15 @@ def test_overlong_field_names_the_line(images, assert_one_line_error):
         read_manifest(csv)
     msg = assert_one_line_error(ei, csv)
     assert "line 4" in msg and "field limit" in msg
+
+
+def test_one_number_written_two_ways_is_not_two_classes(images, assert_one_line_error):
+    """Labels 1 and 1.0 (a column partly saved as floats) silently made two classes of one."""
+    from meddx.data.sources import open_manifest
+
+    csv = _write(images / "m.csv", "path,label\nimg/a.png,0\nimg/b.png,1\nimg/c.png,1.0\n")
+    with pytest.raises(DatasetError) as ei:
+        open_manifest(csv)
+    assert "'1' (line 3) and '1.0' (line 4)" in assert_one_line_error(ei, csv)
+    floats = _write(images / "f.csv", "path,label\nimg/a.png,0.0\nimg/b.png,1.0\n")  # one way: fine
+    assert open_manifest(floats).class_names == ["0.0", "1.0"]

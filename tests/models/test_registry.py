@@ -45,6 +45,9 @@ def test_unknown_option_is_named(name):
         ({"input_size": (28, 28, 28)}, "input_size"),
         ({"depth": 0}, "depth"),
         ({"first_stride": 3}, "first_stride"),
+        ({"width": "abc"}, "width must be a number"),  # a --set / --student value: was a ValueError
+        ({"dropout": [0.1]}, "dropout must be a number"),  # was a TypeError
+        ({"dropout": None}, "dropout must be a number"),
     ],
 )
 def test_invalid_values_raise_plan_error(kwargs, word):
@@ -114,3 +117,10 @@ def test_builder_without_fixed_arguments_is_rejected():
             return torch.nn.Identity()
 
     assert "_bad" not in list_models()
+
+
+@pytest.mark.parametrize("value", ["abc", 1.5, None])
+def test_unet_res_units_that_are_not_a_count_raise_plan_error(value):
+    """--set model.params.res_units=abc was a TypeError from inside MONAI."""
+    with pytest.raises(PlanError, match="res_units"):
+        create_model("unet", spatial_dims=2, in_channels=1, num_classes=2, input_size=16, res_units=value)

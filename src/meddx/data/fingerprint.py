@@ -89,7 +89,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                 img = cs.load(c)
             check_pixels(img.array, where)
             if seg is not None:
-                seg.add(mask, values_only=c.case_id in held)  # a test mask's labels: only which exist
+                seg.add(mask, values_only=c.case_id in held,  # a test mask's labels: only which exist
+                        where="; ".join(map(str, c.masks)) or where)
         except MeddxError as e:
             if strict:
                 raise
@@ -247,12 +248,16 @@ class _MaskStats:
         self.total = 0
         self.empty = 0
         self.objects: list[int] = []
+        self.first_seen: dict[float, str] = {}  # value -> the mask it was first found in (errors name it)
 
-    def add(self, mask: np.ndarray, values_only: bool = False) -> None:
+    def add(self, mask: np.ndarray, values_only: bool = False, where: str | None = None) -> None:
         from scipy import ndimage
 
         vals, cnt = np.unique(mask, return_counts=True)
         self.values.update(float(v) for v in vals)
+        if where is not None:
+            for v in vals:
+                self.first_seen.setdefault(float(v), where)
         if values_only:
             return
         self.counts.update({float(v): int(n) for v, n in zip(vals, cnt)})
@@ -267,7 +272,7 @@ class _MaskStats:
     def summary(self, cs: CaseSet) -> dict:
         from meddx.data.segsources import infer_label_values
 
-        values, names, how = infer_label_values(self.values, cs.declared_labels, cs.source)
+        values, names, how = infer_label_values(self.values, cs.declared_labels, cs.source, seen_in=self.first_seen)
         if how.startswith("binary"):
             frac = {names[1]: sum(n for v, n in self.counts.items() if v != 0) / max(1, self.total)}
         else:

@@ -284,22 +284,26 @@ def label_index(values: np.ndarray, label_values: list[int], where: Path | str) 
 
 
 def infer_label_values(unique_values: set[float], declared: dict[int, str] | None,
-                       source: str) -> tuple[list[int], list[str], str]:
+                       source: str, seen_in: dict[float, str] | None = None) -> tuple[list[int], list[str], str]:
     """Decide the label set from the values the masks hold.
 
     Returns ``(values, names, how)``: declared labels win; two values ``{0, v}`` are a
     binary mask (``v`` = foreground, e.g. 255); otherwise each integer value is a class.
+    ``seen_in`` (value -> mask file) lets an error about one value name a mask that holds it.
     """
+    seen_in = seen_in or {}
     vals = sorted(unique_values)
     non_int = [v for v in vals if float(v) != int(v)]
     if non_int:
-        raise DatasetError(f"masks hold non-integer values (e.g. {non_int[0]:g})", path=source,
+        raise DatasetError(f"masks hold non-integer values (e.g. {non_int[0]:g})",
+                           path=seen_in.get(non_int[0], source),
                            fix="masks must be label images (0 = background, 1..K = classes); re-export them")
     ints = [int(v) for v in vals]
     if declared:
         outside = [v for v in ints if v not in declared]
         if outside:
-            raise DatasetError(f"masks hold value(s) {outside[:5]} not declared in dataset.json", path=source,
+            raise DatasetError(f"masks hold value(s) {outside[:5]} not declared in dataset.json",
+                               path=seen_in.get(float(outside[0]), source),
                                fix="add them to dataset.json's labels or correct the masks")
         return list(declared), list(declared.values()), "declared in dataset.json"
     if 0 not in ints:

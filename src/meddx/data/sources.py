@@ -82,7 +82,8 @@ def open_npz(path: Path) -> CaseSet:
         cases.extend(Case(case_id=f"{s}/{i}", label=int(lab[i]), split=s, index=i) for i in range(len(lab)))
 
     def load(case: Case) -> ImageData:
-        arr = images[case.split][case.index]
+        # the file's own split (the case id's prefix): a val carved out of train re-stamps case.split
+        arr = images[case.case_id.split("/", 1)[0]][case.index]
         if channels_last:
             arr = np.moveaxis(arr[..., :3], -1, 0)
         else:
@@ -168,12 +169,29 @@ def manifest_cases(path: Path, rows, label_of) -> tuple[list[Case], bool]:
     return cases, official
 
 
+def _refuse_one_number_written_two_ways(path: Path, rows, names: list[str]) -> None:
+    """Labels ``1`` and ``1.0`` (a column partly written as floats) would be two classes."""
+    seen: dict[float, str] = {}
+    for name in names:
+        try:
+            v = float(name)
+        except ValueError:
+            continue
+        if v in seen:
+            a, b = (next(r.line for r in rows if r.label == n) for n in (seen[v], name))
+            raise DatasetError(f"labels '{seen[v]}' (line {a}) and '{name}' (line {b}) are one number written two "
+                               "ways, which would make them two classes", path=path,
+                               fix="write each class's label the same way on every line")
+        seen[v] = name
+
+
 def open_manifest(path: Path) -> CaseSet:
     """CSV manifest ``path,label[,split][,patient_id]``."""
     from meddx.io.manifest import read_manifest
 
     rows = read_manifest(path)
     names = _sort_labels({r.label for r in rows})
+    _refuse_one_number_written_two_ways(path, rows, names)
     idx = {n: i for i, n in enumerate(names)}
     cases, official = manifest_cases(path, rows, lambda r: idx[r.label])
     return CaseSet(name=path.stem, source=str(path), kind="manifest", class_names=names, cases=cases,

@@ -189,6 +189,9 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
     if photometric.upper() not in ("MINISBLACK", "RGB", ""):
         raise ImageContentError(f"TIFF photometric interpretation {photometric} is not supported for this bit depth",
                                 path=p, fix="save it as grey or RGB TIFF")
+    if arr.dtype.kind not in "uifb":  # complex (e.g. MR phase data): a cast would drop the imaginary part
+        raise ImageContentError(f"TIFF holds {arr.dtype} pixels, not real numbers", path=p,
+                                fix="save the magnitude (or one real component) as a grey TIFF")
     n_ch = arr.shape[0]
     if n_ch == 2:  # grey + alpha
         arr = arr[:1]

@@ -102,6 +102,17 @@ def normalize_input_size(input_size: int | tuple[int, ...] | list[int], spatial_
     return size
 
 
+def _number(name: str, option: str, value: Any) -> float:
+    """A numeric model option (a plan's, a --set or --student value) as a float, or a PlanError."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):  # YAML true, a list, null
+            raise ValueError(value)
+        return float(value)
+    except ValueError:
+        raise PlanError(f"model {name!r}: {option} must be a number, got {value!r}",
+                        fix=f"set {option} to a number, e.g. {option}=0.5") from None
+
+
 def _check_common(name: str, spatial_dims: int, in_channels: int, num_classes: int, options: dict) -> None:
     if spatial_dims not in (2, 3):
         raise PlanError(f"model {name!r}: spatial_dims must be 2 or 3, got {spatial_dims!r}")
@@ -119,12 +130,12 @@ def _check_common(name: str, spatial_dims: int, in_channels: int, num_classes: i
                             fix="use none, se, spatial or cbam")
         options["attention"] = att
     if "dropout" in options:
-        p = float(options["dropout"])
+        p = _number(name, "dropout", options["dropout"])
         if not 0.0 <= p < 1.0:
             raise PlanError(f"model {name!r}: dropout must be in [0, 1), got {options['dropout']!r}")
         options["dropout"] = p
     if "width" in options:
-        w = float(options["width"])
+        w = _number(name, "width", options["width"])
         if not w > 0:
             raise PlanError(f"model {name!r}: width must be > 0, got {options['width']!r}")
         options["width"] = w

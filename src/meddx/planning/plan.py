@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from meddx.errors import PlanError
 
 
+MAX_SEED = 2**32 - 1  # what every random generator meddx seeds accepts (numpy's and torch's)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,7 +55,7 @@ class DataConfig(_Strict):
     norm_std: float = 1.0
     split: Literal["official", "seeded"] = "official"
     split_fractions: list[float] = [0.7, 0.1, 0.2]
-    split_seed: Optional[int] = None  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
+    split_seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED)  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
 
     @field_validator("split_fractions")
     @classmethod
@@ -243,7 +246,7 @@ class Decision(_Strict):
 class Plan(_Strict):
     version: int = 1
     task: Literal["classify", "segment", "detect"] = "classify"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     data: DataConfig
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -341,6 +344,24 @@ class Plan(_Strict):
         if not isinstance(raw, dict):
             raise PlanError("a plan must be a YAML mapping", path=p, fix="start from a plan written by meddx")
         return validate_plan(raw, path=p)
+
+
+def check_split_override(key: str, value: Any) -> Any:
+    """One override of the split (``seed``, ``data.split_seed``, ``data.split_fractions``) checked as
+    ``validate_plan`` checks it, since the split is made before the plan exists; returns the value."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    try:
+        if key == "seed":
+            return TypeAdapter(Annotated[int, Plan.model_fields["seed"]]).validate_python(value)
+        name = key.removeprefix("data.")
+        return getattr(DataConfig.__pydantic_validator__.validate_assignment(DataConfig.model_construct(), name,
+                                                                             value), name)
+    except ValidationError as e:
+        raise PlanError(f"plan field '{key}': {e.errors()[0]['msg']}",
+                        fix=f"check the override of '{key}' (see `meddx plan` for the fields)") from None
 
 
 def validate_plan(raw: dict, *, path: Path | None = None, overrides: bool = False) -> Plan:

@@ -26,7 +26,7 @@ from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
 from meddx.data.sources import open_dataset
 from meddx.data.split import apply_split, make_split, patient_groups, read_split, write_split
 from meddx.errors import MeddxError, PlanError, RunError
-from meddx.planning.plan import DataConfig, Decision, Plan
+from meddx.planning.plan import DataConfig, Decision, Plan, check_split_override
 from meddx.planning.planner import apply_overrides, make_plan
 from meddx.training.checkpoint import load_checkpoint
 from meddx.training.engine import Trainer, get_device, predict_proba, seed_everything
@@ -195,7 +195,8 @@ def planned_split(cs: CaseSet, *, plan: Plan | None = None, overrides: dict[str,
     if plan is not None:
         seed, split_seed, fractions = plan.seed, plan.data.split_seed, plan.data.split_fractions
     else:
-        ov = overrides or {}
+        ov = {k: check_split_override(k, v) for k, v in (overrides or {}).items()
+              if k in ("seed", "data.split_seed", "data.split_fractions") and v is not None}
         seed, split_seed = int(ov.get("seed") or 0), ov.get("data.split_seed")
         fractions = ov.get("data.split_fractions") or DataConfig.model_fields["split_fractions"].default
     return make_split(cs, seed=seed if split_seed is None else int(split_seed), fractions=tuple(fractions))
