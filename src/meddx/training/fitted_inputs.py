@@ -38,7 +38,8 @@ def denoise_inputs(plan: Plan, out: Path, x_train: torch.Tensor, x_val: torch.Te
     """Fit the learned denoiser on the training tensor (or, when resuming, load it) and denoise
     both tensors, which the network then trains and is selected on. Returns ``(denoiser, x_train,
     x_val, seconds)``: the seconds of a fit made now, denoising included, which the caller takes
-    from the time budget (0 when loaded: a resumed run's budget was cut the first time)."""
+    from the time budget (0 when loaded on resume: the schedule was sized, this cost taken out, the
+    first time)."""
     from meddx.training.run import progress_callback
     from meddx.transforms.learned_denoise import SelfSupervisedDenoiser
 
