@@ -359,6 +359,9 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `medd
                       f"{Path(rows[0]['overlay']).parent / 'predictions.csv'}")
         return
 
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):  # before predicting, not after
+        raise MeddxError(f"--out {out}: a classifier's predictions are written as .csv or .json, by the suffix",
+                         fix=f"use --out {out.with_suffix('.csv')} or {out.with_suffix('.json')}")
     rows = predict_paths(run, target, progress=_progress_enabled(no_progress))
     write_predictions_file(rows, out)
     if out:

@@ -116,6 +116,16 @@ def test_a_run_that_did_not_finish_is_not_served_and_predicting_with_it_warns(tm
     assert err.startswith("warning:") and "'interrupted'" in err and "--resume" in err
 
 
+def test_predict_refuses_an_out_suffix_it_would_not_write(tmp_path):
+    """`--out preds.xlsx` (or .tsv) used to receive CSV text under that name; refused before predicting."""
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "preds.xlsx"
+    r = subprocess.run([sys.executable, "-m", "meddx.cli", "predict", str(run), str(tmp_path), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "preds.csv" in r.stderr and "preds.json" in r.stderr and not out.exists()
+
+
 @pytest.mark.parametrize("args, option", [(["bench", "RUN", "--threads", "-2"], "--threads"),
                                           (["bench", "RUN", "--seconds", "-1"], "--seconds"),
                                           (["serve", "RUN", "--api-key", "k" * 12, "--port", "99999"], "--port"),
