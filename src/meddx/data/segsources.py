@@ -295,15 +295,17 @@ def infer_label_values(unique_values: set[float], declared: dict[int, str] | Non
     vals = sorted(unique_values)
     non_int = [v for v in vals if float(v) != int(v)]
     if non_int:
-        raise DatasetError(f"masks hold non-integer values (e.g. {non_int[0]:g})",
-                           path=seen_in.get(non_int[0], source),
+        where = seen_in.get(non_int[0])
+        raise DatasetError(f"{'this mask holds' if where else 'masks hold'} non-integer values (e.g. {non_int[0]:g})",
+                           path=where or source,
                            fix="masks must be label images (0 = background, 1..K = classes); re-export them")
     ints = [int(v) for v in vals]
     if declared:
         outside = [v for v in ints if v not in declared]
         if outside:
-            raise DatasetError(f"masks hold value(s) {outside[:5]} not declared in dataset.json",
-                               path=seen_in.get(float(outside[0]), source),
+            where = seen_in.get(float(outside[0]))
+            raise DatasetError(f"{'this mask holds' if where else 'masks hold'} value {outside[0]} (of "
+                               f"{outside[:5]}), not declared in dataset.json", path=where or source,
                                fix="add them to dataset.json's labels or correct the masks")
         return list(declared), list(declared.values()), "declared in dataset.json"
     if 0 not in ints:
