@@ -146,3 +146,11 @@ def test_command_line_mistakes_are_one_line_naming_the_help_to_read():
             typer_main.main(args, standalone_mode=False, prog_name="meddx")
         line = usage_error_line(e.value)
         assert line.startswith("error: ") and text in line and "--help`." in line and "\n" not in line
+
+
+def test_the_cli_seed_bound_is_the_plans():
+    """cli keeps its own copy of MAX_SEED (importing the plan would load pydantic at every start)."""
+    from meddx.cli import MAX_SEED
+    from meddx.planning.plan import MAX_SEED as PLAN_MAX_SEED
+
+    assert MAX_SEED == PLAN_MAX_SEED

@@ -130,8 +130,8 @@ def check_boxes_fit(shape: tuple[int, int], boxes, where: str) -> None:
         raise DatasetError(f"boxes (x1,y1,x2,y2) are 2D, but this image is {len(shape)}D {tuple(shape)}", path=where,
                            fix="give 2D images in a box manifest, or segment volumes with masks (--task segment)")
     rows, cols = shape
+    tol_c, tol_r = BOX_OVERHANG * cols, BOX_OVERHANG * rows
     for x1, y1, x2, y2, _ in boxes:
-        tol_c, tol_r = BOX_OVERHANG * cols, BOX_OVERHANG * rows
         if x1 < -tol_c or y1 < -tol_r or x2 > cols + tol_c or y2 > rows + tol_r or x1 >= cols or y1 >= rows \
                 or x2 <= 0 or y2 <= 0:
             raise DatasetError(f"the box ({x1:g},{y1:g})-({x2:g},{y2:g}) lies outside the {cols} x {rows} px image",

@@ -172,8 +172,9 @@ class Bundle:
         t = self.thresholds
         cal = apply_temperature(p[None], t.temperature)[0]
         from meddx.evaluation.metrics import predict_labels  # torch-free
+        from meddx.evaluation.thresholds import stored_positive  # torch-free
 
-        pos = names.index(t.positive_class) if len(names) == 2 and t.positive_class in names else 1
+        pos = stored_positive(names, {"positive_class": t.positive_class})  # bundles before it was named: class 1
         k = int(predict_labels(p[None], positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
         at_thr = None
         if t.threshold is not None and len(names) == 2:
