@@ -573,9 +573,9 @@ def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifi
           port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
           api_key: Optional[str] = typer.Option(None, "--api-key", help="Key clients must send in X-API-Key "
                                                 "(default: $MEDDX_API_KEY; one of them is required)."),
-          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.01, help="Larger uploads get HTTP 413."),
+          max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.01, help="Uploads over this many MiB get HTTP 413."),
           max_megapixels: float = typer.Option(64.0, "--max-megapixels", min=0.01,
-                                               help="Images decoding to more pixels x channels get HTTP 413."),
+                                               help="Images decoding to more than this many 2^20 pixels (x channels) get HTTP 413."),
           explain_method: str = typer.Option("gradcam", "--explain-method",
                                              help="Heatmap method: gradcam | gradcampp | occlusion.")):
     """Serve the run over HTTP: the diagnosis API under /v1 (OpenAPI at /openapi.json) and the web viewer at /."""

@@ -188,3 +188,29 @@ def test_an_opset_torch_cannot_export_is_one_line(tmp_path, opset):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"--opset {opset}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_a_finished_classifier_that_lost_its_thresholds_is_refused_or_warned_alike(tmp_path, capsys):
+    """A finished run whose thresholds.json was deleted used to export and serve at argmax without a word,
+    while `meddx evaluate` called it unfinished: now export, compress and serve refuse it, evaluate names
+    the lost file, and predict / explain warn in one line that only argmax is used."""
+    from meddx.cli import _warn_if_unfinished
+    from meddx.deploy.export import export_run
+    from meddx.deploy.server import create_app
+    from meddx.errors import RunError
+    from meddx.training.run import unfinished_note
+
+    run = make_run(tmp_path / "run", threshold=0.4, temperature=1.0)
+    (run / "run.json").write_text(json.dumps({"status": "complete"}))
+    assert unfinished_note(run) is None
+    (run / "thresholds.json").unlink()
+    with pytest.raises(RunError, match="lost its thresholds.json .* cannot be exported"):
+        export_run(run, tmp_path / "b")
+    with pytest.raises(RunError, match="lost its thresholds.json .* cannot be served"):
+        create_app(run, api_key="k" * 12)
+    r = meddx("evaluate", run, check=False)
+    assert r.returncode == 2 and "lost its thresholds.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "b").exists()
+    _warn_if_unfinished(run)
+    err = capsys.readouterr().err
+    assert err.startswith("warning:") and "lost its thresholds.json" in err and "argmax" in err

@@ -63,6 +63,12 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     read_run_info(run_dir)  # a damaged run.json is refused before anything is written
     if plan.task in ("segment", "detect"):
         return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
+    if not (run_dir / "thresholds.json").exists():  # before any data is read
+        from meddx.training.run import require_finished
+
+        require_finished(run_dir, "evaluated")  # names why: not finished, or the file was lost
+        raise RunError("the run has no thresholds.json (the validation operating point)", path=run_dir,
+                       fix="restore it from a copy of the run, or train the run again")
     names = list(plan.data.class_names)
     train: list = []  # only counted, for the report's summary of the run's own split
     if dataset is None:
@@ -91,9 +97,6 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
         sub = external_dir(run_dir, cs)
     if not test:
         raise RunError("no test cases to evaluate", path=run_dir, fix="give a labelled dataset")
-    if not (run_dir / "thresholds.json").exists():
-        raise RunError("the run has no thresholds.json (it did not finish)", path=run_dir,
-                       fix="resume the run with `meddx train --resume --out RUN`")
     p_test, x_test = _proba(cs, test, plan, model, progress)
     y_test = cs.labels(test)
     p_val = np.zeros((0, len(names)))

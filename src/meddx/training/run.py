@@ -93,20 +93,45 @@ def read_run_info(run_dir: Path) -> dict:
     return info
 
 
+def _missing_threshold(run_dir: Path) -> bool:
+    """A finished classification run (run.json says so) whose thresholds.json, its validation operating
+    point, is gone. Every classification run writes one (``argmax`` for several classes)."""
+    import yaml
+
+    plan_path = Path(run_dir) / "plan.yaml"
+    if (Path(run_dir) / "thresholds.json").exists() or not plan_path.exists() or not (Path(run_dir) / "run.json").exists():
+        return False
+    try:
+        task = (yaml.safe_load(plan_path.read_text()) or {}).get("task", "classify")
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        return False  # loading the plan names the damage
+    return task == "classify"
+
+
+_RESTORE = "restore it from a copy of the run, or train the run again"
+
+
 def require_finished(run_dir: Path, what: str) -> None:
-    """Refuse a run whose run.json says it did not finish (killed, failed, interrupted): ``what`` it
-    would make from it (a bundle) would look finished. A run without run.json is taken as it is."""
+    """Refuse a run whose run.json says it did not finish (killed, failed, interrupted), or a finished
+    classifier that lost its thresholds.json: ``what`` it would make from it (a bundle) would look
+    finished. A run without run.json is taken as it is."""
     status = read_run_info(run_dir).get("status", "complete")
     if status != "complete":
         raise RunError(f"the run did not finish (run.json says '{status}'), so it cannot be {what}", path=run_dir,
                        fix="finish it with `meddx train --resume --out RUN` (or train it again)")
+    if _missing_threshold(run_dir):
+        raise RunError(f"the run has lost its thresholds.json (the validation operating point), so it cannot be "
+                       f"{what}", path=run_dir, fix=_RESTORE)
 
 
 def unfinished_note(run_dir: Path) -> str | None:
     """One line for a user who predicts or explains with a run that did not finish (its best checkpoint so
-    far, without a validation threshold or calibration), or None for a finished run."""
+    far, without a validation threshold or calibration), or that lost its thresholds.json; None otherwise."""
     status = read_run_info(run_dir).get("status", "complete")
     if status == "complete":
+        if _missing_threshold(run_dir):
+            return (f"warning: {run_dir} has lost its thresholds.json: predicting at argmax only, without the "
+                    f"validation threshold; {_RESTORE}")
         return None
     return (f"warning: {run_dir} did not finish (run.json says '{status}'): using its best checkpoint so far, "
             "without the validation threshold and calibration a finished run has; finish it with "
