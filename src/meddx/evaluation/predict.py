@@ -24,7 +24,11 @@ def _is_dicom_series(folder: Path) -> bool:
     if not files or any(p.is_dir() for p in folder.iterdir()):
         return False
     try:
-        return all(open(p, "rb").read(132)[128:132] == b"DICM" for p in files)
+        for p in files:
+            with open(p, "rb") as fh:
+                if fh.read(132)[128:132] != b"DICM":
+                    return False
+        return True
     except OSError:
         return False
 
@@ -38,8 +42,9 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
         return [target]
     if spatial_dims == 3 and _is_dicom_series(target):
         return [target]
-    series = {d for d in target.rglob("*") if d.is_dir() and _is_dicom_series(d)} if spatial_dims == 3 else set()
-    found = sorted([p for p in target.rglob("*") if p.is_file() and not p.name.startswith(".")
+    entries = list(target.rglob("*"))  # one walk of the tree
+    series = {d for d in entries if d.is_dir() and _is_dicom_series(d)} if spatial_dims == 3 else set()
+    found = sorted([p for p in entries if p.is_file() and not p.name.startswith(".")
                     and p.parent not in series and is_readable_path(p)] + list(series))
     if not found:
         raise InputError("no readable images in the folder", path=target,
