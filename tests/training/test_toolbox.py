@@ -279,6 +279,10 @@ def test_learned_denoiser_is_fitted_on_training_images_and_kept_in_front_of_the_
     rec = json.loads((run / "fitted_inputs.json").read_text())["learned_denoise"]
     assert rec["epochs_run"] == 2 and rec["masked_loss_last"] < rec["masked_loss_first"]
     assert rec["denoise_seconds"] >= 0
+    # metrics.json's train_seconds is the classifier's; the time fitting the inputs is reported beside it
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    assert training["input_fit_seconds"] == pytest.approx(rec["seconds"] + rec["denoise_seconds"], abs=0.11)
+    assert "fitting the inputs first" in (run / "report.html").read_text(encoding="utf-8")
     plan, model = load_run(run)
     assert type(model).__name__ == "DenoisedInput"
     den = SelfSupervisedDenoiser.load(run / "denoiser.pt")

@@ -209,6 +209,10 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
                                "epochs_planned": fit.epochs_planned, "train_seconds": round(fit.train_seconds, 2),
                                "stopped_by": fit.stopped_by, "select_metric": plan.train.select_metric,
                                "best_val_metric": fit.best_metric}
+        from meddx.training.fitted_inputs import input_fit_seconds
+
+        if (fit_in := input_fit_seconds(run_dir)) is not None:  # learned denoiser / GAN, before the classifier
+            metrics["training"]["input_fit_seconds"] = fit_in
     summary = {
         "dataset": f"{cs.name} ({cs.kind})", "classes": ", ".join(names),
         "cases train / val / test": " / ".join(str(len(parts.get(s, []))) for s in ("train", "val", "test")),
@@ -220,6 +224,8 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
     if fit is not None:
         summary.update({"epochs run (best)": f"{fit.epochs_run} ({fit.best_epoch})",
                         "training time (s)": round(fit.train_seconds, 1), "stopped by": fit.stopped_by})
+        if "input_fit_seconds" in metrics["training"]:
+            summary["fitting the inputs first (s)"] = metrics["training"]["input_fit_seconds"]
     from meddx.training.run import read_run_info
 
     info = read_run_info(run_dir)

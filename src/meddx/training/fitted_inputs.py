@@ -33,6 +33,16 @@ def record_fit(out: Path, key: str, value: dict | list) -> None:
     write_json(p, rec)
 
 
+def input_fit_seconds(out: Path) -> float | None:
+    """Seconds the run spent before training its classifier on fitting inputs (the learned denoiser and its
+    pass over the images, the GAN): they came out of the same budget. None when nothing was fitted."""
+    p = out / "fitted_inputs.json"
+    rec = json.loads(p.read_text()) if p.exists() else {}
+    parts = [r for k in ("learned_denoise", "synthetic") if isinstance(r := rec.get(k), dict)]
+    seconds = [float(r.get("seconds", 0.0)) + float(r.get("denoise_seconds", 0.0)) for r in parts if "seconds" in r]
+    return round(sum(seconds), 1) if seconds else None
+
+
 def denoise_inputs(plan: Plan, out: Path, x_train: torch.Tensor, x_val: torch.Tensor, log=print,
                    progress: bool = False):
     """Fit the learned denoiser on the training tensor (or, when resuming, load it) and denoise
