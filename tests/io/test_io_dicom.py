@@ -244,6 +244,45 @@ def test_series_meta_has_no_patient_identifiers(series, tcia_dir):
             assert ident not in text
 
 
+def test_non_conforming_identifiers_are_not_quoted_by_pydicom_warnings(tcia_dir, tmp_path, caplog):
+    """Clinical files often hold values their VR forbids (a UID with a letter or a leading-zero
+    component, a name over 64 characters, a date with dashes). pydicom validates a value when it is
+    first read and warns, on stderr and in its log, quoting it: reading a series once did so with the
+    SeriesInstanceUID of every slice. Slices of the TCIA series here get such values in every
+    identifying attribute; reading one file or the folder quotes none of them."""
+    import logging
+    import warnings
+
+    bad = {"PatientName": "Doe" * 24 + "^Jane", "PatientID": "PGBM-001-" + "7" * 60, "PatientBirthDate": "1950-01-12",
+           "AccessionNumber": "ACC-5686274134839343", "InstitutionName": "Memorial " * 9,
+           "ReferringPhysicianName": "House" * 14 + "^Greg", "StudyDate": "1992-04-02",
+           "StudyInstanceUID": "1.3.6.1.04.STUDY", "SeriesInstanceUID": "1.3.6.1.04.SERIES",
+           "SOPInstanceUID": "1.3.6.1.04.SOP"}
+    folder = tmp_path / "series"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, f in enumerate(sorted((tcia_dir / SERIES[0]).iterdir())[:3]):
+            ds = pydicom.dcmread(f)
+            for k, v in bad.items():
+                setattr(ds, k, f"{v}.{i}" if k == "SOPInstanceUID" else v)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.save_as(folder / f"{i:06d}.dcm", enforce_file_format=False)
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as plain:
+        warnings.simplefilter("always")
+        pydicom.dcmread(folder / "000000.dcm").SeriesInstanceUID
+    assert any(bad["SeriesInstanceUID"] in str(w.message) for w in plain)  # pydicom quotes it: not vacuous
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        one, vol = read_image(folder / "000001.dcm"), read_image(folder)
+    assert vol.array.shape == (1, 3, 320, 260)
+    text = " ".join(str(w.message) for w in got) + caplog.text + str(one.meta) + str(vol.meta)
+    for v in bad.values():
+        assert v not in text and v.replace("^", " ") not in text, v
+
+
 def test_shuffled_copy_reads_identically(series, tcia_dir, tmp_path):
     src = tcia_dir / SERIES[0]
     files = sorted(src.iterdir())

@@ -100,6 +100,18 @@ def _no_pixels_error(p: Path, ds) -> InputError:
                       path=p, fix="point at a DICOM image file, not a report, presentation state or DICOMDIR")
 
 
+def _series_uid(ds) -> str:
+    """The SeriesInstanceUID as stored, only to tell series apart. Not through ``ds.get``: pydicom
+    validates a value as it converts it, and a UID that does not conform (over 64 characters, a
+    letter, a component with a leading zero: common in clinical files) gives a warning on stderr and
+    in pydicom's log that quotes it, and the UID identifies the patient's series."""
+    elem = ds.get_item("SeriesInstanceUID")
+    v = None if elem is None else elem.value
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "replace")
+    return str(v or "").rstrip("\0 ")
+
+
 def _uid_name(uid) -> str | None:
     if uid is None:
         return None
@@ -522,7 +534,7 @@ def read_dicom_series(folder: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXEL
         log.info("%s: skipped %d non-DICOM files and %d DICOM files without pixel data", d, skipped, no_pixels)
     groups: dict[str, list] = {}
     for f, ds in images:
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+        groups.setdefault(_series_uid(ds), []).append((f, ds))
     if len(groups) > 1:
         raise DatasetError(f"the folder holds {len(groups)} DICOM series; meddx reads one series per folder",
                            path=d, fix="move each series into its own sub-folder and point at one of them")
