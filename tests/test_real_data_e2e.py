@@ -110,3 +110,97 @@ def test_nifti_volume_manifest_3d(real_data, tmp_path):
     _check_run(run, 2)
     out = predict_paths(run, imgs[0], progress=False)
     assert out[0]["predicted"] in ("large", "small")
+
+
+# Every command in one subprocess (one start of torch), driven as `meddx ARGS...`; then the API in-process,
+# with the logging `meddx serve` sets up. Its stdout and stderr are what a user or a log collector sees.
+_DRIVER = r"""
+import json, logging, sys
+from meddx.cli import main
+
+cmds, run, scan = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+for args in cmds:
+    sys.argv = ["meddx", *args]
+    try:
+        main()
+    except SystemExit as e:
+        if e.code:
+            raise
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+from pathlib import Path
+from fastapi.testclient import TestClient
+from meddx.deploy.server import create_app
+
+key = {"X-API-Key": "phi-test-key-0123"}
+client = TestClient(create_app(run, api_key=key["X-API-Key"]))
+r = client.post("/v1/predict", files={"file": ("scan.dcm", Path(scan).read_bytes())}, headers=key)
+assert r.status_code == 200, r.text
+print(r.text)
+print(client.get("/v1/model", headers=key).text)
+"""
+
+
+@pytest.mark.slow
+def test_dicom_identifiers_never_reach_outputs_or_the_console(real_data, tmp_path):
+    """PGBM-001 slices in patient folders named by a manifest's patient_id, through inspect, train,
+    evaluate, predict (CSV and JSON), explain, export and the API: no DICOM identifier (name, ID,
+    accession number, study/series/instance UIDs, dates) and no patient_id value is in any file written
+    or on stdout/stderr. (Only the inputs' own paths are echoed by predict; these hold no identifier.)"""
+    import subprocess
+    import sys
+
+    import pydicom
+
+    src = real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001"
+    pids = [f"MRN{4711000 + k}" for k in range(6)]
+    rows, used = ["path,label,patient_id"], []
+    for label, series in (("T1post", "11-T1post-80644"), ("FLAIR", "35623-FLAIRreg-79237")):
+        for i, f in enumerate(sorted((src / series).glob("*.dcm"))[::2]):
+            pid = pids[i % len(pids)]
+            (tmp_path / "data" / pid).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "data" / pid / f"{label}_{f.name}").symlink_to(f)
+            rows.append(f"{pid}/{label}_{f.name},{label},{pid}")
+            used.append(f)
+    man = tmp_path / "data" / "cases.csv"
+    man.write_text("\n".join(rows) + "\n")
+    new = tmp_path / "new"
+    new.mkdir()
+    for f in (src / "37908-T2reg-21119" / "000011.dcm", src / "11-T1post-80644" / "000013.dcm"):
+        (new / f"{f.parent.name[:5]}.dcm").symlink_to(f)
+    used += [f.resolve() for f in new.iterdir()]
+
+    idents = set(pids)
+    tags = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "AccessionNumber", "StudyID",
+            "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "InstitutionName",
+            "ReferringPhysicianName", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+    for f in used:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for t in tags:
+            v = str(ds.get(t) or "")
+            if len(v) >= 4:
+                idents |= {v, v.replace("^", " ")}
+                if t.endswith("Date") and len(v) == 8:
+                    idents.add(f"{v[:4]}-{v[4:6]}-{v[6:]}")
+    assert {"PGBM-001", "5686274134839343", "19920402"} <= idents  # what the check below looks for
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    cmds = [["inspect", man, "--json", out / "fingerprint.json"],
+            ["train", man, "--out", run, "--epochs", "1", "--image-size", "32"],
+            ["evaluate", run], ["evaluate", run, man],
+            ["predict", run, new, "--out", out / "p.csv"], ["predict", run, new, "--out", out / "p.json"],
+            ["explain", run, new / "11-T1.dcm", "--out", out / "explain"], ["export", run, "--out", out / "bundle"]]
+    cmds = [[str(a) for a in c] + (["--no-progress"] if c[0] != "export" else []) for c in cmds]
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(cmds), str(run), str(new / "37908.dcm")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert '"model_version"' in r.stdout and "POST /v1/predict 200" in r.stderr
+    written = [p for d in (run, out) for p in d.rglob("*") if p.is_file()]
+    assert {"split.csv", "log.jsonl", "metrics.json", "predictions.csv", "report.html", "model_card.md",
+            "run.json", "p.csv", "p.json", "model.onnx"} <= {p.name for p in written}
+    assert any("evaluations" in p.parts for p in written) and any(p.suffix == ".png" for p in
+                                                                   (out / "explain").iterdir())
+    for where, blob in [("stdout", r.stdout.encode()), ("stderr", r.stderr.encode())] + \
+                       [(str(p), p.read_bytes()) for p in written]:
+        found = [v for v in idents if v.encode() in blob]
+        assert not found, (where, found)
