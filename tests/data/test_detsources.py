@@ -81,3 +81,15 @@ def test_a_volume_in_a_box_manifest_is_one_error_line(tmp_path):
     cs = open_det_dataset(tmp_path / "b.csv")
     with pytest.raises(DatasetError, match="2D"):
         load_mask_values(cs, cs.cases[0])
+
+
+@pytest.mark.parametrize("content, match", [(b"image,x1,y1,x2,y2,label\nim0.png,1,1,4,4,sp\xe9t\n", "not UTF-8"),
+                                            (b"image,x1,y1,x2,y2,label\nim0.png,1,1,4,4,\"" + b"a" * 200_000 + b"\"\n",
+                                             "line 2 cannot be read as CSV")], ids=["latin1", "overlong"])
+def test_an_unreadable_box_manifest_is_one_error_line(tmp_path, content, match):
+    """A Latin-1 CSV or an overlong field came out as a UnicodeDecodeError / csv.Error traceback."""
+    _images(tmp_path, 1)
+    (tmp_path / "b.csv").write_bytes(content)
+    with pytest.raises(DatasetError, match=match) as e:
+        open_det_dataset(tmp_path / "b.csv")
+    assert "b.csv" in str(e.value) and "Fix:" in str(e.value)
