@@ -71,6 +71,19 @@ def test_mask_size_mismatch_is_an_error_unless_resampling(tmp_path):
     assert mm.shape == (20, 30) and int((mm > 0).sum()) == 4 * 6 * 4
 
 
+def test_a_2d_mask_of_a_volume_is_refused_even_with_resampling(tmp_path):
+    """--resample-masks handed a 16x16 PNG mask of a 16x16x16 NIfTI volume to torch's interpolate: a
+    ValueError traceback."""
+    write_seg_volumes(tmp_path, n=1, shape=(16, 16, 16))
+    (tmp_path / "labels" / "vol00.nii.gz").unlink()
+    write_png(tmp_path / "labels" / "vol00.png", np.zeros((16, 16), np.uint8))
+    for resample in (False, True):
+        cs = open_seg_dataset(tmp_path, resample_masks=resample)
+        with pytest.raises(ImageContentError, match=r"mask is (2D \()?16x16\)? but its image is") as e:
+            load_mask_values(cs, cs.cases[0])
+        assert "vol00.png" in str(e.value)
+
+
 def test_label_sets_inferred_declared_and_refused(tmp_path):
     assert infer_label_values({0.0, 255.0}, None, "x")[:2] == ([0, 255], ["background", "foreground"])
     vals, names, how = infer_label_values({0.0, 1.0, 2.0}, None, "x")

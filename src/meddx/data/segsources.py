@@ -245,8 +245,13 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
             squeezed = np.squeeze(plane)
             if squeezed.shape == tuple(s for s in shape if s != 1):
                 plane = squeezed.reshape(shape)
-            elif cs.resample_masks:
+            elif cs.resample_masks and plane.ndim == len(shape):
                 plane = resize_labels(plane, shape)
+            elif cs.resample_masks:  # resizing cannot add or drop an axis
+                raise ImageContentError(
+                    f"mask is {plane.ndim}D ({'x'.join(map(str, plane.shape))}) but its image is {len(shape)}D "
+                    f"({'x'.join(map(str, shape))}); --resample-masks resizes, it cannot add or drop an axis",
+                    path=mp, fix=f"give a {len(shape)}D mask for this image")
             else:
                 raise ImageContentError(
                     f"mask is {'x'.join(map(str, plane.shape))} but its image is {'x'.join(map(str, shape))}",
