@@ -130,6 +130,24 @@ def test_bad_uploads_are_4xx_with_a_clear_message(client, name, content, status,
     assert needle in detail and "/tmp" not in detail and "meddx-upload" not in detail
 
 
+def test_a_malformed_request_is_one_line_without_echoing_the_upload(client, caplog):
+    """A file part without a file name reaches FastAPI as a text field, and its default 422 echoed the
+    input: the whole DICOM, patient name and ID included."""
+    import pydicom
+
+    caplog.set_level(logging.INFO, logger="meddx.server")
+    f = data_dir() / "dicom" / "pydicom_data_selection" / "693_UNCR.dcm"
+    ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+    ids = [str(ds.get(t)) for t in ("PatientName", "PatientID") if str(ds.get(t) or "")]
+    assert ids
+    r = client.post("/v1/predict", headers=KEY, files={"file": ("", f.read_bytes(), "application/dicom")})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str), r.text
+    assert "file name" in r.json()["detail"] and len(r.text) < 1000
+    assert not any(i in r.text or i in caplog.text for i in ids)
+    r = client.post("/v1/predict", headers=KEY, params={"explain": "maybe"}, files={"file": (f.name, b"x")})
+    assert r.status_code == 422 and "explain" in r.json()["detail"]
+
+
 def test_codec_nan_and_wrong_dimensionality_are_422(client, tmp_path):
     import nibabel as nib
 
