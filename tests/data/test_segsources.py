@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from meddx_testutils import data_dir, write_png, write_seg_pairs, write_seg_volumes
@@ -56,6 +58,18 @@ def test_image_without_mask_and_mask_without_image_are_errors(tmp_path):
     write_png(tmp_path / "b" / "masks" / "orphan.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(DatasetError, match="orphan.png.*no image"):
         open_seg_dataset(tmp_path / "b")
+
+
+@pytest.mark.parametrize("layout, extra", [("folders", "images/case001.jpg"), ("folders", "masks/case001.tif"),
+                                           ("siblings", "case001.jpg"), ("siblings", "case001_mask.tif")])
+def test_two_files_of_one_name_are_an_error_naming_both(tmp_path, layout, extra):
+    """images/case001.png and images/case001.jpg: one of them was dropped without a word (and of two masks
+    of one name, one was used, or beside the image both were merged)."""
+    root = write_seg_pairs(tmp_path / "d", n=3, size=16, layout=layout)
+    write_png(root / extra, np.zeros((16, 16), np.uint8))
+    with pytest.raises(DatasetError, match="have the same name") as e:
+        open_seg_dataset(root)
+    assert Path(extra).name in str(e.value) and "Fix:" in str(e.value)
 
 
 def test_mask_size_mismatch_is_an_error_unless_resampling(tmp_path):
