@@ -115,3 +115,16 @@ def test_another_manifest_is_scored_by_finding_name_not_by_its_own_numbering(tmp
     with pytest.raises(DatasetError, match=r"\['Cyst'\] are not among the run's findings \['Mass', 'Nodule'\]") as e:
         open_for_plan(str(tmp_path / "c.csv"), plan)
     assert "c.csv" in str(e.value)
+
+
+@pytest.mark.parametrize("second", ["im0.png,5,5,9,9,Mass,test,P001", "im0.png,5,5,9,9,Mass,train,P002",
+                                    "im0.png,5,5,9,9,Mass,,P001"])
+def test_rows_of_one_image_that_disagree_on_split_or_patient_are_refused(tmp_path, second):
+    """The first row's split and patient_id were used and the others' silently dropped: an image could be
+    listed as test and train at once, or under two patients."""
+    _images(tmp_path, 2)
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label,split,patient_id\nim0.png,1,1,4,4,Mass,train,P001\n"
+                                    f"{second}\nim1.png,1,1,4,4,Mass,test,P003\n")
+    with pytest.raises(DatasetError, match="line 3 gives 'im0.png' another split or patient_id than line 2") as e:
+        open_det_dataset(tmp_path / "b.csv")
+    assert "P00" not in str(e.value)

@@ -81,7 +81,10 @@ def open_det_dataset(path: str | Path) -> CaseSet:
         if split is not None and split not in _SPLITS:
             raise DatasetError(f"line {line} has split '{split}'", path=p, fix="use train, val or test")
         pid = (r.get(cols.get("patient_id", ""), "") or "").strip() or None
-        meta.setdefault(ip, (_SPLITS.get(split) if split else None, pid, line))
+        first = meta.setdefault(ip, (_SPLITS.get(split) if split else None, pid, line))
+        if first[:2] != (_SPLITS.get(split) if split else None, pid):  # values not shown: patient IDs
+            raise DatasetError(f"line {line} gives '{raw}' another split or patient_id than line {first[2]}", path=p,
+                               fix="give every row of one image the same split and patient_id")
         lab = (r.get(lab_col) or "").strip()
         keys = ("x1", "y1", "x2", "y2") if corners else ("x", "y", "w", "h")
         vals = [(r.get(cols[k]) or "").strip() for k in keys]
