@@ -81,3 +81,50 @@ def test_a_volume_in_a_box_manifest_is_one_error_line(tmp_path):
     cs = open_det_dataset(tmp_path / "b.csv")
     with pytest.raises(DatasetError, match="2D"):
         load_mask_values(cs, cs.cases[0])
+
+
+@pytest.mark.parametrize("content, match", [(b"image,x1,y1,x2,y2,label\nim0.png,1,1,4,4,sp\xe9t\n", "not UTF-8"),
+                                            (b"image,x1,y1,x2,y2,label\nim0.png,1,1,4,4,\"" + b"a" * 200_000 + b"\"\n",
+                                             "line 2 cannot be read as CSV")], ids=["latin1", "overlong"])
+def test_an_unreadable_box_manifest_is_one_error_line(tmp_path, content, match):
+    """A Latin-1 CSV or an overlong field came out as a UnicodeDecodeError / csv.Error traceback."""
+    _images(tmp_path, 1)
+    (tmp_path / "b.csv").write_bytes(content)
+    with pytest.raises(DatasetError, match=match) as e:
+        open_det_dataset(tmp_path / "b.csv")
+    assert "b.csv" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_another_manifest_is_scored_by_finding_name_not_by_its_own_numbering(tmp_path):
+    """A box manifest numbers findings by their sorted names: evaluating a Mass/Nodule run on boxes of
+    Nodule only scored them as Mass, and a finding the run never learned ('Cyst') was scored as one of its
+    own, or refused as 'mask value 2 outside the label set' naming another image and dataset.json."""
+    from meddx.planning.plan import SegmentConfig
+    from meddx.training.seg_run import open_for_plan
+    from meddx_testutils import make_plan_for
+
+    _images(tmp_path, 2)
+    plan = make_plan_for()
+    plan.task = "detect"
+    plan.segment = SegmentConfig(label_values=[0, 1, 2], label_names=["background", "Mass", "Nodule"])
+    (tmp_path / "n.csv").write_text("image,x1,y1,x2,y2,label\nim0.png,1,1,6,6,Nodule\nim1.png,,,,,\n")
+    cs = open_for_plan(str(tmp_path / "n.csv"), plan)
+    assert cs.cases[0].boxes == ((1, 1, 6, 6, 2),) and cs.cases[1].boxes == ()
+    assert cs.declared_labels == {0: "background", 1: "Mass", 2: "Nodule"}
+    (tmp_path / "c.csv").write_text("image,x1,y1,x2,y2,label\nim0.png,1,1,6,6,Nodule\nim1.png,1,1,6,6,Cyst\n")
+    with pytest.raises(DatasetError, match=r"\['Cyst'\] are not among the run's findings \['Mass', 'Nodule'\]") as e:
+        open_for_plan(str(tmp_path / "c.csv"), plan)
+    assert "c.csv" in str(e.value)
+
+
+@pytest.mark.parametrize("second", ["im0.png,5,5,9,9,Mass,test,P001", "im0.png,5,5,9,9,Mass,train,P002",
+                                    "im0.png,5,5,9,9,Mass,,P001"])
+def test_rows_of_one_image_that_disagree_on_split_or_patient_are_refused(tmp_path, second):
+    """The first row's split and patient_id were used and the others' silently dropped: an image could be
+    listed as test and train at once, or under two patients."""
+    _images(tmp_path, 2)
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label,split,patient_id\nim0.png,1,1,4,4,Mass,train,P001\n"
+                                    f"{second}\nim1.png,1,1,4,4,Mass,test,P003\n")
+    with pytest.raises(DatasetError, match="line 3 gives 'im0.png' another split or patient_id than line 2") as e:
+        open_det_dataset(tmp_path / "b.csv")
+    assert "P00" not in str(e.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from meddx_testutils import data_dir, write_png, write_seg_pairs, write_seg_volumes
@@ -58,6 +60,18 @@ def test_image_without_mask_and_mask_without_image_are_errors(tmp_path):
         open_seg_dataset(tmp_path / "b")
 
 
+@pytest.mark.parametrize("layout, extra", [("folders", "images/case001.jpg"), ("folders", "masks/case001.tif"),
+                                           ("siblings", "case001.jpg"), ("siblings", "case001_mask.tif")])
+def test_two_files_of_one_name_are_an_error_naming_both(tmp_path, layout, extra):
+    """images/case001.png and images/case001.jpg: one of them was dropped without a word (and of two masks
+    of one name, one was used, or beside the image both were merged)."""
+    root = write_seg_pairs(tmp_path / "d", n=3, size=16, layout=layout)
+    write_png(root / extra, np.zeros((16, 16), np.uint8))
+    with pytest.raises(DatasetError, match="have the same name") as e:
+        open_seg_dataset(root)
+    assert Path(extra).name in str(e.value) and "Fix:" in str(e.value)
+
+
 def test_mask_size_mismatch_is_an_error_unless_resampling(tmp_path):
     write_png(tmp_path / "x.png", np.full((20, 30), 80, np.uint8))
     m = np.zeros((10, 15), np.uint8)
@@ -69,6 +83,19 @@ def test_mask_size_mismatch_is_an_error_unless_resampling(tmp_path):
     cs = open_seg_dataset(tmp_path, resample_masks=True)
     _, mm = load_mask_values(cs, cs.cases[0])
     assert mm.shape == (20, 30) and int((mm > 0).sum()) == 4 * 6 * 4
+
+
+def test_a_2d_mask_of_a_volume_is_refused_even_with_resampling(tmp_path):
+    """--resample-masks handed a 16x16 PNG mask of a 16x16x16 NIfTI volume to torch's interpolate: a
+    ValueError traceback."""
+    write_seg_volumes(tmp_path, n=1, shape=(16, 16, 16))
+    (tmp_path / "labels" / "vol00.nii.gz").unlink()
+    write_png(tmp_path / "labels" / "vol00.png", np.zeros((16, 16), np.uint8))
+    for resample in (False, True):
+        cs = open_seg_dataset(tmp_path, resample_masks=resample)
+        with pytest.raises(ImageContentError, match=r"mask is (2D \()?16x16\)? but its image is") as e:
+            load_mask_values(cs, cs.cases[0])
+        assert "vol00.png" in str(e.value)
 
 
 def test_label_sets_inferred_declared_and_refused(tmp_path):

@@ -57,6 +57,17 @@ def test_too_few_cases_is_a_clear_error():
         apply_split(cs, make_split(cs, seed=0))
 
 
+def test_a_case_missing_from_a_stored_split_says_the_dataset_is_not_the_runs():
+    """`meddx compress RUN --data OTHER` (or --resume after adding images) told the user to 're-run without
+    --split', an option no command has."""
+    cs = _cs([0, 1] * 6)
+    split = make_split(cs, seed=0)
+    del split["c3"]
+    with pytest.raises(DatasetError, match=r"case 'c3' is not in the run's split \(split.csv\)") as e:
+        apply_split(cs, split)
+    assert "--split" not in str(e.value) and "run's own dataset" in str(e.value)
+
+
 @pytest.mark.parametrize("n", [3, 4, 5])
 def test_few_cases_per_class_still_reach_every_split(n):
     labels = [0] * n + [1] * n

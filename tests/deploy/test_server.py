@@ -105,8 +105,20 @@ def test_dicom_keeps_window_presets_and_no_identifiers(client, caplog):
         assert not any(i in text for i in ids)
 
 
+def _png_header_only(w, h):
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    return PNG + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("name,content,status,needle", [
     ("empty.png", b"", 400, "empty"),
+    # past Pillow's own bomb limit: was 422 with Pillow's words, though it is over the server's pixel limit
+    ("huge.png", _png_header_only(60000, 60000), 413, "over this server's limit"),
     ("trunc.png", PNG + b"\0" * 30, 422, "uploaded file"),
     ("notes.png", b"hello, this is not an image at all" * 10, 422, "uploaded file"),
     ("x.dcm", b"\0" * 128 + b"DICM" + b"\x02\x00" * 20, 422, "uploaded file"),
@@ -116,6 +128,24 @@ def test_bad_uploads_are_4xx_with_a_clear_message(client, name, content, status,
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert needle in detail and "/tmp" not in detail and "meddx-upload" not in detail
+
+
+def test_a_malformed_request_is_one_line_without_echoing_the_upload(client, caplog):
+    """A file part without a file name reaches FastAPI as a text field, and its default 422 echoed the
+    input: the whole DICOM, patient name and ID included."""
+    import pydicom
+
+    caplog.set_level(logging.INFO, logger="meddx.server")
+    f = data_dir() / "dicom" / "pydicom_data_selection" / "693_UNCR.dcm"
+    ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+    ids = [str(ds.get(t)) for t in ("PatientName", "PatientID") if str(ds.get(t) or "")]
+    assert ids
+    r = client.post("/v1/predict", headers=KEY, files={"file": ("", f.read_bytes(), "application/dicom")})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str), r.text
+    assert "file name" in r.json()["detail"] and len(r.text) < 1000
+    assert not any(i in r.text or i in caplog.text for i in ids)
+    r = client.post("/v1/predict", headers=KEY, params={"explain": "maybe"}, files={"file": (f.name, b"x")})
+    assert r.status_code == 422 and "explain" in r.json()["detail"]
 
 
 def test_codec_nan_and_wrong_dimensionality_are_422(client, tmp_path):

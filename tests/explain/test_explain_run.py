@@ -85,6 +85,32 @@ def test_volume_heatmap_is_written_in_the_input_geometry(tmp_path):
     assert np.allclose(np.asarray(back.dataobj), e.heatmap, atol=1e-6)
 
 
+def test_an_unreadable_file_in_a_folder_leaves_no_overlays_behind(tiny_folder, tmp_path):
+    """explain wrote the overlays of the good files before the damaged one and exited 2, leaving a folder
+    that looked finished; now it removes what it added, as `meddx predict` does (an earlier call's stay)."""
+    from meddx.errors import CorruptFileError
+    from meddx.explain.run_explain import explain_paths
+    from meddx.training.run import train_run
+
+    run = train_run(str(tiny_folder), tmp_path / "run", overrides={"train.epochs": 1, "evaluate.n_boot": 20},
+                    progress=False, log=lambda *_: None)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((tiny_folder / "lesion").iterdir())[:2]
+    for p in good:
+        (inputs / p.name).write_bytes(p.read_bytes())
+    (inputs / "zz_damaged.png").write_bytes(good[0].read_bytes()[:60])
+    out = tmp_path / "x"
+    with pytest.raises(CorruptFileError, match="zz_damaged.png"):
+        explain_paths(run, inputs, out, progress=False)
+    assert not out.exists()
+    explain_paths(run, good[0], out, progress=False)
+    before = sorted(out.iterdir())
+    with pytest.raises(CorruptFileError, match="zz_damaged.png"):
+        explain_paths(run, inputs, out, progress=False)
+    assert sorted(out.iterdir()) == before
+
+
 @pytest.mark.parametrize("cmd", ["explain", "serve"])
 def test_help(cmd):
     r = meddx(cmd, "--help")

@@ -48,6 +48,8 @@ def test_unknown_option_is_named(name):
         ({"width": "abc"}, "width must be a number"),  # a --set / --student value: was a ValueError
         ({"dropout": [0.1]}, "dropout must be a number"),  # was a TypeError
         ({"dropout": None}, "dropout must be a number"),
+        # past any address space (1e9 can pass a lazily-committing allocator): was torch's RuntimeError
+        ({"width": 1e12}, "more weights than this machine's memory holds"),
     ],
 )
 def test_invalid_values_raise_plan_error(kwargs, word):

@@ -158,6 +158,25 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "meddx.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def test_evaluating_masks_outside_the_runs_labels_leaves_no_evaluation_folder(run2d, tmp_path):
+    """A dataset whose masks hold 1 and 2 (the run's are 0/255) was refused after evaluations/NAME/ was made:
+    an empty folder was left, and the next evaluation of a fixed copy moved to NAME-<hash>/."""
+    from meddx.errors import MeddxError
+    from meddx.evaluation.evaluate_run import evaluate_run
+    from PIL import Image
+
+    root, out = run2d
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    m = other / "case003_mask.png"
+    Image.fromarray((np.asarray(Image.open(m)) > 0).astype(np.uint8) * 2).save(m)
+    with pytest.raises(MeddxError, match="case003_mask.png.*outside the label set"):
+        evaluate_run(out, str(other), progress=False)
+    assert not (out / "evaluations" / "other").exists()
+    Image.fromarray((np.asarray(Image.open(m)) > 0).astype(np.uint8) * 255).save(m)
+    assert evaluate_run(out, str(other), progress=False) == out / "evaluations" / "other"
+
+
 def test_cli_segment_train_evaluate_and_bad_input(tmp_path, run2d):
     root, out = run2d
     r = _cli("evaluate", str(out), "--no-progress")

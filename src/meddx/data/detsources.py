@@ -16,6 +16,7 @@ with the listed boxes (not with the drawn map).
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from pathlib import Path
 
@@ -46,8 +47,17 @@ def open_det_dataset(path: str | Path) -> CaseSet:
     if not p.is_file() or p.suffix.lower() not in (".csv", ".tsv"):
         raise InputError("detection needs a CSV manifest of boxes", path=p,
                          fix="write image,x1,y1,x2,y2,label[,split][,patient_id] with one row per box")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"manifest is not UTF-8 text (byte {e.start})", path=p,
+                           fix="save the CSV as UTF-8") from e
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    try:
+        rows = list(reader)
+    except csv.Error as e:  # e.g. "field larger than field limit (131072)"
+        raise DatasetError(f"line {reader.line_num + 1} cannot be read as CSV ({e})", path=p,
+                           fix="look for an unclosed quote or an overlong value on that line") from e
     if not rows:
         raise DatasetError("the manifest has no rows", path=p, fix="add one row per box")
     cols = {c.strip().lower(): c for c in rows[0] if c}
@@ -71,7 +81,10 @@ def open_det_dataset(path: str | Path) -> CaseSet:
         if split is not None and split not in _SPLITS:
             raise DatasetError(f"line {line} has split '{split}'", path=p, fix="use train, val or test")
         pid = (r.get(cols.get("patient_id", ""), "") or "").strip() or None
-        meta.setdefault(ip, (_SPLITS.get(split) if split else None, pid, line))
+        first = meta.setdefault(ip, (_SPLITS.get(split) if split else None, pid, line))
+        if first[:2] != (_SPLITS.get(split) if split else None, pid):  # values not shown: patient IDs
+            raise DatasetError(f"line {line} gives '{raw}' another split or patient_id than line {first[2]}", path=p,
+                               fix="give every row of one image the same split and patient_id")
         lab = (r.get(lab_col) or "").strip()
         keys = ("x1", "y1", "x2", "y2") if corners else ("x", "y", "w", "h")
         vals = [(r.get(cols[k]) or "").strip() for k in keys]

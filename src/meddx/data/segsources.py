@@ -68,6 +68,20 @@ def _declared_labels(root: Path) -> dict[int, str] | None:
     return None
 
 
+def _by_stem(files: list[Path]) -> dict[str, Path]:
+    """``stem -> file``; two files of one stem (``a.png`` and ``a.jpg``) would pair with one mask, and
+    one of them would be dropped without a word."""
+    out: dict[str, Path] = {}
+    for p in files:
+        stem = _stem(p)
+        if stem in out:
+            raise DatasetError(f"'{out[stem].name}' and '{p.name}' have the same name, so it is unclear which one "
+                               "pairs with the mask (or image) of that name", path=p,
+                               fix="keep one of them, or rename the other")
+        out[stem] = p
+    return out
+
+
 def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
     """``(images_dir, masks_dir)`` pairs at or below ``root``."""
     pairs = []
@@ -83,8 +97,8 @@ def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
 def _cases_from_pair_dirs(root: Path, pairs: list[tuple[Path, Path]]) -> list[Case]:
     cases = []
     for img_dir, msk_dir in pairs:
-        images = {_stem(p): p for p in _files(img_dir)}
-        masks = {_stem(p): p for p in _files(msk_dir)}
+        images = _by_stem(_files(img_dir))
+        masks = _by_stem(_files(msk_dir))
         for stem, p in images.items():
             if stem not in masks:
                 raise DatasetError(f"image '{p.name}' has no mask of the same name in {msk_dir.name}/",
@@ -107,15 +121,18 @@ def _cases_from_siblings(root: Path) -> list[Case]:
             continue
         files = _files(folder)
         masks: dict[str, list[tuple[int, Path]]] = {}
-        images: dict[str, Path] = {}
+        others: list[Path] = []
         for p in files:
             m = MASK_STEM.match(_stem(p))
             if m:
                 masks.setdefault(m["stem"], []).append((int(m["k"] or 0), p))
             else:
-                images[_stem(p)] = p
+                others.append(p)
         if not masks:
             continue
+        images = _by_stem(others)
+        for ms in masks.values():
+            _by_stem([p for _, p in ms])  # a_mask.png and a_mask.tif: one mask twice, or two different ones?
         for stem, p in images.items():
             if stem not in masks:
                 raise DatasetError(f"image '{p.name}' has no mask beside it", path=p,
@@ -245,8 +262,13 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
             squeezed = np.squeeze(plane)
             if squeezed.shape == tuple(s for s in shape if s != 1):
                 plane = squeezed.reshape(shape)
-            elif cs.resample_masks:
+            elif cs.resample_masks and plane.ndim == len(shape):
                 plane = resize_labels(plane, shape)
+            elif cs.resample_masks:  # resizing cannot add or drop an axis
+                raise ImageContentError(
+                    f"mask is {plane.ndim}D ({'x'.join(map(str, plane.shape))}) but its image is {len(shape)}D "
+                    f"({'x'.join(map(str, shape))}); --resample-masks resizes, it cannot add or drop an axis",
+                    path=mp, fix=f"give a {len(shape)}D mask for this image")
             else:
                 raise ImageContentError(
                     f"mask is {'x'.join(map(str, plane.shape))} but its image is {'x'.join(map(str, shape))}",

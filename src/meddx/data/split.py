@@ -91,8 +91,10 @@ def apply_split(cs: CaseSet, split: dict[str, str]) -> dict[str, list[Case]]:
     for c in cs.cases:
         s = split.get(c.case_id)
         if s not in parts:
-            raise DatasetError(f"case '{c.case_id}' has no split", path=cs.source,
-                               fix="re-run without --split or give every case a split")
+            # only a stored split (the run's split.csv: resume, compress --data) can miss a case
+            raise DatasetError(f"case '{c.case_id}' is not in the run's split (split.csv): this is not the "
+                               "dataset the run was trained on", path=cs.source,
+                               fix="give the run's own dataset, without cases added since it was trained")
         c.split = s
         parts[s].append(c)
     for s in SPLITS:

@@ -368,6 +368,7 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
         MeddxError: no API key, or the run cannot be loaded.
     """
     from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.security import APIKeyHeader
     from fastapi.staticfiles import StaticFiles
@@ -481,6 +482,18 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
         if what == "overlay.png":
             return Response(_overlay_png(item), media_type="image/png")
         raise HTTPException(404, f"no '{what}' for this result")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's own answer echoes each invalid input: for an upload without a file name (sent as a
+        # plain form field) that is the whole file, a DICOM's patient name and ID included
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        fix = ("; send the image as a multipart/form-data file field named 'file', with a file name"
+               if any(tuple(e.get("loc", ()))[-1:] == ("file",) for e in exc.errors()) else "")
+        return JSONResponse({"detail": "invalid request: " + "; ".join(parts) + fix}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # a bug, not the user's fault: say so, log no details

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +128,19 @@ def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progres
         sub = external_dir(run_dir, cs)
     if not test:
         raise RunError("no test cases to evaluate", path=run_dir, fix="give a dataset with masks")
+    created = not sub.exists()
     sub.mkdir(parents=True, exist_ok=True)
-    if plan.task == "detect" and plan.segment.detector == "heatmap":
-        evaluate_det_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
-    else:
-        evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+    try:
+        if plan.task == "detect" and plan.segment.detector == "heatmap":
+            evaluate_det_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+        else:
+            evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+    except BaseException:
+        # a mask refused part-way (values outside the run's labels, another size) leaves no folder that
+        # looks like an evaluation, nor one that would move the next try to NAME-<hash>/
+        if created:
+            shutil.rmtree(sub, ignore_errors=True)
+        raise
     if dataset is not None:
         _mark_external(sub, cs)
     return sub

@@ -187,6 +187,7 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
         One row per input and method: file, method, class, overlay path, NIfTI path (volumes) or None.
     """
     from meddx.evaluation.predict import collect_inputs
+    from meddx.evaluation.seg_predict import _all_or_nothing
     from meddx.io import read_image
     from meddx.training.run import load_run, progress_callback
 
@@ -202,10 +203,12 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
     paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
-    try:
+    # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
+    with _all_or_nothing(out_dir, created, stop):
         for p in paths:
             img = read_image(p)
             for m in methods:
@@ -220,6 +223,4 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
                              "overlay": str(opath), "heatmap_nifti": str(npath) if npath else None})
                 if cb:
                     cb(1)
-    finally:
-        stop()
     return rows

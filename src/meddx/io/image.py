@@ -7,6 +7,7 @@ TIFFs go through tifffile, 16-bit colour PNGs through a small numpy decoder here
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -50,6 +51,13 @@ def read_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
     try:
         im = Image.open(p)
     except Image.DecompressionBombError as e:
+        # Pillow refuses the header before our own check sees it: over the caller's limit, say so in the
+        # words every reader uses (the server answers those with HTTP 413, not 422)
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        if m and int(m.group(1)) > max_pixels:
+            png = head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR"
+            what = "{}x{} image".format(*struct.unpack(">II", head[16:24])) if png else "image"
+            raise too_big(p, int(m.group(1)), max_pixels, what) from e
         raise ImageContentError(f"image is larger than Pillow's decompression-bomb limit ({short_reason(e, p)})",
                                 path=p, fix=TOO_BIG_FIX) from e
     except UnidentifiedImageError as e:

@@ -179,13 +179,20 @@ def create_model(
     size = normalize_input_size(input_size, spatial_dims)
     options = dict(kwargs)
     _check_common(name, spatial_dims, in_channels, num_classes, options)
-    model = fn(
-        spatial_dims=int(spatial_dims),
-        in_channels=int(in_channels),
-        num_classes=int(num_classes),
-        input_size=size,
-        **options,
-    )
+    try:
+        model = fn(
+            spatial_dims=int(spatial_dims),
+            in_channels=int(in_channels),
+            num_classes=int(num_classes),
+            input_size=size,
+            **options,
+        )
+    except (MemoryError, RuntimeError) as e:  # e.g. width=1e9: torch cannot allocate the weights
+        if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
+            raise
+        shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "its defaults"
+        raise PlanError(f"model {name!r} with {shown} has more weights than this machine's memory holds",
+                        fix="use a smaller width (or depth)") from None
     model.model_config = {
         "name": name,
         "spatial_dims": int(spatial_dims),

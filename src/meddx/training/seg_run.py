@@ -22,7 +22,7 @@ from meddx.data.detsources import open_det_dataset
 from meddx.data.segprep import build_seg_data
 from meddx.data.segsources import open_seg_dataset
 from meddx.data.split import patient_groups
-from meddx.errors import PlanError, RunError
+from meddx.errors import DatasetError, PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
@@ -35,9 +35,26 @@ from meddx.training.seg_engine import SegTrainer, dice_per_class
 
 def open_for_plan(dataset: str, plan: Plan) -> CaseSet:
     if plan.task == "detect":
-        return open_det_dataset(dataset)
+        return _with_plan_findings(open_det_dataset(dataset), plan, dataset)
     return open_seg_dataset(dataset, resample_masks=plan.segment.resample_masks,
                             group_by_folder=plan.segment.group_by_folder)
+
+
+def _with_plan_findings(cs: CaseSet, plan: Plan, dataset: str) -> CaseSet:
+    """A box manifest numbers its findings by their sorted names; give each box the plan's number for its
+    name instead, so another manifest (other or fewer findings) is scored finding by finding, and a
+    finding the run never learned is refused rather than scored as another."""
+    names = list(plan.segment.label_names)
+    found = {i: n for i, n in (cs.declared_labels or {}).items() if i != 0}
+    unknown = sorted(n for n in found.values() if n not in names[1:])
+    if unknown:
+        raise DatasetError(f"box label(s) {unknown} are not among the run's findings {names[1:]}", path=dataset,
+                           fix="use a box manifest labelled with the run's findings")
+    value = {i: int(plan.segment.label_values[names.index(n, 1)]) for i, n in found.items()}
+    for c in cs.cases:
+        c.boxes = tuple((*b[:4], value[b[4]]) for b in c.boxes)
+    cs.declared_labels = {int(v): n for v, n in zip(plan.segment.label_values, names)}
+    return cs
 
 
 def choose_postprocessing(plan: Plan, fp: dict, preds, truths) -> None:
