@@ -53,3 +53,15 @@ def test_plot_training_curves(tmp_path):
     assert (tmp_path / "curves.png").read_bytes() == png
     with pytest.raises(MeddxError):
         plot_training_curves([])
+
+
+def test_a_short_run_is_plotted_on_whole_epochs(monkeypatch):
+    """A one-epoch run's axis used to read 0.945 ... 1.050; it shows the whole epoch now."""
+    import matplotlib.axes
+
+    ticks = []
+    real = matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks",
+                        lambda self, t, *a, **k: (ticks.append(list(t)), real(self, t, *a, **k))[1])
+    plot_training_curves([{"epoch": 1, "train_loss": 0.6, "val_loss": 0.59, "val_metric": 0.65, "lr": 0.002}])
+    assert ticks == [[1], [1]]

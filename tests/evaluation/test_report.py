@@ -120,3 +120,29 @@ def test_binary_metrics_name_their_positive_class(tmp_path, inputs):
     text = write_report(tmp_path / "report.html", **inputs).read_text(encoding="utf-8")
     assert "Sensitivity (positive class: malignant)" in text and "AUC (positive class: malignant)" in text
     assert "threshold 0.65 on p(malignant)" in text
+
+
+def test_extra_tables_align_numbers_right_and_let_text_wrap(tmp_path):
+    """The plan-decision table used to right-align every column after the first without wrapping, so its
+    rule names and JSON values ran off the page; a column's floats also mixed 3 and 4 decimals (0.899
+    beside 0.9413). Now a column is right-aligned only when it holds numbers, and floats keep their
+    trailing zeros."""
+    rows = [{"field": "data.input_size", "value": [28, 28], "rule": "R3 input size", "acc": 0.899, "n": 3},
+            {"field": "augment", "value": {"rotate_deg": 10.0}, "rule": "R8 augmentation", "acc": 0.9413, "n": None}]
+    text = write_report(tmp_path / "r.html", title="t", summary={}, metrics={}, plots={},
+                        tables={"Plan decisions": rows}).read_text(encoding="utf-8")
+    body = text[text.index("<h3>Plan decisions</h3>"):]
+    assert '<td>R3 input size</td>' in body and '<td>[28, 28]</td>' in body
+    assert '<td class="num">0.8990</td>' in body and '<td class="num">0.9413</td>' in body
+    assert '<td class="num">3</td><' in body and '<td class="num">n/a</td>' in body
+    assert "overflow-wrap:break-word" in text
+
+
+def test_each_operating_point_says_how_it_was_set(tmp_path, inputs):
+    text = write_report(tmp_path / "report.html", **inputs).read_text(encoding="utf-8")
+    assert "<p class=\"note\">threshold 0.65 on p(malignant); n = 8" in text  # was "rule: threshold, threshold ..."
+    y = np.array([0, 1, 2, 1])
+    m = classification_metrics(y, np.eye(3)[y] * 0.8 + 0.2 / 3, n_boot=20)
+    text = write_report(tmp_path / "m.html", title="t", summary={}, metrics={"argmax": m}, plots={}
+                        ).read_text(encoding="utf-8")
+    assert "argmax: the most probable class" in text

@@ -194,8 +194,12 @@ def plot_training_curves(history: Sequence[dict], path=None) -> bytes:
         best = int(np.argmax(v)) if "loss" not in metric_name.lower() else int(np.argmin(v))
         ax_metric.axvline(e[best], color="0.7", ls=":", lw=1)
     ax_metric.set_xlabel("epoch")
+    epochs = [e for h_e in (series(k)[0] for k in ("train_loss", "val_loss", "val_metric")) for e in h_e]
     for ax in (ax_loss, ax_metric):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if epochs and max(epochs) - min(epochs) < 4:  # a short run: whole epochs, not 0.945 ... 1.050
+            ax.set_xticks(range(int(min(epochs)), int(max(epochs)) + 1))
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     ax_metric.set_ylabel(metric_name)
     ax_metric.set_title(f"Validation {metric_name} and learning rate")
     e, v = series("lr")

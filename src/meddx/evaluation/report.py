@@ -27,9 +27,9 @@ h1{font-size:1.6em;border-bottom:2px solid #4c78a8;padding-bottom:.2em}
 h2{font-size:1.3em;margin-top:1.8em;border-bottom:1px solid #ccc}
 h3{font-size:1.05em;margin-bottom:.3em}
 table{border-collapse:collapse;margin:.4em 0 1em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;overflow-wrap:break-word}
 th{background:#f0f3f7}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap;overflow-wrap:normal}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.9em;color:#555;text-align:center}
@@ -77,12 +77,16 @@ def format_metric(m: Mapping | None) -> str:
     return text
 
 
-def _table(header: Sequence, rows: Iterable[Sequence], numeric_from: int = 1) -> str:
+def _table(header: Sequence, rows: Iterable[Sequence], numeric_from: int = 1,
+           numeric: Sequence[bool] | None = None) -> str:
+    """Columns from ``numeric_from`` on, or those ``numeric`` marks, are right-aligned numbers; the
+    others are text that wraps."""
     out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>")
         for i, cell in enumerate(row):
-            cls = ' class="num"' if i >= numeric_from else ""
+            num = numeric[i] if numeric is not None and i < len(numeric) else i >= numeric_from
+            cls = ' class="num"' if num else ""
             out.append(f"<td{cls}>{_e(cell)}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
@@ -123,7 +127,10 @@ def _metrics_section(label: str, m: Mapping) -> str:
     thr = op.get("threshold")
     # binary metrics and thresholds are about the positive class (class 1 in files written before it was named)
     pos = names[stored_positive(names, op)] if len(names) == 2 else "class 1"
-    op_text = f"rule: {rule}" + (f", threshold {float(thr):.4g} on p({pos})" if thr is not None else "")
+    if thr is None:
+        op_text = "argmax: the most probable class"
+    else:  # the heading says where it came from (0.5, or chosen on validation)
+        op_text = ("" if rule == "threshold" else f"rule: {rule}, ") + f"threshold {float(thr):.4g} on p({pos})"
     parts = [
         f"<h2>Operating point: {_e(label)}</h2>",
         f'<p class="note">{_e(op_text)}; n = {_e(m.get("n", "?"))} cases, '
@@ -174,13 +181,19 @@ def _extra_table(name: str, rows: Sequence[Mapping]) -> str:
         if v is None:
             return "n/a"
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v:#.4g}"  # four significant digits, trailing zeros kept: a column's numbers line up
         if isinstance(v, Mapping) and "value" in v:
             return format_metric(v)
         return v
 
+    def is_number(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) or \
+            (isinstance(v, Mapping) and "value" in v)
+
+    # a column is right-aligned only when it holds numbers; text (rules, JSON values) is left-aligned and wraps
+    numeric = [all(is_number(r.get(c)) for r in rows) and any(r.get(c) is not None for r in rows) for c in columns]
     body = ([cell(r.get(c)) for c in columns] for r in rows)
-    return f"<h3>{_e(name)}</h3>" + (_table(columns, body) if rows else '<p class="note">(empty)</p>')
+    return f"<h3>{_e(name)}</h3>" + (_table(columns, body, numeric=numeric) if rows else '<p class="note">(empty)</p>')
 
 
 def _render(title, summary, metrics, plots, notes, tables) -> Iterator[str]:
