@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import warnings
 
 import numpy as np
 import pydicom
@@ -151,6 +152,24 @@ def test_no_pixel_data_is_input_error(tmp_path, assert_one_line_error):
         read_image(p)
     assert not isinstance(ei.value, CorruptFileError)
     assert "no pixel data" in assert_one_line_error(ei, p)
+
+
+def test_a_blank_sop_class_and_modality_read_as_unknown(tmp_path, assert_one_line_error):
+    """A damaged header with blank SOP class and modality gave "no pixel data ( , modality )"."""
+    p = tmp_path / "blank.dcm"
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.3.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = " "
+    ds.Modality = " "
+    with warnings.catch_warnings():  # pydicom warns about the blank UID as the test writes it
+        warnings.simplefilter("ignore")
+        ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(InputError) as ei:
+        read_image(p)
+    assert "(unknown SOP class, modality ?)" in assert_one_line_error(ei, p)
 
 
 def test_truncated_dicom(tmp_path, dicom_dir, assert_one_line_error):

@@ -95,8 +95,9 @@ def _no_pixels_error(p: Path, ds) -> InputError:
         # An image header without pixels, or a header cut short: the file is truncated.
         return CorruptFileError("DICOM file ends before its pixel data (truncated?)", path=p,
                                 fix="copy or export the file again")
-    sop = _uid_name(_sop_class(ds)) or "unknown SOP class"
-    return InputError(f"DICOM object has no pixel data ({sop}, modality {ds.get('Modality', '?')})",
+    sop = (_uid_name(_sop_class(ds)) or "").strip() or "unknown SOP class"  # a blank UID in a damaged header
+    modality = str(ds.get("Modality", "") or "").strip() or "?"
+    return InputError(f"DICOM object has no pixel data ({sop}, modality {modality})",
                       path=p, fix="point at a DICOM image file, not a report, presentation state or DICOMDIR")
 
 
