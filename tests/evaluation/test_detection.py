@@ -68,3 +68,14 @@ def test_boxes_from_probability_maps_find_what_argmax_misses():
     assert len(boxes) == 1 and boxes[0].cls == 2 and boxes[0].lo == (5, 6) and boxes[0].hi == (10, 12)
     assert abs(boxes[0].score - 0.3) < 1e-6
     assert boxes_from_segmentation(labels, probs, 3, 0.5) == []
+
+
+def test_a_test_set_without_findings_has_no_mean_ap_and_no_warning():
+    """No reference box of any class: every AP is n/a, so is their mean, with no numpy warning on stderr."""
+    import math
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = detection_summary([[Box((1, 1), (5, 5), cls=1, score=0.9)], []], [[], []], ["mass", "nodule"])
+    assert math.isnan(s["ap_mean"])

@@ -167,6 +167,7 @@ def detection_summary(preds: list[list[Box]], refs: list[list[Box]], class_names
     for c, name in enumerate(class_names, start=1):
         out["per_class"][name] = {"ap": average_precision(preds, refs, c, iou_threshold),
                                   "froc": froc(preds, refs, c, iou_threshold)}
-    out["ap_mean"] = float(np.nanmean([v["ap"] for v in out["per_class"].values()])) if class_names else float("nan")
+    aps = [v["ap"] for v in out["per_class"].values() if np.isfinite(v["ap"])]  # AP is n/a for a class not in the set
+    out["ap_mean"] = float(np.mean(aps)) if aps else float("nan")  # (np.nanmean of none warns on stderr)
     out["froc_pooled"] = froc(preds, refs, None, iou_threshold)
     return out
