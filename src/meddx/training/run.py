@@ -98,8 +98,9 @@ def _missing_threshold(run_dir: Path) -> bool:
     point, is gone. Every classification run writes one (``argmax`` for several classes)."""
     import yaml
 
-    plan_path = Path(run_dir) / "plan.yaml"
-    if (Path(run_dir) / "thresholds.json").exists() or not plan_path.exists() or not (Path(run_dir) / "run.json").exists():
+    run_dir = Path(run_dir)
+    plan_path = run_dir / "plan.yaml"
+    if (run_dir / "thresholds.json").exists() or not plan_path.exists() or not (run_dir / "run.json").exists():
         return False
     try:
         task = (yaml.safe_load(plan_path.read_text()) or {}).get("task", "classify")
