@@ -128,3 +128,23 @@ def test_rows_of_one_image_that_disagree_on_split_or_patient_are_refused(tmp_pat
     with pytest.raises(DatasetError, match="line 3 gives 'im0.png' another split or patient_id than line 2") as e:
         open_det_dataset(tmp_path / "b.csv")
     assert "P00" not in str(e.value)
+
+
+def test_a_given_split_needs_every_finding_in_train_not_every_stratum(tmp_path):
+    """Images without findings all in val/test used to be refused ("class(es) ['none'] have no training
+    cases"): training needs a box of each finding, not a no-finding image. A finding with no box in
+    the training images is what is refused now, by name."""
+    from meddx.data.split import apply_split
+
+    _images(tmp_path, 6)
+    rows = ["im0.png,1,1,9,9,Mass,train", "im1.png,2,2,9,9,Mass,train", "im1.png,12,12,19,19,Nodule,train",
+            "im2.png,1,1,9,9,Mass,val", "im3.png,,,,,,val", "im4.png,1,1,9,9,Nodule,test", "im5.png,,,,,,test"]
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label,split\n" + "\n".join(rows) + "\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    parts = apply_split(cs, {c.case_id: c.split for c in cs.cases})
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [2, 2, 2]
+    rows[2] = "im1.png,12,12,19,19,Nodule,train".replace("Nodule", "Mass")  # Nodule only in test now
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label,split\n" + "\n".join(rows) + "\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    with pytest.raises(DatasetError, match=r"finding\(s\) \['Nodule'\] have no box in the training images"):
+        apply_split(cs, {c.case_id: c.split for c in cs.cases})

@@ -104,6 +104,17 @@ def apply_split(cs: CaseSet, split: dict[str, str]) -> dict[str, list[Case]]:
                 fix="add cases: each class needs at least 3 (patients, when cases are grouped) for a "
                     "train/val/test split",
             )
+    if getattr(cs, "task", None) == "detect":
+        # the strata of a box manifest (first finding, or "none") only balance a drawn split; what
+        # training needs is a box of every finding among its images (images without findings may all
+        # be in val or test)
+        seen = {b[4] for c in parts["train"] for b in (c.boxes or ())}
+        labels = {int(k): n for k, n in (cs.declared_labels or {}).items() if int(k) != 0}
+        missing = [n for k, n in sorted(labels.items()) if k not in seen]
+        if missing:
+            raise DatasetError(f"finding(s) {missing} have no box in the training images", path=cs.source,
+                               fix="move images with those findings into train, or drop their boxes")
+        return parts
     train_counts = cs.class_counts(parts["train"])
     missing = [n for n, c in train_counts.items() if c == 0]
     if missing:
