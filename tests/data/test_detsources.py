@@ -143,7 +143,7 @@ def test_a_given_split_needs_every_finding_in_train_not_every_stratum(tmp_path):
     cs = open_det_dataset(tmp_path / "b.csv")
     parts = apply_split(cs, {c.case_id: c.split for c in cs.cases})
     assert [len(parts[s]) for s in ("train", "val", "test")] == [2, 2, 2]
-    rows[2] = "im1.png,12,12,19,19,Nodule,train".replace("Nodule", "Mass")  # Nodule only in test now
+    rows[2] = "im1.png,12,12,19,19,Mass,train"  # Nodule only in test now
     (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label,split\n" + "\n".join(rows) + "\n")
     cs = open_det_dataset(tmp_path / "b.csv")
     with pytest.raises(DatasetError, match=r"finding\(s\) \['Nodule'\] have no box in the training images"):
