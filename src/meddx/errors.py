@@ -17,6 +17,7 @@ class MeddxError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None, fix: str | None = None):
         self.path = str(path) if path is not None else None
+        self.message = message
         self.fix = fix
         parts = []
         if self.path:

@@ -214,3 +214,30 @@ def test_a_finished_classifier_that_lost_its_thresholds_is_refused_or_warned_ali
     _warn_if_unfinished(run)
     err = capsys.readouterr().err
     assert err.startswith("warning:") and "lost its thresholds.json" in err and "argmax" in err
+
+
+def test_one_unreadable_file_names_how_many_more_there_are(tmp_path):
+    """A folder with several damaged files used to name only the first, so each rerun found the next;
+    the one error line now says how many more cannot be read and names the first three of them.
+    predict (classifier), explain and the segmentation predictor share the reader."""
+    import numpy as np
+    from meddx_testutils import write_png
+
+    from meddx.errors import CorruptFileError
+    from meddx.evaluation.predict import predict_paths, read_each
+
+    run = make_run(tmp_path / "run", size=16)
+    folder = tmp_path / "in"
+    for i in range(3):
+        write_png(folder / f"ok{i}.png", np.full((16, 16), 40 * i + 10, np.uint8))
+    for name in ("bad1.png", "bad2.png", "bad3.png", "bad4.png", "bad5.png"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    with pytest.raises(CorruptFileError) as e:
+        predict_paths(run, folder, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(str(folder / "bad1.png") + ":") and "; 4 more input(s) cannot be read either: " in msg
+    assert all(str(folder / f"bad{k}.png") in msg for k in (2, 3, 4)) and "bad5.png" not in msg
+    assert "bad4.png and 1 other(s). Fix:" in msg
+    assert "\n" not in msg and "Fix:" in msg
+    good = [p for p, _ in read_each(sorted(folder.glob("ok*.png")))]
+    assert len(good) == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise
-from meddx.errors import InputError
+from meddx.errors import InputError, MeddxError
 from meddx.evaluation.metrics import predict_labels
 from meddx.evaluation.thresholds import stored_positive
 from meddx.io import is_readable_path, read_image
@@ -52,6 +52,32 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
     return found
 
 
+def read_each(paths: list[Path]):
+    """``(path, image)`` for each input, read one at a time. When one cannot be read, the rest are read
+    too (without predicting) so that its one-line error also names how many more cannot be read, and
+    the first of them: a folder with five damaged files needs one run to find them, not five."""
+    for i, p in enumerate(paths):
+        try:
+            img = read_image(p)
+        except MeddxError as e:
+            raise _naming_the_others(e, paths[i + 1:]) from None
+        yield p, img
+
+
+def _naming_the_others(err: MeddxError, rest: list[Path]) -> MeddxError:
+    bad = []
+    for q in rest:
+        try:
+            read_image(q)
+        except MeddxError:
+            bad.append(str(q))
+    if not bad:
+        return err
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} other(s)" if len(bad) > 3 else "")
+    return type(err)(f"{err.message}; {len(bad)} more input(s) cannot be read either: {shown}", path=err.path,
+                     fix=err.fix)
+
+
 def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = True) -> list[dict]:
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
@@ -65,8 +91,8 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
     try:
-        for p in paths:
-            x = torch.from_numpy(prepare(read_image(p), spec, str(p)))[None]
+        for p, img in read_each(paths):
+            x = torch.from_numpy(prepare(img, spec, str(p)))[None]
             proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"), plan.evaluate.tta_flip_axes)[0]
             k = int(predict_labels(proba[None], positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated
             row = {"file": str(p), "predicted": names[k]}

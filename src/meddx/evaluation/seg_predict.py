@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from meddx.errors import InputError, RunError
-from meddx.io import read_image
 from meddx.io.base import ImageData, ras_affine
 from meddx.io.formats import file_stem
 
@@ -93,7 +92,7 @@ def _all_or_nothing(out_dir: Path, created: bool, stop_progress):
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
                       progress: bool = True) -> list[dict]:
     """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
-    from meddx.evaluation.predict import write_predictions_file
+    from meddx.evaluation.predict import read_each, write_predictions_file
     from meddx.evaluation.seg_report import _display_plane, overlay_png
     from meddx.training.run import load_run, progress_callback
     from meddx.evaluation.seg_infer import predict_case
@@ -111,8 +110,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
     with _all_or_nothing(out_dir, created, stop):
-        for p in paths:
-            img = read_image(p)
+        for p, img in read_each(paths):  # an unreadable file's error names the others too
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
             base = out_dir / file_stem(p)
@@ -137,7 +135,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
 def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
     """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
     from meddx.evaluation.detection import boxes_from_segmentation
-    from meddx.evaluation.predict import write_predictions_file
+    from meddx.evaluation.predict import read_each, write_predictions_file
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback
@@ -148,8 +146,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
     with _all_or_nothing(out_dir, created, stop):
-        for p in paths:
-            img = read_image(p)
+        for p, img in read_each(paths):  # an unreadable file's error names the others too
             if sg.detector == "heatmap":
                 boxes = predict_boxes(model, plan, img, str(p))
             else:

@@ -186,9 +186,8 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     Returns:
         One row per input and method: file, method, class, overlay path, NIfTI path (volumes) or None.
     """
-    from meddx.evaluation.predict import collect_inputs
+    from meddx.evaluation.predict import collect_inputs, read_each
     from meddx.evaluation.seg_predict import _all_or_nothing
-    from meddx.io import read_image
     from meddx.training.run import load_run, progress_callback
 
     run_dir = Path(run_dir)
@@ -209,8 +208,7 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
     with _all_or_nothing(out_dir, created, stop):
-        for p in paths:
-            img = read_image(p)
+        for p, img in read_each(paths):  # an unreadable file's error names the others too
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
                 base = out_dir / f"{file_stem(p)}_{m}"
