@@ -96,8 +96,6 @@ def test_wrong_dimensionality_at_predict(tiny_folder, tmp_path, real_data):
 
 def test_undecodable_dicom_names_the_package(tmp_path, real_data):
     run_dir = tmp_path / "run"
-    from meddx.cli import main  # noqa: F401  (import check only)
-
     f = real_data / "dicom" / "pydicom_data_selection" / "JPEG-LL.dcm"
     # predicting needs a run; any 2D run will do for the decode step
     folder = tmp_path / "f"

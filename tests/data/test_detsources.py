@@ -148,3 +148,16 @@ def test_a_given_split_needs_every_finding_in_train_not_every_stratum(tmp_path):
     cs = open_det_dataset(tmp_path / "b.csv")
     with pytest.raises(DatasetError, match=r"finding\(s\) \['Nodule'\] have no box in the training images"):
         apply_split(cs, {c.case_id: c.split for c in cs.cases})
+
+
+@pytest.mark.parametrize("word", ["none", "No Finding", "background"])
+def test_words_for_no_finding_mark_an_unboxed_image_and_cannot_label_a_box(tmp_path, word):
+    """A box labelled 'background' became a second class named like label 0, and one labelled 'none'
+    shared its stratum with the images without findings; the words now mean what they say."""
+    _images(tmp_path)
+    (tmp_path / "b.csv").write_text(f"image,x1,y1,x2,y2,label\nim0.png,1,1,9,9,Mass\nim1.png,,,,,{word}\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    assert cs.declared_labels == {0: "background", 1: "Mass"} and cs.cases[1].boxes == ()
+    (tmp_path / "c.csv").write_text(f"image,x1,y1,x2,y2,label\nim0.png,1,1,9,9,Mass\nim1.png,2,2,8,8,{word}\n")
+    with pytest.raises(DatasetError, match=f"line 3: '{word}' labels a box, but it means no finding"):
+        open_det_dataset(tmp_path / "c.csv")

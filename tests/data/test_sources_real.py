@@ -1,6 +1,5 @@
 """Every supported dataset kind opens, fingerprints and plans on the real data."""
 
-import numpy as np
 import pytest
 
 from meddx.data.fingerprint import compute_fingerprint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -241,3 +242,32 @@ def test_one_unreadable_file_names_how_many_more_there_are(tmp_path):
     assert "\n" not in msg and "Fix:" in msg
     good = [p for p, _ in read_each(sorted(folder.glob("ok*.png")))]
     assert len(good) == 3
+
+
+def test_compressing_on_part_of_the_runs_cases_says_so(tiny_folder, tmp_path):
+    """`compress --data` with only some of the run's cases measured the compressed model on them and set
+    its test AUC beside the run's own (all test cases) without a word."""
+    import csv
+    import shutil
+
+    run = tmp_path / "run"
+    meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--no-progress")
+    rows = list(csv.DictReader((run / "split.csv").open()))
+    test_ids = [r["case_id"] for r in rows if r["split"] == "test"]
+    part = tmp_path / "part"
+    shutil.copytree(tiny_folder, part)
+    gone = 0
+    for f in sorted(part.rglob("*.png")):
+        if any(str(f.relative_to(part)).startswith(Path(i).with_suffix("").as_posix()) for i in test_ids[:2]):
+            f.unlink()
+            gone += 1
+    assert gone == 2
+    r = meddx("compress", run, "--out", tmp_path / "c", "--int8", "--calibration-images", "8", "--data", part,
+              "--no-progress")
+    n = len(test_ids)
+    assert f"test {n - 2} of {n}" in r.stdout and "only part of the run's cases" in r.stdout, r.stdout
+    s = json.loads((tmp_path / "c" / "compression.json").read_text())
+    assert s["cases"]["test"] == [n - 2, n] and s["cases"]["train"][0] == s["cases"]["train"][1]
+    assert "only part of the run's cases" in (tmp_path / "c" / "model_card.md").read_text()
+    r = meddx("compress", run, "--out", tmp_path / "d", "--int8", "--calibration-images", "8", "--no-progress")
+    assert "only part" not in r.stdout

@@ -1,7 +1,7 @@
 import pytest
 
 from meddx.errors import PlanError
-from meddx.planning.plan import DataConfig, Plan
+from meddx.planning.plan import Plan
 from meddx.planning.planner import apply_overrides, make_plan
 
 

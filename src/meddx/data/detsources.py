@@ -2,7 +2,8 @@
 
 One row per box: ``image,x1,y1,x2,y2,label[,split][,patient_id]`` (pixel coordinates of
 the image as stored, x = column, y = row, x2/y2 exclusive), or ``x,y,w,h`` instead of the
-corners. An image without findings has one row with empty coordinates and label.
+corners. An image without findings has one row with empty coordinates and an empty label
+(or ``none``, ``no finding`` or ``background``, which cannot name a finding).
 A ``scale`` column multiplies the coordinates (e.g. 0.25 for boxes given on 1024 px
 originals of 256 px thumbnails).
 
@@ -26,6 +27,7 @@ from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, InputError
 from meddx.io import read_image
 
+_NO_FINDING = {"none", "no finding", "no_finding", "background"}  # label 0 and the stratum of unboxed images
 _SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
            "test": "test", "testing": "test"}
 
@@ -88,9 +90,13 @@ def open_det_dataset(path: str | Path) -> CaseSet:
         lab = (r.get(lab_col) or "").strip()
         keys = ("x1", "y1", "x2", "y2") if corners else ("x", "y", "w", "h")
         vals = [(r.get(cols[k]) or "").strip() for k in keys]
-        if not lab and not any(vals):
+        if (not lab or lab.lower() in _NO_FINDING) and not any(vals):
             boxes.setdefault(ip, [])
             continue
+        if lab.lower() in _NO_FINDING:
+            raise DatasetError(f"line {line}: '{lab}' labels a box, but it means no finding", path=p,
+                               fix="name the finding the box shows, or leave the coordinates empty for an "
+                                   "image without findings")
         if not lab or not all(vals):
             raise DatasetError(f"line {line} has a box without a label or a label without a box", path=p,
                                fix="fill in label and all four coordinates, or leave them all empty")

@@ -104,7 +104,7 @@ def apply_split(cs: CaseSet, split: dict[str, str]) -> dict[str, list[Case]]:
                 fix="add cases: each class needs at least 3 (patients, when cases are grouped) for a "
                     "train/val/test split",
             )
-    if getattr(cs, "task", None) == "detect":
+    if cs.task == "detect":
         # the strata of a box manifest (first finding, or "none") only balance a drawn split; what
         # training needs is a box of every finding among its images (images without findings may all
         # be in val or test)

@@ -118,6 +118,23 @@ class DistillTrainer(Trainer):
 
 
 # -- data -----------------------------------------------------------------------------------------
+def split_coverage(run_dir: Path, parts) -> dict[str, list[int]]:
+    """Per split, ``[cases here, cases in the run's split.csv]``: ``--data`` may hold only part of the
+    run's cases (they are checked to be the run's own), and then the compressed model is measured on
+    fewer cases than the run's own metrics were."""
+    from meddx.data.split import read_split
+
+    stored = list(read_split(run_dir / "split.csv").values())
+    return {s: [len(cases), stored.count(s)] for s, cases in parts.items()}
+
+
+def coverage_note(coverage: dict[str, list[int]]) -> str | None:
+    """One line when some split has fewer cases than the run's; None when all are there."""
+    short = [f"{s} {n} of {m}" for s, (n, m) in coverage.items() if n < m]
+    return None if not short else (f"note: the data holds only part of the run's cases ({', '.join(short)}); the "
+                                   "compressed model is measured on these, the run's own metrics on all of them")
+
+
 def load_split_tensors(run_dir: Path, plan, data: str | None = None, progress: bool = False):
     """RUN's train/val/test tensors, standardised with the run's own statistics."""
     from meddx.data.preprocess import PreprocessSpec, build_tensor, standardise
@@ -291,6 +308,10 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
                        fix="distil it into a fresh network with --student NAME --distill-from RUN, or use --int8 alone")
     log("preparing the run's data")
     cs, parts, tensors = load_split_tensors(run_dir, plan, opts.data, progress)
+    summary["cases"] = split_coverage(run_dir, parts)
+    fewer = coverage_note(summary["cases"])
+    if fewer:
+        log(fewer)
     names = list(plan.data.class_names)
     base_lr = plan.optim.lr
     with tempfile.TemporaryDirectory(prefix="meddx-compress-") as td:
@@ -375,7 +396,8 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
                 f"{r['params']:,}; FLOPs {source_flops / 1e6:.2f} M -> {r['flops'] / 1e6:.2f} M per image. "
                 f"Validation AUC {fmt_metric(r['val_auc'])}; test AUC {fmt_metric(r['test_auc'])}"
                 + (f" (source run: {fmt_metric(summary['source']['test_auc'])})" if summary["source"].get("test_auc")
-                   else "") + ". Details: `compression.json`.")
+                   else "") + ". " + ("The" + fewer[len("note: the"):] + ". " if fewer else "")
+                + "Details: `compression.json`.")
         bundle = write_model_bundle(out, model, plan, run_dir=run_dir, onnx_path=onnx_path, precision=precision,
                                     thresholds=thr, extra_manifest={"compression": {
                                         "steps": [s["step"] for s in summary["steps"]],
@@ -434,6 +456,10 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
         raise PlanError("nothing to do for a segmentation run", fix="give --int8")
     cs = open_for_plan(opts.data or plan.data.source, plan)
     parts = apply_split(cs, read_split(run_dir / "split.csv"))
+    coverage = split_coverage(run_dir, parts)
+    fewer = coverage_note(coverage)
+    if fewer:
+        log(fewer)
     log("preparing the run's data")
     data = build_seg_data(cs, parts, copy.deepcopy(plan))
     shape = model_input_shape(plan)
@@ -461,7 +487,7 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
                                       sg.min_size)
                     scores.append(dice_per_class(idx, y.numpy(), k).mean())
                 result[f"{name}_{split}_dice"] = mean_ci(np.array(scores))
-        summary = {"source_run": str(run_dir), "options": asdict(opts),
+        summary = {"source_run": str(run_dir), "options": asdict(opts), "cases": coverage,
                    "steps": [{"step": "int8", "calibration_windows": int(n_cal),
                               "calibration_method": opts.calibration_method}],
                    "result": {**result, "precision": precision},

@@ -20,8 +20,9 @@ from meddx.training.run import progress_callback, load_run
 
 
 def _is_dicom_series(folder: Path) -> bool:
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not files or any(p.is_dir() for p in folder.iterdir()):
+    entries = list(folder.iterdir())
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    if not files or any(p.is_dir() for p in entries):
         return False
     try:
         for p in files:

@@ -77,15 +77,14 @@ def format_metric(m: Mapping | None) -> str:
     return text
 
 
-def _table(header: Sequence, rows: Iterable[Sequence], numeric_from: int = 1,
-           numeric: Sequence[bool] | None = None) -> str:
-    """Columns from ``numeric_from`` on, or those ``numeric`` marks, are right-aligned numbers; the
+def _table(header: Sequence, rows: Iterable[Sequence], numeric: Sequence[bool] | None = None) -> str:
+    """The columns ``numeric`` marks (by default all but the first) are right-aligned numbers; the
     others are text that wraps."""
     out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>")
         for i, cell in enumerate(row):
-            num = numeric[i] if numeric is not None and i < len(numeric) else i >= numeric_from
+            num = i >= 1 if numeric is None else i < len(numeric) and numeric[i]
             cls = ' class="num"' if num else ""
             out.append(f"<td{cls}>{_e(cell)}</td>")
         out.append("</tr>")
@@ -201,7 +200,7 @@ def _render(title, summary, metrics, plots, notes, tables) -> Iterator[str]:
            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>")
     yield f"<h1>{_e(title)}</h1>"
     if summary:
-        yield "<h2>Summary</h2>" + _table(["item", "value"], summary.items(), numeric_from=99)
+        yield "<h2>Summary</h2>" + _table(["item", "value"], summary.items(), numeric=(False, False))
     yield _how_to_read(metrics)
     for label, m in metrics.items():
         yield _metrics_section(label, m)
