@@ -34,6 +34,18 @@ def _is_dicom_series(folder: Path) -> bool:
         return False
 
 
+def inputs_and_out_dir(target, spatial_dims: int, out_dir, default: Path) -> tuple[Path, list[Path], bool]:
+    """The output folder (``out_dir``, else ``default``), created, the input files under ``target``, and
+    whether this call created the folder (so that a failure part-way can remove it)."""
+    out_dir = Path(out_dir) if out_dir is not None else default
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
+    paths = collect_inputs(Path(target), spatial_dims)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, paths, created
+
+
 def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
     """A file, a DICOM series folder (3D models), or every readable file under a folder; for 3D
     models every DICOM series folder under it is one volume (one folder per patient or study)."""

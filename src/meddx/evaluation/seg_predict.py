@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.errors import InputError, RunError
+from meddx.errors import RunError
 from meddx.io.base import ImageData, ras_affine
 from meddx.io.formats import file_stem
 
@@ -54,22 +54,8 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
     return path
 
 
-def _inputs_and_out_dir(run_dir: Path, plan, target, out_dir) -> tuple[Path, list[Path], bool]:
-    """The output folder (default ``RUN/predictions``), created, the input files under ``target``, and
-    whether this call created the folder."""
-    from meddx.evaluation.predict import collect_inputs
-
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
-    paths = collect_inputs(Path(target), plan.data.spatial_dims)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir, paths, created
-
-
 @contextlib.contextmanager
-def _all_or_nothing(out_dir: Path, created: bool, stop_progress):
+def all_or_nothing(out_dir: Path, created: bool, stop_progress):
     """On a failure part-way (an unreadable third file, Ctrl-C), remove what this call added: the
     folder if this call made it, else the files that were not there before (an earlier call's
     outputs stay): no predictions folder that looks finished but is not. The progress bar is
@@ -92,7 +78,7 @@ def _all_or_nothing(out_dir: Path, created: bool, stop_progress):
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
                       progress: bool = True) -> list[dict]:
     """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
-    from meddx.evaluation.predict import read_each, write_predictions_file
+    from meddx.evaluation.predict import inputs_and_out_dir, read_each, write_predictions_file
     from meddx.evaluation.seg_report import _display_plane, overlay_png
     from meddx.training.run import load_run, progress_callback
     from meddx.evaluation.seg_infer import predict_case
@@ -106,10 +92,10 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
         raise RunError("not a segmentation run", path=run_dir, fix="use a run trained with --task segment")
     sg = plan.segment
     values = np.asarray(sg.label_values)
-    out_dir, paths, created = _inputs_and_out_dir(run_dir, plan, target, out_dir)
+    out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "predictions")
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
-    with _all_or_nothing(out_dir, created, stop):
+    with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths):  # an unreadable file's error names the others too
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
@@ -135,17 +121,17 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
 def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
     """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
     from meddx.evaluation.detection import boxes_from_segmentation
-    from meddx.evaluation.predict import read_each, write_predictions_file
+    from meddx.evaluation.predict import inputs_and_out_dir, read_each, write_predictions_file
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback
 
     sg = plan.segment
     names = sg.label_names
-    out_dir, paths, created = _inputs_and_out_dir(run_dir, plan, target, out_dir)
+    out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "predictions")
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
-    with _all_or_nothing(out_dir, created, stop):
+    with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths):  # an unreadable file's error names the others too
             if sg.detector == "heatmap":
                 boxes = predict_boxes(model, plan, img, str(p))

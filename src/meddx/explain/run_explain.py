@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddx.errors import InputError, MeddxError, RunError
+from meddx.errors import MeddxError, RunError
 from meddx.explain.cam import METHODS, SEG_METHODS, Explainer
 from meddx.explain.scores import resize_map
 from meddx.io.base import ImageData, ras_affine
@@ -186,8 +186,8 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     Returns:
         One row per input and method: file, method, class, overlay path, NIfTI path (volumes) or None.
     """
-    from meddx.evaluation.predict import collect_inputs, read_each
-    from meddx.evaluation.seg_predict import _all_or_nothing
+    from meddx.evaluation.predict import inputs_and_out_dir, read_each
+    from meddx.evaluation.seg_predict import all_or_nothing
     from meddx.training.run import load_run, progress_callback
 
     run_dir = Path(run_dir)
@@ -198,16 +198,11 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     explainer = Explainer(model)
     methods = resolve_methods(method, explainer.segmenter)
     c = resolve_class(plan, class_name)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "explanations"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
-    paths = collect_inputs(Path(target), plan.data.spatial_dims)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "explanations")
     rows = []
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
-    with _all_or_nothing(out_dir, created, stop):
+    with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths):  # an unreadable file's error names the others too
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
