@@ -20,6 +20,27 @@ def test_help_on_every_command(cmd):
     assert "Usage" in r.stdout and len(r.stdout) > 100
 
 
+def test_every_command_summary_is_one_line_in_meddx_help():
+    """`meddx --help` lists each command by its docstring's first paragraph: one short line each (a summary
+    wrapped in the source showed as a ragged break, e.g. "checkpoints,\\n report)."); details go below it."""
+    import inspect
+    import os
+
+    import typer
+
+    from meddx.cli import app
+
+    commands = typer.main.get_command(app).commands
+    for name, cmd in commands.items():
+        first = inspect.cleandoc(cmd.help or "").split("\n\n")[0]
+        assert first and "\n" not in first and len(first) <= 66, (name, first)
+    r = subprocess.run([sys.executable, "-m", "meddx", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "80"})
+    panel = r.stdout.split("Commands")[1].split("╰")[0].splitlines()[1:]
+    listed = [line.strip("│ ").split(" ")[0] for line in panel]
+    assert listed == list(commands), listed  # one row per command, no continuation lines
+
+
 def test_ablate_help_names_every_component():
     """`meddx ablate --components` takes names; its help lists them all (kept in step with the code)."""
     from meddx.evaluation.ablation import COMPONENTS, SEG_COMPONENTS

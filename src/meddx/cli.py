@@ -68,6 +68,10 @@ def parse_sets(items: list[str] | None) -> dict:
     return out
 
 
+DURATION_HELP = "s, m or h; a bare number is seconds"
+NO_PROGRESS_HELP = "No progress bars (e.g. in CI logs)."
+
+
 def _progress_enabled(no_progress: bool) -> bool:
     return not no_progress
 
@@ -96,12 +100,15 @@ def _open(path: str, task: str, resample_masks: bool = False, group_by_folder: b
 
 # ---------------------------------------------------------------------------------------
 @app.command()
-def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class folder or CSV manifest."),
+def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class folder or CSV manifest; "
+                                                   "with --task segment or detect, images with masks or a box CSV."),
             task: str = typer.Option("classify", "--task", help=TASK_HELP),
             resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
-            json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint as JSON."),
-            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Print the dataset fingerprint: cases, classes, shapes, spacing, intensities, problems."""
+            json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the fingerprint to this JSON file."),
+            no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Print a dataset's fingerprint and the files that cannot be read.
+
+    Cases, classes, splits, shapes, spacing, intensities, duplicates and findings; exits 2 if any case is unreadable."""
     from meddx.training.run import fingerprint_dataset, write_json
 
     cs = _open(path, task, resample_masks)
@@ -149,7 +156,7 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
 
 
 @app.command()
-def plan(path: str = typer.Argument(..., help="Dataset path."),
+def plan(path: str = typer.Argument(..., help="Dataset, as for `meddx inspect`."),
          out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
          seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed recorded in the plan; it also draws the seeded "
                                   "train/val/test split when the dataset has none."),
@@ -157,12 +164,15 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
          resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
          group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
          time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Training time the plan is sized "
-                                                   "for, e.g. 10m (epochs, ensemble, empirical choices)."),
+                                                   f"for (epochs, ensemble, empirical choices), e.g. 10m ({DURATION_HELP}); "
+                                                   "default: none, 30 epochs."),
          memory_budget: Optional[float] = typer.Option(None, "--memory-budget", min=0.01, help="GiB one training step may "
                                                        "use (caps the batch size); default 4 (2D) / 8 (3D)."),
          set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Write the plan (editable YAML) that `meddx train --plan` would run."""
+         no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Write the plan (editable YAML) that `meddx train --plan` runs.
+
+    Every decision is listed with the rule that made it."""
     from meddx.planning.planner import make_plan, make_seg_plan
     from meddx.training.run import fingerprint_dataset, planned_split
 
@@ -187,23 +197,27 @@ def plan(path: str = typer.Argument(..., help="Dataset path."),
 
 @app.command()
 def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optional with --plan or --resume)."),
-          out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+          out: Path = typer.Option(..., "--out", "-o", help="Run directory to create (new or empty; with "
+                                                     "--resume, the run to continue)."),
           plan_file: Optional[Path] = typer.Option(None, "--plan", help="Run this plan.yaml instead of planning."),
           resume: bool = typer.Option(False, "--resume", help="Continue a stopped run in --out exactly."),
           seed: Optional[int] = typer.Option(None, min=0, max=MAX_SEED, help="Random seed (default 0): "
                                              "initialisation, batch order, augmentation, and the seeded "
                                              "train/val/test split when the dataset has none."),
           time_budget: Optional[str] = typer.Option(None, "--time-budget",
-                                                    help="Fit the schedule into this time, e.g. 10m."),
+                                                    help=f"Training time, e.g. 10m ({DURATION_HELP}); "
+                                                    "the epochs and the schedule are sized to fit it "
+                                                    "(default: none, 30 epochs)."),
           epochs: Optional[int] = typer.Option(None, help="Number of epochs (default 30, R9; ignored with "
                                                "--time-budget)."),
-          model: Optional[str] = typer.Option(None, help="Model name from the registry (see `meddx models`)."),
+          model: Optional[str] = typer.Option(None, help="Model name from the registry (see `meddx models`; "
+                                               "default: the plan's, R5 / S3)."),
           batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size (default: the plan's, R6)."),
           lr: Optional[float] = typer.Option(None, help="Learning rate (default: the plan's: 2e-3 for a "
                                                         "classifier, R7; 3e-3 for a segmenter)."),
-          optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop (default adamw, R7)"),
+          optimizer: Optional[str] = typer.Option(None, help="Optimiser: sgd | adam | adamw | rmsprop (default adamw, R7)."),
           schedule: Optional[str] = typer.Option(None, help="Learning-rate schedule: constant | step | cosine | "
-                                                 "onecycle (default cosine with 1 warm-up epoch, R7)"),
+                                                 "onecycle (default cosine with 1 warm-up epoch, R7)."),
           image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Network input size in "
                                                    "pixels/voxels, the same on every axis (default: the plan's, "
                                                    "R3 / S2); 3D segmentation: the training patch and sliding "
@@ -217,17 +231,20 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
                                                        "(needs --target-sensitivity)."),
           target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity",
                                                              help="Choose the threshold on validation for this "
-                                                             "sensitivity (implies --threshold-rule sensitivity)."),
-          task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP + " (default: classify, or the plan's)"),
-          loss: Optional[str] = typer.Option(None, "--loss", help="Segmentation: dice | dice_ce | dice_focal | tversky"),
+                                                             "sensitivity, in (0, 1], e.g. 0.9 (implies "
+                                                             "--threshold-rule sensitivity)."),
+          task: Optional[str] = typer.Option(None, "--task", help=TASK_HELP + " (default: classify, or the plan's)."),
+          loss: Optional[str] = typer.Option(None, "--loss", help="Segmentation: dice | dice_ce | dice_focal | tversky "
+                                        "(default dice_ce, S5)."),
           detector: Optional[str] = typer.Option(None, "--detector", help="Detection: components (boxes from a "
-                                                 "segmenter) | heatmap (centre-heatmap head, 2D)"),
+                                                 "segmenter) | heatmap (centre-heatmap head, 2D); default components."),
           resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
           group_by_folder: bool = typer.Option(False, "--group-by-folder", help=GROUP_HELP),
           set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")):
-    """Train a classifier, segmenter or detector and write a complete run directory (plan, split, checkpoints,
-    report)."""
+          no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Train a classifier, segmenter or detector into a run directory.
+
+    Plans (or runs --plan), splits, trains, evaluates and writes the run: plan, split, checkpoints, metrics, report.html."""
     from meddx.planning.plan import Plan
     from meddx.training.run import train_run
 
@@ -318,8 +335,10 @@ def _print_summary(run: Path, sub: str = "") -> None:
 def evaluate(run: Path = typer.Argument(..., help="Run directory written by `meddx train`."),
              path: Optional[str] = typer.Argument(None, help="Labelled dataset to evaluate on "
                                                   "(default: the run's own test split)."),
-             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Evaluate a trained run on its test split or on another labelled dataset (into RUN/evaluations/<name>/)."""
+             no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Score a trained run on its test split or another labelled dataset.
+
+    Writes RUN/evaluations/test/ or RUN/evaluations/<dataset name>/."""
     from meddx.evaluation.evaluate_run import evaluate_run
 
     sub = evaluate_run(run, path, progress=_progress_enabled(no_progress))
@@ -335,9 +354,10 @@ def predict(run: Path = typer.Argument(..., help="Run directory written by `medd
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Classifier: write .csv or .json (default: "
                                                "CSV to stdout). Segmenter or detector: folder for masks or box "
                                                "overlays and predictions.csv (default RUN/predictions)."),
-            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Write class probabilities (classifier), masks in the input's geometry plus overlays (segmenter), or
-    scored boxes plus overlays (detector)."""
+            no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Predict with a trained run: class probabilities, masks or boxes.
+
+    Classifier: class probabilities. Segmenter: masks in the input's geometry plus overlays. Detector: scored boxes plus overlays."""
     from meddx.evaluation.predict import predict_paths, write_predictions_file
     from meddx.planning.plan import Plan
 
@@ -382,7 +402,8 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
            out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs and ablation.md/.json/.png "
                                     "(an interrupted ablation continues in it)."),
            time_budget: Optional[str] = typer.Option(None, "--time-budget",
-                                                     help="Training time of every run, e.g. 60s."),
+                                                     help=f"Training time of every run, e.g. 60s ({DURATION_HELP}); "
+                                                     "instead of --epochs."),
            epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of every run instead of a time budget "
                                                 "(an ensemble's members share them); default 20."),
            seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds."),
@@ -396,8 +417,10 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
                                                     "attention, postprocess, tta."),
            task: str = typer.Option("classify", "--task", help="classify | segment"),
            resample_masks: bool = typer.Option(False, "--resample-masks", help=RESAMPLE_HELP),
-           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Measure every optimisation: baseline, baseline + each component, full plan - each, full plan."""
+           no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Measure every optimisation against a plain baseline.
+
+    Trains the baseline, the baseline + each component, the full plan - each component and the full plan, for every seed."""
     from meddx.evaluation.ablation import COMPONENTS, SEG_COMPONENTS, run_ablation
 
     if task not in ("classify", "segment"):
@@ -426,11 +449,15 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
 
 
 @app.command()
-def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding pneumoniamnist.npz (or medmnist/pneumoniamnist.npz)."),
-         out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory (replaced if it exists)."),
-         time_budget: str = typer.Option("100s", "--time-budget", help="Training time."),
-         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Train and report on PneumoniaMNIST (or built-in phantoms when no copy can be had)."""
+def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding pneumoniamnist.npz (or "
+                                                    "medmnist/pneumoniamnist.npz); searched before $MEDDX_DATA_DIR, "
+                                                    "the cache and a download."),
+         out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory; an earlier run in it is replaced."),
+         time_budget: str = typer.Option("100s", "--time-budget", help=f"Training time ({DURATION_HELP})."),
+         no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Train and report on PneumoniaMNIST (the `make demo` job).
+
+    Falls back to built-in synthetic phantoms when no copy can be found or downloaded."""
     import shutil
 
     from meddx.errors import CorruptFileError, DataUnavailableError
@@ -456,7 +483,9 @@ def export(run: Path = typer.Argument(..., help="Run directory written by `meddx
            out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
            opset: int = typer.Option(17, "--opset", help="ONNX opset of model.onnx."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder.")):
-    """Write a deployable bundle: model.onnx, preprocess.json, labels.json, thresholds.json, model_card.md."""
+    """Export a run as a deployable bundle that runs without PyTorch.
+
+    Writes model.onnx, preprocess.json, labels.json, thresholds.json, model_card.md and bundle.json (checksums)."""
     from meddx.deploy.export import export_run, read_manifest
 
     b = export_run(run, out, opset=opset, overwrite=overwrite)
@@ -479,21 +508,27 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
                                        "training images."),
              student: Optional[str] = typer.Option(None, "--student", help="Train a fresh registry model instead "
                                                    "of RUN's, e.g. small_cnn:width=0.5,first_stride=2."),
-             epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each training phase."),
+             epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of each training phase (this or "
+                                                "--time-budget is needed with --prune, --distill-from or --student)."),
              time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Time of each training phase, "
-                                                       "e.g. 2m."),
+                                                       f"e.g. 2m ({DURATION_HELP})."),
              lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the plan's; a quarter "
                                                 "of it when fine-tuning, except after --prune 0.6 or more)."),
              kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="Distillation temperature."),
-             kd_alpha: float = typer.Option(0.9, "--kd-alpha", help="Weight of the teacher term (0-1)."),
+             kd_alpha: float = typer.Option(0.9, "--kd-alpha", help="Weight of the teacher's soft-label term, 0-1 "
+                                                                   "(the rest goes to the true labels)."),
              calibration_images: int = typer.Option(256, "--calibration-images", help="int8: training images "
-                                                    "used to calibrate activation ranges."),
+                                                    "used to calibrate activation ranges (segmenters: training "
+                                                    "windows, at most 64)."),
              seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED,
-                                               help="Seed (default: the run's)."),
+                                               help="Seed of the training phases and the int8 "
+                                               "calibration sample of a classifier (default: the run's)."),
              data: Optional[str] = typer.Option(None, "--data", help="Dataset path, if it moved since training."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
-             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Prune, distil and/or int8-quantise a classifier (int8 only for a segmenter); writes a bundle with compression.json."""
+             no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Prune, distil and/or int8-quantise a run into a bundle.
+
+    Classifiers take every step, segmenters --int8 only; the bundle also holds compression.json."""
     from meddx.deploy.compress import CompressOptions, compress_run, fmt_metric
 
     if prune is not None and not 0 < prune < 1:
@@ -518,9 +553,12 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
 @app.command()
 def bench(target: Path = typer.Argument(..., help="Run directory (torch fp32 eager) or bundle (ONNX Runtime)."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads (default: the library's choice)."),
-          seconds: float = typer.Option(2.0, "--seconds", min=0.01, help="Timing length per measurement."),
+          seconds: float = typer.Option(2.0, "--seconds", min=0.01, help="Seconds of timing for the batch-1 "
+                                                                  "latency (half that for each batch size's throughput)."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON.")):
-    """Latency (batch 1, p50/p99), throughput (best batch), parameters, FLOPs and file size on this machine."""
+    """Measure a run's or bundle's speed and size on this machine.
+
+    Latency (batch 1, p50/p99), throughput (best batch), parameters, FLOPs and file size."""
     from meddx.deploy.bench import bench_path
 
     r = bench_path(target, threads=threads, seconds=seconds, progress=True)
@@ -549,13 +587,15 @@ def explain(run: Path = typer.Argument(..., help="Run directory written by `medd
             target: Path = typer.Argument(..., help="An image, DICOM file or series folder, NIfTI, or a folder."),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default "
                                                "RUN/explanations)."),
-            method: str = typer.Option("gradcam", "--method", "-m", help="gradcam | gradcampp | occlusion "
-                                       "(classifiers) | all; segmenters: class-region gradcam | gradcampp."),
+            method: str = typer.Option("gradcam", "--method", "-m", help="Classifiers: gradcam | gradcampp | "
+                                       "occlusion; segmenters (class-region): gradcam | gradcampp; or a "
+                                       "comma-separated list, or all."),
             class_name: Optional[str] = typer.Option(None, "--class", help="Class to explain (default: the "
                                                      "predicted class; segmenters: the largest predicted region)."),
-            no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.")):
-    """Write where the model looked: a heatmap overlay PNG per input (and a NIfTI heatmap in the input's
-    geometry for volumes)."""
+            no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):
+    """Write heatmaps of where the model looked.
+
+    One overlay PNG per input and method; volumes also get a NIfTI heatmap in the input's geometry."""
     from meddx.explain.run_explain import explain_paths
 
     _warn_if_unfinished(run)
@@ -577,8 +617,11 @@ def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifi
           max_megapixels: float = typer.Option(64.0, "--max-megapixels", min=0.01,
                                                help="Images decoding to more than this many 2^20 pixels (x channels) get HTTP 413."),
           explain_method: str = typer.Option("gradcam", "--explain-method",
-                                             help="Heatmap method: gradcam | gradcampp | occlusion.")):
-    """Serve the run over HTTP: the diagnosis API under /v1 (OpenAPI at /openapi.json) and the web viewer at /."""
+                                             help="Heatmap method when a request names none: "
+                                             "gradcam | gradcampp | occlusion (segmenters: gradcam | gradcampp).")):
+    """Serve a run over HTTP: the diagnosis API and the web viewer.
+
+    The API is under /v1 (OpenAPI at /openapi.json), the viewer at /."""
     from meddx.deploy.server import serve as run_server
 
     run_server(run, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 2**20),
