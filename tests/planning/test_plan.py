@@ -2,7 +2,7 @@ import pytest
 
 from meddx.errors import PlanError
 from meddx.planning.plan import Plan
-from meddx.planning.planner import apply_overrides, make_plan
+from meddx.planning.planner import EPOCHS_FROM_BUDGET, apply_overrides, make_plan
 
 
 def _fp(**kw):
@@ -243,3 +243,14 @@ def test_a_plan_path_that_is_a_folder_names_the_plan_inside(tmp_path):
         Plan.load(tmp_path)
     assert str(tmp_path / "plan.yaml") in str(e.value)
 
+
+
+@pytest.mark.parametrize("budget, epochs", [(None, 30), (600, EPOCHS_FROM_BUDGET)])
+def test_the_fixed_rules_are_in_the_written_plan_too(tmp_path, budget, epochs):
+    """R7, R9 and R10 were noted after the Plan had copied the decisions list, so plan.yaml never listed
+    them (nor S8, S9 for segmentation; tests/planning/test_rules_real.py)."""
+    make_plan(_fp(), source="x", time_budget_s=budget).save(tmp_path / "plan.yaml")
+    rules = {d.rule.split()[0]: d for d in Plan.load(tmp_path / "plan.yaml").decisions}
+    assert {"R7", "R9", "R10"} <= set(rules)
+    assert rules["R9"].value == epochs and rules["R9"].reads == {"time_budget_s": budget}
+    assert rules["R10"].value == "auc" and rules["R7"].kind == "fixed"

@@ -74,6 +74,7 @@ def test_segmentation_rules_hippocampus_and_busi(real_data):
     # S7: mirror only along the left-right axis, found from the NIfTI orientation
     assert len(p.augment.flip_axes) == 1 and fp["axcodes"][p.augment.flip_axes[0]] in ("L", "R")
     assert p.train.time_budget_s == 1200
+    assert _rules(p)["S8"].reads == {"time_budget_s": 1200} and _rules(p)["S9"].value == "dice"
     small = make_seg_plan(fp, source="x", cuda=False, memory_budget_gb=0.03)
     assert small.train.batch_size == 2 and small.segment.patch_size != [40, 56, 40]  # patch shrunk to fit
     assert make_seg_plan(fp, source="x", cuda=True).model.name == "dynunet"

@@ -375,7 +375,9 @@ def test_the_epoch_time_probe_is_charged_to_the_time_budget(tmp_path):
     plan = make_plan_for()
     plan.train.time_budget_s = 10.0
     size_epochs(plan, tmp_path, lambda: (time.sleep(0.5), 1.0)[1], "R9 epochs", 0.97)
-    dec = plan.decisions[-1]
+    r9 = [d for d in plan.decisions if d.rule == "R9 epochs"]
+    assert len(r9) == 1  # the planner's R9 ("sized at the start of training") is replaced, not repeated
+    dec = r9[0]
     assert dec.reads["probe_s"] >= 0.5
     assert dec.reads["time_budget_s"] == 10.0
     assert plan.train.time_budget_s == dec.reads["training_budget_s"] == pytest.approx(10.0 - dec.reads["probe_s"],

@@ -100,6 +100,9 @@ from meddx.planning.plan import (AugmentConfig, Choice, DataConfig, Decision, En
                                  TrainConfig, validate_plan)
 
 
+EPOCHS_FROM_BUDGET = "sized from the time budget at the start of training"  # R9/S8 until training measures
+
+
 def _round8(x: float) -> int:
     return int(max(8, round(x / 8) * 8))
 
@@ -253,6 +256,11 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     choices = _rule_choices(fp, time_budget_s, note)
     positive = _rule_positive_class(list(fp["class_names"]), note)
 
+    # recorded before the Plan is built: it keeps a copy of the decisions list, not the list
+    note("optim/schedule", "adamw + cosine", "R7 optimiser and schedule", "fixed")
+    note("train.epochs", EPOCHS_FROM_BUDGET if time_budget_s else train.epochs, "R9 epochs", "rule-based",
+         time_budget_s=time_budget_s)
+    note("train.select_metric", "auc", "R10 model selection", "fixed")
     plan = Plan(
         seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
@@ -268,10 +276,6 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         choices=choices,
         decisions=dec,
     )
-    note("optim/schedule", "adamw + cosine", "R7 optimiser and schedule", "fixed")
-    note("train.epochs", "sized from the time budget at the start of training" if time_budget_s else 30,
-         "R9 epochs", "rule-based", time_budget_s=time_budget_s)
-    note("train.select_metric", "auc", "R10 model selection", "fixed")
     if overrides:
         plan = apply_overrides(plan, overrides)
     return plan
@@ -475,6 +479,9 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         aug = AugmentConfig(flip_axes=lr[:1], rotate_deg=10, scale=0.1, translate=0.05, brightness=0.1, contrast=0.1)
     note("augment", aug.model_dump(), "S7 augmentation" + (" + R19 sided names" if sided else ""), "rule-based",
          spatial_dims=sd, axcodes=codes, **({"sided_names": sided} if sided else {}))
+    note("train.epochs", EPOCHS_FROM_BUDGET if time_budget_s else TrainConfig().epochs, "S8 epochs", "rule-based",
+         time_budget_s=time_budget_s)
+    note("train.select_metric", "dice", "S9 model selection", "fixed")
     plan = Plan(
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
@@ -487,7 +494,6 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
                               patch_size=patch, tta_flip_axes=lr[:1]),
         decisions=dec,
     )
-    note("train.select_metric", "dice", "S9 model selection", "fixed")
     if overrides:
         plan = apply_overrides(plan, overrides)
     return plan

@@ -289,7 +289,9 @@ def start_run_dir(out: Path, plan: Plan, fp: dict, cs: CaseSet) -> None:
 def size_epochs(plan: Plan, out: Path, measure, rule: str, fraction: float) -> None:
     """R9/S8: with a time budget, epochs = fraction x budget / measured epoch seconds (once per run)."""
     started = (out / "checkpoints" / "last.pt").exists()
-    sized = any(d.rule.startswith(("R9", "S8")) for d in plan.decisions)
+    # the planner's R9/S8 decision says "sized at the start of training" (or the plain epochs) until this
+    # measures; a measured one (resume, or a plan re-run) is kept
+    sized = any(d.rule.startswith(("R9", "S8")) and "measured_epoch_s" in d.reads for d in plan.decisions)
     if not plan.train.time_budget_s or started or sized:
         return
     given = plan.train.time_budget_s
@@ -301,10 +303,15 @@ def size_epochs(plan: Plan, out: Path, measure, rule: str, fraction: float) -> N
     epochs = int(np.clip(plan.train.time_budget_s * fraction // max(per_epoch, 1e-6), 1,
                          plan.train.max_epochs_with_budget))
     plan.train.epochs = epochs
-    plan.decisions.append(Decision(field="train.epochs", value=epochs, rule=rule, kind="rule-based",
-                                   reads={"time_budget_s": round(given, 3), "probe_s": round(probe_s, 3),
-                                          "training_budget_s": plan.train.time_budget_s,
-                                          "measured_epoch_s": round(per_epoch, 3)}))
+    sized_now = Decision(field="train.epochs", value=epochs, rule=rule, kind="rule-based",
+                         reads={"time_budget_s": round(given, 3), "probe_s": round(probe_s, 3),
+                                "training_budget_s": plan.train.time_budget_s,
+                                "measured_epoch_s": round(per_epoch, 3)})
+    at = next((i for i, d in enumerate(plan.decisions) if d.rule == rule), None)  # the planner's, replaced
+    if at is None:
+        plan.decisions.append(sized_now)
+    else:
+        plan.decisions[at] = sized_now
 
 
 class RunGuard:
