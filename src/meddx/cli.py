@@ -521,8 +521,9 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
                                                     "used to calibrate activation ranges (segmenters: training "
                                                     "windows, at most 64)."),
              seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED,
-                                               help="Seed of the training phases and the int8 "
-                                               "calibration sample of a classifier (default: the run's)."),
+                                               help="Seed of the training phases and of the int8 "
+                                               "calibration sample (images, or a segmenter's windows; "
+                                               "default: the run's)."),
              data: Optional[str] = typer.Option(None, "--data", help="Dataset path, if it moved since training."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle folder."),
              no_progress: bool = typer.Option(False, "--no-progress", help=NO_PROGRESS_HELP)):

@@ -271,3 +271,22 @@ def test_compressing_on_part_of_the_runs_cases_says_so(tiny_folder, tmp_path):
     assert "only part of the run's cases" in (tmp_path / "c" / "model_card.md").read_text()
     r = meddx("compress", run, "--out", tmp_path / "d", "--int8", "--calibration-images", "8", "--no-progress")
     assert "only part" not in r.stdout
+
+
+def test_a_segmenter_compresses_to_int8_with_its_dice_beside_fp32(seg_run, tmp_path):
+    """Segmenter int8 had no test in the suite; --seed was ignored there (the run's seed drew the windows)."""
+    from meddx.deploy.compress import CompressOptions, compress_run
+
+    msgs = []
+    out = compress_run(seg_run, tmp_path / "q", CompressOptions(int8=True, calibration_images=4, seed=3),
+                       progress=False, log=msgs.append)
+    s = json.loads((out / "compression.json").read_text())
+    assert s["steps"][0]["calibration_windows"] == 4 and s["steps"][0]["calibration_seed"] == 3
+    assert any("seed 3" in m for m in msgs)
+    r = s["result"]
+    assert r["precision"].startswith("int8")
+    for split in ("val", "test"):
+        fp32, int8 = r[f"fp32_{split}_dice"]["value"], r[f"int8_{split}_dice"]["value"]
+        assert 0 <= int8 <= 1 and abs(int8 - fp32) < 0.1, (split, fp32, int8)
+    assert json.loads((out / "bundle.json").read_text())["model"]["precision"].startswith("int8")
+    assert s["cases"]["test"][0] == s["cases"]["test"][1]

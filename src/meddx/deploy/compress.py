@@ -469,9 +469,10 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
         fp32 = export_onnx(model, shape, work / "fp32.onnx")
         tr = data["train"]
         n_cal = min(opts.calibration_images, 64)
-        cal = seg_windows([x.numpy() for x in tr.images], shape[1:], n_cal, seed=plan.seed,
+        seed = plan.seed if opts.seed is None else int(opts.seed)
+        cal = seg_windows([x.numpy() for x in tr.images], shape[1:], n_cal, seed=seed,
                           labels=[y.numpy() for y in tr.labels])
-        log(f"calibrating int8 on {n_cal} training windows")
+        log(f"calibrating int8 on {n_cal} training windows (seed {seed})")
         q = quantise_static(fp32, work / "int8.onnx", cal, method=opts.calibration_method)
         precision = "int8 (static, QDQ: uint8 activations, int8 per-channel weights)"
         b32 = write_model_bundle(work / "b32", model, plan, run_dir=run_dir)
@@ -488,7 +489,7 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
                     scores.append(dice_per_class(idx, y.numpy(), k).mean())
                 result[f"{name}_{split}_dice"] = mean_ci(np.array(scores))
         summary = {"source_run": str(run_dir), "options": asdict(opts), "cases": coverage,
-                   "steps": [{"step": "int8", "calibration_windows": int(n_cal),
+                   "steps": [{"step": "int8", "calibration_windows": int(n_cal), "calibration_seed": seed,
                               "calibration_method": opts.calibration_method}],
                    "result": {**result, "precision": precision},
                    "note": "Dice per case (mean over foreground classes) on the preprocessed grid, "
