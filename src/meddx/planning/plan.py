@@ -1,7 +1,7 @@
 """The plan: every choice a run obeys, as an editable YAML file.
 
 ``meddx train --plan plan.yaml`` re-runs a plan exactly; each field can be edited by
-hand. ``decisions`` records which rule chose what (see ``planning/rules.py``).
+hand. ``decisions`` records which rule chose what (the rules are documented in ``planning/planner.py``).
 """
 
 from __future__ import annotations
