@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -219,7 +220,11 @@ class Explainer:
         occ = OcclusionSensitivity(self.model, mask_size=mask, n_batch=self.occlusion_batch, verbose=False,
                                    mode="gaussian", overlap=overlap,
                                    activate=lambda o: F.softmax(o.float(), dim=1))
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # MONAI's occlusion indexes tensors with lists, which torch warns about on every call; the
+            # warning is about MONAI's code, not the user's input, and would be printed by every explain
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                                    category=UserWarning)
             p0 = self.scores(x)[0, c]
             omap, _ = occ(x)
         return _normalise(p0 - omap[0, c].as_tensor() if hasattr(omap, "as_tensor") else p0 - omap[0, c])
