@@ -81,3 +81,22 @@ def test_class_without_images_is_named(tmp_path, assert_one_line_error):
     with pytest.raises(DatasetError) as ei:
         scan_class_folder(root)
     assert "'dog'" in assert_one_line_error(ei, root)
+
+
+def test_images_in_a_sub_folder_of_a_class_are_refused_not_dropped(tmp_path, assert_one_line_error):
+    """root/<class>/<patient>/<image> used to read only the class folder's own files: here 1 case of 3,
+    with no word about the two in p1/ (and a class holding only sub-folders was called empty)."""
+    root = tmp_path / "ds"
+    _png(root / "benign" / "a.png")
+    _png(root / "benign" / "p1" / "b.png")
+    _png(root / "benign" / "p1" / "c.png")
+    _png(root / "malignant" / "m.png")
+    (root / "malignant" / "notes").mkdir()
+    (root / "malignant" / "notes" / "x.txt").write_text("no images here")  # still ignored
+    _png(root / "malignant" / "._meta" / "y.png")  # hidden: ignored
+    with pytest.raises(DatasetError) as ei:
+        scan_class_folder(root)
+    msg = assert_one_line_error(ei, root / "benign" / "p1")
+    assert "'p1'" in msg and "p1/b.png" in msg and "manifest" in msg
+    shutil.rmtree(root / "benign" / "p1")
+    assert [p.name for p, _ in scan_class_folder(root)] == ["a.png", "m.png"]

@@ -272,7 +272,9 @@ class _MaskStats:
     def summary(self, cs: CaseSet) -> dict:
         from meddx.data.segsources import infer_label_values
 
-        values, names, how = infer_label_values(self.values, cs.declared_labels, cs.source, seen_in=self.first_seen)
+        values, names, how = infer_label_values(
+            self.values, cs.declared_labels, cs.source, seen_in=self.first_seen,
+            declared_in="the box manifest's findings" if cs.kind == "box manifest" else "dataset.json")
         if how.startswith("binary"):
             frac = {names[1]: sum(n for v, n in self.counts.items() if v != 0) / max(1, self.total)}
         else:

@@ -306,12 +306,15 @@ def label_index(values: np.ndarray, label_values: list[int], where: Path | str) 
 
 
 def infer_label_values(unique_values: set[float], declared: dict[int, str] | None,
-                       source: str, seen_in: dict[float, str] | None = None) -> tuple[list[int], list[str], str]:
+                       source: str, seen_in: dict[float, str] | None = None,
+                       declared_in: str = "dataset.json") -> tuple[list[int], list[str], str]:
     """Decide the label set from the values the masks hold.
 
     Returns ``(values, names, how)``: declared labels win; two values ``{0, v}`` are a
     binary mask (``v`` = foreground, e.g. 255); otherwise each integer value is a class.
-    ``seen_in`` (value -> mask file) lets an error about one value name a mask that holds it.
+    ``seen_in`` (value -> mask file) lets an error about one value name a mask that holds it;
+    ``declared_in`` names where the declared labels came from (a box manifest's findings have no
+    dataset.json).
     """
     seen_in = seen_in or {}
     vals = sorted(unique_values)
@@ -327,9 +330,9 @@ def infer_label_values(unique_values: set[float], declared: dict[int, str] | Non
         if outside:
             where = seen_in.get(float(outside[0]))
             raise DatasetError(f"{'this mask holds' if where else 'masks hold'} value {outside[0]} (of "
-                               f"{outside[:5]}), not declared in dataset.json", path=where or source,
-                               fix="add them to dataset.json's labels or correct the masks")
-        return list(declared), list(declared.values()), "declared in dataset.json"
+                               f"{outside[:5]}), not declared in {declared_in}", path=where or source,
+                               fix=f"add them to {declared_in}'s labels or correct the masks")
+        return list(declared), list(declared.values()), f"declared in {declared_in}"
     if 0 not in ints:
         ints = [0, *ints]
     if len(ints) == 1:

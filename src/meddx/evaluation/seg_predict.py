@@ -20,7 +20,7 @@ import numpy as np
 
 from meddx.errors import RunError
 from meddx.io.base import ImageData, ras_affine
-from meddx.io.formats import file_stem
+from meddx.io.formats import output_stems
 
 
 
@@ -94,12 +94,13 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
     values = np.asarray(sg.label_values)
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "predictions")
     rows = []
+    stems = output_stems(paths)  # a/x.png and b/x.png must not write one x_mask.png
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
     with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths):  # an unreadable file's error names the others too
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
-            base = out_dir / file_stem(p)
+            base = out_dir / stems[p]
             mpath = write_mask(mask, img, base)
             a, _, pl = _display_plane(img.array, idx, idx)
             opath = base.with_name(base.name + "_overlay.png")
@@ -130,6 +131,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
     names = sg.label_names
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "predictions")
     rows = []
+    stems = output_stems(paths)
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
     with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths):  # an unreadable file's error names the others too
@@ -138,7 +140,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
             else:
                 lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
                 boxes = boxes_from_segmentation(lab, probs.astype(np.float32), len(sg.label_values), sg.det_threshold)
-            opath = out_dir / f"{file_stem(p)}_overlay.png"
+            opath = out_dir / f"{stems[p]}_overlay.png"
             boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)
             for b in sorted(boxes, key=lambda b: -b.score):
                 rows.append({"file": str(p), "finding": names[b.cls], "score": round(float(b.score), 4),

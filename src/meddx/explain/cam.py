@@ -221,9 +221,10 @@ class Explainer:
                                    mode="gaussian", overlap=overlap,
                                    activate=lambda o: F.softmax(o.float(), dim=1))
         with torch.no_grad(), warnings.catch_warnings():
-            # MONAI 1.6 indexes tensors with lists, which torch warns about four times per call; the
-            # indexing itself is still the old (intended) one in torch 2.13
-            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+            # MONAI's occlusion indexes tensors with lists, which torch warns about on every call; the
+            # warning is about MONAI's code, not the user's input, and would be printed by every explain
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                                    category=UserWarning)
             p0 = self.scores(x)[0, c]
             omap, _ = occ(x)
         return _normalise(p0 - omap[0, c].as_tensor() if hasattr(omap, "as_tensor") else p0 - omap[0, c])

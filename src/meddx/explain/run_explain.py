@@ -19,7 +19,7 @@ from meddx.errors import MeddxError, RunError
 from meddx.explain.cam import METHODS, SEG_METHODS, Explainer
 from meddx.explain.scores import resize_map
 from meddx.io.base import ImageData, ras_affine
-from meddx.io.formats import file_stem
+from meddx.io.formats import output_stems
 
 
 
@@ -200,13 +200,14 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     c = resolve_class(plan, class_name)
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "explanations")
     rows = []
+    stems = output_stems(paths)  # a/x.png and b/x.png must not write one overlay
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
     with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths):  # an unreadable file's error names the others too
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
-                base = out_dir / f"{file_stem(p)}_{m}"
+                base = out_dir / f"{stems[p]}_{m}"
                 title = f"{p.name}: {m}, class '{e.class_name}'"
                 opath = overlay_png(img, plan, e.heatmap, title, base.with_name(base.name + "_overlay.png"))
                 npath = None

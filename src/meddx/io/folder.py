@@ -51,6 +51,25 @@ def _class_items(cdir: Path) -> list[Path]:
         if e.is_dir():
             if folder_has_dicom(e):
                 items.append(e)
+            elif (img := _first_image_under(e)) is not None:
+                # root/<class>/<patient>/<image>: these images would be dropped without a word (and,
+                # read as cases, split across train and test with no patient grouping)
+                raise DatasetError(f"class folder '{cdir.name}' has a sub-folder '{e.name}' with images "
+                                   f"(e.g. {img.relative_to(cdir).as_posix()}), which a class folder does not read",
+                                   path=e, fix=f"move the images up into {cdir.name}/, or list every image in a CSV "
+                                   "manifest (path,label,patient_id), which also keeps a patient's images on "
+                                   "one side of the split")
         elif is_readable_path(e):
             items.append(e)
     return items
+
+
+def _first_image_under(folder: Path) -> Path | None:
+    """The first readable image file (or DICOM series folder) anywhere below ``folder``; hidden entries
+    and what lies below them are skipped."""
+    for e in sorted(folder.rglob("*")):
+        if any(is_hidden(part) for part in e.relative_to(folder).parts):
+            continue
+        if is_readable_path(e):
+            return e
+    return None

@@ -35,6 +35,47 @@ def file_stem(path: str | Path) -> str:
     return name
 
 
+def output_stems(paths: list[Path]) -> dict[Path, str]:
+    """A distinct output name per input, for writing ``NAME_mask.png``, ``NAME_overlay.png`` ... into one
+    folder: the file stem where it is unique, else (``a/x.png`` and ``b/x.png``, or the ``000001.dcm`` of
+    every DICOM series) the folders from the inputs' common folder down, joined by ``_``, then the suffix
+    (``x.png`` beside ``x.jpg``), then a counter. Without this, one input's outputs overwrite another's."""
+    import os
+    from collections import Counter
+
+    paths = list(paths)
+    names = {p: file_stem(p) for p in paths}
+    if len(set(names.values())) == len(paths):
+        return names
+    try:
+        common = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+    except ValueError:  # different drives
+        common = None
+
+    def clashing() -> set[str]:
+        return {n for n, k in Counter(names.values()).items() if k > 1}
+
+    dup = clashing()
+    for p in paths:
+        if names[p] in dup and common is not None:
+            parts = Path(p).resolve().parent.relative_to(common).parts
+            names[p] = "_".join([*parts, file_stem(p)])
+    dup = clashing()
+    for p in paths:
+        suf = path_suffix(p).lstrip(".").replace(".", "_")
+        if names[p] in dup and suf:
+            names[p] = f"{names[p]}_{suf}"
+    seen: Counter = Counter()
+    for p in paths:  # anything still shared (``a_b/x`` against ``a/b_x``): numbered in input order
+        n = names[p]
+        seen[n] += 1
+        if seen[n] > 1:
+            while f"{n}_{seen[n]}" in names.values():
+                seen[n] += 1
+            names[p] = f"{n}_{seen[n]}"
+    return names
+
+
 def is_hidden(path: str | Path) -> bool:
     """Dot-files and macOS resource forks (``._x``), which are never images."""
     return Path(path).name.startswith(".")

@@ -25,14 +25,15 @@ def main(argv: list[str] | None = None) -> int:
         from meddx.runtime import load
 
         b = load(a.bundle, threads=a.threads)
+        from meddx.io.formats import output_stems
+
+        stems = output_stems([Path(f) for f in a.files])  # a/x.png and b/x.png: two masks, not one
         for f in a.files:
             r = b.predict(f)
             d = r.to_dict()
             if b.task == "segment" and a.masks is not None:
                 a.masks.mkdir(parents=True, exist_ok=True)
-                from meddx.io.formats import file_stem
-
-                d["mask_file"] = str(r.write_mask(a.masks / file_stem(Path(f))))
+                d["mask_file"] = str(r.write_mask(a.masks / stems[Path(f)]))
             print(json.dumps(d), flush=True)
     except MeddxError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,99 @@
+"""Which files ``meddx predict`` / ``explain`` take from a folder, and the names their outputs get."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+from meddx_testutils import disc_images, write_png
+
+from meddx.evaluation.predict import collect_inputs
+
+
+def test_output_stems_keep_unique_names_and_separate_clashing_ones(tmp_path):
+    from meddx.io.formats import output_stems
+
+    unique = [tmp_path / "a" / "x.png", tmp_path / "b" / "scan.nii.gz"]
+    assert output_stems(unique) == {unique[0]: "x", unique[1]: "scan"}  # as before when nothing clashes
+    # DICOM slices are named 000000.dcm in every series; one folder may hold x.png beside x.jpg
+    paths = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "a" / "x.jpg",
+             tmp_path / "s1" / "000000.dcm", tmp_path / "s2" / "000000.dcm", tmp_path / "a" / "y.png"]
+    stems = output_stems(paths)
+    assert len(set(stems.values())) == len(paths)
+    assert stems[paths[1]] == "b_x" and stems[paths[3]] == "s1_000000" and stems[paths[5]] == "y"
+    # joined folder names that still clash are numbered
+    odd = [tmp_path / "a_b" / "x.png", tmp_path / "a" / "b_x.png", tmp_path / "a" / "b" / "x.png"]
+    assert len(set(output_stems(odd).values())) == 3
+
+
+def test_a_folder_of_images_with_masks_beside_them_predicts_the_images_only(tmp_path, capsys):
+    img = np.full((16, 16), 90, np.uint8)
+    for name in ("x.png", "x_mask.png", "y.jpg", "y_mask.png", "y_mask_1.png", "z_seg.png"):
+        write_png(tmp_path / name, img)
+    found = collect_inputs(tmp_path, 2)
+    # z_seg.png has no image z.* beside it, so it is an input like any other
+    assert [p.name for p in found] == ["x.png", "y.jpg", "z_seg.png"]
+    assert "skipped 3 mask file(s)" in capsys.readouterr().err
+    assert collect_inputs(tmp_path / "x_mask.png", 2) == [tmp_path / "x_mask.png"]  # named on its own: taken
+
+
+def test_segmenting_a_folder_writes_one_mask_per_input_even_when_names_repeat(seg_run, tmp_path):
+    """Before: a/x.png and b/x.png both wrote x_mask.png (the second silently replaced the first, and
+    predictions.csv pointed both rows at it), and a blank NAME_mask.png beside its image stopped the
+    call as a constant image."""
+    from meddx.evaluation.seg_predict import predict_seg_paths
+
+    (im0, _), (im1, m1) = disc_images(2, 48, seed=3)
+    write_png(tmp_path / "in" / "a" / "x.png", im0)
+    write_png(tmp_path / "in" / "a" / "x_mask.png", np.zeros_like(m1))  # a case without a lesion
+    write_png(tmp_path / "in" / "b" / "x.png", im1)
+    write_png(tmp_path / "in" / "b" / "x_mask.png", m1)
+    rows = predict_seg_paths(seg_run, tmp_path / "in", tmp_path / "out", progress=False)
+    assert [Path(r["file"]).relative_to(tmp_path / "in").as_posix() for r in rows] == ["a/x.png", "b/x.png"]
+    masks = [Path(r["mask"]) for r in rows]
+    assert len(set(masks)) == 2 and all(m.is_file() for m in masks)
+    assert len({Path(r["overlay"]) for r in rows}) == 2
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        assert [r["mask"] for r in csv.DictReader(f)] == [str(m) for m in masks]
+
+
+def test_explaining_a_folder_keeps_one_overlay_per_input(seg_run, tmp_path):
+    from meddx.explain.run_explain import explain_paths
+
+    (im0, _), (im1, _) = disc_images(2, 48, seed=4)
+    write_png(tmp_path / "in" / "p1" / "slice.png", im0)
+    write_png(tmp_path / "in" / "p2" / "slice.png", im1)
+    rows = explain_paths(seg_run, tmp_path / "in", tmp_path / "out", progress=False)
+    assert len({r["overlay"] for r in rows}) == 2 and all(Path(r["overlay"]).is_file() for r in rows)
+
+
+def test_occlusion_prints_no_torch_indexing_warning():
+    """MONAI's occlusion indexes with lists; torch warned about it on every `meddx explain --method
+    occlusion` (four multi-line UserWarnings on the user's terminal)."""
+    import torch
+    from torch import nn
+
+    from meddx.explain.cam import Explainer
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(2, 2)).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = Explainer(model).explain(torch.rand(1, 1, 16, 16), "occlusion", class_idx=1)
+    assert h.shape == (16, 16)
+    assert not [w for w in caught if "non-tuple sequence" in str(w.message)]
+
+
+def test_box_manifest_labels_are_not_said_to_come_from_dataset_json(tmp_path):
+    from meddx.data.detsources import open_det_dataset
+    from meddx.data.fingerprint import compute_fingerprint
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_png(tmp_path / f"im{i}.png", rng.integers(0, 255, (32, 40), dtype=np.uint8))
+    (tmp_path / "b.csv").write_text("image,x,y,w,h,label\nim0.png,4,2,10,6,Mass\nim1.png,0,0,4,4,Mass\n"
+                                    "im2.png,20,20,8,8,Nodule\n")
+    sg = compute_fingerprint(open_det_dataset(tmp_path / "b.csv"))["segmentation"]
+    assert "dataset.json" not in sg["labels_from"] and "box manifest" in sg["labels_from"]
