@@ -69,23 +69,6 @@ def test_explaining_a_folder_keeps_one_overlay_per_input(seg_run, tmp_path):
     assert len({r["overlay"] for r in rows}) == 2 and all(Path(r["overlay"]).is_file() for r in rows)
 
 
-def test_occlusion_prints_no_torch_indexing_warning():
-    """MONAI's occlusion indexes with lists; torch warned about it on every `meddx explain --method
-    occlusion` (four multi-line UserWarnings on the user's terminal)."""
-    import torch
-    from torch import nn
-
-    from meddx.explain.cam import Explainer
-
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(2, 2)).eval()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        h = Explainer(model).explain(torch.rand(1, 1, 16, 16), "occlusion", class_idx=1)
-    assert h.shape == (16, 16)
-    assert not [w for w in caught if "non-tuple sequence" in str(w.message)]
-
-
 def test_box_manifest_labels_are_not_said_to_come_from_dataset_json(tmp_path):
     from meddx.data.detsources import open_det_dataset
     from meddx.data.fingerprint import compute_fingerprint
