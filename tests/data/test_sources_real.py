@@ -81,3 +81,69 @@ def test_dicom_and_nifti_manifests(real_data, tmp_path):
     fp2 = compute_fingerprint(cs2)
     assert fp2["spatial_dims"] == [3] and fp2["spacing_median"] == [1.0, 1.0, 1.0]
     assert make_plan(fp2, source=str(m2)).data.intensity == "image_zscore"
+
+
+def _dicom_slices(real_data, root, patients: dict, tags=("PatientID",), n=4):
+    """Slices of the TCIA series written into class folders, ``patients`` = {class: [patient, ...]};
+    each patient's ``n`` slices carry its value in every tag of ``tags``; other identifying tags are
+    one value for all."""
+    import warnings
+
+    import zlib
+
+    import pydicom
+
+    src = sorted((real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001" / "11-T1post-80644").iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cls, ids in patients.items():
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            for j, pid in enumerate(ids):
+                for i in range(n):
+                    ds = pydicom.dcmread(src[i])
+                    ds.PatientID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+                    for t in tags:
+                        setattr(ds, t, pid if t == "PatientID" else f"1.2.826.0.1.{zlib.crc32(pid.encode())}")
+                    ds.save_as(root / cls / f"img_{j}_{i}.dcm", enforce_file_format=False)
+    return root
+
+
+def test_dicom_slices_of_one_patient_stay_on_one_side_of_the_split(real_data, tmp_path):
+    """A class folder of DICOM slices made each slice a case, so one scan's slices fell into train and
+    test alike; the header's patient (else study, else series) now groups them, under a pseudonym."""
+    from meddx.data.split import make_split
+
+    ids = {"lesion": [f"MRN{100 + i}" for i in range(5)], "normal": [f"MRN{200 + i}" for i in range(5)]}
+    cs = open_dataset(_dicom_slices(real_data, tmp_path / "f", ids))
+    assert len(cs.cases) == 40 and len({c.group for c in cs.cases}) == 10
+    assert any("by their PatientID into 10 group(s)" in n for n in cs.notes)
+    text = " ".join([*cs.notes, *(c.case_id for c in cs.cases), *(c.group for c in cs.cases)])
+    assert not any(pid in text for pids in ids.values() for pid in pids)
+    for seed in range(3):
+        split = make_split(cs, seed=seed)
+        for g in {c.group for c in cs.cases}:
+            assert len({split[c.case_id] for c in cs.cases if c.group == g}) == 1
+    # an anonymised PatientID (blank) leaves the study to group by
+    cs = open_dataset(_dicom_slices(real_data, tmp_path / "s", ids, tags=("StudyInstanceUID",)))
+    assert len({c.group for c in cs.cases}) == 10 and any("StudyInstanceUID" in n for n in cs.notes)
+    # nothing tells the slices apart: no groups, no note
+    cs = open_dataset(_dicom_slices(real_data, tmp_path / "n", ids, tags=()))
+    assert {c.group for c in cs.cases} == {None} and not any("grouped" in n for n in cs.notes)
+    assert not cs.findings
+    # too few patients to split by (2 of one class): ungrouped, and a finding, which train prints, says so
+    few = {"lesion": ids["lesion"][:2], "normal": ids["normal"]}
+    cs = open_dataset(_dicom_slices(real_data, tmp_path / "few", few))
+    assert {c.group for c in cs.cases} == {None}
+    assert "too few to split by (class 'lesion' 2" in compute_fingerprint(cs)["findings"][0]
+
+
+def test_a_manifests_patient_column_is_the_users_word_over_dicom_headers(real_data, tmp_path):
+    ids = {"lesion": ["MRN1", "MRN2", "MRN3"], "normal": ["MRN4", "MRN5", "MRN6"]}
+    root = _dicom_slices(real_data, tmp_path / "f", ids, n=2)
+    files = sorted(root.rglob("*.dcm"))
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{f},{f.parent.name}\n" for f in files))
+    assert len({c.group for c in open_dataset(tmp_path / "m.csv").cases}) == 6
+    (tmp_path / "p.csv").write_text("path,label,patient_id\n" + "".join(f"{f},{f.parent.name},P{i % 4}\n"
+                                                                         for i, f in enumerate(files)))
+    cs = open_dataset(tmp_path / "p.csv")
+    assert len({c.group for c in cs.cases}) == 4 and not any("grouped" in n for n in cs.notes)

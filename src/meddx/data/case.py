@@ -142,6 +142,8 @@ class CaseSet:
         cases: all cases, in a deterministic order.
         official_split: True when the dataset itself defines train/val/test.
         loader: function ``Case -> ImageData``.
+        notes: what opening the dataset did (files ignored, cases grouped), for ``meddx inspect``.
+        findings: what opening it found wrong, told as the fingerprint's findings (train prints them).
         task: ``classify`` (labels are the target) or ``segment`` (masks are the target;
             ``label`` is then only the stratum the split balances, e.g. BUSI's class folder).
         declared_labels: segmentation only: mask value -> name, when the dataset declares
@@ -156,6 +158,7 @@ class CaseSet:
     official_split: bool
     loader: Callable[[Case], ImageData] = field(repr=False)
     notes: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
     task: str = "classify"
     declared_labels: dict[int, str] | None = None
     resample_masks: bool = False

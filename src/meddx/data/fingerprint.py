@@ -193,7 +193,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     split_of = {c.case_id: c.split for c in cs.cases}
     cross = [ids for ids in dups if len({split_of[i] for i in ids}) > 1]
     fp["duplicates"]["across_splits"] = len(cross)
-    findings = []
+    findings = list(cs.findings)  # what opening the dataset found (e.g. DICOM slices it could not group)
     if problems:
         findings.append(f"{len(problems)} case(s) could not be used (see problems)")
     if len(set(dims)) > 1:

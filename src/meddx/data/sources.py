@@ -126,8 +126,45 @@ def open_folder(path: Path) -> CaseSet:
     cases = [
         Case(case_id=str(p.relative_to(path)), label=idx[lab], path=p) for p, lab in items
     ]
-    return CaseSet(name=path.name, source=str(path), kind="folder", class_names=names, cases=cases,
-                   official_split=False, loader=_load_file, notes=notes)
+    cs = CaseSet(name=path.name, source=str(path), kind="folder", class_names=names, cases=cases,
+                 official_split=False, loader=_load_file, notes=notes)
+    group_dicom_by_patient(cs)
+    return cs
+
+
+def group_dicom_by_patient(cs: CaseSet) -> None:
+    """Group the DICOM cases that no patient column groups by the patient (else study, else series)
+    their headers name, so that the slices of one scan do not fall on both sides of the split; the
+    value is replaced by its pseudonym, as a patient_id column's is. Where that leaves a class fewer
+    than 3 groups (too few for train, val and test) the cases stay ungrouped, and a finding says so."""
+    from meddx.io.dicom import dicom_group_keys
+    from meddx.io.formats import detect_format
+
+    dicom = [c for c in cs.cases if c.group is None and c.path is not None
+             and (c.path.is_dir() or detect_format(c.path) == "dicom")]
+    if len(dicom) < 2:
+        return
+    keys, tag = dicom_group_keys([c.path for c in dicom])
+    if tag is None:
+        return
+    per_class: dict[str, set] = {n: set() for n in cs.class_names}
+    for c in cs.cases:  # a case without a key (not DICOM, or the tag blank) is a group of its own
+        per_class[cs.class_names[c.label]].add(keys.get(c.path, c.case_id))
+    few = {n: len(g) for n, g in per_class.items() if len(g) < 3}
+    n = len(set(keys.values()))
+    if few:
+        shown = ", ".join(f"'{k}' {v}" for k, v in few.items())
+        cs.findings.append(f"the DICOM headers name {n} {tag} value(s), too few to split by (class {shown}; each "
+                           "needs 3): cases are split one by one, so slices of one scan can be in train and in "
+                           "test, and test metrics are optimistic; list the files in a CSV manifest with a "
+                           "patient_id column to decide")
+        return
+    for c in dicom:
+        if c.path in keys:
+            k = patient_keys(c.case_id, keys[c.path])
+            c.case_id, c.group, c.split_key = k["case_id"], k["group"], k["split_key"]
+    cs.notes.append(f"grouped {len(keys)} DICOM case(s) by their {tag} into {n} group(s): a group stays on one "
+                    "side of the split")
 
 
 def manifest_cases(path: Path, rows, label_of) -> tuple[list[Case], bool]:
@@ -194,8 +231,11 @@ def open_manifest(path: Path) -> CaseSet:
     _refuse_one_number_written_two_ways(path, rows, names)
     idx = {n: i for i, n in enumerate(names)}
     cases, official = manifest_cases(path, rows, lambda r: idx[r.label])
-    return CaseSet(name=path.stem, source=str(path), kind="manifest", class_names=names, cases=cases,
-                   official_split=official, loader=_load_file)
+    cs = CaseSet(name=path.stem, source=str(path), kind="manifest", class_names=names, cases=cases,
+                 official_split=official, loader=_load_file)
+    if not official and not any(r.patient_id for r in rows):  # a patient_id column is the user's word
+        group_dicom_by_patient(cs)
+    return cs
 
 
 def open_dataset(path: str | Path, *, min_classes: int = 2) -> CaseSet:

@@ -101,16 +101,51 @@ def _no_pixels_error(p: Path, ds) -> InputError:
                       path=p, fix="point at a DICOM image file, not a report, presentation state or DICOMDIR")
 
 
-def _series_uid(ds) -> str:
-    """The SeriesInstanceUID as stored, only to tell series apart. Not through ``ds.get``: pydicom
-    validates a value as it converts it, and a UID that does not conform (over 64 characters, a
-    letter, a component with a leading zero: common in clinical files) gives a warning on stderr and
-    in pydicom's log that quotes it, and the UID identifies the patient's series."""
-    elem = ds.get_item("SeriesInstanceUID")
+def _stored_text(ds, keyword: str) -> str:
+    """A tag's value as stored, only to tell files apart. Not through ``ds.get``: pydicom validates a
+    value as it converts it, and one that does not conform (a UID over 64 characters, with a letter
+    or a component with a leading zero: common in clinical files) gives a warning on stderr and in
+    pydicom's log that quotes it, and these values identify the patient."""
+    elem = ds.get_item(keyword)
     v = None if elem is None else elem.value
     if isinstance(v, bytes):
         v = v.decode("ascii", "replace")
-    return str(v or "").rstrip("\0 ")
+    return str(v or "").rstrip("\0 ").strip()
+
+
+def _series_uid(ds) -> str:
+    """The SeriesInstanceUID as stored (see :func:`_stored_text`)."""
+    return _stored_text(ds, "SeriesInstanceUID")
+
+
+GROUP_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def dicom_group_keys(paths) -> tuple[dict[Path, str], str | None]:
+    """``(path -> value, tag)``: what keeps one patient's DICOM images on one side of a split.
+
+    Each path is a DICOM file or a series folder (its first DICOM file is read, header only). The tag
+    is the first of PatientID, StudyInstanceUID and SeriesInstanceUID that takes two or more values
+    over the files (an anonymised PatientID is often blank, or one value for everyone); a file where it
+    is blank is left ungrouped. ``({}, None)`` when no tag tells the files apart, e.g. one series.
+    The values identify patients: callers keep them in memory only, as pseudonyms."""
+    import pydicom
+
+    found: dict[Path, dict[str, str]] = {}
+    for p in paths:
+        p = Path(p)
+        f = p if p.is_file() else next(iter(_series_candidates(p)[0]), None)
+        if f is None:
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(GROUP_TAGS), force=True)
+        except Exception:  # noqa: BLE001 - a damaged file is named when its pixels are read
+            continue
+        found[p] = {k: _stored_text(ds, k) for k in GROUP_TAGS}
+    for tag in GROUP_TAGS:
+        if len({t[tag] for t in found.values() if t[tag]}) >= 2:
+            return {p: t[tag] for p, t in found.items() if t[tag]}, tag
+    return {}, None
 
 
 def _uid_name(uid) -> str | None:
