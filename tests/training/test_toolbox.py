@@ -315,6 +315,9 @@ def test_the_denoising_pass_is_paid_from_the_budget_once(tmp_path, monkeypatch):
     rec = json.loads((tmp_path / "fitted_inputs.json").read_text())["learned_denoise"]
     assert rec["denoise_seconds"] >= 0.8 and spent >= rec["seconds"] + rec["denoise_seconds"] - 0.05
     assert dtr.shape == xtr.shape and dva.shape == xva.shape
+    from meddx.training.fitted_inputs import mark_charged
+
+    mark_charged(tmp_path, "learned_denoise")  # fit_classifier saved the plan with the reduced budget
     again = denoise_inputs(plan, tmp_path, xtr, xva, log=_quiet)  # resumed: loaded, same output, no charge
     assert again[3] == 0.0 and torch.allclose(again[1], dtr, atol=1e-6)
 
