@@ -365,7 +365,14 @@ def test_synthetic_samples_are_added_only_when_the_quality_check_passes(tmp_path
     n_min = int((y == 1).sum())
     assert rec["passed"] is True and rec["added"] == n_min  # up to the majority, at most 1 fake per real
     assert x2.shape[0] == x.shape[0] + n_min and int((y2 == 1).sum()) == 2 * n_min
-    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)  # resume: the saved samples
+    from meddx.training.fitted_inputs import mark_charged
+
+    # resume before fit_classifier saved the plan charged with the GAN's time: the saved samples, and
+    # the time still owed; once charged, nothing
+    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)
+    assert spent3 == rec["seconds"] and torch.equal(x3, x2)
+    mark_charged(tmp_path / "yes", "synthetic")
+    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)
     assert spent3 == 0.0 and torch.equal(x3, x2)
 
 
