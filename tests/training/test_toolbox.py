@@ -315,6 +315,9 @@ def test_the_denoising_pass_is_paid_from_the_budget_once(tmp_path, monkeypatch):
     rec = json.loads((tmp_path / "fitted_inputs.json").read_text())["learned_denoise"]
     assert rec["denoise_seconds"] >= 0.8 and spent >= rec["seconds"] + rec["denoise_seconds"] - 0.05
     assert dtr.shape == xtr.shape and dva.shape == xva.shape
+    from meddx.training.fitted_inputs import mark_charged
+
+    mark_charged(tmp_path, "learned_denoise")  # fit_classifier saved the plan with the reduced budget
     again = denoise_inputs(plan, tmp_path, xtr, xva, log=_quiet)  # resumed: loaded, same output, no charge
     assert again[3] == 0.0 and torch.allclose(again[1], dtr, atol=1e-6)
 
@@ -362,7 +365,14 @@ def test_synthetic_samples_are_added_only_when_the_quality_check_passes(tmp_path
     n_min = int((y == 1).sum())
     assert rec["passed"] is True and rec["added"] == n_min  # up to the majority, at most 1 fake per real
     assert x2.shape[0] == x.shape[0] + n_min and int((y2 == 1).sum()) == 2 * n_min
-    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)  # resume: the saved samples
+    from meddx.training.fitted_inputs import mark_charged
+
+    # resume before fit_classifier saved the plan charged with the GAN's time: the saved samples, and
+    # the time still owed; once charged, nothing
+    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)
+    assert spent3 == rec["seconds"] and torch.equal(x3, x2)
+    mark_charged(tmp_path / "yes", "synthetic")
+    x3, y3, spent3 = add_synthetic(plan, tmp_path / "yes", x, y, log=_quiet)
     assert spent3 == 0.0 and torch.equal(x3, x2)
 
 

@@ -226,11 +226,13 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
                         "training time (s)": round(fit.train_seconds, 1), "stopped by": fit.stopped_by})
         if "input_fit_seconds" in metrics["training"]:
             summary["fitting the inputs first (s)"] = metrics["training"]["input_fit_seconds"]
-    from meddx.training.run import read_run_info
+    from meddx.training.run import read_run_info, resumed_text
 
     info = read_run_info(run_dir)
     if info:
         summary["data hash"] = info.get("data_hash", "")[:16]
+    if (resumed := resumed_text(run_dir)) is not None:
+        summary["resumed (train --resume)"] = resumed
     summary.update({f"version {k}": v for k, v in versions().items()})
     mc = machine()
     summary["machine"] = f"{mc['cpu']} x{mc['cores']}"

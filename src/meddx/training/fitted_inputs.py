@@ -33,6 +33,25 @@ def record_fit(out: Path, key: str, value: dict | list) -> None:
     write_json(p, rec)
 
 
+def _uncharged_seconds(out: Path, key: str) -> float:
+    """Seconds a fit recorded under ``key`` spent that the run's time budget was not yet charged with:
+    a run killed after saving the fitted component but before its plan.yaml held the reduced budget
+    would otherwise get that time back on ``--resume``."""
+    p = out / "fitted_inputs.json"
+    rec = (json.loads(p.read_text()) if p.exists() else {}).get(key)
+    if not isinstance(rec, dict) or rec.get("charged", True):
+        return 0.0
+    return float(rec.get("seconds", 0.0)) + float(rec.get("denoise_seconds", 0.0))
+
+
+def mark_charged(out: Path, key: str) -> None:
+    """The time of the fit under ``key`` is now out of the budget in the saved plan.yaml."""
+    p = out / "fitted_inputs.json"
+    rec = json.loads(p.read_text()) if p.exists() else {}
+    if isinstance(rec.get(key), dict) and not rec[key].get("charged", True):
+        record_fit(out, key, {**rec[key], "charged": True})
+
+
 def input_fit_seconds(out: Path) -> float | None:
     """Seconds the run spent before training its classifier on fitting inputs (the learned denoiser and its
     pass over the images, the GAN): they came out of the same budget. None when nothing was fitted."""
@@ -62,9 +81,18 @@ def denoise_inputs(plan: Plan, out: Path, x_train: torch.Tensor, x_val: torch.Te
                                      mask_fraction=cfg.mask_fraction, epochs=cfg.epochs,
                                      time_budget_s=_budget(plan, cfg.budget_fraction), seed=plan.seed)
         den.fit(x_train, progress=progress)
+        fit_s = time.perf_counter() - t0
+        loss = den.loss_history_
+        # recorded before the file is saved: a resumed run that loads the denoiser finds its record
+        # (and the seconds its budget still owes, "charged": False until the caller saved the plan)
+        rec = {"epochs_run": den.epochs_run_, "seconds": round(fit_s, 1),
+               "masked_loss_first": loss[0] if loss else None, "masked_loss_last": loss[-1] if loss else None,
+               "charged": False}
+        record_fit(out, "learned_denoise", rec)
         den.save(path)
     else:
         den = SelfSupervisedDenoiser.load(path)
+        owed = _uncharged_seconds(out, "learned_denoise")  # fitted by a session killed before charging it
     fit_s = time.perf_counter() - t0
     cb, stop = progress_callback(progress, len(x_train) + len(x_val), "denoising")
     try:
@@ -73,12 +101,8 @@ def denoise_inputs(plan: Plan, out: Path, x_train: torch.Tensor, x_val: torch.Te
         stop()
     spent = time.perf_counter() - t0
     if not fitted_now:
-        return den, x_train, x_val, 0.0
-    loss = den.loss_history_
-    record_fit(out, "learned_denoise", {"epochs_run": den.epochs_run_, "seconds": round(fit_s, 1),
-                                     "denoise_seconds": round(spent - fit_s, 1),
-                                     "masked_loss_first": loss[0] if loss else None,
-                                     "masked_loss_last": loss[-1] if loss else None})
+        return den, x_train, x_val, (owed + spent - fit_s) if owed else 0.0
+    record_fit(out, "learned_denoise", {**rec, "denoise_seconds": round(spent - fit_s, 1)})
     log(f"learned denoiser: {den.epochs_run_} epochs in {fit_s:.0f} s (masked loss {loss[0]:.4f} -> "
         f"{loss[-1]:.4f}), {len(x_train) + len(x_val)} images denoised in {spent - fit_s:.0f} s")
     return den, x_train, x_val, spent
@@ -108,9 +132,10 @@ def add_synthetic(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.T
     saved = out / "synthetic.pt"
     if saved.exists():  # resume: the same samples (or the same refusal) as before
         st = torch.load(saved, weights_only=True)
+        owed = _uncharged_seconds(out, "synthetic")  # fitted by a session killed before charging it
         if st["x"].shape[0]:
-            return torch.cat([x_train, st["x"]]), torch.cat([y_train, st["y"]]), 0.0
-        return x_train, y_train, 0.0
+            return torch.cat([x_train, st["x"]]), torch.cat([y_train, st["y"]]), owed
+        return x_train, y_train, owed
     t0 = time.perf_counter()
     todo = synthetic_counts(y_train, cfg.target_ratio, cfg.max_per_real)
     if not todo:
@@ -130,7 +155,7 @@ def add_synthetic(plan: Plan, out: Path, x_train: torch.Tensor, y_train: torch.T
     passed = bool(check["passed"])
     rec = {"generated": {plan.data.class_names[c]: n for c, n in todo.items()}, "passed": passed,
            "added": int(fx.shape[0]) if passed else 0, "gan_epochs": gan.epochs_run_, "seconds": round(spent, 1),
-           "quality_check": check}
+           "quality_check": check, "charged": False}  # the caller charges the budget, then marks it
     record_fit(out, "synthetic", rec)
     torch.save({"x": fx if passed else x_train[:0], "y": fy if passed else y_train[:0]}, saved)
     log(f"synthetic samples: {'added' if passed else 'REFUSED by the quality check:'} "

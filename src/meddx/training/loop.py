@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from meddx.evaluation._checks import atomic_write_bytes
 from meddx.training.checkpoint import load_checkpoint, save_checkpoint
 from meddx.training.optim import create_optimizer, create_scheduler, shorten_schedule
 from meddx.transforms.augment import AugmentRecorder
@@ -169,7 +170,13 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
         if st.get("finished"):
             start_epoch = epochs + 1
     stopped_by = "completed"
-    shortened = False
+    # a schedule shortened to the time budget before the stop stays shortened (and says so at the end)
+    shortened = epochs != cfg.epochs
+    if resume and ckpt_path.exists() and st.get("finished"):
+        stopped_by = st.get("stopped_by", stopped_by)  # why the stopped run ended its training
+    # the log holds the epochs the checkpoint holds: an epoch logged but not checkpointed before a kill
+    # is run again and logged again, once
+    atomic_write_bytes(log_path, "".join(json.dumps(rec) + "\n" for rec in history).encode())
     bar = Progress(progress, total=epochs * steps_per_epoch, completed=(start_epoch - 1) * steps_per_epoch)
     t_start = time.perf_counter() - elapsed
     try:
@@ -234,6 +241,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                 "scheduler": sched.state_dict(), "history": history, "best_metric": best_metric,
                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed, "epochs": epochs,
                 "best_model": best_state, "finished": stop is not None or epoch == epochs,
+                "stopped_by": stop or "completed",
                 "ema": ema.state if ema is not None else None,
                 # the averaged weights as validated (BatchNorm refreshed): a snapshot member's weights
                 "eval_model": eval_model.state_dict() if ema is not None else None,

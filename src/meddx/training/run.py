@@ -139,6 +139,21 @@ def unfinished_note(run_dir: Path) -> str | None:
             "`meddx train --resume --out RUN`")
 
 
+def resumed_text(run_dir: Path) -> str | None:
+    """For a report's summary: how often and when the run was resumed (``run.json``), None if never;
+    it names versions that differ from those that started the run."""
+    info = read_run_info(run_dir)
+    resumed = [r for r in info.get("resumed", []) if isinstance(r, dict)]
+    if not resumed:
+        return None
+    text = f"{len(resumed)} time(s), last at {resumed[-1].get('at', '?')}"
+    started = info.get("versions") or {}
+    changed = sorted({k for r in resumed for k, v in (r.get("versions") or {}).items() if started.get(k) not in (None, v)})
+    if changed:
+        text += f"; with other versions of {', '.join(changed)} than it started with (run.json)"
+    return text
+
+
 def set_status(run_dir: Path, status: str, **extra) -> None:
     p = run_dir / "run.json"
     info = json.loads(p.read_text()) if p.exists() else {}
@@ -251,14 +266,55 @@ def _check_out_dir(out: Path) -> None:
                        fix="choose a new --out, or add --resume to continue that run")
 
 
-def resume_state(out: Path) -> tuple[Plan, dict]:
-    """Plan and fingerprint of a stopped run in ``out`` (refuses a missing or complete one)."""
+def resume_state(out: Path, given: dict[str, Any] | None = None) -> tuple[Plan, dict]:
+    """Plan and fingerprint of a stopped run in ``out`` (refuses a missing or complete one).
+
+    ``given``: what the user passed besides ``--resume`` that would change the run (plan overrides,
+    ``--plan``, ``--image-size``, ...), by name; any of them is refused, since a resumed run continues
+    exactly as its ``plan.yaml`` says (taking them silently would look as if they were applied)."""
     if not (out / "plan.yaml").exists():
         raise RunError("nothing to resume: no plan.yaml", path=out, fix="start the run without --resume")
     info = read_run_info(out)
     if info.get("status") == "complete":
         raise RunError("the run is already complete", path=out, fix="start a new run with another --out")
+    named = [k for k, v in (given or {}).items() if v is not None and v is not False]
+    if named:
+        raise RunError(f"--resume continues the run exactly as its plan.yaml says, so it takes no other plan "
+                       f"options (given: {', '.join(named)})", path=out,
+                       fix="drop them to finish the run as planned, or start a new run with another --out")
     return Plan.load(out / "plan.yaml"), json.loads((out / "fingerprint.json").read_text())
+
+
+def check_resume_dataset(cs: CaseSet, out: Path) -> None:
+    """A resumed run's dataset must be the one it started on: every case of its ``split.csv``, with the
+    same label (``apply_split`` refuses cases the split lacks). A subset or a relabelled copy would
+    otherwise train on, and report about, other data than the run began with."""
+    import csv
+
+    p = out / "split.csv"
+    if not p.exists():
+        return
+    with open(p, newline="") as f:
+        stored = {row["case_id"]: row.get("label", "") for row in csv.DictReader(f)}
+    here = {c.case_id: cs.class_names[c.label] for c in cs.cases}
+    missing = [cid for cid in stored if cid not in here]
+    relabelled = [cid for cid, lab in stored.items() if cid in here and lab and here[cid] != lab]
+    if missing or relabelled:
+        from meddx.errors import DatasetError
+
+        what = (f"lacks {len(missing)} of the run's {len(stored)} cases (e.g. '{missing[0]}')" if missing else
+                f"labels {len(relabelled)} case(s) differently from the run's split.csv (e.g. '{relabelled[0]}')")
+        raise DatasetError(f"the dataset {what}: this is not the dataset the run was trained on", path=cs.source,
+                           fix="resume with the run's own dataset (or leave the dataset out to use the plan's source)")
+
+
+def note_resumed(out: Path) -> None:
+    """Record in ``run.json`` that the run was resumed (when, with which versions, on which machine):
+    its ``versions`` and ``machine`` are those of the session that started it."""
+    info = read_run_info(out)
+    resumed = list(info.get("resumed", [])) + [{"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(),
+                                                  "machine": machine()}]
+    set_status(out, "running", resumed=resumed)
 
 
 def split_for_run(cs: CaseSet, plan: Plan, out: Path, resume: bool) -> dict:
@@ -345,8 +401,14 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
     out = Path(out)
     overrides = dict(overrides or {})
     if resume:
-        plan, fp = resume_state(out)
+        plan, fp = resume_state(out, {**overrides, "--plan": plan_path, "--image-size": image_size})
+        if plan.task != "classify":
+            raise RunError(f"the run is a '{plan.task}' run", path=out, fix="resume it without --task")
         cs = open_dataset(dataset or plan.data.source)
+        if list(plan.data.class_names) != list(cs.class_names):
+            raise PlanError(f"the run's classes {plan.data.class_names} differ from the dataset's {cs.class_names}",
+                            path=cs.source, fix="resume with the run's own dataset")
+        check_resume_dataset(cs, out)
     else:
         _check_out_dir(out)
         if plan_path:
@@ -386,6 +448,8 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         if not resume:
             start_run_dir(out, plan, fp, cs)
             guard.created = True
+        else:
+            note_resumed(out)
         tensors = prepare_tensors(cs, parts, plan, progress)
         xtr, ytr = tensors["train"]
         xva, yva = tensors["val"]
@@ -452,8 +516,10 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         from meddx.training.fitted_inputs import denoise_inputs
 
         den, xtr, xva, spent = denoise_inputs(plan, out, xtr, xva, log=log, progress=progress)
-        if plan.train.time_budget_s and spent:  # fitting and the denoising pass come out of the budget
-            plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+        if spent:  # fitting and the denoising pass come out of the budget
+            if plan.train.time_budget_s:
+                plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+            charge_fit(plan, out, "learned_denoise")
     if any(c.chosen is None for c in plan.choices):
         from meddx.training.empirical import run_choices
 
@@ -468,8 +534,10 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         xtr, ytr, spent = add_synthetic(plan, out, xtr, ytr, log=log)
         if groups is not None:  # each generated image is its own group
             groups = list(groups) + [f"synthetic-{i}" for i in range(xtr.shape[0] - n_real)]
-        if plan.train.time_budget_s and spent:
-            plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+        if spent:
+            if plan.train.time_budget_s:
+                plan.train.time_budget_s = max(1.0, plan.train.time_budget_s - spent)
+            charge_fit(plan, out, "synthetic")
     k = n_members(plan)
     head = plan.train.head
     if head == "pca_linear":
@@ -523,6 +591,15 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         model = DenoisedInput(den.net_, den.mean_, den.std_, model, stride=den._grid_stride())  # raw images in
     save_checkpoint(out / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": result.best_epoch})
     return result, model
+
+
+def charge_fit(plan: Plan, out: Path, key: str) -> None:
+    """Save the plan whose time budget a fitted input's seconds just came out of, then mark that fit
+    charged, so that ``--resume`` after a kill charges it exactly once."""
+    from meddx.training.fitted_inputs import mark_charged
+
+    plan.save(out / "plan.yaml")
+    mark_charged(out, key)
 
 
 def load_run(run_dir: str | Path) -> tuple[Plan, torch.nn.Module]:

@@ -26,9 +26,9 @@ from meddx.errors import DatasetError, PlanError, RunError
 from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
-from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, fingerprint_dataset, planned_split,
-                                progress_callback, resume_state, set_status, size_epochs, split_for_run,
-                                start_run_dir)
+from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, check_resume_dataset,
+                                fingerprint_dataset, note_resumed, planned_split, progress_callback, resume_state,
+                                set_status, size_epochs, split_for_run, start_run_dir)
 from meddx.evaluation.seg_infer import predict_cases
 from meddx.training.seg_engine import SegTrainer, dice_per_class
 
@@ -132,8 +132,12 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
     out = Path(out)
     overrides = dict(overrides or {})
     if resume:
-        plan, fp = resume_state(out)
+        plan, fp = resume_state(out, {**overrides, "--plan": plan_path, "--image-size": image_size,
+                                      "--resample-masks": resample_masks, "--group-by-folder": group_by_folder})
+        if plan.task not in ("segment", "detect"):
+            raise RunError(f"the run is a '{plan.task}' run", path=out, fix="resume it without --task")
         cs = open_for_plan(dataset or plan.data.source, plan)
+        check_resume_dataset(cs, out)
     else:
         _check_out_dir(out)
         plan = Plan.load(plan_path) if plan_path else None
@@ -170,6 +174,8 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if not resume:
             start_run_dir(out, plan, fp, cs)
             guard.created = True
+        else:
+            note_resumed(out)
         cb, stop = progress_callback(progress, len(cs.cases), "preprocessing")
         try:
             data = build_seg_data(cs, {s: parts[s] for s in ("train", "val")}, plan, cb)
