@@ -44,6 +44,18 @@ def test_tsv_and_absolute_paths(images):
     assert row.path == images / "img" / "a.png" and row.label == "1" and row.split is None
 
 
+def test_a_semicolon_separated_manifest_is_read(images):
+    """Spreadsheets set to a decimal comma save CSV with semicolons: the header was read as one column
+    ("no path column in header (path;label;patient_id)")."""
+    m = _write(images / "m.csv", "path;label;patient_id\r\nimg/a.png;benign;P1\r\nimg/b.png;\"malignant; left\";P2\r\n")
+    assert [(r.path.name, r.label, r.patient_id) for r in read_manifest(m)] == [
+        ("a.png", "benign", "P1"), ("b.png", "malignant; left", "P2")]
+    # a comma header keeps ';' inside a cell (segmentation: several masks of one image)
+    seg = _write(images / "s.csv", "image,mask\nimg/a.png,img/b.png;img/c.png\n")
+    (row,) = read_manifest(seg, require_label=False, require_mask=True)
+    assert [p.name for p in row.masks] == ["b.png", "c.png"]
+
+
 def test_missing_files_counted_first_named(images, assert_one_line_error):
     csv = _write(images / "m.csv", "path,label\nimg/a.png,x\nimg/nope.png,y\nimg/gone.png,y\n")
     with pytest.raises(DatasetError) as ei:

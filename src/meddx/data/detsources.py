@@ -26,6 +26,7 @@ import numpy as np
 from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, InputError
 from meddx.io import read_image
+from meddx.io.manifest import delimiter_of
 
 _NO_FINDING = {"none", "no finding", "no_finding", "background"}  # label 0 and the stratum of unboxed images
 _SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -54,7 +55,8 @@ def open_det_dataset(path: str | Path) -> CaseSet:
     except UnicodeDecodeError as e:
         raise DatasetError(f"manifest is not UTF-8 text (byte {e.start})", path=p,
                            fix="save the CSV as UTF-8") from e
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    header = next((ln for ln in text.splitlines() if ln.strip()), "")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter_of(p, header))
     try:
         rows = list(reader)
     except csv.Error as e:  # e.g. "field larger than field limit (131072)"

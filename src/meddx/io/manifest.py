@@ -43,6 +43,15 @@ def _canonical(name: str) -> str | None:
     return None
 
 
+def delimiter_of(path: Path, header: str) -> str:
+    """The manifest's field separator, read from its header line: a tab for ``.tsv`` or a tab-separated
+    header, a semicolon for a header with semicolons and no comma (spreadsheets set to a decimal comma
+    save CSV that way), else a comma."""
+    if path.suffix.lower() == ".tsv" or ("\t" in header and "," not in header):
+        return "\t"
+    return ";" if ";" in header and "," not in header else ","
+
+
 def read_manifest(csv_path: str | Path, *, require_label: bool = True,
                   require_mask: bool = False) -> list[ManifestRow]:
     """Read and validate a CSV (or tab-separated) manifest.
@@ -73,9 +82,7 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True,
         raise DatasetError(f"manifest is not UTF-8 text (byte {e.start})", path=p,
                            fix="save the CSV as UTF-8") from e
     lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    delimiter = "\t" if p.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) else ","
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter_of(p, next((ln for ln in lines if ln.strip()), "")))
     header: list[str | None] | None = None
     rows: list[ManifestRow] = []
     while True:
