@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from meddx_testutils import disc_images, write_png
 
 from meddx.evaluation.predict import collect_inputs
@@ -79,3 +80,13 @@ def test_box_manifest_labels_are_not_said_to_come_from_dataset_json(tmp_path):
                                     "im2.png,20,20,8,8,Nodule\n")
     sg = compute_fingerprint(open_det_dataset(tmp_path / "b.csv"))["segmentation"]
     assert "dataset.json" not in sg["labels_from"] and "box manifest" in sg["labels_from"]
+
+
+@pytest.mark.parametrize("name", ["labels.csv", "cases.TSV", "breastmnist.npz"])
+def test_a_dataset_given_to_predict_points_at_evaluate(tmp_path, name):
+    """`meddx predict RUN manifest.csv` said "unknown image format"."""
+    from meddx.errors import InputError
+
+    (tmp_path / name).write_text("path,label\n")
+    with pytest.raises(InputError, match=f"this is a dataset, not an image.*meddx evaluate RUN {name}"):
+        collect_inputs(tmp_path / name, 2)

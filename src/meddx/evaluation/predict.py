@@ -52,6 +52,10 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
     if not target.exists():
         raise InputError("no such file or folder", path=target, fix="check the path")
     if target.is_file():
+        if target.suffix.lower() in (".csv", ".tsv", ".npz"):
+            raise InputError("this is a dataset, not an image: predict takes image files or folders", path=target,
+                             fix=f"score a labelled dataset with `meddx evaluate RUN {target.name}`, or give "
+                                 "the images themselves")
         return [target]
     if spatial_dims == 3 and _is_dicom_series(target):
         return [target]
