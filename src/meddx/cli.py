@@ -442,9 +442,11 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
         epochs = 20
     res = run_ablation(path, out, budget_s=budget, epochs=epochs, seeds=seed_list, components=comps, task=task,
                        resample_masks=resample_masks, progress=_progress_enabled(no_progress), log=say)
-    console.print((out / "ablation.md").read_text())
+    # plain text, unwrapped: the Markdown table stays one row per line (and a folder name such as
+    # 'scans[2024]' is not taken for Rich markup)
+    say((out / "ablation.md").read_text())
     names = SEG_COMPONENTS if task == "segment" else COMPONENTS
-    console.print(f"components: {', '.join(names)}; plot: {out / 'ablation.png'}")
+    say(f"components: {', '.join(names)}; plot: {out / 'ablation.png'}")
     return res
 
 

@@ -197,3 +197,110 @@ def test_ablation_sensitivity_is_the_positive_classs_when_it_sorts_first(tmp_pat
     for r in res["arms"]:
         assert r["test_sensitivity_mean"] == pytest.approx(1.0)
     assert res["sensitivity_of"] == "cancer" and "| sensitivity (cancer) |" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def _fake_finished_run(rdir, names=("cancer", "normal")):
+    """What the ablation reads of a finished run: predictions.csv, metrics.json, run.json."""
+    rdir.mkdir(parents=True)
+    rows = [("cancer", 0.9)] * 4 + [("normal", 0.2)] * 4
+    lines = ["case_id,split,label,predicted,predicted_at_threshold," + ",".join(f"p_{n}" for n in names)]
+    for split in ("val", "test"):
+        lines += [f"{split}{i},{split},{lab},x,x,{p:.6f},{1 - p:.6f}" for i, (lab, p) in enumerate(rows)]
+    (rdir / "predictions.csv").write_text("\n".join(lines) + "\n")
+    (rdir / "metrics.json").write_text(json.dumps({"training": {"train_seconds": 1.0}}))
+    (rdir / "run.json").write_text(json.dumps({"status": "complete"}))
+    return rdir
+
+
+def _two_class_folder(root):
+    from meddx.data.synthetic import make_phantoms
+    from meddx_testutils import write_png
+
+    imgs, labels = make_phantoms(n=24, size=16, seed=1)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(root / ("cancer" if y else "normal") / f"{i}.png", im)
+    return root
+
+
+def test_a_run_stopped_after_writing_its_metrics_is_trained_again(tmp_path, monkeypatch):
+    """metrics.json is written before the report and run.json's "complete": a run Ctrl-C'd between them
+    (run.json "interrupted") was taken as finished, and the resumed ablation then failed on, or
+    counted, a run that never completed."""
+    import meddx.evaluation.ablation as ab
+
+    calls = []
+
+    def fake_train_run(dataset, rdir, overrides, **kw):
+        calls.append(str(rdir))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("meddx.training.run.train_run", fake_train_run)
+    out = tmp_path / "abl"
+    kw = dict(epochs=1, seeds=[0], components=[], progress=False, log=lambda *a: None)
+    with pytest.raises(RuntimeError):  # writes baseline/arm.json, then "trains"
+        ab.run_ablation("synthetic:phantoms:60", out, **kw)
+    run = out / "baseline" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        ab.run_ablation("synthetic:phantoms:60", out, **kw)
+    assert calls and calls[0].endswith("baseline/seed0")
+
+
+def test_an_interrupted_ablation_leaves_no_earlier_summary_behind(tmp_path, monkeypatch):
+    """Re-running in a folder that holds an earlier ablation.md/.json/.png (other seeds, epochs or
+    components) and pressing Ctrl-C left the old summary there, looking like this ablation's result."""
+    import meddx.evaluation.ablation as ab
+
+    def interrupted(dataset, rdir, overrides, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("meddx.training.run.train_run", interrupted)
+    out = tmp_path / "abl"
+    out.mkdir()
+    for name in ("ablation.md", "ablation.json", "ablation.png"):
+        (out / name).write_text("an earlier ablation")
+    with pytest.raises(KeyboardInterrupt):
+        ab.run_ablation("synthetic:phantoms:60", out, epochs=1, seeds=[0], components=[], progress=False,
+                        log=lambda *a: None)
+    assert not [p.name for p in out.glob("ablation.*")]
+
+
+def test_ablation_progress_shows_time_left_and_a_repeated_seed_runs_once(tmp_path, monkeypatch):
+    """The progress lines gave the elapsed time only; --seeds 0,0 trained seed 0 once but counted it
+    twice (a zero spread over 'two seeds')."""
+    import meddx.evaluation.ablation as ab
+
+    monkeypatch.setattr("meddx.training.run.train_run", lambda dataset, rdir, overrides, **kw: _fake_finished_run(rdir))
+    lines = []
+    res = ab.run_ablation(str(_two_class_folder(tmp_path / "data")), tmp_path / "abl", epochs=1, seeds=[0, 0, 1],
+                          components=["focal_loss", "focal_loss"], progress=False, log=lines.append)
+    assert res["seeds"] == [0, 1]
+    assert [r["arm"] for r in res["arms"]].count("+ focal_loss") == 1
+    counted = [ln for ln in lines if ln.startswith("[")]
+    assert counted[-1].startswith(f"[{len(counted)}/{len(counted)}]")
+    assert "min left" in counted[0] and "min left" not in counted[-1]
+
+
+def test_cli_prints_the_ablation_table_one_row_per_line(tmp_path, monkeypatch):
+    """The table was printed through Rich at the terminal's width: rows wrapped mid-cell (and a
+    folder name in brackets would have been read as markup)."""
+    from typer.testing import CliRunner
+
+    import meddx.evaluation.ablation as ab
+    from meddx.cli import app
+
+    row = "| baseline [b] | 0.333 ± 0.000 | +0.000 |  | 0.333 ± 0.000 | 0.537 ± 0.013 | +0.000 |  | 0.333 ± 0.000 |"
+
+    def fake(path, out, **kw):
+        out.mkdir(parents=True)
+        (out / "ablation.md").write_text(f"### scans[2024]\n\n{row}\n")
+        return {}
+
+    monkeypatch.setattr(ab, "run_ablation", fake)
+    r = CliRunner().invoke(app, ["ablate", str(tmp_path), "--out", str(tmp_path / "abl"), "--epochs", "1",
+                                 "--no-progress"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert row in r.output.splitlines() and "### scans[2024]" in r.output

@@ -178,6 +178,27 @@ def arms(full: Plan, components: list[str] | None = None) -> list[tuple[str, dic
     return out
 
 
+def run_finished(rdir: Path) -> bool:
+    """A run the ablation may reuse: its metrics are written and run.json says it completed (metrics.json
+    comes before the report and the final status, so a run stopped between them has metrics but is not
+    finished; a run without run.json, from before it existed, is taken as it is)."""
+    from meddx.training.run import read_run_info
+
+    if not (rdir / "metrics.json").exists():
+        return False
+    try:
+        return read_run_info(rdir).get("status", "complete") == "complete"
+    except MeddxError:  # a damaged run.json: train the run again
+        return False
+
+
+def eta_text(trained: int, seconds: float, left: int) -> str:
+    """``, about N min left`` from the mean time of the runs trained so far (none yet, or none left: empty)."""
+    if not trained or not left:
+        return ""
+    return f", about {seconds / trained * left / 60:.1f} min left"
+
+
 def _read_probs(run: Path, split: str, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     ids, ys, ps = [], [], []
     with open(run / "predictions.csv", newline="") as f:
@@ -268,14 +289,20 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
 
         def train(rdir, ov):
             return train_run(dataset, rdir, overrides=ov, progress=False, log=lambda *a, **k: None)
-    arm_list = arms(full, components)
+    seeds = list(dict.fromkeys(int(s) for s in seeds))  # a repeated seed would count one run twice
+    arm_list = arms(full, None if components is None else list(dict.fromkeys(components)))
     out.mkdir(parents=True, exist_ok=True)  # once the dataset and the components are known good
+    # a summary from an earlier (or other) ablation in this folder must not look like this one's result
+    # while it runs or after it is interrupted: it is written again once every run has finished
+    for name in ("ablation.json", "ablation.md", "ablation.png"):
+        (out / name).unlink(missing_ok=True)
     names = list(full.data.class_names)
     task = full.task
     pos = _positive(full)
     total = len(arm_list) * len(seeds)
     done = 0
     t0 = time.perf_counter()
+    trained, train_time = 0, 0.0  # runs trained by this call (finished ones found in OUT cost nothing)
     results: dict[str, dict] = {}
     from meddx.planning.planner import apply_overrides
 
@@ -303,16 +330,18 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
         (out / key / "arm.json").write_text(sig)
         for seed in seeds:
             rdir = out / key / f"seed{seed}"
-            if not (rdir / "metrics.json").exists():
+            if not run_finished(rdir):
                 if rdir.exists():
                     import shutil
 
                     shutil.rmtree(rdir)  # an interrupted run: start it again
                 # one split for every seed and arm (seeded splits included), so test cases pair up
+                t_run = time.perf_counter()
                 train(rdir, {**amount, **ov, "seed": seed, "data.split_seed": 0})
+                trained, train_time = trained + 1, train_time + time.perf_counter() - t_run
             done += 1
             el = time.perf_counter() - t0
-            log(f"[{done}/{total}] {arm} seed {seed} ({el / 60:.1f} min elapsed)")
+            log(f"[{done}/{total}] {arm} seed {seed} ({el / 60:.1f} min elapsed{eta_text(trained, train_time, total - done)})")
             runs.append(rdir)
         t_sec = [json.loads((r / "metrics.json").read_text())["training"]["train_seconds"] for r in runs]
         if task == "segment":
