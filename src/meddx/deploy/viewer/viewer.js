@@ -121,6 +121,9 @@ function showResult(r) {
   const tbody = $("probs").querySelector("tbody");
   tbody.innerHTML = "";
   const probs = r.calibrated_probabilities || r.probabilities || {};
+  // segmenters send no calibrated probabilities: theirs are each class's mean probability over its region
+  $("probhead").textContent = r.calibrated_probabilities ? "calibrated probability"
+    : r.segmentation ? "mean probability in its region" : "probability (uncalibrated)";
   for (const [name, p] of Object.entries(probs)) {
     const tr = document.createElement("tr");
     const a = document.createElement("td"); a.textContent = name;
