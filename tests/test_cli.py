@@ -175,3 +175,23 @@ def test_the_cli_seed_bound_is_the_plans():
     from meddx.planning.plan import MAX_SEED as PLAN_MAX_SEED
 
     assert MAX_SEED == PLAN_MAX_SEED
+
+
+def test_ctrl_c_exits_130_and_says_interrupted(tmp_path, monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt into Exit(130), which outside standalone mode it returns instead of
+    raising: Ctrl-C during `meddx ablate` (or train) ended the process with code 0 and no message."""
+    import sys
+
+    import meddx.evaluation.ablation as ab
+    from meddx.cli import main
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ab, "run_ablation", stopped)
+    monkeypatch.setattr(sys, "argv", ["meddx", "ablate", str(tmp_path), "--out", str(tmp_path / "abl"),
+                                      "--epochs", "1", "--no-progress"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -634,7 +634,11 @@ def serve(run: Path = typer.Argument(..., help="Run directory to serve (classifi
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        # typer (0.29 here) turns Ctrl-C into Exit(130) and, outside standalone mode, returns that code instead of
+        # raising: without this a stopped train or ablate exited 0, silently, as if it had finished
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            raise KeyboardInterrupt if rv == 130 else SystemExit(rv)
     except MeddxError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -644,7 +648,7 @@ def main() -> None:
                           markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("interrupted")
+        err_console.print("interrupted", markup=False, highlight=False)
         sys.exit(130)
     except SystemExit:
         raise
