@@ -68,3 +68,15 @@ def test_bench_run_and_bundle(tmp_path):
 def test_bench_refuses_other_folders(tmp_path):
     with pytest.raises(MeddxError, match="neither a run directory"):
         bench_path(tmp_path)
+
+
+def test_cpu_peak_counts_only_the_cores_bench_threads_can_use(tmp_path):
+    """`meddx bench --threads 1` on a 2-core machine divided the achieved GFLOP/s by both cores' peak,
+    halving the reported fraction of peak."""
+    f = tmp_path / "cpuinfo"
+    f.write_text(CPUINFO.format(vendor="AuthenticAMD", family=23, model=49, extra=""))
+    one = cpu_peak(f, threads=1)
+    assert one["cores"] == 1 and one["cores_on_machine"] == 2
+    assert one["peak_gflops"] == pytest.approx(cpu_peak(f)["peak_gflops"] / 2)
+    assert cpu_peak(f, threads=8)["cores"] == 2  # more threads than cores: still the machine's cores
+    assert "1 cores x" in one["formula"]

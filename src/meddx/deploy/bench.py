@@ -36,7 +36,7 @@ def cpuinfo_fields(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[dict[str, str
     return fields, len(re.findall(r"^processor\s*:", text, re.M))
 
 
-def cpu_peak(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+def cpu_peak(cpuinfo: str | Path = "/proc/cpuinfo", threads: int | None = None) -> dict:
     """Theoretical fp32 peak of this machine's CPU, from ``/proc/cpuinfo``.
 
     peak = cores x clock x FLOPs per cycle per core, where FLOPs per cycle = fp32 lanes of
@@ -44,13 +44,17 @@ def cpu_peak(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     when the ``fma`` flag is there) x FMA pipes (2; but AMD family 17h models before
     0x30, Zen/Zen+, split 256-bit operations over two 128-bit pipes: effectively 1). The
     clock is the reported ``cpu MHz`` (a VM usually reports the base clock; turbo would
-    raise the true peak, so the achieved fraction is an upper estimate).
+    raise the true peak, so the achieved fraction is an upper estimate). ``threads`` (bench
+    ``--threads``) caps the cores counted: one thread can use one core's peak only.
     """
     info: dict = {"source": str(cpuinfo)}
     parsed = cpuinfo_fields(cpuinfo)
     if parsed is None:
         return {"peak_gflops": None, "note": f"no {cpuinfo}: peak unknown"}
     fields, cores = parsed
+    if threads:
+        info["cores_on_machine"] = cores
+        cores = max(1, min(cores, int(threads)))
 
     def field(name):
         return fields.get(name, "")
@@ -183,7 +187,7 @@ def bench_path(target: str | Path, *, threads: int | None = None, seconds: float
     else:
         raise RunError("neither a run directory (plan.yaml) nor a bundle (bundle.json)", path=target,
                        fix="pass a folder written by `meddx train`, `meddx export` or `meddx compress`")
-    add_efficiency(res)
+    add_efficiency(res, cpu_peak(threads=threads))
     return res
 
 
