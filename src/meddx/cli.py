@@ -434,7 +434,7 @@ def ablate(path: str = typer.Argument(..., help="Dataset (classification, or seg
         raise MeddxError(f"--seeds '{seeds}' lists no seed", fix="give integers, e.g. --seeds 0,1,2")
     if not all(0 <= s <= MAX_SEED for s in seed_list):
         raise MeddxError(f"--seeds '{seeds}' holds a seed outside 0..{MAX_SEED}", fix="give seeds such as 0,1,2")
-    comps = [c.strip() for c in components.split(",")] if components else None
+    comps = [c.strip() for c in components.split(",") if c.strip()] if components else None  # 'a,b,' is a,b
     budget = parse_duration(time_budget)
     if budget and epochs:
         raise MeddxError("give --time-budget or --epochs, not both", fix="drop one of them")

@@ -304,3 +304,37 @@ def test_cli_prints_the_ablation_table_one_row_per_line(tmp_path, monkeypatch):
                                  "--no-progress"], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     assert row in r.output.splitlines() and "### scans[2024]" in r.output
+
+
+def test_a_component_named_that_does_not_apply_is_reported(tmp_path, monkeypatch):
+    """--components tta on 2D images ran the baseline and full plan only, without a word about tta."""
+    import meddx.evaluation.ablation as ab
+
+    monkeypatch.setattr("meddx.training.run.train_run", lambda dataset, rdir, overrides, **kw: _fake_finished_run(rdir))
+    lines = []
+    res = ab.run_ablation(str(_two_class_folder(tmp_path / "data")), tmp_path / "abl", epochs=1, seeds=[0],
+                          components=["tta"], progress=False, log=lines.append)
+    assert [r["arm"] for r in res["arms"]][:1] == ["baseline"] and "+ tta" not in [r["arm"] for r in res["arms"]]
+    assert any(ln.startswith("tta: does not apply") for ln in lines), lines
+
+
+def test_cli_components_ignore_empty_entries(tmp_path, monkeypatch):
+    """--components 'augmentation,' was refused as the unknown component ''."""
+    from typer.testing import CliRunner
+
+    import meddx.evaluation.ablation as ab
+    from meddx.cli import app
+
+    seen = {}
+
+    def fake(path, out, **kw):
+        seen.update(kw)
+        out.mkdir(parents=True)
+        (out / "ablation.md").write_text("table\n")
+        return {}
+
+    monkeypatch.setattr(ab, "run_ablation", fake)
+    r = CliRunner().invoke(app, ["ablate", str(tmp_path), "--out", str(tmp_path / "abl"), "--epochs", "1",
+                                 "--components", "augmentation, ,attention,", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert seen["components"] == ["augmentation", "attention"]

@@ -291,6 +291,11 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
             return train_run(dataset, rdir, overrides=ov, progress=False, log=lambda *a, **k: None)
     seeds = list(dict.fromkeys(int(s) for s in seeds))  # a repeated seed would count one run twice
     arm_list = arms(full, None if components is None else list(dict.fromkeys(components)))
+    if components:  # asked for by name but not for this dataset (e.g. tta, 3D only, on 2D images): say so
+        table = components_for(full)
+        for n in dict.fromkeys(components):
+            if not table[n].applies(full):
+                log(f"{n}: does not apply to this dataset ({table[n].what}); it gets no arm")
     out.mkdir(parents=True, exist_ok=True)  # once the dataset and the components are known good
     # a summary from an earlier (or other) ablation in this folder must not look like this one's result
     # while it runs or after it is interrupted: it is written again once every run has finished
