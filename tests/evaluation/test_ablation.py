@@ -338,3 +338,17 @@ def test_cli_components_ignore_empty_entries(tmp_path, monkeypatch):
                                  "--components", "augmentation, ,attention,", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert seen["components"] == ["augmentation", "attention"]
+
+
+def test_out_inside_the_dataset_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """`meddx ablate data --out data/abl` made data/abl/baseline/ and then failed on its own folder
+    ("class folder 'abl' holds no readable images"), leaving it inside the user's dataset."""
+    import meddx.evaluation.ablation as ab
+    from meddx.errors import MeddxError
+
+    monkeypatch.setattr("meddx.training.run.train_run", lambda dataset, rdir, overrides, **kw: _fake_finished_run(rdir))
+    data = _two_class_folder(tmp_path / "data")
+    with pytest.raises(MeddxError, match="inside the dataset"):
+        ab.run_ablation(str(data), data / "abl", epochs=1, seeds=[0], components=[], progress=False,
+                        log=lambda *a: None)
+    assert not (data / "abl").exists()

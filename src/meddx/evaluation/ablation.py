@@ -264,6 +264,10 @@ def run_ablation(dataset: str, out: str | Path, *, budget_s: float | None = None
     from meddx.training.run import fingerprint_dataset, planned_split, train_run
 
     out = Path(out)
+    src = Path(dataset)
+    if src.is_dir() and out.resolve().is_relative_to(src.resolve()):
+        # every arm re-reads the dataset: the first run's folder would become a class (or hold stray images)
+        raise MeddxError(f"--out {out} is inside the dataset folder {src}", fix="choose an --out outside the dataset")
     if task == "segment":
         from meddx.data.segsources import open_seg_dataset
         from meddx.training.seg_run import train_seg_run
