@@ -352,3 +352,18 @@ def test_out_inside_the_dataset_folder_is_refused_before_anything_is_written(tmp
         ab.run_ablation(str(data), data / "abl", epochs=1, seeds=[0], components=[], progress=False,
                         log=lambda *a: None)
     assert not (data / "abl").exists()
+
+
+def test_markdown_shows_small_p_values_as_under_0001_and_no_spread_for_one_seed():
+    """A p-value of 1/2001 printed as 0.000 (a bootstrap p is never 0), and one seed printed '± 0.000'
+    as if the seeds had agreed."""
+    from meddx.evaluation.ablation import markdown_table
+
+    res = {"task": "segment", "dataset": "d", "epochs": 1, "budget_s": None, "seeds": [0],
+           "arms": [{"arm": "baseline", "test_dice_mean": 0.5, "test_dice_sd": 0.0, "delta_dice": 0.0,
+                     "val_dice_mean": 0.4, "val_dice_sd": 0.0},
+                    {"arm": "+ tta", "test_dice_mean": 0.6, "test_dice_sd": 0.0, "delta_dice": 0.1, "p_dice": 1 / 2001,
+                     "val_dice_mean": 0.5, "val_dice_sd": 0.0}]}
+    md = markdown_table(res)
+    assert "| + tta | 0.600 | +0.100 | < 0.001 | 0.500 |" in md and "±" not in md
+    assert "0.500 ± 0.000" in markdown_table({**res, "seeds": [0, 1]})

@@ -431,17 +431,27 @@ def amount_text(res: dict) -> str:
     return f"{res['budget_s']:g} s per run" if res.get("budget_s") else f"{res['epochs']} epochs per run"
 
 
-def _f(mean: float, sd: float) -> str:
-    return f"{mean:.3f} ± {sd:.3f}"
+def _fmt(mean: float, sd: float, one_seed: bool = False) -> str:
+    return f"{mean:.3f}" if one_seed else f"{mean:.3f} ± {sd:.3f}"  # one seed has no spread to show
+
+
+def _p(p: float) -> str:
+    """A bootstrap p-value (never 0: at least 1 / (1 + resamples)) as the table shows it."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def markdown_table(res: dict) -> str:
+    one = len(res.get("seeds") or (0, 1)) < 2
+
+    def _f(mean, sd):
+        return _fmt(mean, sd, one)
+
     if res.get("task") == "segment":
         lines = [f"### {res['dataset']} (segmentation, {amount_text(res)}, seeds "
                  f"{', '.join(map(str, res['seeds']))})", "",
                  "| arm | test Dice | Δ Dice | p (Dice) | val Dice |", "|---|---|---|---|---|"]
         for r in res["arms"]:
-            p = f"{r['p_dice']:.3f}" if "p_dice" in r else ""
+            p = _p(r['p_dice']) if "p_dice" in r else ""
             name = r["arm"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
             lines.append(f"| {name} | {_f(r['test_dice_mean'], r['test_dice_sd'])} | {r['delta_dice']:+.3f} | {p} "
                          f"| {_f(r['val_dice_mean'], r['val_dice_sd'])} |")
@@ -451,8 +461,8 @@ def markdown_table(res: dict) -> str:
              f"| arm | test ACC | Δ ACC | p (ACC) | balanced ACC | test AUC | Δ AUC | p (AUC) | {sens} | val ACC | val AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["arms"]:
-        p_acc = f"{r['p_accuracy']:.3f}" if "p_accuracy" in r else ""
-        p_auc = f"{r['p_auc']:.3f}" if "p_auc" in r else ""
+        p_acc = _p(r['p_accuracy']) if "p_accuracy" in r else ""
+        p_auc = _p(r['p_auc']) if "p_auc" in r else ""
         name = r["arm"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
         lines.append(
             f"| {name} | {_f(r['test_accuracy_mean'], r['test_accuracy_sd'])} | {r['delta_accuracy']:+.3f} | {p_acc} "
