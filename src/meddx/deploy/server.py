@@ -215,20 +215,23 @@ class ModelService:
         x = model_input(self.plan, img, where)
         out: dict[str, Any] = {"task": self.task, "model_version": self.version}
         heat = None
-        if want_explanation:
-            meth = method or self.explain_method
+        meth = None
+        if want_explanation:  # a wrong method is refused before any inference
             from meddx.explain.run_explain import resolve_methods
 
-            meth = resolve_methods(meth, self.explainer.segmenter)[0]
-            e = explain_image(self.plan, self.explainer, img, where, meth)
-            heat = e.heatmap
-            out["explanation"] = {"method": meth, "class": e.class_name, "layer": e.layer}
+            meth = resolve_methods(method or self.explain_method, self.explainer.segmenter)[0]
         if self.task == "classify":
-            out.update(self._classify(x))
-            mask = None
+            seg, mask = self._classify(x), None
         else:
             seg, mask = self._segment(img)
-            out.update(seg)
+        if meth is not None:
+            # a segmenter's heatmap is about the region it reports (the largest in the image's own geometry,
+            # after post-processing), not whatever region is largest in the resized model input
+            target = seg["label_index"] if self.task == "segment" and seg["label_index"] > 0 else None
+            e = explain_image(self.plan, self.explainer, img, where, meth, class_idx=target)
+            heat = e.heatmap
+            out["explanation"] = {"method": meth, "class": e.class_name, "layer": e.layer}
+        out.update(seg)
         shape = native_shape(self.plan, img)
         z = None
         if len(shape) == 3:
