@@ -241,3 +241,18 @@ def test_serve_without_key_is_a_one_line_error(busi):
     r = subprocess.run([sys.executable, "-m", "meddx.cli", "serve", str(busi)], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 2 and "no API key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_heatmap_method_per_request_or_server(client, busi):
+    """`method=all` (or a list) was accepted and cut to its first method without a word, at start
+    (`--explain-method all`) and per request; a response holds one heatmap."""
+    from meddx.deploy.server import create_app
+    from meddx.errors import MeddxError
+
+    for m in ("all", "gradcam,occlusion"):
+        r = post(client, busi_image(), method=m)
+        assert r.status_code == 422 and "a response holds one heatmap" in r.json()["detail"], r.text
+        with pytest.raises(MeddxError, match="names 2 methods|names 3 methods"):
+            create_app(busi, api_key=API_KEY, explain_method=m)
+    r = post(client, busi_image(), method="gradcampp")
+    assert r.status_code == 200 and r.json()["explanation"]["method"] == "gradcampp"

@@ -313,7 +313,8 @@ def test_the_denoising_pass_is_paid_from_the_budget_once(tmp_path, monkeypatch):
     xtr, xva = torch.rand(12, 1, 28, 28), torch.rand(4, 1, 28, 28)
     den, dtr, dva, spent = denoise_inputs(plan, tmp_path, xtr, xva, log=_quiet)
     rec = json.loads((tmp_path / "fitted_inputs.json").read_text())["learned_denoise"]
-    assert rec["denoise_seconds"] >= 0.8 and spent >= rec["seconds"] + rec["denoise_seconds"] - 0.05
+    # the record's two values are rounded to 0.1 s each
+    assert rec["denoise_seconds"] >= 0.8 and spent >= rec["seconds"] + rec["denoise_seconds"] - 0.1
     assert dtr.shape == xtr.shape and dva.shape == xva.shape
     from meddx.training.fitted_inputs import mark_charged
 

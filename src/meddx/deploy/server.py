@@ -136,10 +136,7 @@ class ModelService:
             raise RunError("meddx serve serves classification and segmentation runs", path=self.run_dir,
                            fix="serve a run trained with --task classify or --task segment")
         self.explainer = Explainer(self.model)
-        from meddx.explain.run_explain import resolve_methods
-
-        resolve_methods(explain_method, self.explainer.segmenter)  # a wrong --explain-method is refused at start
-        self.explain_method = explain_method
+        self.explain_method = self._one_method(explain_method)  # a wrong --explain-method is refused at start
         self.max_pixels = int(max_pixels)
         self.names = (list(self.plan.segment.label_names) if self.task == "segment"
                       else list(self.plan.data.class_names))
@@ -206,6 +203,17 @@ class ModelService:
         return card
 
     # -- prediction ----------------------------------------------------------------------
+    def _one_method(self, method: str) -> str:
+        """The heatmap method: one, since a response holds one heatmap (``all`` or a list would have been
+        cut to its first method without a word)."""
+        from meddx.explain.run_explain import resolve_methods
+
+        methods = resolve_methods(method, self.explainer.segmenter)
+        if len(methods) != 1:
+            raise MeddxError(f"explanation method '{method}' names {len(methods)} methods; a response holds one "
+                             "heatmap", fix=f"name one of: {', '.join(resolve_methods('all', self.explainer.segmenter))}")
+        return methods[0]
+
     def predict(self, path: Path, want_explanation: bool = True, method: str | None = None) -> dict:
         from meddx.explain.run_explain import explain_image, model_input, native_shape
         from meddx.io import read_image
@@ -217,9 +225,7 @@ class ModelService:
         heat = None
         meth = None
         if want_explanation:  # a wrong method is refused before any inference
-            from meddx.explain.run_explain import resolve_methods
-
-            meth = resolve_methods(method or self.explain_method, self.explainer.segmenter)[0]
+            meth = self._one_method(method or self.explain_method)
         if self.task == "classify":
             seg, mask = self._classify(x), None
         else:
