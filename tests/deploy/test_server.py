@@ -256,3 +256,26 @@ def test_one_heatmap_method_per_request_or_server(client, busi):
             create_app(busi, api_key=API_KEY, explain_method=m)
     r = post(client, busi_image(), method="gradcampp")
     assert r.status_code == 200 and r.json()["explanation"]["method"] == "gradcampp"
+
+
+def test_window_preset_names_are_shown_only_when_they_are_window_words(tmp_path):
+    """A preset's name is a free-text tag (WindowCenterWidthExplanation) that a site may fill with anything,
+    a patient's name included; the API echoed it (up to 40 characters)."""
+    import warnings
+
+    import pydicom
+
+    from meddx.deploy.server import _window_name, dicom_window_presets
+
+    assert [_window_name(t) for t in ("BRAIN", "Lung window", "WINDOW1", "Algo1", "CT abdomen W400 L40")] == \
+        ["BRAIN", "Lung window", "WINDOW1", "Algo1", "CT abdomen W400 L40"]
+    assert [_window_name(t) for t in ("Doe^John", "PGBM-001", "Dr Smith lung", "", "1234567")] == [None] * 5
+    src = data_dir() / "dicom" / "pydicom_data_selection" / "693_UNCR.dcm"
+    ds = pydicom.dcmread(src)
+    ds.WindowCenter, ds.WindowWidth = [40, -600], [400, 1500]
+    ds.WindowCenterWidthExplanation = ["Doe^John", "LUNG"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(tmp_path / "w.dcm", enforce_file_format=False)
+    presets, modality = dicom_window_presets(tmp_path / "w.dcm")
+    assert [p["name"] for p in presets] == ["DICOM window 1", "LUNG"] and "Doe" not in str(presets)

@@ -51,6 +51,23 @@ CT_PRESETS = [("brain", 40, 80), ("subdural", 75, 215), ("lung", -600, 1500), ("
               ("abdomen", 40, 400), ("liver", 60, 160), ("bone", 400, 1800)]
 
 
+# the words a window's explanation (a free-text tag) is shown with; any other word could be anything a
+# site typed there, a name included, so that preset is shown as "DICOM window N"
+WINDOW_WORDS = frozenset("""window level preset default standard user auto automatic wide narrow full dynamic range
+    brain head neck stroke subdural posterior fossa temporal bone bones spine skull sinus sinuses orbit orbits ear
+    lung lungs chest thorax mediastinum mediastinal pleura abdomen abdominal liver kidney kidneys renal pancreas
+    pelvis soft tissue tissues fat vessel vessels vascular angio cta contrast enhanced sharp smooth low high mid
+    algo ct mr mri pet us cr dx mg xa hu w l c ww wl wc of and for""".split())
+
+
+def _window_name(text: str) -> str | None:
+    """``text`` if every word of it is a window word (digits aside), else None."""
+    import re
+
+    words = [w for w in re.split(r"[^a-z]+", text.lower()) if w]
+    return text[:40] if words and all(w in WINDOW_WORDS for w in words) else None
+
+
 def dicom_window_presets(path: Path) -> tuple[list[dict], str | None]:
     """(centre, width) presets stored in a DICOM file, and its modality. Reads four tags only."""
     try:
@@ -78,8 +95,8 @@ def dicom_window_presets(path: Path) -> tuple[list[dict], str | None]:
     out = []
     for i, (c, w) in enumerate(zip(centres, widths)):
         if w > 0:
-            label = names[i] if i < len(names) and names[i] else f"DICOM window {i + 1}"
-            out.append({"name": label[:40], "center": c, "width": w})
+            label = (_window_name(names[i]) if i < len(names) and names[i] else None) or f"DICOM window {i + 1}"
+            out.append({"name": label, "center": c, "width": w})
     modality = ds.get("Modality")
     return out, (str(modality)[:16] if modality else None)
 
