@@ -53,12 +53,16 @@ def _set_range(pg, cid: str, value: float) -> None:
                 "e.dispatchEvent(new Event('input')); }", [cid, value])
 
 
-def test_viewer_upload_shows_label_overlay_and_card(page, live_server):
-    pg = page
+def _open_viewer(pg, live_server) -> None:
     pg.goto(live_server + "/")
     assert pg.title() == "meddx viewer"
     pg.fill("#apikey", API_KEY)
     pg.dispatch_event("#apikey", "change")
+
+
+def test_viewer_upload_shows_label_overlay_and_card(page, live_server):
+    pg = page
+    _open_viewer(pg, live_server)
     pg.wait_for_function("document.getElementById('card').textContent.includes('Intended use')", timeout=60_000)
     img = busi_image("malignant", 5)
     pg.set_input_files("#file", str(img))
@@ -87,6 +91,8 @@ def test_viewer_upload_shows_label_overlay_and_card(page, live_server):
 
 def test_viewer_dicom_window_presets_and_bad_file(page, live_server, tmp_path):
     pg = page
+    if not pg.url.startswith(live_server):  # run on its own, not after the test above
+        _open_viewer(pg, live_server)
     f = data_dir() / "dicom" / "tcia_brain_tumor_progression_PGBM-001" / "35623-FLAIRreg-79237" / "000012.dcm"
     pg.set_input_files("#file", str(f))
     pg.wait_for_function("document.getElementById('status').textContent.startsWith('Done: 000012.dcm')",
