@@ -77,3 +77,22 @@ def test_stray_mask_values_are_flagged(tmp_path):
     assert any("label_7" in f and "stray" in f for f in fp["findings"]), fp["findings"]
     clean = compute_fingerprint(open_seg_dataset(str(write_seg_pairs(tmp_path / "ok", n=20, size=48))))
     assert not any("stray" in f for f in clean["findings"])
+
+
+def test_a_segmentation_datasets_hash_covers_its_masks(tmp_path):
+    """The data hash read images only, so a dataset whose masks were redrawn kept the hash of the
+    old one: run.json could not tell the two trainings' data apart."""
+    import numpy as np
+    from PIL import Image
+
+    from meddx.data.segsources import open_seg_dataset
+
+    root = write_seg_pairs(tmp_path / "seg", n=8)
+    before = compute_fingerprint(open_seg_dataset(root))["data_hash"]
+    m = root / "case003_mask.png"
+    a = np.asarray(Image.open(m)).copy()
+    a[:4, :4] = a.max()  # a few more foreground pixels
+    Image.fromarray(a).save(m)
+    after = compute_fingerprint(open_seg_dataset(root))
+    assert after["data_hash"] != before and after["duplicates"]["groups"] == 0
+    assert compute_fingerprint(open_seg_dataset(root))["data_hash"] == after["data_hash"]

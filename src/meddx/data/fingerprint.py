@@ -124,7 +124,9 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                 integer_valued = False
         h = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
         hashes[h].append(c.case_id)
-        data_hash.update(f"{hash_id(c)}|{c.label}|{c.split}|{h}\n".encode())
+        # a segmentation or detection case's target is its mask (boxes are drawn into one): hashed with it
+        target = f"|{hashlib.sha1(np.ascontiguousarray(mask).tobytes()).hexdigest()}" if seg is not None else ""
+        data_hash.update(f"{hash_id(c)}|{c.label}|{c.split}|{h}{target}\n".encode())
         if progress:
             progress(1)
 
