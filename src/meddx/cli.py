@@ -564,6 +564,8 @@ def bench(target: Path = typer.Argument(..., help="Run directory (torch fp32 eag
     Latency (batch 1, p50/p99), throughput (best batch), parameters, FLOPs and file size."""
     from meddx.deploy.bench import bench_path
 
+    if (target / "plan.yaml").exists():
+        _warn_if_unfinished(target)  # its speed is the finished model's, but not its threshold or calibration
     r = bench_path(target, threads=threads, seconds=seconds, progress=True)
     t = Table(title=f"{target} ({r['kind']})", show_header=False)
     t.add_row("latency, batch 1", f"p50 {r['latency_ms_p50']:.3f} ms, p99 {r['latency_ms_p99']:.3f} ms "

@@ -89,6 +89,8 @@ def test_a_run_that_did_not_finish_is_not_exported_or_compressed(tmp_path):
         assert r.returncode == 2 and "did not finish" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "b").exists()
+    r = meddx("bench", run, "--seconds", "0.05")  # timed all the same, with a warning
+    assert "did not finish" in r.stderr and "latency" in r.stdout
     for status in ("running", "interrupted"):
         (run / "run.json").write_text(json.dumps({"status": status}))
         with pytest.raises(RunError, match="did not finish"):
