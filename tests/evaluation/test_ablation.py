@@ -136,11 +136,10 @@ def test_changed_arm_definition_invalidates_its_runs(tmp_path, monkeypatch):
     assert calls and calls[0].endswith("baseline/seed0")  # the stale finished run was thrown away and retrained
 
 
-def test_a_changed_full_plan_invalidates_finished_runs_whose_overrides_did_not_change(tmp_path, monkeypatch):
-    """The baseline's overrides are the same after the planner changes, but the plan they are applied
-    to is not: its finished runs must not be mixed with new ones."""
+def _ablation_stopped_at_its_first_run(tmp_path, monkeypatch):
+    """An ablation of phantoms (baseline only, seed 0) whose first training raises: ``(out, calls, kw)``,
+    ``calls`` the run folders training was asked for since, ``kw`` the arguments to run it again."""
     import meddx.evaluation.ablation as ab
-    import meddx.planning.planner as planner
 
     calls = []
 
@@ -153,6 +152,16 @@ def test_a_changed_full_plan_invalidates_finished_runs_whose_overrides_did_not_c
     kw = dict(epochs=1, seeds=[0], components=[], progress=False, log=lambda *a: None)
     with pytest.raises(RuntimeError):  # writes baseline/arm.json, then "trains"
         ab.run_ablation("synthetic:phantoms:60", out, **kw)
+    return out, calls, kw
+
+
+def test_a_changed_full_plan_invalidates_finished_runs_whose_overrides_did_not_change(tmp_path, monkeypatch):
+    """The baseline's overrides are the same after the planner changes, but the plan they are applied
+    to is not: its finished runs must not be mixed with new ones."""
+    import meddx.evaluation.ablation as ab
+    import meddx.planning.planner as planner
+
+    out, calls, kw = _ablation_stopped_at_its_first_run(tmp_path, monkeypatch)
     (out / "baseline" / "seed0").mkdir(parents=True)
     (out / "baseline" / "seed0" / "metrics.json").write_text("{}")  # as if it had finished
     real = planner.make_plan
@@ -228,17 +237,7 @@ def test_a_run_stopped_after_writing_its_metrics_is_trained_again(tmp_path, monk
     counted, a run that never completed."""
     import meddx.evaluation.ablation as ab
 
-    calls = []
-
-    def fake_train_run(dataset, rdir, overrides, **kw):
-        calls.append(str(rdir))
-        raise RuntimeError("stop")
-
-    monkeypatch.setattr("meddx.training.run.train_run", fake_train_run)
-    out = tmp_path / "abl"
-    kw = dict(epochs=1, seeds=[0], components=[], progress=False, log=lambda *a: None)
-    with pytest.raises(RuntimeError):  # writes baseline/arm.json, then "trains"
-        ab.run_ablation("synthetic:phantoms:60", out, **kw)
+    out, calls, kw = _ablation_stopped_at_its_first_run(tmp_path, monkeypatch)
     run = out / "baseline" / "seed0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
