@@ -55,8 +55,7 @@ def open_det_dataset(path: str | Path) -> CaseSet:
     except UnicodeDecodeError as e:
         raise DatasetError(f"manifest is not UTF-8 text (byte {e.start})", path=p,
                            fix="save the CSV as UTF-8") from e
-    header = next((ln for ln in text.splitlines() if ln.strip()), "")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter_of(p, header))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter_of(p, text))
     try:
         rows = list(reader)
     except csv.Error as e:  # e.g. "field larger than field limit (131072)"

@@ -128,11 +128,17 @@ def split_coverage(run_dir: Path, parts) -> dict[str, list[int]]:
     return {s: [len(cases), stored.count(s)] for s, cases in parts.items()}
 
 
-def coverage_note(coverage: dict[str, list[int]]) -> str | None:
-    """One line when some split has fewer cases than the run's; None when all are there."""
+def coverage_note(run_dir: Path, parts, log) -> tuple[dict[str, list[int]], str | None]:
+    """:func:`split_coverage`, and when some split has fewer cases than the run's a sentence saying so
+    (logged as a note; the model card repeats it); None when all are there."""
+    coverage = split_coverage(run_dir, parts)
     short = [f"{s} {n} of {m}" for s, (n, m) in coverage.items() if n < m]
-    return None if not short else (f"note: the data holds only part of the run's cases ({', '.join(short)}); the "
-                                   "compressed model is measured on these, the run's own metrics on all of them")
+    if not short:
+        return coverage, None
+    text = (f"The data holds only part of the run's cases ({', '.join(short)}); the compressed model is measured "
+            "on these, the run's own metrics on all of them")
+    log(f"note: {text}")
+    return coverage, text
 
 
 def load_split_tensors(run_dir: Path, plan, data: str | None = None, progress: bool = False):
@@ -308,10 +314,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
                        fix="distil it into a fresh network with --student NAME --distill-from RUN, or use --int8 alone")
     log("preparing the run's data")
     cs, parts, tensors = load_split_tensors(run_dir, plan, opts.data, progress)
-    summary["cases"] = split_coverage(run_dir, parts)
-    fewer = coverage_note(summary["cases"])
-    if fewer:
-        log(fewer)
+    summary["cases"], fewer = coverage_note(run_dir, parts, log)
     names = list(plan.data.class_names)
     base_lr = plan.optim.lr
     with tempfile.TemporaryDirectory(prefix="meddx-compress-") as td:
@@ -396,7 +399,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
                 f"{r['params']:,}; FLOPs {source_flops / 1e6:.2f} M -> {r['flops'] / 1e6:.2f} M per image. "
                 f"Validation AUC {fmt_metric(r['val_auc'])}; test AUC {fmt_metric(r['test_auc'])}"
                 + (f" (source run: {fmt_metric(summary['source']['test_auc'])})" if summary["source"].get("test_auc")
-                   else "") + ". " + ("The" + fewer[len("note: the"):] + ". " if fewer else "")
+                   else "") + ". " + (f"{fewer}. " if fewer else "")
                 + "Details: `compression.json`.")
         bundle = write_model_bundle(out, model, plan, run_dir=run_dir, onnx_path=onnx_path, precision=precision,
                                     thresholds=thr, extra_manifest={"compression": {
@@ -456,10 +459,7 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
         raise PlanError("nothing to do for a segmentation run", fix="give --int8")
     cs = open_for_plan(opts.data or plan.data.source, plan)
     parts = apply_split(cs, read_split(run_dir / "split.csv"))
-    coverage = split_coverage(run_dir, parts)
-    fewer = coverage_note(coverage)
-    if fewer:
-        log(fewer)
+    coverage, _ = coverage_note(run_dir, parts, log)
     log("preparing the run's data")
     data = build_seg_data(cs, parts, copy.deepcopy(plan))
     shape = model_input_shape(plan)

@@ -226,13 +226,12 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
                         "training time (s)": round(fit.train_seconds, 1), "stopped by": fit.stopped_by})
         if "input_fit_seconds" in metrics["training"]:
             summary["fitting the inputs first (s)"] = metrics["training"]["input_fit_seconds"]
-    from meddx.training.run import read_run_info, resumed_text
+    from meddx.training.run import note_resumed_in_summary, read_run_info
 
     info = read_run_info(run_dir)
     if info:
         summary["data hash"] = info.get("data_hash", "")[:16]
-    if (resumed := resumed_text(run_dir)) is not None:
-        summary["resumed (train --resume)"] = resumed
+    note_resumed_in_summary(summary, run_dir)
     summary.update({f"version {k}": v for k, v in versions().items()})
     mc = machine()
     summary["machine"] = f"{mc['cpu']} x{mc['cores']}"

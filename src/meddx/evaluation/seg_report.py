@@ -214,7 +214,9 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
         "distances in": units, "seed": plan.seed,
         "inference per case (s, mean / max)": _timing_text(metrics["inference"]),
     }
-    _note_resumed(info, out)
+    from meddx.training.run import note_resumed_in_summary
+
+    note_resumed_in_summary(info, out)
     write_json(out / f"{prefix}metrics.json", metrics)
     write_report(out / f"{prefix}report.html", title=f"meddx segmentation report: {cs.name}", summary=info,
                  metrics={}, plots=plots,
@@ -296,18 +298,12 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     info = {"dataset": f"{cs.name} ({cs.kind})", "findings": ", ".join(names), "test images": len(cases),
             "detector": f"centre heatmap on {plan.model.name}", "input": f"2D resized to {plan.data.input_size}",
             "seed": plan.seed, "inference per case (s, mean / max)": _timing_text(metrics["inference"])}
-    _note_resumed(info, out)
+    from meddx.training.run import note_resumed_in_summary
+
+    note_resumed_in_summary(info, out)
     write_json(out / "metrics.json", metrics)
     write_report(out / "report.html", title=f"meddx detection report: {cs.name}", summary=info, metrics={},
                  plots=plots, notes=[det["rule"] + ".", "Boxes are compared in each image's own pixel coordinates."],
                  tables={"Detection (IoU >= 0.5)": _det_table(det), "Per image": rows,
                          "Plan decisions (rule, kind, what it read)": decision_rows(plan)})
     return metrics
-
-
-def _note_resumed(info: dict, out: Path) -> None:
-    """A resumed run's report says so (``run.json`` has when, and with which versions)."""
-    from meddx.training.run import resumed_text
-
-    if (resumed := resumed_text(out)) is not None:
-        info["resumed (train --resume)"] = resumed

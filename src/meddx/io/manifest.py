@@ -43,10 +43,11 @@ def _canonical(name: str) -> str | None:
     return None
 
 
-def delimiter_of(path: Path, header: str) -> str:
-    """The manifest's field separator, read from its header line: a tab for ``.tsv`` or a tab-separated
-    header, a semicolon for a header with semicolons and no comma (spreadsheets set to a decimal comma
-    save CSV that way), else a comma."""
+def delimiter_of(path: Path, text: str) -> str:
+    """The manifest's field separator, read from its header (first non-blank line of ``text``): a tab
+    for ``.tsv`` or a tab-separated header, a semicolon for a header with semicolons and no comma
+    (spreadsheets set to a decimal comma save CSV that way), else a comma."""
+    header = next((ln for ln in text.splitlines() if ln.strip()), "")
     if path.suffix.lower() == ".tsv" or ("\t" in header and "," not in header):
         return "\t"
     return ";" if ";" in header and "," not in header else ","
@@ -81,8 +82,7 @@ def read_manifest(csv_path: str | Path, *, require_label: bool = True,
     except UnicodeDecodeError as e:
         raise DatasetError(f"manifest is not UTF-8 text (byte {e.start})", path=p,
                            fix="save the CSV as UTF-8") from e
-    lines = text.splitlines()
-    reader = csv.reader(lines, delimiter=delimiter_of(p, next((ln for ln in lines if ln.strip()), "")))
+    reader = csv.reader(text.splitlines(), delimiter=delimiter_of(p, text))
     header: list[str | None] | None = None
     rows: list[ManifestRow] = []
     while True:

@@ -139,19 +139,19 @@ def unfinished_note(run_dir: Path) -> str | None:
             "`meddx train --resume --out RUN`")
 
 
-def resumed_text(run_dir: Path) -> str | None:
-    """For a report's summary: how often and when the run was resumed (``run.json``), None if never;
-    it names versions that differ from those that started the run."""
+def note_resumed_in_summary(summary: dict, run_dir: Path) -> None:
+    """A report's summary line for a resumed run: how often and when (``run.json``), naming versions that
+    differ from those that started the run; nothing for a run never resumed."""
     info = read_run_info(run_dir)
     resumed = [r for r in info.get("resumed", []) if isinstance(r, dict)]
     if not resumed:
-        return None
+        return
     text = f"{len(resumed)} time(s), last at {resumed[-1].get('at', '?')}"
     started = info.get("versions") or {}
     changed = sorted({k for r in resumed for k, v in (r.get("versions") or {}).items() if started.get(k) not in (None, v)})
     if changed:
         text += f"; with other versions of {', '.join(changed)} than it started with (run.json)"
-    return text
+    summary["resumed (train --resume)"] = text
 
 
 def set_status(run_dir: Path, status: str, **extra) -> None:
