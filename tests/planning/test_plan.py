@@ -1,7 +1,7 @@
 import pytest
 
 from meddx.errors import PlanError
-from meddx.planning.plan import Plan
+from meddx.planning.plan import Plan, TrainConfig
 from meddx.planning.planner import EPOCHS_FROM_BUDGET, apply_overrides, make_plan
 
 
@@ -254,3 +254,10 @@ def test_the_fixed_rules_are_in_the_written_plan_too(tmp_path, budget, epochs):
     assert {"R7", "R9", "R10"} <= set(rules)
     assert rules["R9"].value == epochs and rules["R9"].reads == {"time_budget_s": budget}
     assert rules["R10"].value == "auc" and rules["R7"].kind == "fixed"
+
+
+@pytest.mark.parametrize("epochs, text", [(1, "1 epoch"), (2, "2 epochs"), (30, "30 epochs")])
+def test_log_lines_count_epochs_in_words_that_agree(epochs, text):
+    train = TrainConfig(epochs=epochs)
+    assert train.epochs_text == text
+    assert "epochs_text" not in train.model_dump()   # not a plan field

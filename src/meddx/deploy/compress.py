@@ -209,7 +209,7 @@ def train_phase(plan, model, tensors, work: Path, *, teacher=None, affine=(1.0, 
     xva, yva = tensors["val"]
     if opts.time_budget_s and not opts.epochs:
         size_epochs(p, work, lambda: trainer.measure_epoch_seconds(xtr, ytr, xva.shape[0]), "R9 epochs", 0.97)
-    log(f"  training {'with distillation ' if teacher is not None else ''}for {p.train.epochs} epoch(s), lr {lr:g}")
+    log(f"  training {'with distillation ' if teacher is not None else ''}for {p.train.epochs_text}, lr {lr:g}")
     t0 = time.perf_counter()
     res = trainer.fit(xtr, ytr, xva, yva)
     return {"epochs_run": res.epochs_run, "epochs_planned": res.epochs_planned, "best_epoch": res.best_epoch,

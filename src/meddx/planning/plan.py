@@ -128,6 +128,11 @@ class TrainConfig(_Strict):
     memory_budget_gb: Optional[float] = Field(default=None, gt=0)  # caps the batch size (planner rule R6)
     eval_batch_size: int = 256
 
+    @property
+    def epochs_text(self) -> str:
+        """``"1 epoch"`` / ``"30 epochs"``, for log lines."""
+        return f"{self.epochs} epoch{'' if self.epochs == 1 else 's'}"
+
 
 class SyntheticConfig(_Strict):
     """Synthetic minority images from a conditional GAN fitted on the training split only

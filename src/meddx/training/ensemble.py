@@ -119,7 +119,7 @@ def fit_members(plan: Plan, out: Path, make_model, make_trainer, fit_member, fol
             model.load_state_dict(prev_final)  # warm restart from the previous cycle's final weights
         idx = None if folds is None else folds[i]
         n = len(fold_labels) if idx is None else len(idx)
-        log(f"member {i + 1}/{k} ({kind}): {n} training cases, {mp.train.epochs} epochs")
+        log(f"member {i + 1}/{k} ({kind}): {n} training cases, {mp.train.epochs_text}")
         trainer = make_trainer(mp, model, mdir)
         res = fit_member(trainer, idx, resume and started)
         if kind == "snapshot":

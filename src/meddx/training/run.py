@@ -569,12 +569,12 @@ def fit_classifier(plan: Plan, out: Path, xtr: torch.Tensor, ytr: torch.Tensor, 
         # a fresh model, so the weights do not depend on whether the budget probe ran
         trainer = make_trainer(deep, build_single_model(deep), out)
         log(f"training {plan.model.name} on {xtr.shape[0]} cases ({plan.data.spatial_dims}D, input "
-            f"{plan.data.input_size}, {plan.train.epochs} epochs) -> {out}")
+            f"{plan.data.input_size}, {plan.train.epochs_text}) -> {out}")
         result = trainer.fit(xtr, ytr, xva, yva, resume=resume)
         model = post(trainer.model, deep)
     else:
         log(f"training an ensemble of {k} {plan.model.name} ({plan.ensemble.kind}) on {xtr.shape[0]} cases, "
-            f"{plan.train.epochs} epochs each -> {out}")
+            f"{plan.train.epochs_text} each -> {out}")
         def fit_member(trainer, idx, res):
             x, y = (xtr, ytr) if idx is None else (xtr[idx], ytr[idx])
             return trainer.fit(x, y, xva, yva, resume=res)

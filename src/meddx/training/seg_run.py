@@ -206,7 +206,7 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         log(f"training {plan.model.name}{f' x{k} ({plan.ensemble.kind})' if k > 1 else ''} on {len(data['train'])} "
             f"cases ({plan.data.spatial_dims}D, "
             f"{'patch ' + str(plan.segment.patch_size) if plan.segment.patch_size else 'input ' + str(plan.data.input_size)}, "
-            f"{plan.train.epochs} epochs{' each' if k > 1 else ''}) -> {out}")
+            f"{plan.train.epochs_text}{' each' if k > 1 else ''}) -> {out}")
         if k == 1:
             seed_everything(plan.seed)
             trainer.model = build_single_model(plan).to(trainer.device)
