@@ -84,6 +84,13 @@ def test_openapi_schema_documents_the_api(client):
     assert client.get("/").status_code == 200 and "meddx viewer" in client.get("/").text
 
 
+def test_the_viewer_has_an_icon_where_browsers_look(client):
+    assert 'rel="icon" href="/viewer/icon.svg"' in client.get("/").text
+    for url in ("/viewer/icon.svg", "/favicon.ico"):
+        r = client.get(url)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content
+
+
 def test_dicom_keeps_window_presets_and_no_identifiers(client, caplog):
     import pydicom
 

@@ -35,6 +35,8 @@ def page():
             pg.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "blob:",
                                                                                         "data:")) else None)
             pg.outside = outside
+            pg.failed = []   # every answer of 400 or more from the server, e.g. a missing favicon
+            pg.on("response", lambda r: pg.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             yield pg
         finally:
             ctx.close()
@@ -87,6 +89,7 @@ def test_viewer_upload_shows_label_overlay_and_card(page, live_server):
     assert (ARTIFACTS / "viewer.png").stat().st_size > 10_000
     assert before is not None
     assert not pg.outside, f"the viewer fetched outside the server: {pg.outside}"
+    assert not pg.failed, f"the viewer asked for what the server does not have: {pg.failed}"
 
 
 def test_viewer_dicom_window_presets_and_bad_file(page, live_server, tmp_path):

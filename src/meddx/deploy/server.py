@@ -530,6 +530,10 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
     def index():
         return FileResponse(VIEWER_DIR / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)  # clients that ask the site root for an icon
+    def favicon():
+        return FileResponse(VIEWER_DIR / "icon.svg", media_type="image/svg+xml")
+
     app.mount("/viewer", StaticFiles(directory=str(VIEWER_DIR)), name="viewer")
     return app
 
