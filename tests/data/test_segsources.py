@@ -330,3 +330,27 @@ def test_a_mask_of_fractions_or_undeclared_labels_is_named(tmp_path):
     with pytest.raises(DatasetError, match="not declared") as e:
         compute_fingerprint(open_seg_dataset(root))
     assert str(e.value).startswith(f"{bad}: ")
+
+
+def test_a_negative_mask_value_is_refused_not_made_the_background(tmp_path):
+    """Label values are sorted and the lowest is class 0: a mask holding -1 made -1 the background and
+    the real background (0) a foreground class 'label_0' that trained and was scored."""
+    import json
+
+    import nibabel as nib
+
+    root = write_seg_volumes(tmp_path / "v", n=4, shape=(12, 14, 12))
+    bad = root / "labels" / "vol01.nii.gz"
+    m = nib.load(str(bad))
+    lab = np.asarray(m.dataobj).astype(np.int16)
+    lab[lab == 2] = -1
+    nib.save(nib.Nifti1Image(lab, m.affine), str(bad))
+    with pytest.raises(DatasetError, match=r"negative value \(-1\)") as e:
+        compute_fingerprint(open_seg_dataset(root))
+    assert str(e.value).startswith(f"{bad}: ")
+    with pytest.raises(DatasetError, match="negative label value"):
+        infer_label_values({0.0, 1.0}, {-1: "ignore", 0: "background", 1: "a"}, "x",
+                           declared_in="dataset.json")
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"}}))
+    with pytest.raises(DatasetError, match="negative value"):  # declared or not
+        compute_fingerprint(open_seg_dataset(root))

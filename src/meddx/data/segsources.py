@@ -325,6 +325,14 @@ def infer_label_values(unique_values: set[float], declared: dict[int, str] | Non
                            path=where or source,
                            fix="masks must be label images (0 = background, 1..K = classes); re-export them")
     ints = [int(v) for v in vals]
+    if ints and ints[0] < 0:  # the lowest value would become the background (class index 0), and 0 a foreground class
+        where = seen_in.get(float(ints[0]))
+        raise DatasetError(f"{'this mask holds' if where else 'masks hold'} a negative value ({ints[0]})",
+                           path=where or source,
+                           fix="masks must be label images (0 = background, 1..K = classes); re-export them")
+    if declared and min(declared) < 0:
+        raise DatasetError(f"{declared_in} declares a negative label value ({min(declared)})", path=source,
+                           fix="label values are 0 (background) and 1..K; correct the labels")
     if declared:
         outside = [v for v in ints if v not in declared]
         if outside:
