@@ -125,3 +125,39 @@ def test_heatmap_detector_keeps_intensity_augmentation_and_says_what_it_drops(tm
     assert len(s7) == 1 and s7[0].reads["not_applied"] == ["rotate_deg", "scale", "elastic"]
     assert s7[0].value["gamma"] == 0.5 and s7[0].value["blur_sigma"] == 1.0
     assert "rotate_deg, scale, elastic not applied" in said[0]
+
+
+def test_predict_gives_the_boxes_evaluation_scored_after_post_processing(tmp_path, monkeypatch):
+    """Evaluation draws a components detector's boxes from the post-processed argmax map (S10); predict
+    drew them from the raw map, so a run that kept only the largest component was scored on one box per
+    finding and predicted every speck."""
+    from meddx.evaluation import seg_infer
+    from meddx.planning.plan import Plan
+    from meddx.training import run as run_mod
+
+    plan = Plan.model_validate(dict(
+        task="detect", data=dict(source="x", kind="box manifest", class_names=["spot"], spatial_dims=2, channels=1,
+                                 input_size=[32, 32]),
+        segment=dict(label_values=[0, 1], label_names=["background", "spot"], detector="components",
+                     det_threshold=None, choose_det_threshold=False, postprocess=["largest_component"],
+                     choose_postprocess=False)))
+    lab = np.zeros((32, 32), np.uint8)
+    lab[4:14, 6:16] = 1  # the lesion
+    lab[25:28, 25:28] = 1  # a speck that largest_component removes
+    probs = np.stack([1.0 - 0.9 * lab, 0.9 * lab]).astype(np.float16)
+    probs[1, 25:28, 25:28] = 0.95  # ranked above the lesion
+    probs[0, 25:28, 25:28] = 0.05
+    monkeypatch.setattr(run_mod, "load_run", lambda run_dir: (plan, torch.nn.Identity()))
+    monkeypatch.setattr(seg_infer, "predict_case", lambda *a, **k: (lab.copy(), probs))
+    write_png(tmp_path / "im.png", np.full((32, 32), 90, np.uint8))
+    rows = predict_seg_paths(tmp_path / "run", tmp_path / "im.png", tmp_path / "p", progress=False)
+    assert [(r["finding"], r["x1"], r["y1"], r["x2"], r["y2"]) for r in rows] == [("spot", 6, 4, 16, 14)]
+    # S11 scores the argmax candidate on the validation boxes it would give on the test cases: post-processed
+    from meddx.data.case import Case
+    from meddx.training import seg_run
+
+    monkeypatch.setattr(seg_run, "predict_cases", lambda *a, **k: ([lab.copy()], [lab], [None], [probs]))
+    plan.segment.choose_det_threshold = True
+    seg_run.choose_det_threshold(plan, None, [Case("im.png", 1, boxes=((6, 4, 16, 14, 1),))], None, False)
+    trace = plan.decisions[-1].reads["validation"]
+    assert trace["argmax"]["froc"] == 1.0 and trace["0.5"]["froc"] < 1.0  # the speck is a false positive there

@@ -126,6 +126,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback
+    from meddx.transforms.postprocess import postprocess
 
     sg = plan.segment
     names = sg.label_names
@@ -139,6 +140,8 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
                 boxes = predict_boxes(model, plan, img, str(p))
             else:
                 lab, probs = predict_case(model, plan, img, str(p), with_probs=True)
+                # post-processed as in evaluation (seg_report), so the boxes are the ones that were scored
+                lab = postprocess(lab, sg.postprocess, len(sg.label_values), sg.min_size)
                 boxes = boxes_from_segmentation(lab, probs.astype(np.float32), len(sg.label_values), sg.det_threshold)
             opath = out_dir / f"{stems[p]}_overlay.png"
             boxes_png(img.array, [], boxes, title=f"{p.name}: detections", path=opath)

@@ -81,11 +81,13 @@ def choose_det_threshold(plan: Plan, cs, val_cases, model, progress: bool) -> No
     probability map at a threshold, whichever gives the best mean FROC (then AP) on validation."""
     from meddx.data.detsources import reference_boxes
     from meddx.evaluation.detection import boxes_from_segmentation, detection_summary
+    from meddx.transforms.postprocess import postprocess
 
     sg = plan.segment
     k = len(sg.label_values)
     preds, _, _, probs = predict_cases(cs, val_cases, plan, model, progress, "choosing the detection threshold",
                                        with_probs=True)
+    preds = [postprocess(p, sg.postprocess, k, sg.min_size) for p in preds]  # as the test cases will be
     refs = [reference_boxes(c) for c in val_cases]
     trace, best, best_key = {}, None, (-1.0, -1.0)
     for t in DET_THRESHOLDS:
