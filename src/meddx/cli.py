@@ -278,14 +278,18 @@ def train(path: Optional[str] = typer.Argument(None, help="Dataset path (optiona
 
 
 def _print_seg_summary(run: Path, sub: str = "") -> None:
+    from rich.markup import escape
+
+    from meddx.evaluation.report import format_metric, format_value
+
     m = json.loads((run / sub / "metrics.json").read_text())
     det = m.get("detection")
     if det:
         t = Table(title=f"detection on {m['dataset']} (n={m['n_test']}, IoU >= {det['iou_threshold']})")
         for c in ("finding", "AP", "FROC mean sensitivity"):
             t.add_column(c)
-        for name, v in det["per_class"].items():
-            t.add_row(name, f"{v['ap']:.3f}", f"{v['froc']['mean']:.3f}")
+        for name, v in det["per_class"].items():  # n/a: no reference box of this finding among the test cases
+            t.add_row(name, format_value(v["ap"]), format_value(v["froc"]["mean"]))
         console.print(t)
     if "summary" not in m:
         console.print(f"report: {run / sub / 'report.html'}")
@@ -294,8 +298,8 @@ def _print_seg_summary(run: Path, sub: str = "") -> None:
     for c in ("class", "Dice", "IoU", "HD95", "ASD"):
         t.add_column(c)
 
-    def f(x):
-        return "n/a" if x["value"] != x["value"] else f"{x['value']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]"
+    def f(x):  # escaped: rich reads "[n/a, n/a]" (a CI over fewer than 2 cases) as markup and drops it
+        return escape(format_metric(x))
 
     for name, v in m["summary"]["per_class"].items():
         t.add_row(name, *(f(v[k]) for k in ("dice", "iou", "hd95", "asd")))

@@ -79,3 +79,26 @@ def test_a_test_set_without_findings_has_no_mean_ap_and_no_warning():
         warnings.simplefilter("error")
         s = detection_summary([[Box((1, 1), (5, 5), cls=1, score=0.9)], []], [[], []], ["mass", "nodule"])
     assert math.isnan(s["ap_mean"])
+
+
+def test_a_finding_without_reference_boxes_reads_n_a_in_the_report_and_the_cli(tmp_path, capsys):
+    """AP and FROC are undefined (NaN) for a finding no test case holds: the report's detection table
+    and `meddx train`'s summary printed "nan" as if it were a number; a CI over one case ([nan, nan]) was
+    read by rich as markup and silently dropped."""
+    from meddx.cli import _print_seg_summary
+    from meddx.evaluation.seg_metrics import case_metrics, summarise
+    from meddx.evaluation.seg_report import _det_table
+    from meddx.training.run import write_json
+
+    det = detection_summary([[Box((0, 0), (4, 4), 1, 0.9)]], [[Box((0, 0), (4, 4), 1)]], ["mass", "nodule"])
+    nodule = next(r for r in _det_table(det) if r["finding"] == "nodule")
+    assert nodule["AP@0.5"] == nodule["FROC mean"] == nodule["sens @ 1.0 FP/img"] == "n/a"
+    one = np.zeros((8, 8), np.uint8)
+    one[2:5, 2:5] = 1
+    summary = summarise([case_metrics(one, one, 2)], ["lesion"], n_boot=50)
+    write_json(tmp_path / "metrics.json", {"dataset": "d", "n_test": 1, "detection": det, "summary": summary,
+                                           "distance_units": "px"})
+    _print_seg_summary(tmp_path)
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "n/a" in out
+    assert "[n/a" in out  # the one-case CI is shown as undefined, not dropped

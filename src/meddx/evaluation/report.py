@@ -60,13 +60,16 @@ def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+def format_value(x) -> str:
+    """A number with 3 decimals; ``"n/a"`` for None or NaN (undefined, e.g. HD95 when no case has both
+    masks non-empty, or AP of a finding without reference boxes)."""
+    return "n/a" if x is None or not np.isfinite(float(x)) else f"{float(x):.3f}"
+
+
 def format_metric(m: Mapping | None) -> str:
     """``"value [ci_low, ci_high]"`` with 3 decimals; ``"n/a"`` for None or NaN; the number of
     bootstrap resamples when some were dropped (a class absent from them)."""
-
-    def f(x):  # None or NaN: undefined (e.g. HD95 when no case has both masks non-empty)
-        return "n/a" if x is None or not np.isfinite(float(x)) else f"{float(x):.3f}"
-
+    f = format_value
     if not m:
         return "n/a"
     text = f"{f(m.get('value'))} [{f(m.get('ci_low'))}, {f(m.get('ci_high'))}]"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from meddx.evaluation.plots import _figure, _finish, plot_training_curves
-from meddx.evaluation.report import decision_rows, format_metric, write_report
+from meddx.evaluation.report import decision_rows, format_metric, format_value, write_report
 from meddx.evaluation.seg_metrics import EMPTY_RULE, METRICS, case_metrics, summarise
 from meddx.transforms.postprocess import postprocess
 
@@ -99,9 +99,9 @@ def _det_table(det: dict) -> list[dict]:
     rows = []
     for name, v in {**det["per_class"], "all findings (pooled)": {"ap": det["ap_mean"], "froc": det["froc_pooled"]}}.items():
         f = v["froc"]
-        rows.append({"finding": name, "AP@0.5": f"{v['ap']:.3f}" if v["ap"] == v["ap"] else "n/a",
-                     **{f"sens @ {r} FP/img": f"{x:.3f}" for r, x in f["sensitivity"].items()},
-                     "FROC mean": f"{f['mean']:.3f}" if f["mean"] == f["mean"] else "n/a",
+        rows.append({"finding": name, "AP@0.5": format_value(v["ap"]),
+                     **{f"sens @ {r} FP/img": format_value(x) for r, x in f["sensitivity"].items()},
+                     "FROC mean": format_value(f["mean"]),
                      "reference boxes": f.get("n_reference", 0)})
     return rows
 
