@@ -90,3 +90,31 @@ def test_a_dataset_given_to_predict_points_at_evaluate(tmp_path, name):
     (tmp_path / name).write_text("path,label\n")
     with pytest.raises(InputError, match=f"this is a dataset, not an image.*meddx evaluate RUN {name}"):
         collect_inputs(tmp_path / name, 2)
+
+
+def test_a_volume_of_unknown_spacing_gets_no_mm3(real_data, tmp_path, monkeypatch):
+    """A multi-frame DICOM without frame positions or pixel spacing is read with 1.0 in place of each unknown
+    spacing (flagged in its metadata): predict reported voxels x 1.0 as mm^3, and evaluation its distances
+    as mm."""
+    import torch
+
+    from meddx.evaluation import seg_infer
+    from meddx.evaluation.seg_predict import predict_seg_paths
+    from meddx.io import read_image
+    from meddx.io.base import known_spacing
+    from meddx.planning.plan import Plan
+    from meddx.training import run as run_mod
+
+    src = real_data / "dicom" / "pydicom_data_selection" / "OBXXXX1A_rle_2frame.dcm"
+    img = read_image(src)
+    assert img.meta["frame_spacing_unknown"] and img.spacing == (1.0, 1.0, 1.0) and known_spacing(img) is None
+    plan = Plan.model_validate(dict(
+        task="segment", data=dict(source="x", kind="folder", class_names=["all"], spatial_dims=3, channels=3,
+                                  input_size=[8, 8, 8]),
+        segment=dict(label_values=[0, 1], label_names=["background", "lesion"], choose_postprocess=False)))
+    lab = np.zeros(img.spatial_shape, np.uint8)
+    lab[:, 10:20, 10:30] = 1
+    monkeypatch.setattr(run_mod, "load_run", lambda run_dir: (plan, torch.nn.Identity()))
+    monkeypatch.setattr(seg_infer, "predict_case", lambda *a, **k: lab.copy())
+    row = predict_seg_paths(tmp_path / "run", src, tmp_path / "p", progress=False)[0]
+    assert row["n_lesion"] == 400 and row["volume_mm3_lesion"] is None

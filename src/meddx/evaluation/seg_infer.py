@@ -17,7 +17,7 @@ from meddx.data.case import Case, CaseSet
 from meddx.data.segprep import prepare_image
 from meddx.data.segsources import label_index, load_mask_values
 from meddx.evaluation.detection import Box
-from meddx.io.base import ImageData
+from meddx.io.base import ImageData, known_spacing
 
 
 def native_shape(plan, img: ImageData) -> tuple[int, ...]:
@@ -77,7 +77,7 @@ def predict_cases(cs: CaseSet, cases: list[Case], plan, model, progress: bool, d
                 probs.append(out[1])
             else:
                 preds.append(out)
-            spacings.append(img.spacing)
+            spacings.append(known_spacing(img))  # distances in pixels where the spacing is unknown
             if cb:
                 cb(1)
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from meddx.errors import RunError
-from meddx.io.base import ImageData, ras_affine
+from meddx.io.base import ImageData, known_spacing, ras_affine
 from meddx.io.formats import output_stems
 
 
@@ -106,7 +106,8 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
             opath = base.with_name(base.name + "_overlay.png")
             overlay_png(a, None, pl, title=f"{p.name}: predicted mask (red)", path=opath)
             row = {"file": str(p), "mask": str(mpath), "overlay": str(opath)}
-            vox = float(np.prod(img.spacing)) if img.spacing is not None and len(img.spacing) == idx.ndim else None
+            sp = known_spacing(img)
+            vox = float(np.prod(sp)) if sp is not None and len(sp) == idx.ndim else None
             for c, name in enumerate(sg.label_names[1:], start=1):
                 n = int((idx == c).sum())
                 row[f"n_{name}"] = n

@@ -21,6 +21,14 @@ def ras_affine(img: "ImageData") -> np.ndarray | None:
     return LPS_TO_RAS @ aff if img.meta.get("format") == "dicom" else aff
 
 
+def known_spacing(img: "ImageData") -> tuple[float, ...] | None:
+    """The image's spacing in mm, or None where the reader filled in 1.0 for a part it could not find
+    (DICOM frames without positions or slice spacing, no pixel spacing): not a size in mm."""
+    if img.meta.get("frame_spacing_unknown") or img.meta.get("pixel_spacing_unknown"):
+        return None
+    return img.spacing
+
+
 @dataclass
 class ImageData:
     """One decoded image or volume.
