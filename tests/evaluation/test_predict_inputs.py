@@ -118,3 +118,39 @@ def test_a_volume_of_unknown_spacing_gets_no_mm3(real_data, tmp_path, monkeypatc
     monkeypatch.setattr(seg_infer, "predict_case", lambda *a, **k: lab.copy())
     row = predict_seg_paths(tmp_path / "run", src, tmp_path / "p", progress=False)[0]
     assert row["n_lesion"] == 400 and row["volume_mm3_lesion"] is None
+
+
+def test_a_2d_nifti_gets_a_mask_of_its_own_shape_and_affine(tmp_path, monkeypatch):
+    """A 2D NIfTI (X, Y) got an (X, Y, 1) mask; a one-slice volume (X, Y, 1) keeps its third axis. The
+    mask's header keeps the input's spatial unit (the affine is in it): it was left unknown, so a mask
+    of a volume in microns read back as millimetres."""
+    import nibabel as nib
+    import torch
+
+    from meddx.evaluation import seg_infer
+    from meddx.evaluation.seg_predict import predict_seg_paths
+    from meddx.planning.plan import Plan
+    from meddx.training import run as run_mod
+
+    plan = Plan.model_validate(dict(
+        task="segment", data=dict(source="x", kind="folder", class_names=["all"], spatial_dims=2, channels=1,
+                                  input_size=[16, 16]),
+        segment=dict(label_values=[0, 255], label_names=["background", "lesion"], choose_postprocess=False)))
+    rng = np.random.default_rng(0)
+    for name, shape, aff in (("flat", (21, 13), np.diag([0.5, 0.7, 1.0, 1.0])),
+                             ("slice", (21, 13, 1), np.diag([-0.5, 0.7, 2.0, 1.0]))):
+        im = nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), aff)
+        im.header.set_xyzt_units(xyz="micron" if name == "flat" else "mm")
+        nib.save(im, str(tmp_path / f"{name}.nii.gz"))
+    lab = np.zeros((21, 13), np.uint8)
+    lab[3:9, 2:7] = 1
+    monkeypatch.setattr(run_mod, "load_run", lambda run_dir: (plan, torch.nn.Identity()))
+    monkeypatch.setattr(seg_infer, "predict_case", lambda *a, **k: lab.copy())
+    rows = predict_seg_paths(tmp_path / "run", tmp_path, tmp_path / "p", progress=False)
+    for r in rows:
+        src, m = nib.load(r["file"]), nib.load(r["mask"])
+        assert m.shape == src.shape and np.allclose(m.affine, src.affine)
+        assert m.header.get_xyzt_units()[0] == src.header.get_xyzt_units()[0]
+        assert np.asarray(m.dataobj).reshape(21, 13).tolist() == (lab * 255).tolist()
+        if "slice" in r["file"]:
+            assert r["area_mm2_lesion"] == pytest.approx(30 * 0.35)

@@ -33,7 +33,8 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
     if mask.ndim == 3 or fmt == "nifti":
         if fmt == "nifti":
             affine = np.asarray(img.meta["affine"], float)
-            data = mask if mask.ndim == 3 else mask[..., None]
+            # the input's own spatial shape: a 2D NIfTI (X, Y) stays 2D, a one-slice volume keeps its Z = 1
+            data = mask.reshape(tuple(img.meta.get("shape", (*mask.shape, 1))[:3]))
         else:
             affine = ras_affine(img)
             if affine is None:
@@ -42,7 +43,11 @@ def write_mask(mask: np.ndarray, img: ImageData, out_base: Path) -> Path:
         path = out_base.with_name(out_base.name + "_mask.nii.gz")
         dtype = np.uint8 if mask.max(initial=0) <= 255 else np.uint16
         tmp = path.with_name(path.name + ".tmp.nii.gz")
-        nib.save(nib.Nifti1Image(data.astype(dtype), affine), str(tmp))
+        out = nib.Nifti1Image(data.astype(dtype), affine)
+        unit = img.meta.get("spatial_unit") if fmt == "nifti" else "mm"  # the unit the affine is in
+        if unit in ("meter", "mm", "micron"):
+            out.header.set_xyzt_units(xyz=unit)
+        nib.save(out, str(tmp))
         tmp.replace(path)
         return path
     from PIL import Image
