@@ -54,3 +54,37 @@ def test_multiclass_and_ci_brackets_the_mean():
         d = s["per_class"][name]["dice"]
         assert 0.6 < d["value"] < 0.95 and d["ci_low"] < d["value"] < d["ci_high"]
     assert s["mean"]["dice"]["value"] == pytest.approx(np.mean([np.mean(c["dice"]) for c in cases]))
+
+
+def test_distances_share_one_unit_when_some_cases_have_no_spacing(tmp_path, monkeypatch):
+    """A DICOM (spacing in mm) beside PNGs (no spacing): its HD95 was in mm, theirs in pixels, and the mean
+    of both was reported as pixels. Without a spacing for every case, every distance is in pixels."""
+    import csv
+    import json
+
+    from meddx_testutils import write_seg_pairs
+
+    from meddx.data.segsources import open_seg_dataset
+    from meddx.evaluation import seg_infer
+    from meddx.evaluation.seg_report import evaluate_seg_outputs
+    from meddx.planning.plan import Plan
+
+    cs = open_seg_dataset(write_seg_pairs(tmp_path / "pairs", n=2, size=40))
+    plan = Plan.model_validate(dict(
+        task="segment", data=dict(source="x", kind="folder", class_names=["all"], spatial_dims=2, channels=1,
+                                  input_size=[40, 40]),
+        segment=dict(label_values=[0, 255], label_names=["background", "lesion"]), evaluate=dict(n_boot=20)))
+    t = np.zeros((40, 40), np.uint8)
+    t[10:20, 10:20] = 1
+    p = np.zeros_like(t)
+    p[10:20, 12:22] = 1  # 2 px off: HD95 2 px (1 mm at 0.5 mm)
+    probs = np.stack([1.0 - p, p]).astype(np.float16)
+    monkeypatch.setattr(seg_infer, "predict_cases", lambda *a, **k: ([p, p], [t, t], [None, (0.5, 0.5)],
+                                                                     [probs, probs]))
+    out = tmp_path / "run"
+    out.mkdir()
+    m = evaluate_seg_outputs(out, plan, cs, cs.cases, None, progress=False)
+    assert m["distance_units"] == "px" and m["summary"]["per_class"]["lesion"]["hd95"]["value"] == pytest.approx(2.0)
+    with open(out / "per_case.csv") as f:
+        assert [float(r["hd95_lesion"]) for r in csv.DictReader(f)] == pytest.approx([2.0, 2.0])
+    assert json.loads((out / "metrics.json").read_text())["distance_units"] == "px"

@@ -143,9 +143,11 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     det_ref = [reference_boxes(c) if cs.task == "detect" else boxes_from_labels(t, None, k)
                for c, t in zip(cases, truths)]
     det = detection_summary(det_pred, det_ref, names)
+    units = "mm" if all(s is not None and len(s) == t.ndim for s, t in zip(spacings, truths)) else "px"
+    if units == "px":  # one unit for every case: a PNG beside a DICOM would average pixels with mm
+        spacings = [None] * len(spacings)
     per_case = [case_metrics(p, t, k, s) for p, t, s in zip(preds, truths, spacings)]
     summary = summarise(per_case, names, n_boot=plan.evaluate.n_boot, seed=plan.seed)
-    units = "mm" if all(s is not None for s in spacings) else "px"
     rows = []
     for c, pc, t, p in zip(cases, per_case, truths, preds):
         row = {"case_id": c.case_id}
