@@ -354,3 +354,23 @@ def test_a_negative_mask_value_is_refused_not_made_the_background(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "a", "2": "b"}}))
     with pytest.raises(DatasetError, match="negative value"):  # declared or not
         compute_fingerprint(open_seg_dataset(root))
+
+
+def test_a_colour_coded_mask_is_refused_not_merged(tmp_path):
+    """A mask drawn in red for one class and green for another was read as the maximum over its channels,
+    so both classes became one foreground (255) without a word; grey RGB masks (COVID, BUSI) still read."""
+    img = np.full((12, 12), 80, np.uint8)
+    img[3:9, 3:9] = 200
+    m = np.zeros((12, 12, 3), np.uint8)
+    m[3:6, 3:9, 0] = 255  # red: one class
+    m[6:9, 3:9, 1] = 255  # green: another
+    write_png(tmp_path / "a.png", img)
+    write_png(tmp_path / "a_mask.png", m)
+    write_png(tmp_path / "b.png", img)
+    write_png(tmp_path / "b_mask.png", np.repeat((img > 100)[..., None] * 255, 3, -1).astype(np.uint8))
+    cs = open_seg_dataset(tmp_path)
+    with pytest.raises(ImageContentError, match="colour mask") as e:
+        load_mask_values(cs, cs.cases[0])
+    assert str(e.value).startswith(f"{tmp_path / 'a_mask.png'}: ")
+    _, grey = load_mask_values(cs, cs.cases[1])
+    assert set(np.unique(grey)) == {0.0, 255.0}

@@ -208,7 +208,13 @@ def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
     """A decoded mask file -> spatial array of its values (colour masks: max over RGB)."""
     a = img.array
     if a.shape[0] in (3, 4):
-        a = a[:3].max(axis=0, keepdims=True)  # RGB masks with equal channels, RGBA alpha ignored
+        if not (a[0] == a[1]).all() or not (a[0] == a[2]).all():
+            # e.g. red for one class and green for another: taking one channel (or their maximum) would
+            # merge the classes without a word
+            raise ImageContentError("a colour mask: its red, green and blue channels differ, so its colours are "
+                                    "not label values", path=where,
+                                    fix="save masks as single-channel label images (0 = background, 1..K = classes)")
+        a = a[:1]  # RGB masks with equal channels, RGBA alpha ignored
     elif a.shape[0] != 1:
         raise ImageContentError(f"a mask must have one channel (or RGB), this one has {a.shape[0]}", path=where,
                                 fix="save masks as single-channel label images")
