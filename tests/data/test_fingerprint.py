@@ -96,3 +96,17 @@ def test_a_segmentation_datasets_hash_covers_its_masks(tmp_path):
     after = compute_fingerprint(open_seg_dataset(root))
     assert after["data_hash"] != before and after["duplicates"]["groups"] == 0
     assert compute_fingerprint(open_seg_dataset(root))["data_hash"] == after["data_hash"]
+
+
+def test_mixed_volume_sizes_are_not_said_to_be_resized_for_3d_segmentation(tmp_path):
+    """3D segmentation predicts each volume on its own grid (patches, sliding window): the finding said
+    they were resized to the plan's input size, as 2D images and classifiers' volumes are."""
+    from meddx.data.segsources import open_seg_dataset
+    from meddx_testutils import write_seg_volumes
+
+    write_seg_volumes(tmp_path / "v", n=2, shape=(12, 14, 12), seed=0)
+    write_seg_volumes(tmp_path / "w", n=2, shape=(14, 14, 12), seed=1)
+    for f in (tmp_path / "w").rglob("*.nii.gz"):
+        f.rename(tmp_path / "v" / f.parent.name / f.name.replace("vol", "big"))
+    found = [f for f in compute_fingerprint(open_seg_dataset(tmp_path / "v"))["findings"] if "mixed image sizes" in f]
+    assert found and "own grid" in found[0] and "resized" not in found[0]

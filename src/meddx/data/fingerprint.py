@@ -208,7 +208,9 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     if len(set(chans)) > 1:
         findings.append(f"mixed channel counts: {dict(Counter(chans))}")
     if fp["distinct_shapes"] > 1:
-        findings.append(f"mixed image sizes: {fp['distinct_shapes']} distinct shapes (resized to the plan's input size)")
+        how = ("3D segmentation keeps each volume's own grid: patches and a sliding window" if seg is not None
+               and max(dims) == 3 else "resized to the plan's input size")
+        findings.append(f"mixed image sizes: {fp['distinct_shapes']} distinct shapes ({how})")
     if dups:
         findings.append(f"{fp['duplicates']['cases']} cases in {len(dups)} groups of identical images"
                         + (f", {len(cross)} group(s) span splits (leakage)" if cross else ""))
