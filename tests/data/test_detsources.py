@@ -161,3 +161,18 @@ def test_words_for_no_finding_mark_an_unboxed_image_and_cannot_label_a_box(tmp_p
     (tmp_path / "c.csv").write_text(f"image,x1,y1,x2,y2,label\nim0.png,1,1,9,9,Mass\nim1.png,2,2,8,8,{word}\n")
     with pytest.raises(DatasetError, match=f"line 3: '{word}' labels a box, but it means no finding"):
         open_det_dataset(tmp_path / "c.csv")
+
+
+def test_a_box_reaching_past_the_edge_is_scored_as_drawn_clipped_to_the_image(tmp_path):
+    """A box may reach a little past its image's edge (it is drawn clipped); its reference box for scoring
+    was not clipped, so a detection of exactly the drawn region had IoU 0.5 with it and could not count."""
+    from meddx.evaluation.detection import boxes_from_labels, detection_summary
+
+    _images(tmp_path, 1)  # 32 rows x 40 columns
+    (tmp_path / "b.csv").write_text("image,x1,y1,x2,y2,label\nim0.png,36,10,41.5,20,Mass\n")
+    cs = open_det_dataset(tmp_path / "b.csv")
+    img, drawn = load_mask_values(cs, cs.cases[0])
+    ref = reference_boxes(cs.cases[0], img.spatial_shape)
+    assert [(b.lo, b.hi) for b in ref] == [((10, 36), (20, 40))]
+    det = detection_summary([boxes_from_labels(drawn.astype(np.uint8))], [ref], ["Mass"])
+    assert det["per_class"]["Mass"]["ap"] == 1.0

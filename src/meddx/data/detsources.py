@@ -177,9 +177,13 @@ def draw_boxes(shape: tuple[int, int], boxes) -> np.ndarray:
     return out
 
 
-def reference_boxes(case: Case):
-    """The listed boxes of a case as detection ``Box`` objects (row, col order)."""
+def reference_boxes(case: Case, shape: tuple[int, int] | None = None):
+    """The listed boxes of a case as detection ``Box`` objects (row, col order), clipped to the image's
+    ``shape`` (rows, cols) when given, as they are drawn: a box may reach past an edge (``BOX_OVERHANG``),
+    and a detection cannot, so unclipped it could never match it fully."""
     from meddx.evaluation.detection import Box
 
-    return [Box((int(np.floor(y1)), int(np.floor(x1))), (int(np.ceil(y2)), int(np.ceil(x2))), int(cls))
+    rows, cols = shape if shape is not None else (np.inf, np.inf)
+    return [Box((max(0, int(np.floor(y1))), max(0, int(np.floor(x1)))),
+                (int(min(rows, np.ceil(y2))), int(min(cols, np.ceil(x2)))), int(cls))
             for x1, y1, x2, y2, cls in case.boxes]

@@ -126,4 +126,4 @@ def scaled_boxes(case: Case, native: tuple[int, ...], size: tuple[int, ...]):
     f = [s / n for s, n in zip(size, native)]
     return [Box(tuple(int(np.floor(v * k)) for v, k in zip(b.lo, f)),
                 tuple(max(int(np.ceil(v * k)), int(np.floor(lo * k)) + 1) for v, lo, k in zip(b.hi, b.lo, f)),
-                b.cls) for b in reference_boxes(case)]
+                b.cls) for b in reference_boxes(case, native)]

@@ -140,7 +140,7 @@ def evaluate_seg_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
     preds = [postprocess(p, sg.postprocess, k, sg.min_size) for p in preds]
     det_pred = [boxes_from_segmentation(p, pr.astype(np.float32), k, sg.det_threshold) for p, pr in zip(preds, probs)]
     del probs
-    det_ref = [reference_boxes(c) if cs.task == "detect" else boxes_from_labels(t, None, k)
+    det_ref = [reference_boxes(c, t.shape) if cs.task == "detect" else boxes_from_labels(t, None, k)
                for c, t in zip(cases, truths)]
     det = detection_summary(det_pred, det_ref, names)
     units = "mm" if all(s is not None and len(s) == t.ndim for s, t in zip(spacings, truths)) else "px"
@@ -267,7 +267,7 @@ def evaluate_det_outputs(out: Path, plan, cs, cases, model, *, fit=None, progres
             t0 = time.perf_counter()
             preds.append(predict_boxes(model, plan, img, str(c.path)))
             seconds.append(time.perf_counter() - t0)
-            refs.append(reference_boxes(c))
+            refs.append(reference_boxes(c, img.spatial_shape))
             if cb:
                 cb(1)
     finally:

@@ -88,7 +88,7 @@ def choose_det_threshold(plan: Plan, cs, val_cases, model, progress: bool) -> No
     preds, _, _, probs = predict_cases(cs, val_cases, plan, model, progress, "choosing the detection threshold",
                                        with_probs=True)
     preds = [postprocess(p, sg.postprocess, k, sg.min_size) for p in preds]  # as the test cases will be
-    refs = [reference_boxes(c) for c in val_cases]
+    refs = [reference_boxes(c, p.shape) for c, p in zip(val_cases, preds)]
     trace, best, best_key = {}, None, (-1.0, -1.0)
     for t in DET_THRESHOLDS:
         det = detection_summary([boxes_from_segmentation(p, pr.astype(np.float32), k, t) for p, pr in zip(preds, probs)],
