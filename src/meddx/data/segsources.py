@@ -205,7 +205,7 @@ def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by
 
 # -- masks --------------------------------------------------------------------------------
 def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
-    """A decoded mask file -> spatial array of its values (colour masks: max over RGB)."""
+    """A decoded mask file -> spatial array of its values (RGB masks: grey ones only, channels equal)."""
     a = img.array
     if a.shape[0] in (3, 4):
         if not (a[0] == a[1]).all() or not (a[0] == a[2]).all():
