@@ -374,3 +374,25 @@ def test_a_colour_coded_mask_is_refused_not_merged(tmp_path):
     assert str(e.value).startswith(f"{tmp_path / 'a_mask.png'}: ")
     _, grey = load_mask_values(cs, cs.cases[1])
     assert set(np.unique(grey)) == {0.0, 255.0}
+
+
+def test_an_nnunet_v2_dataset_pairs_x_0000_with_its_mask_x(tmp_path):
+    root = write_seg_volumes(tmp_path / "Dataset001_Blobs", n=3, shape=(12, 12, 12))
+    (root / "images").rename(root / "imagesTr")
+    (root / "labels").rename(root / "labelsTr")
+    for p in (root / "imagesTr").iterdir():
+        p.rename(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz")))
+    (root / "dataset.json").write_text('{"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},'
+                                       ' "numTraining": 3, "file_ending": ".nii.gz"}')
+    cs = open_seg_dataset(root)
+    assert len(cs) == 3 and [c.masks[0].name for c in cs.cases] == ["vol00.nii.gz", "vol01.nii.gz", "vol02.nii.gz"]
+    assert [c.path.name for c in cs.cases] == ["vol00_0000.nii.gz", "vol01_0000.nii.gz", "vol02_0000.nii.gz"]
+    img, m = load_mask_values(cs, cs.cases[0])
+    assert img.spatial_shape == m.shape and set(np.unique(m)) == {0.0, 1.0, 2.0}
+    (root / "labelsTr" / "vol02.nii.gz").unlink()   # an image without its mask: the fix names the mask's name
+    with pytest.raises(DatasetError, match=r"vol02_0000.nii.gz.*no mask.*add labelsTr/vol02.nii.gz "):
+        open_seg_dataset(root)
+    (root / "imagesTr" / "vol02_0000.nii.gz").unlink()
+    (root / "imagesTr" / "vol01_0001.nii.gz").write_bytes((root / "imagesTr" / "vol01_0000.nii.gz").read_bytes())
+    with pytest.raises(DatasetError, match=r"2 channel files per case.*one 4D NIfTI"):
+        open_seg_dataset(root)

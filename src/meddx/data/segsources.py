@@ -6,7 +6,8 @@ Layouts, tried in this order:
   separated by ``;``); images and masks may be files, DICOM series folders or NIfTI;
 * a folder with ``images/`` and ``masks/`` (or ``labels/``, ``imagesTr/``/``labelsTr/``)
   sub-folders whose files pair by name (MSD, COVID-19 Radiography); there may be
-  several such pairs below the folder;
+  several such pairs below the folder; nnU-Net v2's channel suffix pairs too
+  (``imagesTr/x_0000.nii.gz`` with ``labelsTr/x.nii.gz``), one channel per case;
 * a folder whose masks sit beside their images as ``<name>_mask.<ext>`` (and
   ``<name>_mask_1.<ext>`` ... for extra masks of one image, merged: BUSI, LGG).
 
@@ -82,6 +83,29 @@ def _by_stem(files: list[Path]) -> dict[str, Path]:
     return out
 
 
+NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _nnunet_cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, Path]:
+    """``images`` keyed by their mask's name where they follow nnU-Net v2's naming (``x_0000`` is
+    channel 0 of case ``x``, whose mask is ``x``); otherwise ``images`` unchanged."""
+    named = {stem: NNUNET_CHANNEL.match(stem) for stem in images}
+    if not images or set(images) & set(masks) or not all(named.values()):
+        return images
+    cases: dict[str, list[Path]] = {}
+    for stem, m in sorted(named.items()):
+        cases.setdefault(m["case"], []).append(images[stem])
+    if not set(cases) & set(masks):
+        return images
+    several = next((files for files in cases.values() if len(files) > 1), None)
+    if several is not None:
+        raise DatasetError(f"an nnU-Net dataset with {len(several)} channel files per case "
+                           f"({', '.join(p.name for p in several[:3])}); meddx reads one image file per case",
+                           path=several[0], fix="stack each case's channels into one 4D NIfTI (channels on the "
+                                                "4th axis) named like its mask, or keep one channel")
+    return {case: files[0] for case, files in cases.items()}
+
+
 def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
     """``(images_dir, masks_dir)`` pairs at or below ``root``."""
     pairs = []
@@ -97,12 +121,13 @@ def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
 def _cases_from_pair_dirs(root: Path, pairs: list[tuple[Path, Path]]) -> list[Case]:
     cases = []
     for img_dir, msk_dir in pairs:
-        images = _by_stem(_files(img_dir))
         masks = _by_stem(_files(msk_dir))
+        images = _nnunet_cases(_by_stem(_files(img_dir)), masks)
         for stem, p in images.items():
             if stem not in masks:
+                suffix = path_suffix(p)
                 raise DatasetError(f"image '{p.name}' has no mask of the same name in {msk_dir.name}/",
-                                   path=p, fix=f"add {msk_dir.name}/{p.name} or remove the image")
+                                   path=p, fix=f"add {msk_dir.name}/{stem}{suffix} or remove the image")
         extra = sorted(set(masks) - set(images))
         if extra:
             raise DatasetError(f"mask '{masks[extra[0]].name}' has no image ({len(extra)} such masks)",
