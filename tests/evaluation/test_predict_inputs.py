@@ -154,3 +154,40 @@ def test_a_2d_nifti_gets_a_mask_of_its_own_shape_and_affine(tmp_path, monkeypatc
         assert np.asarray(m.dataobj).reshape(21, 13).tolist() == (lab * 255).tolist()
         if "slice" in r["file"]:
             assert r["area_mm2_lesion"] == pytest.approx(30 * 0.35)
+
+
+def test_a_volume_not_oriented_as_the_training_volumes_is_named_in_a_warning(tmp_path, monkeypatch, capsys):
+    """Inputs are not reoriented: a volume stored LPS given to a run trained on RAS volumes reaches the
+    network mirrored on two axes, so predict says so (once, naming it) instead of answering silently."""
+    import json
+
+    import nibabel as nib
+    import torch
+
+    from meddx.evaluation import seg_infer
+    from meddx.evaluation.seg_predict import predict_seg_paths
+    from meddx.planning.plan import Plan
+    from meddx.training import run as run_mod
+
+    plan = Plan.model_validate(dict(
+        task="segment", data=dict(source="x", kind="folder", class_names=["all"], spatial_dims=3, channels=1,
+                                  input_size=[8, 8, 8]),
+        segment=dict(label_values=[0, 1], label_names=["background", "lesion"], choose_postprocess=False)))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "fingerprint.json").write_text(json.dumps({"axcodes": ["R", "A", "S"]}))
+    vol = np.random.default_rng(0).normal(size=(9, 10, 11)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "in" / "ras.nii.gz"))
+    nib.save(nib.Nifti1Image(vol, np.diag([-1.0, -1.0, 1.0, 1.0])), str(tmp_path / "in" / "lps.nii.gz"))
+    monkeypatch.setattr(run_mod, "load_run", lambda run_dir: (plan, torch.nn.Identity()))
+    monkeypatch.setattr(seg_infer, "predict_case", lambda *a, **k: np.zeros((9, 10, 11), np.uint8))
+    predict_seg_paths(run, tmp_path / "in", tmp_path / "p", progress=False)
+    err = capsys.readouterr().err
+    assert "1 input(s) are not oriented as the training volumes (RAS): lps.nii.gz (LPS)" in err
+    assert "ras.nii.gz" not in err
+    predict_seg_paths(run, tmp_path / "in" / "ras.nii.gz", tmp_path / "p2", progress=False)
+    assert "oriented" not in capsys.readouterr().err
+    (run / "fingerprint.json").write_text(json.dumps({"axcodes": None}))   # mixed orientations in training
+    predict_seg_paths(run, tmp_path / "in", tmp_path / "p3", progress=False)
+    assert "oriented" not in capsys.readouterr().err

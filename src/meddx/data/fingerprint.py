@@ -105,7 +105,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         dims_example.setdefault(str(img.spatial_dims), c.case_id)  # case ids carry no patient id
         if img.spacing is not None:
             spacings.append(tuple(float(s) for s in img.spacing))
-        codes = _axcodes(img)
+        codes = axcodes_of(img)
         if codes:
             axcodes[codes] += 1
         if ci in noise_pick:
@@ -227,7 +227,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     return fp
 
 
-def _axcodes(img) -> tuple[str, ...] | None:
+def axcodes_of(img) -> tuple[str, ...] | None:
     """Orientation letters of the spatial axes: NIfTI's own, or from a DICOM series' LPS affine."""
     codes = img.meta.get("axcodes")
     if codes:

@@ -88,16 +88,45 @@ def _drop_masks_beside_images(paths: list[Path]) -> tuple[list[Path], list[Path]
     return keep, masks
 
 
-def read_each(paths: list[Path]):
+def read_each(paths: list[Path], run_dir: Path | None = None):
     """``(path, image)`` for each input, read one at a time. When one cannot be read, the rest are read
     too (without predicting) so that its one-line error also names how many more cannot be read, and
-    the first of them: a folder with five damaged files needs one run to find them, not five."""
+    the first of them: a folder with five damaged files needs one run to find them, not five.
+
+    With ``run_dir``, volumes whose axes point another way than the run's training volumes (its
+    fingerprint's orientation) are named in one warning line on stderr once all are read: they are
+    not reoriented, so the network sees them transposed or mirrored."""
+    from meddx.data.fingerprint import axcodes_of
+
+    trained = _trained_axcodes(run_dir)
+    off = []
     for i, p in enumerate(paths):
         try:
             img = read_image(p)
         except MeddxError as e:
             raise _naming_the_others(e, paths[i + 1:]) from None
+        codes = axcodes_of(img) if trained and img.spatial_dims == 3 else None
+        if codes and codes != trained:
+            off.append(f"{p.name} ({''.join(codes)})")
         yield p, img
+    if off:
+        shown = ", ".join(off[:3]) + (f" and {len(off) - 3} other(s)" if len(off) > 3 else "")
+        print(f"warning: {len(off)} input(s) are not oriented as the training volumes ({''.join(trained)}): {shown}; "
+              f"their predictions may be wrong: reorient them to {''.join(trained)} first (e.g. nibabel's "
+              "as_reoriented)", file=sys.stderr)
+
+
+def _trained_axcodes(run_dir: Path | None) -> tuple[str, ...] | None:
+    """The orientation of (at least 90 % of) a run's training volumes, from its fingerprint; None when
+    unknown or mixed."""
+    path = Path(run_dir) / "fingerprint.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        codes = json.loads(path.read_text()).get("axcodes")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return tuple(codes) if codes else None
 
 
 def _naming_the_others(err: MeddxError, rest: list[Path]) -> MeddxError:
@@ -127,7 +156,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
     try:
-        for p, img in read_each(paths):
+        for p, img in read_each(paths, run_dir):
             x = torch.from_numpy(prepare(img, spec, str(p)))[None]
             proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"), plan.evaluate.tta_flip_axes)[0]
             k = int(predict_labels(proba[None], positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated

@@ -204,7 +204,7 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
     with all_or_nothing(out_dir, created, stop):
-        for p, img in read_each(paths):  # an unreadable file's error names the others too
+        for p, img in read_each(paths, run_dir):  # an unreadable file's error names the others too
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
                 base = out_dir / f"{stems[p]}_{m}"
