@@ -319,3 +319,18 @@ def test_macro_ppv_and_npv_are_reported():
     assert o["npv_macro"]["value"] == pytest.approx(np.mean(npv))
     for key in ("ppv_macro", "npv_macro"):
         assert o[key]["ci_low"] < o[key]["value"] < o[key]["ci_high"]
+
+
+def test_a_macro_over_one_defined_class_has_that_class_interval():
+    """A test set of positives only, none found: balanced accuracy is the positives' sensitivity, 0 of 20,
+    but read 0.000 [0.000, 0.000] (every resample of it is 0) beside sensitivity 0.000 [0.000, 0.161]
+    (Wilson); one class's macro is that class's metric, with its interval."""
+    y = np.ones(20, int)
+    p1 = np.linspace(0.05, 0.45, 20)
+    m = classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=200)
+    sens = m["per_class"]["1"]["sensitivity"]
+    assert sens["value"] == 0.0 and sens["ci_method"] == "wilson" and sens["ci_high"] > 0.1
+    for key in ("balanced_accuracy", "sensitivity_macro"):
+        assert m["overall"][key] == sens
+    assert m["overall"]["specificity_macro"] == m["per_class"]["0"]["specificity"]
+    assert m["overall"]["auc_macro"]["value"] is None

@@ -39,6 +39,10 @@ _MAX_WEIGHT_ELEMENTS = 1 << 22
 PER_CLASS_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
 PROPORTION_KEYS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 WILSON_BELOW = 20  # cases in a proportion's denominator under which its CI is Wilson's
+# overall macro averages and the per-class metric each averages
+_MACRO_OF = {"balanced_accuracy": "sensitivity", "sensitivity_macro": "sensitivity",
+             "specificity_macro": "specificity", "ppv_macro": "ppv", "npv_macro": "npv", "f1_macro": "f1",
+             "auc_macro": "auc"}
 
 
 # ---------------------------------------------------------------- public helpers
@@ -168,6 +172,11 @@ def classification_metrics(
     samples_by_key = {key: np.concatenate(v, axis=0) for key, v in boot.items() if v}
 
     def summarise(key: str, col: int | None = None) -> dict:
+        per_class_key = _MACRO_OF.get(key)
+        if per_class_key is not None and masks[per_class_key].sum() == 1:
+            # a macro over one defined class (a test set of one class) is that class's metric: same CI
+            # (Wilson's where due), not the bootstrap of a proportion collapsing to [0, 0] or [1, 1]
+            return summarise(per_class_key, int(np.flatnonzero(masks[per_class_key])[0]))
         value = point_flat[key][0] if col is None else point_flat[key][0, col]
         if np.isnan(value):
             return _metric(None)
