@@ -17,6 +17,9 @@ Conventions:
       (scipy) instead, marked ``"ci_method": "wilson"``: there the percentile bootstrap
       collapses (2 of 2 positives found resample to [1, 1]) or is far too narrow.
     * Balanced accuracy is the macro sensitivity (mean per-class recall).
+    * Over fewer than ``WILSON_BELOW`` cases, a metric that is not a proportion (F1, AUC, ECE, a macro
+      average) whose bootstrap interval has zero width gets no interval (``ci_low``/``ci_high`` None):
+      the resamples of a handful of cases all agreeing says nothing about the population.
     * ECE is top-label (argmax) with ``ece_bins`` equal-width bins (15 unless the plan says
       otherwise), independent of the threshold. It is
       biased upwards on small samples, and its bootstrap interval inherits that bias.
@@ -192,6 +195,10 @@ def classification_metrics(
         if samples.size == 0:
             return _metric(value)
         lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
+        if n < WILSON_BELOW and hi - lo <= 1e-12:
+            # F1, AUC, ECE or a macro over a handful of cases whose resamples all agree (one case: ECE 0.608
+            # [0.608, 0.608]): no interval rather than a zero-width one; proportions got Wilson's above
+            return _metric(value)
         out = _metric(value, lo, hi)
         if samples.size < int(n_boot):  # the other resamples lacked a class this metric needs
             out["ci_resamples"] = int(samples.size)
