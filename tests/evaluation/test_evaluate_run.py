@@ -136,3 +136,27 @@ def test_a_run_scores_a_dataset_of_one_class(phantom_run, tmp_path):
     assert o["auc"]["value"] is None and o["specificity"]["value"] is None
     with pytest.raises(DatasetError, match="only one class"):
         open_dataset(tmp_path / "positives")
+
+
+def test_an_evaluation_stopped_part_way_leaves_nothing_behind(phantom_run, tmp_path, monkeypatch):
+    """Ctrl-C during the bootstrap left an empty ``evaluations/<name>/``, and the next evaluation of the same
+    data went to ``<name>-<hash>/`` beside it; now the failing call removes the folder it made."""
+    import meddx.evaluation.run_report as run_report
+    from meddx_testutils import write_png
+    from meddx.data.synthetic import make_phantoms
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    imgs, labels = make_phantoms(n=12, size=28, seed=3)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(tmp_path / "site" / ("lesion" if y else "normal") / f"{i}.png", im)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(run_report, "metric_sets", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+    assert not (phantom_run / "evaluations" / "site").exists()
+    sub = evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+    assert sub.name == "site" and (sub / "metrics.json").exists()

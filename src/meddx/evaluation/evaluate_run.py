@@ -13,6 +13,7 @@ from meddx.data.sources import open_dataset
 from meddx.data.split import read_split
 from meddx.errors import DatasetError, RunError
 from meddx.evaluation.run_report import evaluate_run_outputs
+from meddx.evaluation.seg_predict import all_or_nothing
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run, read_run_info
 
@@ -104,11 +105,14 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     from meddx.evaluation.uncertainty import load_ensemble
 
     members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(run_dir.parent))]
-    evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
-                         np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
-                         title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
-    if dataset is not None:
-        _mark_external(sub, cs)
+    # a failure part-way (Ctrl-C during the uncertainty passes or the bootstrap) removes what this call wrote:
+    # no half-written evaluation, nor an empty folder that would move the next try to NAME-<hash>/
+    with all_or_nothing(sub, not sub.exists(), lambda: None):
+        evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
+                             np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
+                             title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
+        if dataset is not None:
+            _mark_external(sub, cs)
     return sub
 
 
