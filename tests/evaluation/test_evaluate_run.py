@@ -160,3 +160,20 @@ def test_an_evaluation_stopped_part_way_leaves_nothing_behind(phantom_run, tmp_p
     assert not (phantom_run / "evaluations" / "site").exists()
     sub = evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
     assert sub.name == "site" and (sub / "metrics.json").exists()
+
+
+def test_a_segmentation_run_that_did_not_finish_is_refused_as_a_classifier_is(seg_run, tmp_path):
+    """A segmenter stopped mid-training (run.json 'interrupted') was evaluated without a word, into an
+    evaluations/test/ report that read like the finished model's; a classifier was refused. Both are now."""
+    import shutil
+
+    from meddx.errors import RunError
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run, ignore=shutil.ignore_patterns("evaluations"))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    with pytest.raises(RunError, match="did not finish"):
+        evaluate_run(run, progress=False)
+    assert not (run / "evaluations").exists()

@@ -15,7 +15,7 @@ from meddx.errors import DatasetError, RunError
 from meddx.evaluation.run_report import evaluate_run_outputs
 from meddx.evaluation.seg_predict import all_or_nothing
 from meddx.training.engine import predict_proba
-from meddx.training.run import progress_callback, load_run, read_run_info
+from meddx.training.run import progress_callback, load_run, require_finished
 
 
 def _proba(cs, cases, plan, model, progress: bool) -> tuple[np.ndarray, torch.Tensor]:
@@ -62,13 +62,12 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     """
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
-    read_run_info(run_dir)  # a damaged run.json is refused before anything is written
+    # a damaged run.json, a run that did not finish (any task: a segmenter's evaluation would look like its
+    # final one) or a classifier that lost thresholds.json is refused before any data is read
+    require_finished(run_dir, "evaluated")
     if plan.task in ("segment", "detect"):
         return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
-    if not (run_dir / "thresholds.json").exists():  # before any data is read
-        from meddx.training.run import require_finished
-
-        require_finished(run_dir, "evaluated")  # names why: not finished, or the file was lost
+    if not (run_dir / "thresholds.json").exists():  # a run without run.json
         raise RunError("the run has no thresholds.json (the validation operating point)", path=run_dir,
                        fix="restore it from a copy of the run, or train the run again")
     names = list(plan.data.class_names)
