@@ -136,3 +136,44 @@ def test_a_run_scores_a_dataset_of_one_class(phantom_run, tmp_path):
     assert o["auc"]["value"] is None and o["specificity"]["value"] is None
     with pytest.raises(DatasetError, match="only one class"):
         open_dataset(tmp_path / "positives")
+
+
+def test_an_evaluation_stopped_part_way_leaves_nothing_behind(phantom_run, tmp_path, monkeypatch):
+    """Ctrl-C during the bootstrap left an empty ``evaluations/<name>/``, and the next evaluation of the same
+    data went to ``<name>-<hash>/`` beside it; now the failing call removes the folder it made."""
+    import meddx.evaluation.run_report as run_report
+    from meddx_testutils import write_png
+    from meddx.data.synthetic import make_phantoms
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    imgs, labels = make_phantoms(n=12, size=28, seed=3)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(tmp_path / "site" / ("lesion" if y else "normal") / f"{i}.png", im)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(run_report, "metric_sets", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+    assert not (phantom_run / "evaluations" / "site").exists()
+    sub = evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+    assert sub.name == "site" and (sub / "metrics.json").exists()
+
+
+def test_a_segmentation_run_that_did_not_finish_is_refused_as_a_classifier_is(seg_run, tmp_path):
+    """A segmenter stopped mid-training (run.json 'interrupted') was evaluated without a word, into an
+    evaluations/test/ report that read like the finished model's; a classifier was refused. Both are now."""
+    import shutil
+
+    from meddx.errors import RunError
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run, ignore=shutil.ignore_patterns("evaluations"))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    with pytest.raises(RunError, match="did not finish"):
+        evaluate_run(run, progress=False)
+    assert not (run / "evaluations").exists()

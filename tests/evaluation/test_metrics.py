@@ -319,3 +319,35 @@ def test_macro_ppv_and_npv_are_reported():
     assert o["npv_macro"]["value"] == pytest.approx(np.mean(npv))
     for key in ("ppv_macro", "npv_macro"):
         assert o[key]["ci_low"] < o[key]["value"] < o[key]["ci_high"]
+
+
+def test_a_macro_over_one_defined_class_has_that_class_interval():
+    """A test set of positives only, none found: balanced accuracy is the positives' sensitivity, 0 of 20,
+    but read 0.000 [0.000, 0.000] (every resample of it is 0) beside sensitivity 0.000 [0.000, 0.161]
+    (Wilson); one class's macro is that class's metric, with its interval."""
+    y = np.ones(20, int)
+    p1 = np.linspace(0.05, 0.45, 20)
+    m = classification_metrics(y, np.stack([1 - p1, p1], 1), n_boot=200)
+    sens = m["per_class"]["1"]["sensitivity"]
+    assert sens["value"] == 0.0 and sens["ci_method"] == "wilson" and sens["ci_high"] > 0.1
+    for key in ("balanced_accuracy", "sensitivity_macro"):
+        assert m["overall"][key] == sens
+    assert m["overall"]["specificity_macro"] == m["per_class"]["0"]["specificity"]
+    assert m["overall"]["auc_macro"]["value"] is None
+
+
+def test_a_bootstrap_collapsing_to_a_point_over_few_cases_gives_no_interval():
+    """One case (an external set of one image): every resample is that case, so F1 and ECE read
+    0.000 [0.000, 0.000] and 0.6 [0.6, 0.6], a 95 % interval of zero width from one image. Under 20 cases a
+    zero-width bootstrap interval is no interval; proportions keep Wilson's, and larger sets are unchanged."""
+    from meddx.evaluation.report import format_metric
+
+    m = classification_metrics(np.array([1]), np.array([[0.8, 0.2]]), n_boot=200)
+    for key in ("f1", "ece", "f1_macro"):
+        v = m["overall"][key]
+        assert v["value"] is not None and v["ci_low"] is None and v["ci_high"] is None
+        assert format_metric(v).endswith("[n/a, n/a]")
+    assert m["overall"]["sensitivity"]["ci_method"] == "wilson" and m["overall"]["sensitivity"]["ci_high"] > 0.5
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    big = classification_metrics(y, np.tile([[0.9, 0.1]], (60, 1)), n_boot=200)  # always predicts class 0
+    assert big["overall"]["balanced_accuracy"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5}

@@ -64,6 +64,48 @@ def test_heatmap_3d_has_the_input_shape_and_points_at_the_evidence(method):
     assert all(2 <= v < 7 for v in peak)
 
 
+class SignNet(nn.Module):
+    """Bright pixels are evidence for class 1, dark ones for class 0; ``seg=True`` scores every pixel (a segmenter)."""
+
+    def __init__(self, seg: bool = False):
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 1, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        self.act = nn.ReLU()
+        self.seg = seg
+        self.head = nn.Conv2d(2, 2, 1, bias=False) if seg else nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[-1.0, 1.0], [1.0, -1.0]]).view(self.head.weight.shape))
+        if seg:
+            self.divisor = 1  # what marks a segmenter without a registry name
+        self.cam_layer = "act"
+
+    def forward(self, x):
+        a = self.act(self.features(x))
+        return self.head(a) if self.seg else self.head(a.flatten(2).mean(-1))
+
+
+@pytest.mark.parametrize("seg,method", [(False, "gradcam"), (False, "gradcampp"), (False, "occlusion"),
+                                        (True, "gradcam"), (True, "gradcampp")])
+def test_the_map_follows_the_explained_class_not_the_image_contrast(seg, method):
+    """A bright square (evidence for class 1) and a dark one (class 0) in one image: each class's map lies on its
+    own square and leaves the other at zero. A map of the image's contrast, or of the predicted class whatever
+    --class says, would light both or the wrong one; the single-square tests above cannot tell."""
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 4:12, 4:12] = 3.0
+    x[..., 20:28, 20:28] = -3.0
+    bright, dark = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
+    bright[4:12, 4:12] = True
+    dark[20:28, 20:28] = True
+    e = Explainer(SignNet(seg), occlusion_mask=0.25)
+    assert e.segmenter == seg
+    for c, evidence, other in ((1, bright, dark), (0, dark, bright)):
+        h = e.explain(x, method, class_idx=c)
+        assert evidence.ravel()[int(np.argmax(h))]
+        assert h[evidence].mean() > 0.5 and h[other].max() == 0.0
+
+
 def test_class_with_negative_evidence_gives_an_empty_gradcam():
     # class 0 is *lowered* by the bright square: Grad-CAM's ReLU leaves nothing, and the map stays all zero
     h = Explainer(BrightnessNet()).explain(_square_image(), "gradcam", class_idx=0)

@@ -115,3 +115,18 @@ def test_an_unreadable_file_in_a_folder_leaves_no_overlays_behind(tiny_folder, t
 def test_help(cmd):
     r = meddx(cmd, "--help")
     assert r.returncode == 0 and "Usage" in r.stdout and ("--method" in r.stdout or "--api-key" in r.stdout)
+
+
+def test_an_unknown_class_lists_the_classes_quoted():
+    """BreastMNIST's classes are 'malignant' and 'normal, benign': the fix read "use one of: malignant, normal,
+    benign", three names, and `--class normal` as it suggests is refused again."""
+    from types import SimpleNamespace
+
+    from meddx.errors import MeddxError
+    from meddx.explain.run_explain import resolve_class
+
+    plan = SimpleNamespace(task="classify", data=SimpleNamespace(class_names=["malignant", "normal, benign"]))
+    assert resolve_class(plan, "normal, benign") == 1
+    with pytest.raises(MeddxError) as e:
+        resolve_class(plan, "Malignant")
+    assert "use one of: 'malignant', 'normal, benign'" in str(e.value)

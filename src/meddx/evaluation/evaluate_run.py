@@ -13,8 +13,9 @@ from meddx.data.sources import open_dataset
 from meddx.data.split import read_split
 from meddx.errors import DatasetError, RunError
 from meddx.evaluation.run_report import evaluate_run_outputs
+from meddx.evaluation.seg_predict import all_or_nothing
 from meddx.training.engine import predict_proba
-from meddx.training.run import progress_callback, load_run, read_run_info
+from meddx.training.run import progress_callback, load_run, require_finished
 
 
 def _proba(cs, cases, plan, model, progress: bool) -> tuple[np.ndarray, torch.Tensor]:
@@ -61,13 +62,12 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     """
     run_dir = Path(run_dir)
     plan, model = load_run(run_dir)
-    read_run_info(run_dir)  # a damaged run.json is refused before anything is written
+    # a damaged run.json, a run that did not finish (any task: a segmenter's evaluation would look like its
+    # final one) or a classifier that lost thresholds.json is refused before any data is read
+    require_finished(run_dir, "evaluated")
     if plan.task in ("segment", "detect"):
         return evaluate_seg_run(run_dir, plan, model, dataset, progress=progress)
-    if not (run_dir / "thresholds.json").exists():  # before any data is read
-        from meddx.training.run import require_finished
-
-        require_finished(run_dir, "evaluated")  # names why: not finished, or the file was lost
+    if not (run_dir / "thresholds.json").exists():  # a run without run.json
         raise RunError("the run has no thresholds.json (the validation operating point)", path=run_dir,
                        fix="restore it from a copy of the run, or train the run again")
     names = list(plan.data.class_names)
@@ -104,11 +104,14 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     from meddx.evaluation.uncertainty import load_ensemble
 
     members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(run_dir.parent))]
-    evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
-                         np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
-                         title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
-    if dataset is not None:
-        _mark_external(sub, cs)
+    # a failure part-way (Ctrl-C during the uncertainty passes or the bootstrap) removes what this call wrote:
+    # no half-written evaluation, nor an empty folder that would move the next try to NAME-<hash>/
+    with all_or_nothing(sub, not sub.exists(), lambda: None):
+        evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
+                             np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
+                             title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
+        if dataset is not None:
+            _mark_external(sub, cs)
     return sub
 
 

@@ -17,6 +17,9 @@ Conventions:
       (scipy) instead, marked ``"ci_method": "wilson"``: there the percentile bootstrap
       collapses (2 of 2 positives found resample to [1, 1]) or is far too narrow.
     * Balanced accuracy is the macro sensitivity (mean per-class recall).
+    * Over fewer than ``WILSON_BELOW`` cases, a metric that is not a proportion (F1, AUC, ECE, a macro
+      average) whose bootstrap interval has zero width gets no interval (``ci_low``/``ci_high`` None):
+      the resamples of a handful of cases all agreeing says nothing about the population.
     * ECE is top-label (argmax) with ``ece_bins`` equal-width bins (15 unless the plan says
       otherwise), independent of the threshold. It is
       biased upwards on small samples, and its bootstrap interval inherits that bias.
@@ -39,6 +42,10 @@ _MAX_WEIGHT_ELEMENTS = 1 << 22
 PER_CLASS_KEYS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
 PROPORTION_KEYS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 WILSON_BELOW = 20  # cases in a proportion's denominator under which its CI is Wilson's
+# overall macro averages and the per-class metric each averages
+_MACRO_OF = {"balanced_accuracy": "sensitivity", "sensitivity_macro": "sensitivity",
+             "specificity_macro": "specificity", "ppv_macro": "ppv", "npv_macro": "npv", "f1_macro": "f1",
+             "auc_macro": "auc"}
 
 
 # ---------------------------------------------------------------- public helpers
@@ -168,6 +175,11 @@ def classification_metrics(
     samples_by_key = {key: np.concatenate(v, axis=0) for key, v in boot.items() if v}
 
     def summarise(key: str, col: int | None = None) -> dict:
+        per_class_key = _MACRO_OF.get(key)
+        if per_class_key is not None and masks[per_class_key].sum() == 1:
+            # a macro over one defined class (a test set of one class) is that class's metric: same CI
+            # (Wilson's where due), not the bootstrap of a proportion collapsing to [0, 0] or [1, 1]
+            return summarise(per_class_key, int(np.flatnonzero(masks[per_class_key])[0]))
         value = point_flat[key][0] if col is None else point_flat[key][0, col]
         if np.isnan(value):
             return _metric(None)
@@ -183,6 +195,10 @@ def classification_metrics(
         if samples.size == 0:
             return _metric(value)
         lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
+        if n < WILSON_BELOW and hi - lo <= 1e-12:
+            # F1, AUC, ECE or a macro over a handful of cases whose resamples all agree (one case: ECE 0.608
+            # [0.608, 0.608]): no interval rather than a zero-width one; proportions got Wilson's above
+            return _metric(value)
         out = _metric(value, lo, hi)
         if samples.size < int(n_boot):  # the other resamples lacked a class this metric needs
             out["ci_resamples"] = int(samples.size)

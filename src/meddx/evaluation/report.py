@@ -116,7 +116,9 @@ def _how_to_read(metrics: Mapping[str, Mapping]) -> str:
         "sets, and so is its interval.",
         "Macro averages run over the classes for which a metric is defined; balanced accuracy is "
         "the mean per-class sensitivity. \"n/a\" marks a value that is undefined (for example PPV "
-        "when nothing is predicted positive, or AUC when only one class is present).",
+        "when nothing is predicted positive, or AUC when only one class is present); an interval reads "
+        "[n/a, n/a] when the bootstrap over fewer than 20 cases collapses to a point (F1, AUC, ECE or a "
+        "macro average of one or two cases).",
         "Confusion matrices: rows are the true class, columns the predicted class.",
     ]
     return "<h2>How to read this</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"

@@ -176,7 +176,8 @@ def resolve_class(plan, name: str | None) -> int | None:
     names = class_names(plan)
     if name in names:
         return names.index(name)
-    raise MeddxError(f"unknown class '{name}'", fix=f"use one of: {', '.join(names)}")
+    # quoted: a name may hold a comma ('normal, benign'), which a bare list would split into two classes
+    raise MeddxError(f"unknown class '{name}'", fix=f"use one of: {', '.join(repr(n) for n in names)}")
 
 
 def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
