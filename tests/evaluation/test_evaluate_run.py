@@ -161,6 +161,19 @@ def test_an_evaluation_stopped_part_way_leaves_nothing_behind(phantom_run, tmp_p
     sub = evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
     assert sub.name == "site" and (sub / "metrics.json").exists()
 
+    # stopped again after metrics.json and the plots were written, over that finished evaluation (of the folder
+    # with fewer images since): it stays whole, not its report.html beside the new metrics.json
+    before = {f.name: f.read_bytes() for f in sub.iterdir()}
+    for f in sorted((tmp_path / "site" / "normal").iterdir())[:2]:
+        f.unlink()
+    with monkeypatch.context() as m:
+        m.setattr(run_report, "write_report", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+    assert {f.name: f.read_bytes() for f in sub.iterdir()} == before
+    assert not [p.name for p in sub.parent.iterdir() if "site" in p.name and p != sub]   # nothing left beside it
+    assert evaluate_run(phantom_run, str(tmp_path / "site"), progress=False) == sub
+
 
 def test_a_segmentation_run_that_did_not_finish_is_refused_as_a_classifier_is(seg_run, tmp_path):
     """A segmenter stopped mid-training (run.json 'interrupted') was evaluated without a word, into an

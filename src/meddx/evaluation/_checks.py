@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,27 @@ def check_binary(y_true, score) -> tuple[np.ndarray, np.ndarray]:
             fix="use a validation split that contains both classes",
         )
     return y, s
+
+
+@contextmanager
+def replaced_on_success(final: Path):
+    """A hidden folder beside ``final`` to write into; it becomes ``final`` only when the block ends
+    without an error, replacing an earlier one there. A failure part-way (a bad file, Ctrl-C) removes it
+    and leaves ``final`` as it was: never old results beside half of the new ones."""
+    final = Path(final)
+    stage, old = final.with_name(f".{final.name}.partial"), final.with_name(f".{final.name}.old")
+    shutil.rmtree(stage, ignore_errors=True)  # left by a killed process
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    stage.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from meddx.data.sources import open_dataset
 from meddx.data.split import read_split
 from meddx.errors import DatasetError, RunError
 from meddx.evaluation.run_report import evaluate_run_outputs
-from meddx.evaluation.seg_predict import all_or_nothing
+from meddx.evaluation._checks import replaced_on_success
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run, require_finished
 
@@ -104,14 +103,15 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
     from meddx.evaluation.uncertainty import load_ensemble
 
     members = [model, *load_ensemble(plan, plan.evaluate.ensemble_runs, base=str(run_dir.parent))]
-    # a failure part-way (Ctrl-C during the uncertainty passes or the bootstrap) removes what this call wrote:
-    # no half-written evaluation, nor an empty folder that would move the next try to NAME-<hash>/
-    with all_or_nothing(sub, not sub.exists(), lambda: None):
+    # a failure part-way (Ctrl-C during the uncertainty passes or the bootstrap) leaves no half-written
+    # evaluation, no empty folder that would move the next try to NAME-<hash>/, and an earlier evaluation
+    # in ``sub`` whole
+    with replaced_on_success(sub) as stage:
         evaluate_run_outputs(run_dir, plan, cs, {"train": train, "val": val, "test": test}, p_val,
-                             np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=sub,
+                             np.zeros(0, dtype=np.int64), p_test, y_test, fit=None, out_dir=stage,
                              title_suffix=" (re-evaluation)", uncertainty_inputs=(members, x_test[:0], x_test))
         if dataset is not None:
-            _mark_external(sub, cs)
+            _mark_external(stage, cs)
     return sub
 
 
@@ -131,19 +131,13 @@ def evaluate_seg_run(run_dir: Path, plan, model, dataset: str | None, *, progres
         sub = external_dir(run_dir, cs)
     if not test:
         raise RunError("no test cases to evaluate", path=run_dir, fix="give a dataset with masks")
-    created = not sub.exists()
-    sub.mkdir(parents=True, exist_ok=True)
-    try:
+    # a mask refused part-way (values outside the run's labels, another size) leaves no folder that looks
+    # like an evaluation, none that would move the next try to NAME-<hash>/, and an earlier one whole
+    with replaced_on_success(sub) as stage:
         if plan.task == "detect" and plan.segment.detector == "heatmap":
-            evaluate_det_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
+            evaluate_det_outputs(stage, plan, cs, test, model, fit=None, progress=progress)
         else:
-            evaluate_seg_outputs(sub, plan, cs, test, model, fit=None, progress=progress)
-    except BaseException:
-        # a mask refused part-way (values outside the run's labels, another size) leaves no folder that
-        # looks like an evaluation, nor one that would move the next try to NAME-<hash>/
-        if created:
-            shutil.rmtree(sub, ignore_errors=True)
-        raise
-    if dataset is not None:
-        _mark_external(sub, cs)
+            evaluate_seg_outputs(stage, plan, cs, test, model, fit=None, progress=progress)
+        if dataset is not None:
+            _mark_external(stage, cs)
     return sub
