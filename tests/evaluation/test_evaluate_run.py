@@ -190,3 +190,18 @@ def test_a_segmentation_run_that_did_not_finish_is_refused_as_a_classifier_is(se
     with pytest.raises(RunError, match="did not finish"):
         evaluate_run(run, progress=False)
     assert not (run / "evaluations").exists()
+
+
+def test_classes_spelled_in_other_capitals_are_refused_with_the_models_spelling(phantom_run, tmp_path):
+    from meddx_testutils import write_png
+    from meddx.data.synthetic import make_phantoms
+    from meddx.errors import DatasetError
+    from meddx.evaluation.evaluate_run import evaluate_run
+
+    imgs, labels = make_phantoms(n=8, size=28, seed=5)
+    for i, (im, y) in enumerate(zip(imgs, labels)):
+        write_png(tmp_path / "site" / ("Lesion" if y else "normal") / f"{i}.png", im)
+    with pytest.raises(DatasetError) as e:
+        evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+    assert "['Lesion'] are not among" in e.value.message and e.value.fix == "spell 'Lesion' as 'lesion', as the model does"
+    assert not (phantom_run / "evaluations" / "site").exists()

@@ -84,8 +84,11 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, *, progress: b
         cs = open_dataset(dataset, min_classes=1)  # one class is fine to score (e.g. sensitivity on positives)
         unknown = [n for n in cs.class_names if n not in names]
         if unknown:
+            folded = {n.casefold(): n for n in names}
+            renames = [f"'{n}' as '{folded[n.casefold()]}'" for n in unknown if n.casefold() in folded]
             raise DatasetError(f"classes {unknown} are not among the model's classes {names}", path=dataset,
-                               fix="evaluate on data labelled with the model's classes")
+                               fix=f"spell {', '.join(renames)}, as the model does" if renames
+                               else "evaluate on data labelled with the model's classes")
         remap = {i: names.index(n) for i, n in enumerate(cs.class_names)}
         for c in cs.cases:
             c.label = remap[c.label]
