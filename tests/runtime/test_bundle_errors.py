@@ -178,3 +178,14 @@ def test_runtime_cli_masks_folder_that_is_a_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "taken" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args, needle", [(["--threads", "0"], "--threads"), (["--threads", "-2"], "--threads"),
+                                          (["--bogus"], "--bogus"), ([], "files")])
+def test_runtime_cli_usage_mistakes_are_one_line(bundle, args, needle):
+    """argparse's three-line usage block (and --threads -2 taken without a word) became one error line."""
+    files = [] if needle == "files" else [str(bundle / "none.png")]
+    proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(bundle), *files, *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Fix:" in proc.stderr, proc.stderr

@@ -1,7 +1,7 @@
 """``python -m meddx.runtime BUNDLE FILE...``: one JSON line per input, no torch needed.
 
 Segmenters also write ``NAME_mask.nii.gz`` / ``NAME_mask.png`` into ``--masks DIR``.
-Errors print one line and exit with code 2.
+Errors, command-line mistakes included, print one line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -13,13 +13,30 @@ from pathlib import Path
 
 from meddx.errors import MeddxError
 
+PROG = "python -m meddx.runtime"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line with the fix, like every other meddx error (not its usage block)."""
+
+    def error(self, message: str):
+        print(f"error: {message}. Fix: see `{PROG} --help`.", file=sys.stderr)
+        sys.exit(2)
+
+
+def _threads(text: str) -> int:
+    n = int(text) if text.strip().lstrip("-").isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
+    return n
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m meddx.runtime", description=__doc__.splitlines()[0])
+    ap = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="bundle folder written by `meddx export` or `meddx compress`")
     ap.add_argument("files", nargs="+", help="PNG/JPEG/TIFF, DICOM file or series folder, NIfTI")
     ap.add_argument("--masks", type=Path, default=None, help="segmenters: folder for the masks")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    ap.add_argument("--threads", type=_threads, default=None, help="onnxruntime threads (1 or more)")
     a = ap.parse_args(argv)
     try:
         from meddx.runtime import load
