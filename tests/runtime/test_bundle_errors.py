@@ -180,6 +180,32 @@ def test_runtime_cli_masks_folder_that_is_a_file(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "taken" in proc.stderr, proc.stderr
 
 
+def test_runtime_cli_leaves_no_masks_when_an_input_fails_part_way(tmp_path):
+    """A damaged second file left the first file's mask in --masks (and its JSON line on stdout), a
+    folder that looked finished; `meddx predict` removes what the failing call wrote, the runtime now too."""
+    from deploy_testutils import make_seg_run
+    from meddx_testutils import write_png
+
+    b = export_run(make_seg_run(tmp_path / "seg", dims=2, size=32, labels=(0, 1), names=("background", "lesion"),
+                                tta=(), postprocess=()), tmp_path / "bundle")
+    good, bad = tmp_path / "a.png", tmp_path / "b.png"
+    write_png(good, (np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32))
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    old = tmp_path / "kept"
+    old.mkdir()
+    (old / "earlier_mask.png").write_bytes(b"an earlier call's output")
+    for masks in (tmp_path / "new", old):
+        proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(b), str(good), str(bad), "--masks",
+                               str(masks)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "b.png" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", proc.stdout
+    assert not (tmp_path / "new").exists()
+    assert [f.name for f in old.iterdir()] == ["earlier_mask.png"]
+    proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(b), str(good), "--masks", str(old)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and Path(json.loads(proc.stdout)["mask_file"]) == old / "a_mask.png"
+
+
 @pytest.mark.parametrize("args, needle", [(["--threads", "0"], "--threads"), (["--threads", "-2"], "--threads"),
                                           (["--bogus"], "--bogus"), ([], "files")])
 def test_runtime_cli_usage_mistakes_are_one_line(bundle, args, needle):
