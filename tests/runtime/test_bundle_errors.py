@@ -133,6 +133,29 @@ def test_other_format_version(copy):
         load(copy)
 
 
+@pytest.mark.parametrize("field, value, needle", [("version", "2a", "format version '2a'"),
+                                                  ("version", None, "format version None"),
+                                                  ("version", 1.5, "format version 1.5"),
+                                                  ("model", "fp32", "does not state the model's ONNX opset")])
+def test_damaged_manifest_fields_are_one_line(copy, field, value, needle):
+    """bundle.json is the one file without a checksum: a version of "2a" or null was a ValueError or
+    TypeError traceback, and a "model" that is not an object an AttributeError."""
+    man = json.loads((copy / "bundle.json").read_text())
+    man[field] = value
+    (copy / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError) as e:
+        load(copy)
+    assert needle in _one_line(e.value) and "bundle.json" in str(e.value)
+
+
+def test_a_newer_format_version_says_to_upgrade(copy):
+    man = json.loads((copy / "bundle.json").read_text())
+    man["version"] = 99
+    (copy / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="format version 99 .* Fix: install the newer meddx"):
+        load(copy)
+
+
 def test_damaged_json_spec(copy):
     (copy / "labels.json").write_text("{not json")
     _resum(copy, "labels.json")
