@@ -292,3 +292,27 @@ def test_a_segmenter_compresses_to_int8_with_its_dice_beside_fp32(seg_run, tmp_p
         assert 0 <= int8 <= 1 and abs(int8 - fp32) < 0.1, (split, fp32, int8)
     assert json.loads((out / "bundle.json").read_text())["model"]["precision"].startswith("int8")
     assert s["cases"]["test"][0] == s["cases"]["test"][1]
+
+
+def test_compress_names_runs_and_data_by_folder_name_not_path(tiny_folder, tmp_path):
+    """`meddx export` records its source run by name, but compress wrote the full paths of the run, the
+    teacher and --data into compression.json, bundle.json and student.pt: a bundle leaves the site, and a
+    path may hold a patient's or a user's name."""
+    import torch
+
+    site = tmp_path / "Doe_John_MRN0042"
+    run = site / "run"
+    meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--no-progress")
+    out = tmp_path / "c"
+    meddx("compress", run, "--out", out, "--distill-from", run, "--epochs", "1", "--data", tiny_folder,
+          "--int8", "--calibration-images", "8", "--no-progress")
+    st = torch.load(out / "student.pt", map_location="cpu", weights_only=True)
+    texts = {f: (out / f).read_text() for f in ("compression.json", "bundle.json", "model_card.md")}
+    texts["student.pt plan"] = json.dumps(st["plan"])
+    for name, text in texts.items():
+        assert str(tmp_path) not in text and "Doe_John" not in text, name
+    s = json.loads(texts["compression.json"])
+    assert s["source_run"] == "run" and s["teacher"]["run"] == "run"
+    assert s["options"]["distill_from"] == "run" and s["options"]["data"] == "folder"
+    assert json.loads(texts["bundle.json"])["compression"]["teacher_run"] == "run"
+    assert st["plan"]["data"]["source"] == "folder"

@@ -76,6 +76,17 @@ class CompressOptions:
     data: str | None = None
 
 
+def recorded_options(opts: CompressOptions) -> dict[str, Any]:
+    """``opts`` as ``compression.json`` records them: the teacher run and ``--data`` by folder name only,
+    as ``meddx export`` names the source run (a bundle leaves the site; a full path may hold a patient's
+    or a user's name)."""
+    d = asdict(opts)
+    for key in ("distill_from", "data"):
+        if d[key]:
+            d[key] = Path(d[key]).name
+    return d
+
+
 def parse_student(text: str) -> tuple[str, dict[str, Any]]:
     """``small_cnn`` or ``small_cnn:width=0.5,first_stride=2`` -> (name, params)."""
     import yaml
@@ -299,14 +310,14 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     source_params = int(count_parameters(model))
     shape = (int(plan.data.channels), *(int(s) for s in plan.data.input_size))
     source_flops = torch_flops(model, torch.zeros(1, *shape))
-    summary: dict[str, Any] = {"source_run": str(run_dir), "options": asdict(opts), "steps": [],
+    summary: dict[str, Any] = {"source_run": run_dir.name, "options": recorded_options(opts), "steps": [],
                                "source": {"model": plan.model.name, "params": source_params, "flops": source_flops}}
     teacher, affine = None, (1.0, 0.0)
     if opts.distill_from:
         tdir = Path(opts.distill_from)
         tplan, teacher = load_run(tdir)
         affine = _check_teacher(run_dir, plan, tdir, tplan)
-        summary["teacher"] = {"run": str(tdir), "model": tplan.model.name, "params": int(count_parameters(teacher)),
+        summary["teacher"] = {"run": tdir.name, "model": tplan.model.name, "params": int(count_parameters(teacher)),
                               "flops": torch_flops(teacher, torch.zeros(1, *shape))}
     if getattr(model, "classifier_layer", None) is None and (opts.prune or (teacher is not None and not opts.student)):
         raise RunError(f"this run's model is a {type(model).__name__} (ensemble, learned denoiser or PCA head); "
@@ -390,7 +401,9 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
             first = next(iter(m.get("operating_points", {}).values()), {}).get("overall", {})
             summary["source"]["test_auc"] = first.get("auc") or first.get("auc_macro")
         st = work / "student.pt"
-        torch.save({"plan": plan.model_dump(mode="json"), "layer_shapes": layer_shapes(model),
+        saved_plan = plan.model_dump(mode="json")
+        saved_plan["data"]["source"] = Path(str(plan.data.source)).name  # the dataset's path stays on this machine
+        torch.save({"plan": saved_plan, "layer_shapes": layer_shapes(model),
                     "model": model.state_dict()}, st)
         (work / "compression.json").write_text(json.dumps(summary, indent=2, default=str))
         r = summary["result"]
@@ -488,7 +501,7 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
                                       sg.min_size)
                     scores.append(dice_per_class(idx, y.numpy(), k).mean())
                 result[f"{name}_{split}_dice"] = mean_ci(np.array(scores))
-        summary = {"source_run": str(run_dir), "options": asdict(opts), "cases": coverage,
+        summary = {"source_run": run_dir.name, "options": recorded_options(opts), "cases": coverage,
                    "steps": [{"step": "int8", "calibration_windows": int(n_cal), "calibration_seed": seed,
                               "calibration_method": opts.calibration_method}],
                    "result": {**result, "precision": precision},
