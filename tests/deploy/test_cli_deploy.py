@@ -183,6 +183,17 @@ def test_meaningless_compress_options_are_refused_before_work(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize("args", [["--epochs", "3"], ["--time-budget", "1m"], ["--lr", "5"]])
+def test_training_options_without_a_training_step_are_refused(tmp_path, args):
+    """`compress --int8 --epochs 3 --lr 5` wrote an int8 bundle without a word: nothing was trained, and the
+    user could believe it was fine-tuned (segmentation runs, which take --int8 only, alike)."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--int8", *args, "--no-progress", check=False)
+    assert r.returncode == 2 and args[0] in r.stderr and "--int8 alone trains nothing" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("opset", ["5", "99"])
 def test_an_opset_torch_cannot_export_is_one_line(tmp_path, opset):
     """--opset 99 was torch's RuntimeError traceback, --opset 5 an onnx checker traceback."""

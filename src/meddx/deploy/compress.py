@@ -281,6 +281,10 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         raise BundleError("the output folder exists and is not empty", path=out, fix="choose a new --out, or add --overwrite")
     if not (opts.prune or opts.distill_from or opts.int8 or opts.student):
         raise PlanError("nothing to do", fix="give --prune, --distill-from, --student and/or --int8")
+    if not (opts.prune or opts.distill_from or opts.student) and \
+            (opts.epochs is not None or opts.time_budget_s or opts.lr is not None):
+        raise PlanError("--epochs, --time-budget and --lr set the training phases, and --int8 alone trains nothing",
+                        fix="leave them out, or add --prune, --distill-from or --student")
     if int(opts.prune_steps) < 1:
         raise PlanError(f"--prune-steps must be at least 1, got {opts.prune_steps}", fix="e.g. --prune-steps 3")
     if opts.epochs is not None and int(opts.epochs) < 1:
