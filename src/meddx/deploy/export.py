@@ -104,9 +104,12 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
         from torch.onnx._constants import ONNX_MAX_OPSET, ONNX_MIN_OPSET
     except ImportError:  # private to torch: the range of the versions this was written against
         ONNX_MIN_OPSET, ONNX_MAX_OPSET = 7, 23
-    if not ONNX_MIN_OPSET <= int(opset) <= ONNX_MAX_OPSET:
-        raise BundleError(f"--opset {opset} is not one this torch exports ({ONNX_MIN_OPSET} to {ONNX_MAX_OPSET})",
-                          fix=f"leave --opset out (default {OPSET}) or give one in that range")
+    from meddx.runtime.bundle import MIN_OPSET
+
+    lowest = max(ONNX_MIN_OPSET, MIN_OPSET)  # torch exports older opsets too, but the runtime would refuse the bundle
+    if not lowest <= int(opset) <= ONNX_MAX_OPSET:
+        raise BundleError(f"--opset {opset} is not one this torch exports and the edge runtime reads ({lowest} to "
+                          f"{ONNX_MAX_OPSET})", fix=f"leave --opset out (default {OPSET}) or give one in that range")
     model = model.eval().cpu()
     x = torch.randn(2, *input_shape)
     with warnings.catch_warnings(), torch.no_grad():
