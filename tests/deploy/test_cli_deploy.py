@@ -183,6 +183,19 @@ def test_meaningless_compress_options_are_refused_before_work(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize("student, needle", [("nosuchnet", "unknown model 'nosuchnet'"),
+                                             ("small_cnn:width=abc", "width must be a number"),
+                                             ("small_cnn:width", "cannot read the student option 'width'")])
+def test_a_misspelt_student_is_refused_before_the_data_are_read(tmp_path, student, needle):
+    """The student's name and options were checked only after all of the run's images had been read and
+    preprocessed (minutes on a large dataset); the run here has no dataset at all, so reading it fails."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--student", student, "--epochs", "1", "--no-progress",
+              check=False)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "preparing the run's data" not in r.stdout and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("args", [["--epochs", "3"], ["--time-budget", "1m"], ["--lr", "5"]])
 def test_training_options_without_a_training_step_are_refused(tmp_path, args):
     """`compress --int8 --epochs 3 --lr 5` wrote an int8 bundle without a word: nothing was trained, and the

@@ -327,6 +327,18 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         raise RunError(f"this run's model is a {type(model).__name__} (ensemble, learned denoiser or PCA head); "
                        "pruning and fine-tuning need a single registry network", path=run_dir,
                        fix="distil it into a fresh network with --student NAME --distill-from RUN, or use --int8 alone")
+    if opts.student:  # built before the data are read: a misspelt name or option is refused at once
+        name, params = parse_student(opts.student)
+        plan.model.name, plan.model.params = name, params
+        # the student is one plain network on the standardised images (no ensemble, denoiser or PCA head)
+        if getattr(plan, "ensemble", None) is not None:
+            plan.ensemble.kind, plan.ensemble.members = "none", 1
+        if getattr(plan.data, "learned_denoise", None) is not None:
+            plan.data.learned_denoise = None
+        if getattr(plan.train, "head", "deep") != "deep":
+            plan.train.head = "deep"
+        seed_everything(plan.seed)
+        model = build_model(plan)
     log("preparing the run's data")
     cs, parts, tensors = load_split_tensors(run_dir, plan, opts.data, progress)
     summary["cases"], fewer = coverage_note(run_dir, parts, log)
@@ -335,17 +347,6 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     with tempfile.TemporaryDirectory(prefix="meddx-compress-") as td:
         work = Path(td)
         if opts.student:
-            name, params = parse_student(opts.student)
-            plan.model.name, plan.model.params = name, params
-            # the student is one plain network on the standardised images (no ensemble, denoiser or PCA head)
-            if getattr(plan, "ensemble", None) is not None:
-                plan.ensemble.kind, plan.ensemble.members = "none", 1
-            if getattr(plan.data, "learned_denoise", None) is not None:
-                plan.data.learned_denoise = None
-            if getattr(plan.train, "head", "deep") != "deep":
-                plan.train.head = "deep"
-            seed_everything(plan.seed)
-            model = build_model(plan)
             log(f"student {name} {params or ''}: {count_parameters(model):,} parameters")
             info = train_phase(plan, model, tensors, work / "student", teacher=teacher, affine=affine, opts=opts,
                                lr=opts.lr or base_lr, progress=progress, log=log)
