@@ -265,7 +265,7 @@ def _ort_proba(onnx_path: Path, x: np.ndarray, flips, batch: int = 256) -> np.nd
 def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *, overwrite: bool = False,
                  progress: bool = True, log=print) -> Path:
     """Compress a classification run into a bundle in ``out`` (see the module docstring)."""
-    from meddx.deploy.export import export_onnx, thresholds_from_run, write_model_bundle
+    from meddx.deploy.export import export_onnx, refuse_out_over_inputs, thresholds_from_run, write_model_bundle
     from meddx.deploy.flops import torch_flops
     from meddx.deploy.prune import layer_shapes, prune
     from meddx.deploy.quantise import calibration_sample, quantise_static
@@ -277,6 +277,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
 
     run_dir = Path(run_dir)
     out = Path(out)
+    refuse_out_over_inputs(out, run_dir, opts.distill_from, opts.data)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise BundleError("the output folder exists and is not empty", path=out, fix="choose a new --out, or add --overwrite")
     if not (opts.prune or opts.distill_from or opts.int8 or opts.student):

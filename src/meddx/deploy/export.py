@@ -231,6 +231,17 @@ def write_model_bundle(out: str | Path, model: torch.nn.Module, plan, *, run_dir
                             manifest=facts, overwrite=overwrite, extra_files=extra_files)
 
 
+def refuse_out_over_inputs(out: str | Path, *inputs: str | Path | None) -> None:
+    """``--overwrite`` replaces ``out`` wholesale: refuse an ``out`` that is, or holds, a folder the command
+    reads (the run, the teacher, the dataset), which the bundle would replace (``export RUN --out RUN``)."""
+    o = Path(out).resolve()
+    for p in filter(None, inputs):
+        q = Path(p).resolve()
+        if q == o or o in q.parents:
+            raise BundleError(f"--out is {'' if q == o else 'a folder holding '}{p}, which this command reads; the "
+                              f"bundle would replace it", path=out, fix="choose a new --out for the bundle")
+
+
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = OPSET, overwrite: bool = False) -> Path:
     """Export a finished classification or segmentation run as a bundle in ``out``.
 
@@ -241,6 +252,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = OPSET, over
     from meddx.training.run import load_run, require_finished
 
     run_dir = Path(run_dir)
+    refuse_out_over_inputs(out, run_dir)
     plan, model = load_run(run_dir)
     require_finished(run_dir, "exported")
     torch_steps = [st.name for st in getattr(plan.data, "preprocess", []) if st.name in TORCH_STEPS]
