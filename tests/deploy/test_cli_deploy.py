@@ -207,6 +207,15 @@ def test_training_options_without_a_training_step_are_refused(tmp_path, args):
     assert not (tmp_path / "c").exists()
 
 
+def test_prune_steps_without_prune_is_refused(tmp_path):
+    """`compress --student ... --prune-steps 3` trained the student and cut nothing, without a word."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--student", "small_cnn", "--epochs", "1", "--prune-steps",
+              "3", "--no-progress", check=False)
+    assert r.returncode == 2 and "--prune-steps 3 is given without --prune" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("opset", ["5", "11", "99"])
 def test_an_opset_torch_cannot_export_is_one_line(tmp_path, opset):
     """--opset 99 was torch's RuntimeError traceback, --opset 5 an onnx checker traceback; --opset 11 wrote
