@@ -207,6 +207,16 @@ def test_training_options_without_a_training_step_are_refused(tmp_path, args):
     assert not (tmp_path / "c").exists()
 
 
+def test_epochs_and_time_budget_together_are_refused(tmp_path):
+    """compress trained --epochs and dropped --time-budget without a word (train lets the budget win and
+    ablate refuses the pair)."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--prune", "0.5", "--epochs", "2", "--time-budget", "10m",
+              "--no-progress", check=False)
+    assert r.returncode == 2 and "give --time-budget or --epochs, not both" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
 def test_prune_steps_without_prune_is_refused(tmp_path):
     """`compress --student ... --prune-steps 3` trained the student and cut nothing, without a word."""
     run = make_run(tmp_path / "run")

@@ -291,6 +291,8 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     if int(opts.prune_steps) > 1 and not opts.prune:
         raise PlanError(f"--prune-steps {opts.prune_steps} is given without --prune, so nothing would be cut",
                         fix="add --prune R (e.g. --prune 0.5), or leave --prune-steps out")
+    if opts.epochs is not None and opts.time_budget_s:  # train lets the budget win; here epochs won, silently
+        raise PlanError("give --time-budget or --epochs, not both", fix="drop one of them")
     if opts.epochs is not None and int(opts.epochs) < 1:
         raise PlanError(f"--epochs must be at least 1, got {opts.epochs}", fix="e.g. --epochs 5")
     if opts.lr is not None and not opts.lr > 0:
