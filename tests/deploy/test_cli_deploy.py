@@ -183,9 +183,53 @@ def test_meaningless_compress_options_are_refused_before_work(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("opset", ["5", "99"])
+@pytest.mark.parametrize("student, needle", [("nosuchnet", "unknown model 'nosuchnet'"),
+                                             ("small_cnn:width=abc", "width must be a number"),
+                                             ("small_cnn:width", "cannot read the student option 'width'")])
+def test_a_misspelt_student_is_refused_before_the_data_are_read(tmp_path, student, needle):
+    """The student's name and options were checked only after all of the run's images had been read and
+    preprocessed (minutes on a large dataset); the run here has no dataset at all, so reading it fails."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--student", student, "--epochs", "1", "--no-progress",
+              check=False)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "preparing the run's data" not in r.stdout and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("args", [["--epochs", "3"], ["--time-budget", "1m"], ["--lr", "5"]])
+def test_training_options_without_a_training_step_are_refused(tmp_path, args):
+    """`compress --int8 --epochs 3 --lr 5` wrote an int8 bundle without a word: nothing was trained, and the
+    user could believe it was fine-tuned (segmentation runs, which take --int8 only, alike)."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--int8", *args, "--no-progress", check=False)
+    assert r.returncode == 2 and args[0] in r.stderr and "--int8 alone trains nothing" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_epochs_and_time_budget_together_are_refused(tmp_path):
+    """compress trained --epochs and dropped --time-budget without a word (train lets the budget win and
+    ablate refuses the pair)."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--prune", "0.5", "--epochs", "2", "--time-budget", "10m",
+              "--no-progress", check=False)
+    assert r.returncode == 2 and "give --time-budget or --epochs, not both" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+def test_prune_steps_without_prune_is_refused(tmp_path):
+    """`compress --student ... --prune-steps 3` trained the student and cut nothing, without a word."""
+    run = make_run(tmp_path / "run")
+    r = meddx("compress", run, "--out", tmp_path / "c", "--student", "small_cnn", "--epochs", "1", "--prune-steps",
+              "3", "--no-progress", check=False)
+    assert r.returncode == 2 and "--prune-steps 3 is given without --prune" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("opset", ["5", "11", "99"])
 def test_an_opset_torch_cannot_export_is_one_line(tmp_path, opset):
-    """--opset 99 was torch's RuntimeError traceback, --opset 5 an onnx checker traceback."""
+    """--opset 99 was torch's RuntimeError traceback, --opset 5 an onnx checker traceback; --opset 11 wrote
+    a bundle that the edge runtime refuses (it needs opset 13 or newer), telling the user to re-export."""
     run = make_run(tmp_path / "run")
     r = meddx("export", run, "--out", tmp_path / "b", "--opset", opset, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
@@ -292,3 +336,27 @@ def test_a_segmenter_compresses_to_int8_with_its_dice_beside_fp32(seg_run, tmp_p
         assert 0 <= int8 <= 1 and abs(int8 - fp32) < 0.1, (split, fp32, int8)
     assert json.loads((out / "bundle.json").read_text())["model"]["precision"].startswith("int8")
     assert s["cases"]["test"][0] == s["cases"]["test"][1]
+
+
+def test_compress_names_runs_and_data_by_folder_name_not_path(tiny_folder, tmp_path):
+    """`meddx export` records its source run by name, but compress wrote the full paths of the run, the
+    teacher and --data into compression.json, bundle.json and student.pt: a bundle leaves the site, and a
+    path may hold a patient's or a user's name."""
+    import torch
+
+    site = tmp_path / "Doe_John_MRN0042"
+    run = site / "run"
+    meddx("train", tiny_folder, "--out", run, "--epochs", "1", "--no-progress")
+    out = tmp_path / "c"
+    meddx("compress", run, "--out", out, "--distill-from", run, "--epochs", "1", "--data", tiny_folder,
+          "--int8", "--calibration-images", "8", "--no-progress")
+    st = torch.load(out / "student.pt", map_location="cpu", weights_only=True)
+    texts = {f: (out / f).read_text() for f in ("compression.json", "bundle.json", "model_card.md")}
+    texts["student.pt plan"] = json.dumps(st["plan"])
+    for name, text in texts.items():
+        assert str(tmp_path) not in text and "Doe_John" not in text, name
+    s = json.loads(texts["compression.json"])
+    assert s["source_run"] == "run" and s["teacher"]["run"] == "run"
+    assert s["options"]["distill_from"] == "run" and s["options"]["data"] == "folder"
+    assert json.loads(texts["bundle.json"])["compression"]["teacher_run"] == "run"
+    assert st["plan"]["data"]["source"] == "folder"

@@ -98,6 +98,28 @@ def test_existing_output_is_refused_and_nothing_half_written(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]  # no temporary folders left
 
 
+def test_overwrite_never_replaces_the_run_or_data_it_reads(tmp_path):
+    """`export RUN --out RUN --overwrite` (or --out the folder above RUN) replaced the training run, its
+    checkpoints and reports, with the bundle; compress likewise its run, teacher or --data folder."""
+    from meddx.deploy.compress import CompressOptions, compress_run
+
+    run = make_run(tmp_path / "site" / "run")
+    before = sorted(p.name for p in run.iterdir())
+    for out in (run, tmp_path / "site"):
+        with pytest.raises(MeddxError, match="which this command reads; the bundle would replace it"):
+            export_run(run, out, overwrite=True)
+    other = make_run(tmp_path / "other")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"kept")
+    for out, opts in ((run, CompressOptions(int8=True)), (other, CompressOptions(distill_from=str(other), epochs=1)),
+                      (images, CompressOptions(int8=True, data=str(images)))):
+        with pytest.raises(MeddxError, match="which this command reads"):
+            compress_run(run, out, opts, overwrite=True, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before and (other / "plan.yaml").exists()
+    assert (images / "a.png").read_bytes() == b"kept"
+
+
 def test_not_a_run(tmp_path):
     with pytest.raises(MeddxError, match="not a meddx run directory"):
         export_run(tmp_path, tmp_path / "b")

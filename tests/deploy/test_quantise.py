@@ -50,3 +50,30 @@ def test_bad_calibration_input(tmp_path):
         quantise_static(fp32, tmp_path / "q.onnx", np.zeros((0, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match="unknown calibration method"):
         quantise_static(fp32, tmp_path / "q.onnx", np.zeros((4, 1, 28, 28), np.float32), method="dynamic")
+
+
+def test_an_int8_bundle_states_the_difference_of_the_model_it_ships(tmp_path):
+    """The card and bundle.json of an int8 bundle gave the fp32 graph's export check (about 1e-8) as
+    "Checked at export", although model.onnx is the int8 graph; its own difference is now measured and
+    stated beside it, and the fp32 check says which graph it was."""
+    import json
+
+    from deploy_testutils import make_run
+    from meddx.deploy.export import write_model_bundle
+    from meddx.training.run import load_run
+
+    run = make_run(tmp_path / "run")
+    plan, m = load_run(run)
+    fp32 = export_onnx(m, (1, 28, 28), tmp_path / "fp32.onnx")
+    cal = np.random.default_rng(0).standard_normal((32, 1, 28, 28)).astype(np.float32)
+    q = quantise_static(fp32, tmp_path / "int8.onnx", cal)
+    b = write_model_bundle(tmp_path / "b", m, plan, run_dir=run, onnx_path=q, precision="int8")
+    man = json.loads((b / "bundle.json").read_text())
+    fp32_diff, int8_diff = man["export_check"]["max_abs_prob_diff"], man["shipped_model_check"]["max_abs_prob_diff"]
+    assert int8_diff > fp32_diff and int8_diff > 1e-6
+    card = (b / "model_card.md").read_text()
+    assert "Checked at export (the fp32 graph the shipped model was made from)" in card
+    assert f"The shipped model (`model.onnx`, int8) vs torch fp32 on the same inputs: max |difference| {int8_diff:.2e}" in card
+    plain = write_model_bundle(tmp_path / "p", m, plan, run_dir=run)
+    assert "shipped_model_check" not in json.loads((plain / "bundle.json").read_text())
+    assert "* Checked at export: ONNX Runtime" in (plain / "model_card.md").read_text()

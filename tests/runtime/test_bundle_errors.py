@@ -133,6 +133,29 @@ def test_other_format_version(copy):
         load(copy)
 
 
+@pytest.mark.parametrize("field, value, needle", [("version", "2a", "format version '2a'"),
+                                                  ("version", None, "format version None"),
+                                                  ("version", 1.5, "format version 1.5"),
+                                                  ("model", "fp32", "does not state the model's ONNX opset")])
+def test_damaged_manifest_fields_are_one_line(copy, field, value, needle):
+    """bundle.json is the one file without a checksum: a version of "2a" or null was a ValueError or
+    TypeError traceback, and a "model" that is not an object an AttributeError."""
+    man = json.loads((copy / "bundle.json").read_text())
+    man[field] = value
+    (copy / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError) as e:
+        load(copy)
+    assert needle in _one_line(e.value) and "bundle.json" in str(e.value)
+
+
+def test_a_newer_format_version_says_to_upgrade(copy):
+    man = json.loads((copy / "bundle.json").read_text())
+    man["version"] = 99
+    (copy / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="format version 99 .* Fix: install the newer meddx"):
+        load(copy)
+
+
 def test_damaged_json_spec(copy):
     (copy / "labels.json").write_text("{not json")
     _resum(copy, "labels.json")
@@ -178,3 +201,40 @@ def test_runtime_cli_masks_folder_that_is_a_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "taken" in proc.stderr, proc.stderr
+
+
+def test_runtime_cli_leaves_no_masks_when_an_input_fails_part_way(tmp_path):
+    """A damaged second file left the first file's mask in --masks (and its JSON line on stdout), a
+    folder that looked finished; `meddx predict` removes what the failing call wrote, the runtime now too."""
+    from deploy_testutils import make_seg_run
+    from meddx_testutils import write_png
+
+    b = export_run(make_seg_run(tmp_path / "seg", dims=2, size=32, labels=(0, 1), names=("background", "lesion"),
+                                tta=(), postprocess=()), tmp_path / "bundle")
+    good, bad = tmp_path / "a.png", tmp_path / "b.png"
+    write_png(good, (np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32))
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    old = tmp_path / "kept"
+    old.mkdir()
+    (old / "earlier_mask.png").write_bytes(b"an earlier call's output")
+    for masks in (tmp_path / "new", old):
+        proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(b), str(good), str(bad), "--masks",
+                               str(masks)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "b.png" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", proc.stdout
+    assert not (tmp_path / "new").exists()
+    assert [f.name for f in old.iterdir()] == ["earlier_mask.png"]
+    proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(b), str(good), "--masks", str(old)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and Path(json.loads(proc.stdout)["mask_file"]) == old / "a_mask.png"
+
+
+@pytest.mark.parametrize("args, needle", [(["--threads", "0"], "--threads"), (["--threads", "-2"], "--threads"),
+                                          (["--bogus"], "--bogus"), ([], "files")])
+def test_runtime_cli_usage_mistakes_are_one_line(bundle, args, needle):
+    """argparse's three-line usage block (and --threads -2 taken without a word) became one error line."""
+    files = [] if needle == "files" else [str(bundle / "none.png")]
+    proc = subprocess.run([sys.executable, "-m", "meddx.runtime", str(bundle), *files, *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Fix:" in proc.stderr, proc.stderr

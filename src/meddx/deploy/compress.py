@@ -76,6 +76,17 @@ class CompressOptions:
     data: str | None = None
 
 
+def recorded_options(opts: CompressOptions) -> dict[str, Any]:
+    """``opts`` as ``compression.json`` records them: the teacher run and ``--data`` by folder name only,
+    as ``meddx export`` names the source run (a bundle leaves the site; a full path may hold a patient's
+    or a user's name)."""
+    d = asdict(opts)
+    for key in ("distill_from", "data"):
+        if d[key]:
+            d[key] = Path(d[key]).name
+    return d
+
+
 def parse_student(text: str) -> tuple[str, dict[str, Any]]:
     """``small_cnn`` or ``small_cnn:width=0.5,first_stride=2`` -> (name, params)."""
     import yaml
@@ -254,7 +265,7 @@ def _ort_proba(onnx_path: Path, x: np.ndarray, flips, batch: int = 256) -> np.nd
 def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *, overwrite: bool = False,
                  progress: bool = True, log=print) -> Path:
     """Compress a classification run into a bundle in ``out`` (see the module docstring)."""
-    from meddx.deploy.export import export_onnx, thresholds_from_run, write_model_bundle
+    from meddx.deploy.export import export_onnx, refuse_out_over_inputs, thresholds_from_run, write_model_bundle
     from meddx.deploy.flops import torch_flops
     from meddx.deploy.prune import layer_shapes, prune
     from meddx.deploy.quantise import calibration_sample, quantise_static
@@ -266,12 +277,22 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
 
     run_dir = Path(run_dir)
     out = Path(out)
+    refuse_out_over_inputs(out, run_dir, opts.distill_from, opts.data)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise BundleError("the output folder exists and is not empty", path=out, fix="choose a new --out, or add --overwrite")
     if not (opts.prune or opts.distill_from or opts.int8 or opts.student):
         raise PlanError("nothing to do", fix="give --prune, --distill-from, --student and/or --int8")
+    if not (opts.prune or opts.distill_from or opts.student) and \
+            (opts.epochs is not None or opts.time_budget_s or opts.lr is not None):
+        raise PlanError("--epochs, --time-budget and --lr set the training phases, and --int8 alone trains nothing",
+                        fix="leave them out, or add --prune, --distill-from or --student")
     if int(opts.prune_steps) < 1:
         raise PlanError(f"--prune-steps must be at least 1, got {opts.prune_steps}", fix="e.g. --prune-steps 3")
+    if int(opts.prune_steps) > 1 and not opts.prune:
+        raise PlanError(f"--prune-steps {opts.prune_steps} is given without --prune, so nothing would be cut",
+                        fix="add --prune R (e.g. --prune 0.5), or leave --prune-steps out")
+    if opts.epochs is not None and opts.time_budget_s:  # train lets the budget win; here epochs won, silently
+        raise PlanError("give --time-budget or --epochs, not both", fix="drop one of them")
     if opts.epochs is not None and int(opts.epochs) < 1:
         raise PlanError(f"--epochs must be at least 1, got {opts.epochs}", fix="e.g. --epochs 5")
     if opts.lr is not None and not opts.lr > 0:
@@ -299,19 +320,31 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     source_params = int(count_parameters(model))
     shape = (int(plan.data.channels), *(int(s) for s in plan.data.input_size))
     source_flops = torch_flops(model, torch.zeros(1, *shape))
-    summary: dict[str, Any] = {"source_run": str(run_dir), "options": asdict(opts), "steps": [],
+    summary: dict[str, Any] = {"source_run": run_dir.name, "options": recorded_options(opts), "steps": [],
                                "source": {"model": plan.model.name, "params": source_params, "flops": source_flops}}
     teacher, affine = None, (1.0, 0.0)
     if opts.distill_from:
         tdir = Path(opts.distill_from)
         tplan, teacher = load_run(tdir)
         affine = _check_teacher(run_dir, plan, tdir, tplan)
-        summary["teacher"] = {"run": str(tdir), "model": tplan.model.name, "params": int(count_parameters(teacher)),
+        summary["teacher"] = {"run": tdir.name, "model": tplan.model.name, "params": int(count_parameters(teacher)),
                               "flops": torch_flops(teacher, torch.zeros(1, *shape))}
     if getattr(model, "classifier_layer", None) is None and (opts.prune or (teacher is not None and not opts.student)):
         raise RunError(f"this run's model is a {type(model).__name__} (ensemble, learned denoiser or PCA head); "
                        "pruning and fine-tuning need a single registry network", path=run_dir,
                        fix="distil it into a fresh network with --student NAME --distill-from RUN, or use --int8 alone")
+    if opts.student:  # built before the data are read: a misspelt name or option is refused at once
+        name, params = parse_student(opts.student)
+        plan.model.name, plan.model.params = name, params
+        # the student is one plain network on the standardised images (no ensemble, denoiser or PCA head)
+        if getattr(plan, "ensemble", None) is not None:
+            plan.ensemble.kind, plan.ensemble.members = "none", 1
+        if getattr(plan.data, "learned_denoise", None) is not None:
+            plan.data.learned_denoise = None
+        if getattr(plan.train, "head", "deep") != "deep":
+            plan.train.head = "deep"
+        seed_everything(plan.seed)
+        model = build_model(plan)
     log("preparing the run's data")
     cs, parts, tensors = load_split_tensors(run_dir, plan, opts.data, progress)
     summary["cases"], fewer = coverage_note(run_dir, parts, log)
@@ -320,17 +353,6 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
     with tempfile.TemporaryDirectory(prefix="meddx-compress-") as td:
         work = Path(td)
         if opts.student:
-            name, params = parse_student(opts.student)
-            plan.model.name, plan.model.params = name, params
-            # the student is one plain network on the standardised images (no ensemble, denoiser or PCA head)
-            if getattr(plan, "ensemble", None) is not None:
-                plan.ensemble.kind, plan.ensemble.members = "none", 1
-            if getattr(plan.data, "learned_denoise", None) is not None:
-                plan.data.learned_denoise = None
-            if getattr(plan.train, "head", "deep") != "deep":
-                plan.train.head = "deep"
-            seed_everything(plan.seed)
-            model = build_model(plan)
             log(f"student {name} {params or ''}: {count_parameters(model):,} parameters")
             info = train_phase(plan, model, tensors, work / "student", teacher=teacher, affine=affine, opts=opts,
                                lr=opts.lr or base_lr, progress=progress, log=log)
@@ -390,7 +412,9 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
             first = next(iter(m.get("operating_points", {}).values()), {}).get("overall", {})
             summary["source"]["test_auc"] = first.get("auc") or first.get("auc_macro")
         st = work / "student.pt"
-        torch.save({"plan": plan.model_dump(mode="json"), "layer_shapes": layer_shapes(model),
+        saved_plan = plan.model_dump(mode="json")
+        saved_plan["data"]["source"] = Path(str(plan.data.source)).name  # the dataset's path stays on this machine
+        torch.save({"plan": saved_plan, "layer_shapes": layer_shapes(model),
                     "model": model.state_dict()}, st)
         (work / "compression.json").write_text(json.dumps(summary, indent=2, default=str))
         r = summary["result"]
@@ -488,7 +512,7 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
                                       sg.min_size)
                     scores.append(dice_per_class(idx, y.numpy(), k).mean())
                 result[f"{name}_{split}_dice"] = mean_ci(np.array(scores))
-        summary = {"source_run": str(run_dir), "options": asdict(opts), "cases": coverage,
+        summary = {"source_run": run_dir.name, "options": recorded_options(opts), "cases": coverage,
                    "steps": [{"step": "int8", "calibration_windows": int(n_cal), "calibration_seed": seed,
                               "calibration_method": opts.calibration_method}],
                    "result": {**result, "precision": precision},

@@ -104,9 +104,12 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
         from torch.onnx._constants import ONNX_MAX_OPSET, ONNX_MIN_OPSET
     except ImportError:  # private to torch: the range of the versions this was written against
         ONNX_MIN_OPSET, ONNX_MAX_OPSET = 7, 23
-    if not ONNX_MIN_OPSET <= int(opset) <= ONNX_MAX_OPSET:
-        raise BundleError(f"--opset {opset} is not one this torch exports ({ONNX_MIN_OPSET} to {ONNX_MAX_OPSET})",
-                          fix=f"leave --opset out (default {OPSET}) or give one in that range")
+    from meddx.runtime.bundle import MIN_OPSET
+
+    lowest = max(ONNX_MIN_OPSET, MIN_OPSET)  # torch exports older opsets too, but the runtime would refuse the bundle
+    if not lowest <= int(opset) <= ONNX_MAX_OPSET:
+        raise BundleError(f"--opset {opset} is not one this torch exports and the edge runtime reads ({lowest} to "
+                          f"{ONNX_MAX_OPSET})", fix=f"leave --opset out (default {OPSET}) or give one in that range")
     model = model.eval().cpu()
     x = torch.randn(2, *input_shape)
     with warnings.catch_warnings(), torch.no_grad():
@@ -164,10 +167,15 @@ def model_card(run_dir: Path | None, plan, bundle_facts: dict[str, Any], thresho
             lines.append(f"* Operating point: `{thresholds.positive_class}` when its probability is >= "
                          f"{thresholds.threshold:.4f} ({thresholds.threshold_rule}, chosen on validation; "
                          f"{thresholds.calibrated_threshold:.4f} on the calibrated probability).")
-    chk = bundle_facts.get("export_check")
+    chk, shipped = bundle_facts.get("export_check"), bundle_facts.get("shipped_model_check")
     if chk:
-        lines.append(f"* Checked at export: ONNX Runtime vs torch on {chk['n_inputs']} inputs, max |difference| "
+        lines.append(f"* Checked at export{' (the fp32 graph the shipped model was made from)' if shipped else ''}: "
+                     f"ONNX Runtime vs torch on {chk['n_inputs']} inputs, max |difference| "
                      f"{chk['max_abs_prob_diff']:.2e} in probability, {chk['max_abs_logit_diff']:.2e} in logits.")
+    if shipped:
+        lines.append(f"* The shipped model (`model.onnx`, {bundle_facts['model']['precision']}) vs torch fp32 on the "
+                     f"same inputs: max |difference| {shipped['max_abs_prob_diff']:.2e} in probability, "
+                     f"{shipped['max_abs_logit_diff']:.2e} in logits (measured, not held to the {TOLERANCE:g} limit).")
     lines += ["", "Run it without torch: `python -m meddx.runtime BUNDLE FILE` or "
               "`meddx.runtime.load(BUNDLE).predict(FILE)`.", ""]
     if extra:
@@ -199,12 +207,15 @@ def write_model_bundle(out: str | Path, model: torch.nn.Module, plan, *, run_dir
                                  "source_run": Path(run_dir).name if run_dir is not None else None,
                                  "model_name": plan.model.name, "model_params": dict(plan.model.params)}
         if check:
-            chk = compare_onnx(model, fp32, check_inputs(shape, n=8 if len(shape) == 3 else 2))
+            inputs = check_inputs(shape, n=8 if len(shape) == 3 else 2)
+            chk = compare_onnx(model, fp32, inputs)
             if chk["max_abs_prob_diff"] > TOLERANCE:
                 raise BundleError(f"the ONNX graph differs from the torch model by {chk['max_abs_prob_diff']:.2e} "
                                   f"in probability (limit {TOLERANCE})", path=run_dir,
                                   fix="report this model to the meddx developers; try another --opset")
             facts["export_check"] = chk
+            if onnx_path is not None:  # e.g. int8: not the graph checked above, so its own difference is recorded
+                facts["shipped_model_check"] = compare_onnx(model, onnx_path, inputs)
         final = Path(onnx_path) if onnx_path is not None else fp32
         fl = onnx_flops(final)
         import onnx
@@ -220,6 +231,17 @@ def write_model_bundle(out: str | Path, model: torch.nn.Module, plan, *, run_dir
                             manifest=facts, overwrite=overwrite, extra_files=extra_files)
 
 
+def refuse_out_over_inputs(out: str | Path, *inputs: str | Path | None) -> None:
+    """``--overwrite`` replaces ``out`` wholesale: refuse an ``out`` that is, or holds, a folder the command
+    reads (the run, the teacher, the dataset), which the bundle would replace (``export RUN --out RUN``)."""
+    o = Path(out).resolve()
+    for p in filter(None, inputs):
+        q = Path(p).resolve()
+        if q == o or o in q.parents:
+            raise BundleError(f"--out is {'' if q == o else 'a folder holding '}{p}, which this command reads; the "
+                              f"bundle would replace it", path=out, fix="choose a new --out for the bundle")
+
+
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = OPSET, overwrite: bool = False) -> Path:
     """Export a finished classification or segmentation run as a bundle in ``out``.
 
@@ -230,6 +252,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = OPSET, over
     from meddx.training.run import load_run, require_finished
 
     run_dir = Path(run_dir)
+    refuse_out_over_inputs(out, run_dir)
     plan, model = load_run(run_dir)
     require_finished(run_dir, "exported")
     torch_steps = [st.name for st in getattr(plan.data, "preprocess", []) if st.name in TORCH_STEPS]

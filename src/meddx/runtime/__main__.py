@@ -1,7 +1,9 @@
 """``python -m meddx.runtime BUNDLE FILE...``: one JSON line per input, no torch needed.
 
-Segmenters also write ``NAME_mask.nii.gz`` / ``NAME_mask.png`` into ``--masks DIR``.
-Errors print one line and exit with code 2.
+Segmenters also write ``NAME_mask.nii.gz`` / ``NAME_mask.png`` into ``--masks DIR``; when an input
+fails part-way, the masks this call wrote are removed again (as ``meddx predict`` does) and the JSON
+lines that would name them are not printed. Errors, command-line mistakes included, print one line
+and exit with code 2.
 """
 
 from __future__ import annotations
@@ -13,13 +15,30 @@ from pathlib import Path
 
 from meddx.errors import MeddxError
 
+PROG = "python -m meddx.runtime"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line with the fix, like every other meddx error (not its usage block)."""
+
+    def error(self, message: str):
+        print(f"error: {message}. Fix: see `{PROG} --help`.", file=sys.stderr)
+        sys.exit(2)
+
+
+def _threads(text: str) -> int:
+    n = int(text) if text.strip().lstrip("-").isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
+    return n
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m meddx.runtime", description=__doc__.splitlines()[0])
+    ap = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="bundle folder written by `meddx export` or `meddx compress`")
     ap.add_argument("files", nargs="+", help="PNG/JPEG/TIFF, DICOM file or series folder, NIfTI")
     ap.add_argument("--masks", type=Path, default=None, help="segmenters: folder for the masks")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    ap.add_argument("--threads", type=_threads, default=None, help="onnxruntime threads (1 or more)")
     a = ap.parse_args(argv)
     try:
         from meddx.runtime import load
@@ -28,13 +47,21 @@ def main(argv: list[str] | None = None) -> int:
         from meddx.io.formats import output_stems
 
         stems = output_stems([Path(f) for f in a.files])  # a/x.png and b/x.png: two masks, not one
+        if b.task == "segment" and a.masks is not None:
+            from meddx.evaluation.seg_predict import all_or_nothing
+
+            created = not a.masks.exists()
+            a.masks.mkdir(parents=True, exist_ok=True)
+            lines = []
+            with all_or_nothing(a.masks, created, lambda: None):  # a failing third file: no masks left behind
+                for f in a.files:
+                    r = b.predict(f)
+                    lines.append({**r.to_dict(), "mask_file": str(r.write_mask(a.masks / stems[Path(f)]))})
+            for d in lines:
+                print(json.dumps(d), flush=True)
+            return 0
         for f in a.files:
-            r = b.predict(f)
-            d = r.to_dict()
-            if b.task == "segment" and a.masks is not None:
-                a.masks.mkdir(parents=True, exist_ok=True)
-                d["mask_file"] = str(r.write_mask(a.masks / stems[Path(f)]))
-            print(json.dumps(d), flush=True)
+            print(json.dumps(b.predict(f).to_dict()), flush=True)
     except MeddxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -210,9 +210,12 @@ def verify(bundle_dir: str | Path) -> dict:
     if man.get("format") != FORMAT:
         raise BundleError(f"not a meddx bundle manifest (format {man.get('format')!r})", path=root / MANIFEST,
                           fix=REEXPORT)
-    if int(man.get("version", -1)) != FORMAT_VERSION:
-        raise BundleError(f"bundle format version {man.get('version')} is not {FORMAT_VERSION}, the version this "
-                          f"runtime reads", path=root / MANIFEST, fix="re-export with this meddx version")
+    version = man.get("version")
+    if type(version) is not int or version != FORMAT_VERSION:  # a damaged manifest's "2a" or null too: one line
+        newer = type(version) is int and version > FORMAT_VERSION
+        raise BundleError(f"bundle format version {version!r} is not {FORMAT_VERSION}, the version this runtime reads",
+                          path=root / MANIFEST, fix="install the newer meddx that wrote it on this machine, or "
+                          "re-export with this meddx version" if newer else "re-export with this meddx version")
     sums = man.get("files")
     if not isinstance(sums, dict):
         raise BundleError("the manifest lists no file checksums", path=root / MANIFEST, fix=REEXPORT)
@@ -230,7 +233,8 @@ def verify(bundle_dir: str | Path) -> dict:
 
 
 def _check_opset(man: dict, root: Path) -> None:
-    opset = man.get("model", {}).get("opset")
+    model = man.get("model")
+    opset = model.get("opset") if isinstance(model, dict) else None
     if not isinstance(opset, int):
         raise BundleError("the manifest does not state the model's ONNX opset", path=root / MANIFEST, fix=REEXPORT)
     if opset < MIN_OPSET:
