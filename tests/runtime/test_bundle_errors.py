@@ -238,3 +238,21 @@ def test_runtime_cli_usage_mistakes_are_one_line(bundle, args, needle):
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and needle in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Fix:" in proc.stderr, proc.stderr
+
+
+def test_runtime_masks_for_a_classifier_and_ctrl_c_are_one_line(bundle, tmp_path, capsys, monkeypatch):
+    """--masks with a classifier bundle was ignored without a word; Ctrl-C printed a traceback."""
+    import meddx.runtime
+    from meddx.runtime.__main__ import main
+
+    assert main([str(bundle), str(tmp_path / "x.png"), "--masks", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--masks is for segmentation bundles" in err and "leave --masks out" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(meddx.runtime, "load", interrupted)
+    assert main([str(bundle), str(tmp_path / "x.png")]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

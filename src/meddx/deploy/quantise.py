@@ -9,6 +9,7 @@ activation ranges calibrated on preprocessed training images.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -65,12 +66,23 @@ def quantise_static(fp32_path: str | Path, out_path: str | Path, calibration: np
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
         tmp = Path(str(out_path) + ".tmp")
-        quantize_static(str(pre), str(tmp), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        reduce_range=reduce_range, calibrate_method=cal,
-                        extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
+        root = logging.getLogger()
+        root.addFilter(_rank1_axis_note)
+        try:
+            quantize_static(str(pre), str(tmp), _Reader(name, calibration), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            reduce_range=reduce_range, calibrate_method=cal,
+                            extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
+        finally:
+            root.removeFilter(_rank1_axis_note)
         tmp.replace(out_path)
     return Path(out_path)
+
+
+def _rank1_axis_note(record: logging.LogRecord) -> bool:
+    """Drop ONNX Runtime's "Axis 1 is out-of-range for weight ... with rank 1" (a norm layer's 1-D scale in a
+    segmenter, which it quantises per tensor instead: nothing a user can act on, one line per layer)."""
+    return "is out-of-range for weight" not in record.getMessage()
 
 
 def calibration_sample(x_train: np.ndarray, n: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         from meddx.runtime import load
 
         b = load(a.bundle, threads=a.threads)
+        if a.masks is not None and b.task != "segment":
+            raise MeddxError(f"--masks is for segmentation bundles, and this one is a {b.task} bundle",
+                             path=a.bundle, fix="leave --masks out")
         from meddx.io.formats import output_stems
 
         stems = output_stems([Path(f) for f in a.files])  # a/x.png and b/x.png: two masks, not one
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except MeddxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: as `meddx` answers it, not a traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     except OSError as e:  # a path the user gave: --masks onto a file, no permission (as `meddx` reports it)
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         print(f"error:{where}: {e.strerror or e}. Fix: check that the path exists and is writable.", file=sys.stderr)
