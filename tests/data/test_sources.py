@@ -61,3 +61,25 @@ def test_cases_carved_into_val_still_load_their_own_images(tmp_path):
     with np.load(p) as z:
         for c in parts["val"]:
             np.testing.assert_array_equal(cs.load(c).array[0], z["train_images"][c.index])
+
+
+def test_a_class_folder_skips_masks_beside_their_images_only(tmp_path):
+    """Training and predict take one rule: ``NAME_mask.png`` beside ``NAME.png`` is a mask, not a case; an
+    image that merely has such a name (no image of its stem beside it) is a case. Training used to drop
+    every ``*_mask*`` file, so such an image vanished from the dataset without a word."""
+    from meddx_testutils import write_png
+
+    from meddx.evaluation.predict import collect_inputs
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / cls / f"{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+            write_png(tmp_path / cls / f"{i}_mask.png", (rng.random((16, 16)) > 0.5).astype(np.uint8) * 255)
+    write_png(tmp_path / "b" / "view_seg.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))  # no 'view.png'
+    cs = open_dataset(tmp_path)
+    assert sorted(c.case_id for c in cs.cases) == ["a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png",
+                                                   "b/view_seg.png"]
+    assert any("ignored 6 mask file(s) beside their images" in n for n in cs.notes)
+    assert sorted(str(p.relative_to(tmp_path)) for p in collect_inputs(tmp_path, 2)) == \
+        sorted(c.case_id for c in cs.cases)

@@ -35,6 +35,21 @@ IMAGE_DIRS = ("images", "imagestr", "image", "imgs", "img")
 MASK_DIRS = ("masks", "labelstr", "labels", "mask", "segmentations", "gt")
 
 
+def masks_beside_images(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Split ``paths`` into images and masks: ``NAME_mask.png`` (also ``_seg``, ``_label``, ``_mask_1``)
+    is a mask when an image ``NAME.*`` sits in the same folder, as segmentation datasets (BUSI, LGG) pair
+    them; a file of such a name without its image is an image like any other. Used where images are
+    taken from a folder: a class folder for training, and predict's and explain's inputs."""
+    from meddx.io.formats import file_stem
+
+    stems = {(p.parent, file_stem(p)) for p in paths}
+    keep, masks = [], []
+    for p in paths:
+        m = MASK_STEM.match(file_stem(p)) if p.is_file() else None
+        (masks if m and (p.parent, m.group("stem")) in stems else keep).append(p)
+    return keep, masks
+
+
 def _stem(p: Path) -> str:
     suf = path_suffix(p)
     return p.name[: len(p.name) - len(suf)] if suf and p.name.lower().endswith(suf) else p.stem

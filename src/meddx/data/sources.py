@@ -34,7 +34,6 @@ MEDMNIST_LABELS: dict[str, list[str]] = {
 }
 
 
-MASK_NAME = re.compile(r"_(mask|seg|label)(_\d+)?\.[A-Za-z.]+$", re.IGNORECASE)
 
 
 def _medmnist_flag(path: Path) -> str:
@@ -114,13 +113,16 @@ def open_folder(path: Path) -> CaseSet:
     """Folder with one sub-folder per class."""
     from meddx.io.folder import scan_class_folder
 
+    from meddx.data.segsources import masks_beside_images
+
     items = scan_class_folder(path)
-    masks = [p for p, _ in items if MASK_NAME.search(p.name)]
+    # segmentation datasets (BUSI, LGG) keep masks beside their images: not cases (predict skips them alike)
+    _, masks = masks_beside_images([p for p, _ in items])
     notes = []
-    if masks and len(masks) < len(items):
-        # segmentation datasets (BUSI, LGG) keep masks beside their images: not cases
-        items = [(p, lab) for p, lab in items if not MASK_NAME.search(p.name)]
-        notes.append(f"ignored {len(masks)} mask file(s) named *_mask*")
+    if masks:
+        masks = set(masks)
+        items = [(p, lab) for p, lab in items if p not in masks]
+        notes.append(f"ignored {len(masks)} mask file(s) beside their images (NAME_mask.*, _seg, _label)")
     names = _sort_labels({lab for _, lab in items})
     idx = {n: i for i, n in enumerate(names)}
     cases = [

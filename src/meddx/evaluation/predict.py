@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise
+from meddx.data.segsources import masks_beside_images
 from meddx.errors import InputError, MeddxError
 from meddx.evaluation.metrics import predict_labels
 from meddx.evaluation.thresholds import stored_positive
@@ -63,7 +64,7 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
     series = {d for d in entries if d.is_dir() and _is_dicom_series(d)} if spatial_dims == 3 else set()
     found = sorted([p for p in entries if p.is_file() and not p.name.startswith(".")
                     and p.parent not in series and is_readable_path(p)] + list(series))
-    found, masks = _drop_masks_beside_images(found)
+    found, masks = masks_beside_images(found)
     if masks:
         # a labelled folder (BUSI, LGG: NAME.png + NAME_mask.png) is not twice as many cases; training
         # ignores these masks too, and a blank mask would otherwise stop the run as a "constant image"
@@ -72,20 +73,6 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
         raise InputError("no readable images in the folder", path=target,
                          fix="PNG, JPEG, TIFF, DICOM and NIfTI files are read")
     return found
-
-
-def _drop_masks_beside_images(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Split ``paths`` into inputs and masks: ``NAME_mask.png`` (also ``_seg``, ``_label``, ``_mask_1``)
-    is a mask when an image ``NAME.*`` sits in the same folder, as the segmentation datasets pair them."""
-    from meddx.data.segsources import MASK_STEM
-    from meddx.io.formats import file_stem
-
-    stems = {(p.parent, file_stem(p)) for p in paths}
-    keep, masks = [], []
-    for p in paths:
-        m = MASK_STEM.match(file_stem(p)) if p.is_file() else None
-        (masks if m and (p.parent, m.group("stem")) in stems else keep).append(p)
-    return keep, masks
 
 
 def read_each(paths: list[Path], run_dir: Path | None = None):
