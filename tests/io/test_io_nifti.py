@@ -105,6 +105,16 @@ def test_rgb24(tmp_path, assert_one_line_error):
     assert "RGB" in assert_one_line_error(ei, tmp_path / "rgb4d.nii")
 
 
+def test_complex_voxels_refused(tmp_path, assert_one_line_error):
+    # A float32 cast would keep the real part and drop the imaginary one without a word (the TIFF
+    # reader refuses complex pixels the same way).
+    a = (np.arange(60).reshape(3, 4, 5) + 1j).astype(np.complex64)
+    nib.save(nib.Nifti1Image(a, np.eye(4)), tmp_path / "c.nii")
+    with pytest.raises(ImageContentError) as ei:
+        read_image(tmp_path / "c.nii")
+    assert "complex64" in assert_one_line_error(ei, tmp_path / "c.nii")
+
+
 @pytest.mark.parametrize(("unit", "zoom", "mm"), [("micron", 500.0, 0.5), ("meter", 0.002, 2.0), ("mm", 0.5, 0.5),
                                                   ("unknown", 3.0, 3.0)])
 def test_spacing_converted_to_mm(tmp_path, unit, zoom, mm):

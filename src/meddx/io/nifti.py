@@ -27,7 +27,7 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     Raises:
         CorruptFileError: not NIfTI, bad gzip, truncated data.
         ImageContentError: too many voxels (checked from the header before loading),
-            more than 4 meaningful dimensions, or RGB voxels with a 4th dimension.
+            more than 4 meaningful dimensions, RGB voxels with a 4th dimension, or complex voxels.
     """
     import nibabel as nib
 
@@ -58,6 +58,9 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise ImageContentError(f"NIfTI holds RGB voxels with a further {extra[0]}-long dimension {shape}; meddx "
                                 "reads one RGB volume per file", path=p,
                                 fix="save each volume of the 4th dimension as its own file")
+    if dtype.kind == "c":  # complex (e.g. MR phase data): a cast would drop the imaginary part
+        raise ImageContentError(f"NIfTI holds {dtype.name} voxels, not real numbers", path=p,
+                                fix="save the magnitude (or one real component) as its own NIfTI")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
