@@ -143,6 +143,18 @@ def test_float_and_16bit_grey_tiff(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "u.tif").array[0], u)
 
 
+def test_32bit_unsigned_grey_tiff_is_not_wrapped(tmp_path):
+    # Pillow opens it as signed 32-bit ("I"): 2**31 and above came back negative.
+    u = np.array([[0, 1, 2**31, 2**32 - 1], [5, 6, 7, 3_000_000_000]], np.uint32)
+    tifffile.imwrite(tmp_path / "u32.tif", u)
+    img = read_image(tmp_path / "u32.tif")
+    np.testing.assert_array_equal(img.array[0], u.astype(np.float32))
+    assert img.meta["source_dtype"] == "uint32"
+    i = np.array([[0, -1, -2**31, 2**31 - 1]], np.int32)  # signed stays with Pillow, and right
+    tifffile.imwrite(tmp_path / "i32.tif", i)
+    np.testing.assert_array_equal(read_image(tmp_path / "i32.tif").array[0], i.astype(np.float32))
+
+
 def test_tiff_stack_is_refused(tmp_path):
     p = tmp_path / "stack.tif"
     tifffile.imwrite(p, RNG.integers(0, 255, (4, 8, 8), dtype=np.uint8), photometric="minisblack")

@@ -145,15 +145,18 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, dict]:
 
 
 def _pillow_would_truncate_tiff(im: Image.Image) -> bool:
-    """Pillow opens 16/32-bit multi-sample TIFFs as 8-bit RGB(A): hand those to tifffile."""
+    """Pillow opens 16/32-bit multi-sample TIFFs as 8-bit RGB(A), and 32-bit unsigned grey as signed
+    (values from 2**31 up wrap to negative): hand those to tifffile."""
     try:
         tags = im.tag_v2
         bits = tags.get(258, 8)
         spp = int(tags.get(277, 1))
+        fmt = tags.get(339, 1)  # SampleFormat: 1 unsigned (the default), 2 signed, 3 float
     except Exception:  # noqa: BLE001 - a damaged tag table: let tifffile decide
         return True
     bits = max(bits) if isinstance(bits, (tuple, list)) else bits
-    return spp > 1 and int(bits) > 8
+    fmt = fmt[0] if isinstance(fmt, (tuple, list)) else fmt
+    return (spp > 1 and int(bits) > 8) or (int(bits) == 32 and fmt == 1)
 
 
 def _read_tiff(p: Path, max_pixels: int) -> ImageData:
