@@ -155,6 +155,18 @@ def test_32bit_unsigned_grey_tiff_is_not_wrapped(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "i32.tif").array[0], i.astype(np.float32))
 
 
+def test_16bit_miniswhite_tiff_is_inverted_like_8bit(tmp_path):
+    # Pillow inverts 8-bit MINISWHITE but returned 16-bit MINISWHITE as stored: bone black on one
+    # file and white on the other, without a word.
+    u = RNG.integers(0, 65536, (7, 5)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "w16.tif", u, photometric="miniswhite")
+    img = read_image(tmp_path / "w16.tif")
+    np.testing.assert_array_equal(img.array[0], 65535 - u.astype(np.float32))
+    assert img.meta["miniswhite_inverted"] and img.meta["source_dtype"] == "uint16"
+    tifffile.imwrite(tmp_path / "w8.tif", (u >> 8).astype(np.uint8), photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "w8.tif").array[0], 255 - (u >> 8).astype(np.float32))
+
+
 def test_tiff_stack_is_refused(tmp_path):
     p = tmp_path / "stack.tif"
     tifffile.imwrite(p, RNG.integers(0, 255, (4, 8, 8), dtype=np.uint8), photometric="minisblack")
