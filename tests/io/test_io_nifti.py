@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meddx.errors import CorruptFileError, ImageContentError
+from meddx.errors import CorruptFileError, ImageContentError, InputError
 from meddx.io import read_image
 from meddx.io.nifti import read_nifti
 
@@ -89,6 +89,19 @@ def test_truncated_nifti(tmp_path, data_dir, assert_one_line_error):
         with pytest.raises(CorruptFileError) as ei:
             read_image(p)
         assert_one_line_error(ei, p)
+
+
+@pytest.mark.parametrize(("src", "name", "fix"), [("example4d.nii.gz", "x.nii", ".nii.gz"),
+                                                   ("anatomical.nii", "x.nii.gz", ".nii"),
+                                                   ("anatomical.nii", "x", ".nii")])
+def test_misnamed_nifti_says_which_name(tmp_path, data_dir, assert_one_line_error, src, name, fix):
+    # nibabel chooses plain or gzip by the name: these were called truncated or damaged
+    p = tmp_path / name
+    p.write_bytes((data_dir / "nifti" / "nibabel_samples" / src).read_bytes())
+    with pytest.raises(InputError) as ei:
+        read_image(p)
+    msg = assert_one_line_error(ei, p)
+    assert f"rename it to end in {fix}." in msg and "damaged" not in msg
 
 
 def test_rgb24(tmp_path, assert_one_line_error):
