@@ -196,6 +196,19 @@ def test_dicom_without_preamble(tmp_path, dicom_dir):
     np.testing.assert_array_equal(read_image(p).array, read_dicom_file(dicom_dir / "693_UNCR.dcm").array)
 
 
+def test_dicom_with_a_tiff_preamble_is_read_as_dicom(tmp_path, dicom_dir):
+    # A dual-personality file: the free 128-byte preamble holds a TIFF header (pydicom's CT_small.dcm,
+    # MR_small.dcm ...); "DICM" at byte 128 makes it DICOM, whatever the first bytes say.
+    data = (dicom_dir / "693_UNCR.dcm").read_bytes()
+    p = tmp_path / "dual"
+    p.write_bytes(b"II*\x00" + (8).to_bytes(4, "little") + bytes(120) + data[128:])
+    np.testing.assert_array_equal(read_image(p).array, read_dicom_file(dicom_dir / "693_UNCR.dcm").array)
+    ct = get_testdata_file("CT_small.dcm")
+    img = read_image(ct)
+    assert img.meta["format"] == "dicom" and img.array.shape == (1, 128, 128)
+    np.testing.assert_array_equal(img.array[0], pydicom.dcmread(ct).pixel_array * 1.0 - 1024)
+
+
 def test_dicom_max_pixels_checked_before_decoding(dicom_dir):
     with pytest.raises(ImageContentError, match="MR2_J2KI.dcm"):
         read_dicom_file(dicom_dir / "MR2_J2KI.dcm", max_pixels=1024 * 1024 - 1)

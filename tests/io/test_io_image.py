@@ -143,6 +143,30 @@ def test_float_and_16bit_grey_tiff(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "u.tif").array[0], u)
 
 
+def test_32bit_unsigned_grey_tiff_is_not_wrapped(tmp_path):
+    # Pillow opens it as signed 32-bit ("I"): 2**31 and above came back negative.
+    u = np.array([[0, 1, 2**31, 2**32 - 1], [5, 6, 7, 3_000_000_000]], np.uint32)
+    tifffile.imwrite(tmp_path / "u32.tif", u)
+    img = read_image(tmp_path / "u32.tif")
+    np.testing.assert_array_equal(img.array[0], u.astype(np.float32))
+    assert img.meta["source_dtype"] == "uint32"
+    i = np.array([[0, -1, -2**31, 2**31 - 1]], np.int32)  # signed stays with Pillow, and right
+    tifffile.imwrite(tmp_path / "i32.tif", i)
+    np.testing.assert_array_equal(read_image(tmp_path / "i32.tif").array[0], i.astype(np.float32))
+
+
+def test_16bit_miniswhite_tiff_is_inverted_like_8bit(tmp_path):
+    # Pillow inverts 8-bit MINISWHITE but returned 16-bit MINISWHITE as stored: bone black on one
+    # file and white on the other, without a word.
+    u = RNG.integers(0, 65536, (7, 5)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "w16.tif", u, photometric="miniswhite")
+    img = read_image(tmp_path / "w16.tif")
+    np.testing.assert_array_equal(img.array[0], 65535 - u.astype(np.float32))
+    assert img.meta["miniswhite_inverted"] and img.meta["source_dtype"] == "uint16"
+    tifffile.imwrite(tmp_path / "w8.tif", (u >> 8).astype(np.uint8), photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "w8.tif").array[0], 255 - (u >> 8).astype(np.float32))
+
+
 def test_tiff_stack_is_refused(tmp_path):
     p = tmp_path / "stack.tif"
     tifffile.imwrite(p, RNG.integers(0, 255, (4, 8, 8), dtype=np.uint8), photometric="minisblack")

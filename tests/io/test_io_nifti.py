@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meddx.errors import CorruptFileError, ImageContentError
+from meddx.errors import CorruptFileError, ImageContentError, InputError
 from meddx.io import read_image
 from meddx.io.nifti import read_nifti
 
@@ -91,6 +91,19 @@ def test_truncated_nifti(tmp_path, data_dir, assert_one_line_error):
         assert_one_line_error(ei, p)
 
 
+@pytest.mark.parametrize(("src", "name", "fix"), [("example4d.nii.gz", "x.nii", ".nii.gz"),
+                                                   ("anatomical.nii", "x.nii.gz", ".nii"),
+                                                   ("anatomical.nii", "x", ".nii")])
+def test_misnamed_nifti_says_which_name(tmp_path, data_dir, assert_one_line_error, src, name, fix):
+    # nibabel chooses plain or gzip by the name: these were called truncated or damaged
+    p = tmp_path / name
+    p.write_bytes((data_dir / "nifti" / "nibabel_samples" / src).read_bytes())
+    with pytest.raises(InputError) as ei:
+        read_image(p)
+    msg = assert_one_line_error(ei, p)
+    assert f"rename it to end in {fix}." in msg and "damaged" not in msg
+
+
 def test_rgb24(tmp_path, assert_one_line_error):
     rgb = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
     a = np.zeros((4, 5, 6, 2), rgb)
@@ -103,6 +116,16 @@ def test_rgb24(tmp_path, assert_one_line_error):
     with pytest.raises(ImageContentError) as ei:
         read_image(tmp_path / "rgb4d.nii")
     assert "RGB" in assert_one_line_error(ei, tmp_path / "rgb4d.nii")
+
+
+def test_complex_voxels_refused(tmp_path, assert_one_line_error):
+    # A float32 cast would keep the real part and drop the imaginary one without a word (the TIFF
+    # reader refuses complex pixels the same way).
+    a = (np.arange(60).reshape(3, 4, 5) + 1j).astype(np.complex64)
+    nib.save(nib.Nifti1Image(a, np.eye(4)), tmp_path / "c.nii")
+    with pytest.raises(ImageContentError) as ei:
+        read_image(tmp_path / "c.nii")
+    assert "complex64" in assert_one_line_error(ei, tmp_path / "c.nii")
 
 
 @pytest.mark.parametrize(("unit", "zoom", "mm"), [("micron", 500.0, 0.5), ("meter", 0.002, 2.0), ("mm", 0.5, 0.5),

@@ -86,6 +86,10 @@ def sniff_magic(head: bytes) -> str | None:
 
     Returns one of ``png``, ``jpeg``, ``tiff``, ``bmp``, ``dicom``, ``nifti``, ``gzip``.
     """
+    # First: a DICOM file's 128-byte preamble is free for applications, and some fill it with a TIFF
+    # header (a "dual-personality" file, e.g. pydicom's CT_small.dcm); "DICM" after it settles it.
+    if head[128:132] == b"DICM":
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -95,8 +99,6 @@ def sniff_magic(head: bytes) -> str | None:
     # "BM" alone is too weak (a CSV may start with it): also require a known DIB header size.
     if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES:
         return "bmp"
-    if head[128:132] == b"DICM":
-        return "dicom"
     # NIfTI-1 single file: magic at byte 344; NIfTI-2: magic at byte 4.
     if head[344:348] == b"n+1\x00" or head[4:8] in (b"n+2\x00", b"ni2\x00"):
         return "nifti"

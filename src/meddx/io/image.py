@@ -145,15 +145,20 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, dict]:
 
 
 def _pillow_would_truncate_tiff(im: Image.Image) -> bool:
-    """Pillow opens 16/32-bit multi-sample TIFFs as 8-bit RGB(A): hand those to tifffile."""
+    """Pillow opens 16/32-bit multi-sample TIFFs as 8-bit RGB(A), and 32-bit unsigned grey as signed
+    (values from 2**31 up wrap to negative): hand those to tifffile."""
     try:
         tags = im.tag_v2
         bits = tags.get(258, 8)
         spp = int(tags.get(277, 1))
+        fmt = tags.get(339, 1)  # SampleFormat: 1 unsigned (the default), 2 signed, 3 float
     except Exception:  # noqa: BLE001 - a damaged tag table: let tifffile decide
         return True
     bits = max(bits) if isinstance(bits, (tuple, list)) else bits
-    return spp > 1 and int(bits) > 8
+    fmt = fmt[0] if isinstance(fmt, (tuple, list)) else fmt
+    if tags.get(262) == 0 and int(bits) > 8:  # MINISWHITE: Pillow inverts 8-bit grey only
+        return True
+    return (spp > 1 and int(bits) > 8) or (int(bits) == 32 and fmt == 1)
 
 
 def _read_tiff(p: Path, max_pixels: int) -> ImageData:
@@ -166,6 +171,7 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
             axes, shape = series.axes, tuple(int(s) for s in series.shape)
             page = tif.pages[0]
             photometric = getattr(getattr(page, "photometric", None), "name", str(getattr(page, "photometric", "")))
+            bits = int(getattr(page, "bitspersample", 0) or 0)
             tag = page.tags.get(274)  # Orientation, as Pillow's route honours it
             try:
                 orientation = int(tag.value) if tag is not None else 1
@@ -194,7 +200,11 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
         arr = np.moveaxis(arr, kept_axes.index("S"), 0)
     else:
         arr = arr[None]
-    if photometric.upper() not in ("MINISBLACK", "RGB", ""):
+    source_dtype = arr.dtype.name
+    inverted = photometric.upper() == "MINISWHITE" and arr.dtype.kind == "u" and arr.shape[0] == 1 and bits > 0
+    if inverted:  # 0 is white: mirror so that bright means high, as Pillow does for 8-bit MINISWHITE
+        arr = (2**bits - 1) - arr.astype(np.int64)
+    elif photometric.upper() not in ("MINISBLACK", "RGB", ""):
         raise ImageContentError(f"TIFF photometric interpretation {photometric} is not supported for this bit depth",
                                 path=p, fix="save it as grey or RGB TIFF")
     if arr.dtype.kind not in "uifb":  # complex (e.g. MR phase data): a cast would drop the imaginary part
@@ -205,7 +215,9 @@ def _read_tiff(p: Path, max_pixels: int) -> ImageData:
         arr = arr[:1]
     elif n_ch >= 3:
         arr = arr[:3]
-    meta = {"format": "tiff", "mode": f"tifffile:{photometric.lower()}", "source_dtype": arr.dtype.name}
+    meta = {"format": "tiff", "mode": f"tifffile:{photometric.lower()}", "source_dtype": source_dtype}
+    if inverted:
+        meta["miniswhite_inverted"] = True
     if orientation in range(2, 9):
         arr = _orient(arr, orientation)
         meta["exif_orientation"] = orientation

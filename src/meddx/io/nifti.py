@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from meddx.errors import CorruptFileError, ImageContentError
+from meddx.errors import CorruptFileError, ImageContentError, InputError
 from meddx.io.base import ImageData, too_big
-from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, short_reason
+from meddx.io.formats import DEFAULT_MAX_PIXELS, check_file, path_suffix, short_reason, sniff_magic
 
 _FIX_CORRUPT = "the file is probably truncated or damaged; export or download it again"
 _UNITS = {1: ("meter", 1000.0), 2: ("mm", 1.0), 3: ("micron", 1e-3)}  # xyzt_units bits 0-2 -> name, mm per unit
@@ -27,7 +27,7 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     Raises:
         CorruptFileError: not NIfTI, bad gzip, truncated data.
         ImageContentError: too many voxels (checked from the header before loading),
-            more than 4 meaningful dimensions, or RGB voxels with a 4th dimension.
+            more than 4 meaningful dimensions, RGB voxels with a 4th dimension, or complex voxels.
     """
     import nibabel as nib
 
@@ -35,6 +35,10 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     try:
         img = nib.load(str(p))
     except Exception as e:  # noqa: BLE001 - nibabel/gzip raise many types for damaged headers
+        rename = _misnamed(p)
+        if rename is not None:  # nibabel picks plain or gzip by the name alone
+            raise InputError(f"the file name does not match its content ({short_reason(e, p)})", path=p,
+                             fix=rename) from e
         raise CorruptFileError(f"cannot read the NIfTI header ({short_reason(e, p)})", path=p, fix=_FIX_CORRUPT) from e
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise CorruptFileError(f"not a NIfTI image (nibabel sees {type(img).__name__})", path=p,
@@ -58,6 +62,9 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise ImageContentError(f"NIfTI holds RGB voxels with a further {extra[0]}-long dimension {shape}; meddx "
                                 "reads one RGB volume per file", path=p,
                                 fix="save each volume of the 4th dimension as its own file")
+    if dtype.kind == "c":  # complex (e.g. MR phase data): a cast would drop the imaginary part
+        raise ImageContentError(f"NIfTI holds {dtype.name} voxels, not real numbers", path=p,
+                                fix="save the magnitude (or one real component) as its own NIfTI")
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, ValueError ...
@@ -93,6 +100,20 @@ def read_nifti(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if n_ch > 1 and not dtype.names:
         meta["channel_axis"] = "dim4" if len(shape) == 4 else f"dim{shape.index(n_ch, 3) + 1}"
     return ImageData(np.ascontiguousarray(arr), spacing=spacing, meta=meta)
+
+
+def _misnamed(p: Path) -> str | None:
+    """The rename that lets nibabel read a NIfTI whose name does not say what it holds, else None."""
+    try:
+        with open(p, "rb") as fh:
+            kind = sniff_magic(fh.read(352))
+    except OSError:
+        return None
+    if kind == "gzip" and path_suffix(p) != ".nii.gz":
+        return "it is gzip-compressed: rename it to end in .nii.gz"
+    if kind == "nifti" and path_suffix(p) != ".nii":
+        return "it is an uncompressed NIfTI: rename it to end in .nii"
+    return None
 
 
 def _spatial_unit(hdr) -> tuple[str, float]:
