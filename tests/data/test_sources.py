@@ -83,3 +83,20 @@ def test_a_class_folder_skips_masks_beside_their_images_only(tmp_path):
     assert any("ignored 6 mask file(s) beside their images" in n for n in cs.notes)
     assert sorted(str(p.relative_to(tmp_path)) for p in collect_inputs(tmp_path, 2)) == \
         sorted(c.case_id for c in cs.cases)
+
+
+def test_files_a_class_folder_cannot_read_are_named_in_a_note(tmp_path):
+    """A GIF or a text file in a class folder was left out without a word."""
+    from meddx_testutils import write_png
+
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / cls / f"{i}.png", np.full((8, 8), 40 * i, np.uint8))
+    (tmp_path / "a" / "scan.gif").write_bytes(b"GIF89a")
+    (tmp_path / "b" / "notes.txt").write_text("x")
+    (tmp_path / "b" / ".DS_Store").write_bytes(b"\0")
+    cs = open_dataset(tmp_path)
+    assert len(cs) == 6
+    assert any(n.startswith("skipped 2 file(s) that are not images meddx reads (.gif: 1, .txt: 1; e.g. a/scan.gif)")
+               for n in cs.notes), cs.notes
+

@@ -7,6 +7,7 @@ class, and a CSV manifest ``path,label[,split][,patient_id]``.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, InputError
 from meddx.io import read_image
 from meddx.io.base import ImageData
+from meddx.io.formats import is_hidden
 
 # Label names as published in medmnist's INFO table (medmnist 3.0.2).
 MEDMNIST_LABELS: dict[str, list[str]] = {
@@ -123,6 +125,14 @@ def open_folder(path: Path) -> CaseSet:
         masks = set(masks)
         items = [(p, lab) for p, lab in items if p not in masks]
         notes.append(f"ignored {len(masks)} mask file(s) beside their images (NAME_mask.*, _seg, _label)")
+    listed = {p for p, _ in items} | (masks or set())
+    other = [f for c in sorted({lab for _, lab in items}) for f in sorted((path / c).iterdir())
+             if f.is_file() and not is_hidden(f) and f not in listed]
+    if other:  # e.g. GIF or WebP images, which would otherwise be left out without a word
+        kinds = Counter(f.suffix.lower() or "no suffix" for f in other)
+        notes.append(f"skipped {len(other)} file(s) that are not images meddx reads "
+                     f"({', '.join(f'{k}: {n}' for k, n in kinds.most_common())}; e.g. {other[0].relative_to(path)}): "
+                     f"convert images among them to PNG to include them")
     names = _sort_labels({lab for _, lab in items})
     idx = {n: i for i, n in enumerate(names)}
     cases = [

@@ -224,6 +224,8 @@ def fingerprint_dataset(cs: CaseSet, progress: bool, strict: bool = True, split:
     finally:
         stop()
     if log is not None:
+        for n in fp.get("notes", []):  # what the reader left out or grouped, as `meddx inspect` prints it
+            log(f"note: {n}")
         for f in fp.get("findings", []):
             log(f"finding: {f}")
     return fp
