@@ -110,3 +110,17 @@ def test_mixed_volume_sizes_are_not_said_to_be_resized_for_3d_segmentation(tmp_p
         f.rename(tmp_path / "v" / f.parent.name / f.name.replace("vol", "big"))
     found = [f for f in compute_fingerprint(open_seg_dataset(tmp_path / "v"))["findings"] if "mixed image sizes" in f]
     assert found and "own grid" in found[0] and "resized" not in found[0]
+
+
+def test_a_dicom_series_with_a_missing_slice_is_a_finding(real_data, tmp_path):
+    """The reader flagged uneven slice positions (irregular_slices) and nothing read the flag: a series missing
+    a slice trained and was measured as if whole."""
+    import shutil
+
+    src = real_data / "dicom" / "tcia_brain_tumor_progression_PGBM-001" / "11-T1post-80644"
+    for cls, series in (("a", "s1"), ("b", "s2")):
+        shutil.copytree(src, tmp_path / cls / series)
+    (tmp_path / "b" / "s2" / "000012.dcm").unlink()
+    fp = compute_fingerprint(open_dataset(tmp_path))
+    gaps = [f for f in fp["findings"] if "uneven slice positions" in f]
+    assert len(gaps) == 1 and gaps[0].startswith("1 DICOM volume(s)") and "b/s2" in gaps[0], fp["findings"]

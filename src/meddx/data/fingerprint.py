@@ -72,6 +72,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     data_hash = hashlib.sha256()
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
     axcodes: Counter = Counter()
+    gapped: list[str] = []  # DICOM volumes whose slice positions are not evenly spaced (missing slices)
     # noise is estimated on a seeded sample of cases (wavelet MAD per image, see transforms/noise.py)
     stat_idx = [i for i, c in enumerate(cs.cases) if c.case_id not in held]  # the cases statistics come from
     noise_pick = set(np.random.default_rng(seed).choice(stat_idx, size=min(NOISE_SAMPLE, len(stat_idx)),
@@ -108,6 +109,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         codes = axcodes_of(img)
         if codes:
             axcodes[codes] += 1
+        if img.meta.get("irregular_slices"):
+            gapped.append(c.case_id)
         if ci in noise_pick:
             from meddx.transforms.noise import estimate_noise
 
@@ -205,6 +208,10 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"mixed orientations ({shown}): the arrays' axes point different ways, so the network "
                         "sees some volumes flipped or transposed; reorient them to one (e.g. nibabel's "
                         "as_closest_canonical, or convert DICOM series to NIfTI with dcm2niix)")
+    if gapped:
+        findings.append(f"{len(gapped)} DICOM volume(s) with uneven slice positions (e.g. {gapped[0]}): missing "
+                        "slices? They are stacked at the median step, so anatomy after a gap sits in the wrong "
+                        "place and distances and volumes are off; export the series complete")
     if len(set(chans)) > 1:
         findings.append(f"mixed channel counts: {dict(Counter(chans))}")
     if fp["distinct_shapes"] > 1:
