@@ -2,7 +2,7 @@ import pytest
 
 from meddx.errors import PlanError
 from meddx.planning.plan import Plan, TrainConfig
-from meddx.planning.planner import EPOCHS_FROM_BUDGET, apply_overrides, make_plan
+from meddx.planning.planner import EPOCHS_FROM_BUDGET, apply_overrides, make_plan, refit_batch
 
 
 def _fp(**kw):
@@ -273,9 +273,12 @@ def test_r6_refits_the_batch_for_the_network_and_size_the_user_chose():
     r6 = [d for d in deep.decisions if d.rule.startswith("R6")][-1]
     assert 2 <= deep.train.batch_size < 16 and r6.reads["estimated_gb"] <= 2 and r6.reads["model"] == "resnet18"
     assert make_plan(fp, source="x", overrides={"data.input_size": [64, 64, 64]}).train.batch_size == 4
-    # a batch the user gives is the user's
+    # a batch the user gives is the user's; one set in the plan earlier is kept where it fits
     assert make_plan(fp, source="x", memory_budget_gb=2,
                      overrides={"model.name": "resnet18", "train.batch_size": 16}).train.batch_size == 16
+    edited = make_plan(fp, source="x", overrides={"train.batch_size": 6})
+    assert refit_batch(apply_overrides(edited, {"model.name": "resnet18"}), {"model.name": "resnet18"},
+                       "x").train.batch_size == 6
 
 
 def test_a_network_over_the_memory_budget_at_batch_2_is_refused_before_training(tmp_path):

@@ -321,7 +321,9 @@ def refit_batch(plan: Plan, overrides: dict[str, Any], source: str | None = None
     reads = r6.reads if r6 is not None else {}
     budget = plan.train.memory_budget_gb or reads.get("memory_budget_gb")
     sd, size = plan.data.spatial_dims, list(plan.data.input_size)
-    wanted = _wanted_batch(sd, int(reads.get("n_train") or 0), size) if r6 is not None else plan.train.batch_size
+    by_user = any(d.field == "train.batch_size" and d.kind == "user" for d in plan.decisions)
+    wanted = (plan.train.batch_size if r6 is None or by_user  # a batch edited into the plan is kept if it fits
+              else _wanted_batch(sd, int(reads.get("n_train") or 0), size))
     bs, est = _fit_memory(plan.model, sd, plan.data.channels, len(plan.data.class_names), size, wanted, budget,
                           False, source)
     plan.train.batch_size = bs
