@@ -2,7 +2,7 @@ import pytest
 
 from meddx.errors import PlanError
 from meddx.planning.plan import Plan, TrainConfig
-from meddx.planning.planner import EPOCHS_FROM_BUDGET, apply_overrides, make_plan
+from meddx.planning.planner import EPOCHS_FROM_BUDGET, apply_overrides, make_plan, refit_batch
 
 
 def _fp(**kw):
@@ -261,3 +261,35 @@ def test_log_lines_count_epochs_in_words_that_agree(epochs, text):
     train = TrainConfig(epochs=epochs)
     assert train.epochs_text == text
     assert "epochs_text" not in train.model_dump()   # not a plan field
+
+
+def test_r6_refits_the_batch_for_the_network_and_size_the_user_chose():
+    """R6 fitted the batch to the planned small_cnn at the planned size; a --model or --image-size (an
+    override) kept that batch, so a 3D ResNet-18 trained at batch 16 (about 5 GiB at 32^3) whatever
+    the memory budget, and 64^3 volumes at 16 instead of R6's 4."""
+    fp = _fp(spatial_dims=[3], shape_median=[28, 28, 28], shape_min=[28, 28, 28], shape_max=[28, 28, 28])
+    assert make_plan(fp, source="x", memory_budget_gb=2).train.batch_size == 16
+    deep = make_plan(fp, source="x", memory_budget_gb=2, overrides={"model.name": "resnet18"})
+    r6 = [d for d in deep.decisions if d.rule.startswith("R6")][-1]
+    assert 2 <= deep.train.batch_size < 16 and r6.reads["estimated_gb"] <= 2 and r6.reads["model"] == "resnet18"
+    assert make_plan(fp, source="x", overrides={"data.input_size": [64, 64, 64]}).train.batch_size == 4
+    # a batch the user gives is the user's; one set in the plan earlier is kept where it fits
+    assert make_plan(fp, source="x", memory_budget_gb=2,
+                     overrides={"model.name": "resnet18", "train.batch_size": 16}).train.batch_size == 16
+    edited = make_plan(fp, source="x", overrides={"train.batch_size": 6})
+    assert refit_batch(apply_overrides(edited, {"model.name": "resnet18"}), {"model.name": "resnet18"},
+                       "x").train.batch_size == 6
+
+
+def test_a_network_over_the_memory_budget_at_batch_2_is_refused_before_training(tmp_path):
+    from meddx.training.run import train_run
+
+    fp = _fp(spatial_dims=[3], shape_median=[28, 28, 28], shape_min=[28, 28, 28], shape_max=[28, 28, 28])
+    with pytest.raises(PlanError, match="more than the memory budget") as e:
+        make_plan(fp, source="x", memory_budget_gb=0.01)
+    assert "--image-size" in str(e.value)
+    with pytest.raises(PlanError, match="densenet121 at input size .* more than the memory budget"):
+        train_run("synthetic:phantoms:60", tmp_path / "r", overrides={"model.name": "densenet121", "train.epochs": 1,
+                                                                       "train.memory_budget_gb": 0.05},
+                  progress=False, log=lambda *a, **k: None)
+    assert not (tmp_path / "r").exists()

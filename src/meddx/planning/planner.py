@@ -228,11 +228,8 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     note("model.name", model.name, "R5 model", "fixed")
 
     n_train = sum(_train_class_counts(fp))
-    if sd == 2:
-        bs = 128 if n_train >= 2000 else 64
-    else:
-        bs = 16 if max(size) <= 32 else 4
-    bs, est = _fit_memory(model, sd, ch, len(fp["class_names"]), size, bs, memory_budget_gb, cuda)
+    bs, est = _fit_memory(model, sd, ch, len(fp["class_names"]), size, _wanted_batch(sd, n_train, size),
+                          memory_budget_gb, cuda, source)
     note("train.batch_size", bs, "R6 batch size", "rule-based", n_train=n_train, input_size=size,
          memory_budget_gb=round(est["budget_gb"], 2), estimated_gb=round(est["estimated_gb"], 3))
 
@@ -277,14 +274,22 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         decisions=dec,
     )
     if overrides:
-        plan = apply_overrides(plan, overrides)
+        plan = refit_batch(apply_overrides(plan, overrides), overrides, source)
     return plan
 
 
+def _wanted_batch(sd: int, n_train: int, size: list[int]) -> int:
+    """R6 before the memory fit: 2D 128 (64 under 2000 training cases); 3D 16 at <= 32^3, else 4."""
+    if sd == 2:
+        return 128 if n_train >= 2000 else 64
+    return 16 if max(size) <= 32 else 4
+
+
 def _fit_memory(model_cfg: ModelConfig, sd: int, ch: int, k: int, size: list[int], wanted: int,
-                memory_budget_gb: float | None, cuda: bool) -> tuple[int, dict]:
+                memory_budget_gb: float | None, cuda: bool, source: str | None = None) -> tuple[int, dict]:
     """R6: halve the batch until the measured training-memory estimate fits the budget
-    (default: 4 GiB for 2D, 8 GiB for 3D, and at most half the free RAM)."""
+    (default: 4 GiB for 2D, 8 GiB for 3D, and at most half the free RAM); a network that does not
+    fit even at batch 2 is refused, as it would exhaust memory part-way through training."""
     import psutil
 
     from meddx.models import create_model
@@ -295,7 +300,39 @@ def _fit_memory(model_cfg: ModelConfig, sd: int, ch: int, k: int, size: list[int
     net = create_model(model_cfg.name, spatial_dims=sd, in_channels=ch, num_classes=k, input_size=tuple(size),
                        **model_cfg.params)
     bs, est = fit_batch(net, ch, size, wanted, memory_budget_gb * 2**30)
+    if est > memory_budget_gb * 2**30:
+        raise PlanError(f"{model_cfg.name} at input size {list(size)} needs about {est / 2**30:.2f} GiB per training "
+                        f"step even at batch {bs}, more than the memory budget of {memory_budget_gb:.2f} GiB",
+                        path=source, fix="lower the input size (--image-size, data.input_size), choose a lighter "
+                                         "--model, or raise --memory-budget (train: --set train.memory_budget_gb=G)")
     return bs, {"budget_gb": memory_budget_gb, "estimated_gb": est / 2**30}
+
+
+def refit_batch(plan: Plan, overrides: dict[str, Any], source: str | None = None) -> Plan:
+    """R6 again when the user changed the network or its input size (``--model``, ``--image-size``,
+    ``--set model.*`` / ``data.input_size`` / ``data.channels``) but not the batch: the planned batch
+    was fitted to the planned network, and a deeper 3D network at that batch can need many times the
+    memory budget."""
+    keys = set(overrides)
+    if plan.task != "classify" or "train.batch_size" in keys or not any(
+            k.startswith("model.") or k in ("data.input_size", "data.channels") for k in keys):
+        return plan
+    r6 = next((d for d in reversed(plan.decisions) if d.rule.startswith("R6")), None)
+    reads = r6.reads if r6 is not None else {}
+    budget = plan.train.memory_budget_gb or reads.get("memory_budget_gb")
+    sd, size = plan.data.spatial_dims, list(plan.data.input_size)
+    by_user = any(d.field == "train.batch_size" and d.kind == "user" for d in plan.decisions)
+    wanted = (plan.train.batch_size if r6 is None or by_user  # a batch edited into the plan is kept if it fits
+              else _wanted_batch(sd, int(reads.get("n_train") or 0), size))
+    bs, est = _fit_memory(plan.model, sd, plan.data.channels, len(plan.data.class_names), size, wanted, budget,
+                          False, source)
+    plan.train.batch_size = bs
+    plan.decisions.append(Decision(field="train.batch_size", value=bs, rule="R6 batch size", kind="rule-based",
+                                   reads={"model": plan.model.name, "input_size": size,
+                                          "memory_budget_gb": round(est["budget_gb"], 2),
+                                          "estimated_gb": round(est["estimated_gb"], 3),
+                                          "refitted_after": sorted(keys)}))
+    return plan
 
 
 IMBALANCE_SAMPLER_RATIO = 10.0

@@ -27,7 +27,7 @@ from meddx.data.sources import open_dataset
 from meddx.data.split import apply_split, make_split, patient_groups, read_split, write_split
 from meddx.errors import MeddxError, PlanError, RunError
 from meddx.planning.plan import DataConfig, Decision, Plan, check_split_override
-from meddx.planning.planner import apply_overrides, make_plan
+from meddx.planning.planner import apply_overrides, make_plan, refit_batch
 from meddx.training.checkpoint import load_checkpoint
 from meddx.training.engine import Trainer, get_device, predict_proba, seed_everything
 
@@ -436,7 +436,7 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
                             path=plan_path, fix="re-plan for this dataset (omit --plan)")
         if image_size:
             overrides["data.input_size"] = [int(image_size)] * plan.data.spatial_dims
-        plan = apply_overrides(plan, overrides)
+        plan = refit_batch(apply_overrides(plan, overrides), overrides, cs.source)
         if fp is None:  # a given plan: its fingerprint is recorded, over the split the plan makes
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, plan=plan), log=log)
     if plan.evaluate.ensemble_runs:  # a missing or mismatched member is refused now, not after training
