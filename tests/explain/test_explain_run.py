@@ -130,3 +130,30 @@ def test_an_unknown_class_lists_the_classes_quoted():
     with pytest.raises(MeddxError) as e:
         resolve_class(plan, "Malignant")
     assert "use one of: 'malignant', 'normal, benign'" in str(e.value)
+
+
+def test_a_heatmap_that_is_zero_everywhere_is_named_in_a_warning(tiny_folder, tmp_path, monkeypatch, capsys):
+    """A class with no positive evidence (a PCA head's other class, in the audit) gave an overlay without colour
+    and no word; the overlay is still written, and a warning says what an empty map means."""
+    from pathlib import Path
+
+    import meddx.explain.run_explain as rx
+    from meddx.training.run import train_run
+
+    run = train_run(str(tiny_folder), tmp_path / "run", overrides={"train.epochs": 1, "evaluate.n_boot": 20},
+                    progress=False, log=lambda *_: None)
+    image = sorted((tiny_folder / "lesion").iterdir())[0]
+    rx.explain_paths(run, image, tmp_path / "a", progress=False)
+    assert "zero everywhere" not in capsys.readouterr().err
+    real = rx.explain_image
+
+    def blank(*a, **k):
+        e = real(*a, **k)
+        e.heatmap = np.zeros_like(e.heatmap)
+        return e
+
+    monkeypatch.setattr(rx, "explain_image", blank)
+    rows = rx.explain_paths(run, image, tmp_path / "b", progress=False)
+    err = capsys.readouterr().err
+    assert f"1 heatmap(s) are zero everywhere: {image.name} (gradcam, class '" in err and "occlusion" in err
+    assert Path(rows[0]["overlay"]).exists()

@@ -9,6 +9,7 @@ grid and written as NIfTI with the input's affine (NIfTI) or the series geometry
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,7 +201,7 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     methods = resolve_methods(method, explainer.segmenter)
     c = resolve_class(plan, class_name)
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "explanations")
-    rows = []
+    rows, empty = [], []
     stems = output_stems(paths)  # a/x.png and b/x.png must not write one overlay
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
@@ -208,6 +209,8 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
         for p, img in read_each(paths, run_dir):  # an unreadable file's error names the others too
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
+                if not np.any(e.heatmap > 0):
+                    empty.append(f"{p.name} ({m}, class '{e.class_name}')")
                 base = out_dir / f"{stems[p]}_{m}"
                 title = f"{p.name}: {m}, class '{e.class_name}'"
                 opath = overlay_png(img, plan, e.heatmap, title, base.with_name(base.name + "_overlay.png"))
@@ -218,4 +221,9 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
                              "overlay": str(opath), "heatmap_nifti": str(npath) if npath else None})
                 if cb:
                     cb(1)
+    if empty:  # an overlay without colour reads as "looked nowhere"; it means nothing raised the class score
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} other(s)" if len(empty) > 3 else "")
+        print(f"warning: {len(empty)} heatmap(s) are zero everywhere: {shown}: this method found nothing that "
+              "raises that class's score (e.g. a class the model never predicts there); try --method occlusion "
+              "or another --class", file=sys.stderr)
     return rows
