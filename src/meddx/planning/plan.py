@@ -94,7 +94,7 @@ class OptimConfig(_Strict):
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    momentum: float = 0.9
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd (Nesterov when > 0) and rmsprop
     l1: float = Field(default=0.0, ge=0)
 
 
@@ -102,7 +102,14 @@ class ScheduleConfig(_Strict):
     name: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(default=1.0, ge=0)
     milestones: list[float] = [0.5, 0.75]  # fractions of training, for "step"
-    gamma: float = 0.1
+    gamma: float = Field(default=0.1, gt=0)  # "step": the learning rate is multiplied by it at each milestone
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions_of_training(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v):
+            raise ValueError(f"must be fractions of training between 0 and 1 (e.g. [0.5, 0.75]), got {v}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -121,12 +128,12 @@ class TrainConfig(_Strict):
     pca_components: int = Field(default=32, ge=1)
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
-    early_stopping_patience: Optional[int] = None
+    early_stopping_patience: Optional[int] = Field(default=None, ge=1)  # epochs without improvement; None = off
     select_metric: Literal["auc", "accuracy", "loss", "dice"] = "auc"
-    time_budget_s: Optional[float] = None
-    max_epochs_with_budget: int = 200
+    time_budget_s: Optional[float] = Field(default=None, gt=0)
+    max_epochs_with_budget: int = Field(default=200, ge=1)
     memory_budget_gb: Optional[float] = Field(default=None, gt=0)  # caps the batch size (planner rule R6)
-    eval_batch_size: int = 256
+    eval_batch_size: int = Field(default=256, ge=1)
 
     @property
     def epochs_text(self) -> str:
@@ -272,6 +279,9 @@ class Plan(_Strict):
             if self.data.target_spacing is not None:
                 raise ValueError("data.target_spacing is read only by segmentation and detection (3D); "
                                  "set it to null for a classifier")
+            if self.train.select_metric == "dice":
+                raise ValueError("train.select_metric 'dice' is for segmentation; a classifier selects by auc, "
+                                 "accuracy or loss")
             return self
         t, defaults = self.train, TrainConfig()
         unread = [k for k in ("loss", "logit_adjust", "label_smoothing", "sampler", "mixup", "cutmix", "head",
