@@ -74,12 +74,12 @@ class AugmentConfig(_Strict):
     """Batch augmentation; parameters are drawn per sample, then applied deterministically."""
 
     flip_axes: list[int] = []        # spatial axes (0 = first spatial axis) flipped with p = 0.5
-    rotate_deg: float = 0.0          # uniform in [-r, r] (in-plane for 2D; each axis for 3D)
-    scale: float = 0.0               # uniform zoom in [1 - s, 1 + s]
-    translate: float = 0.0           # fraction of the image size
-    brightness: float = 0.0          # additive, in standardised units
-    contrast: float = 0.0            # multiplicative, uniform in [1 - c, 1 + c]
-    noise_std: float = 0.0           # Gaussian noise, standardised units
+    rotate_deg: float = Field(default=0.0, ge=0, le=180)  # uniform in [-r, r] (in-plane for 2D; each axis for 3D)
+    scale: float = Field(default=0.0, ge=0, lt=1)         # uniform zoom in [1 - s, 1 + s] (s >= 1: zooms <= 0)
+    translate: float = Field(default=0.0, ge=0, le=1)     # fraction of the image size
+    brightness: float = Field(default=0.0, ge=0)          # additive, in standardised units
+    contrast: float = Field(default=0.0, ge=0, le=1)      # multiplicative, uniform in [1 - c, 1 + c]
+    noise_std: float = Field(default=0.0, ge=0)           # Gaussian noise, standardised units
     gamma: float = Field(default=0.0, ge=0.0, lt=1.0)  # gamma in [1/(1+g), 1+g] on the min-max rescaled image
     blur_sigma: float = Field(default=0.0, ge=0.0)     # Gaussian blur, sigma uniform in [0, s] pixels
     elastic: float = Field(default=0.0, ge=0.0)        # smooth random displacement, fraction of the image size
