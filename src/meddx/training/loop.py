@@ -216,7 +216,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             stop = None
-            if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
+            if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience and epoch < epochs:
                 stop = "early_stopping"
             if cfg.time_budget_s and epoch < epochs:
                 per_epoch = elapsed / max(1, len(history))
