@@ -362,8 +362,9 @@ class Plan(_Strict):
 
 
 def check_split_override(key: str, value: Any) -> Any:
-    """One override of the split (``seed``, ``data.split_seed``, ``data.split_fractions``) checked as
-    ``validate_plan`` checks it, since the split is made before the plan exists; returns the value."""
+    """One override read before the plan exists, checked as ``validate_plan`` checks it: of the split
+    (``seed``, ``data.split_seed``, ``data.split_fractions``), made first, or the time budget
+    (``train.time_budget_s``) the planner sizes the plan by; returns the value."""
     from typing import Annotated
 
     from pydantic import TypeAdapter
@@ -371,9 +372,9 @@ def check_split_override(key: str, value: Any) -> Any:
     try:
         if key == "seed":
             return TypeAdapter(Annotated[int, Plan.model_fields["seed"]]).validate_python(value)
-        name = key.removeprefix("data.")
-        return getattr(DataConfig.__pydantic_validator__.validate_assignment(DataConfig.model_construct(), name,
-                                                                             value), name)
+        section, name = key.split(".", 1)
+        cls = {"data": DataConfig, "train": TrainConfig}[section]
+        return getattr(cls.__pydantic_validator__.validate_assignment(cls.model_construct(), name, value), name)
     except ValidationError as e:
         raise PlanError(f"plan field '{key}': {e.errors()[0]['msg']}",
                         fix=f"check the override of '{key}' (see `meddx plan` for the fields)") from None
