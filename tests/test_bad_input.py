@@ -281,6 +281,14 @@ def test_sizes_and_flips_that_do_not_fit_the_dimensions_are_refused_before_train
         assert needle in msg and "2D" in msg, (value, msg)
 
 
+def test_a_time_budget_that_is_not_positive_is_refused_before_planning(tiny_folder, tmp_path):
+    """--set train.time_budget_s=-5 reaches the planner before the plan is validated: it was a pydantic
+    traceback from inside make_plan (exit 1), and before the field was bounded it trained as if 1 s."""
+    for value in ("-5", "0"):
+        msg = _refused_in_process(tiny_folder, tmp_path, [f"train.time_budget_s={value}"])
+        assert "train.time_budget_s" in msg and "greater than 0" in msg, msg
+
+
 def test_a_bad_synthetic_dataset_spec(tmp_path):
     """Was a traceback (0 or 1 cases) or, for a misspelt spec, a silent run on 600 phantoms."""
     from meddx.data.sources import open_dataset

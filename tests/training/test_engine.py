@@ -209,6 +209,41 @@ def test_early_stopping_stops_after_patience(tmp_path, monkeypatch):
     assert res.stopped_by == "early_stopping" and res.epochs_run == 3 and res.best_epoch == 1
 
 
+def test_a_run_that_ran_every_planned_epoch_is_not_said_to_have_stopped_early(tmp_path, monkeypatch):
+    """Patience reached at the last planned epoch: nothing was cut short, so metrics.json and the report
+    say 'completed' (they said 'early_stopping')."""
+    from meddx.models import create_model
+    from meddx.training import engine
+
+    aucs = iter([0.9, 0.8])
+    monkeypatch.setattr(engine, "val_scores", lambda y, p: {"auc": next(aucs), "accuracy": 0.5, "loss": 1.0})
+    plan = _tiny_plan(epochs=2, batch_size=16, early_stopping_patience=1)
+    model = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(12, 12))
+    x, y = _tiny_data()
+    res = engine.Trainer(plan, model, tmp_path, progress=False).fit(x, y, x[:16], y[:16])
+    assert res.stopped_by == "completed" and res.epochs_run == 2 and res.best_epoch == 1
+
+
+def test_a_diverging_run_stops_in_one_line_naming_the_learning_rate(tmp_path):
+    """A learning rate far too large: the loss went NaN in the first steps, every planned epoch still
+    trained on NaN weights, and evaluation then failed with 'score contains NaN or Inf'. It stops at
+    the first non-finite loss with a RunError (one line, exit 2) naming optim.lr, before the epoch is
+    checkpointed (so train_run's guard removes a run that diverged in its first epoch)."""
+    from meddx.errors import RunError
+    from meddx.models import create_model
+    from meddx.planning.plan import OptimConfig
+    from meddx.training.engine import Trainer
+
+    plan = _tiny_plan(epochs=3, batch_size=16)
+    plan.optim = OptimConfig(name="sgd", lr=1e8)
+    torch.manual_seed(0)
+    model = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(12, 12))
+    x, y = _tiny_data()
+    with pytest.raises(RunError, match=r"diverged in epoch 1.*optim\.lr \(now 1e\+08\)"):
+        Trainer(plan, model, tmp_path, progress=False).fit(x, y, x[:16], y[:16])
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
 @pytest.mark.parametrize("opt", ["sgd", "adam", "adamw", "rmsprop"])
 def test_every_optimiser_and_l1_shrinks_weights(tmp_path, opt):
     from meddx.models import create_model

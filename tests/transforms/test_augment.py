@@ -156,3 +156,19 @@ def test_rotation_of_square_images_is_unchanged():
         before = F.grid_sample(x, F.affine_grid(theta, list(shape), align_corners=False), mode="bilinear",
                                padding_mode="border", align_corners=False)
         assert torch.equal(aug.apply(x, params), before)
+
+
+def test_augmentation_ranges_that_invert_images_are_refused_by_the_plan():
+    """scale >= 1 drew zooms <= 0 (mirrored or blown-up images) and contrast > 1 negative contrast
+    (inverted images); both trained silently."""
+    import pytest
+
+    from meddx.errors import PlanError
+    from meddx.planning.planner import apply_overrides
+    from meddx_testutils import make_plan_for
+
+    for key, value in (("augment.scale", 1.5), ("augment.contrast", 1.5), ("augment.rotate_deg", -10),
+                       ("augment.noise_std", -0.1)):
+        with pytest.raises(PlanError, match=key.replace(".", "[.]")):
+            apply_overrides(make_plan_for(), {key: value})
+    assert apply_overrides(make_plan_for(), {"augment.scale": 0.2, "augment.contrast": 0.3}).augment.scale == 0.2

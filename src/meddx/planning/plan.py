@@ -74,12 +74,12 @@ class AugmentConfig(_Strict):
     """Batch augmentation; parameters are drawn per sample, then applied deterministically."""
 
     flip_axes: list[int] = []        # spatial axes (0 = first spatial axis) flipped with p = 0.5
-    rotate_deg: float = 0.0          # uniform in [-r, r] (in-plane for 2D; each axis for 3D)
-    scale: float = 0.0               # uniform zoom in [1 - s, 1 + s]
-    translate: float = 0.0           # fraction of the image size
-    brightness: float = 0.0          # additive, in standardised units
-    contrast: float = 0.0            # multiplicative, uniform in [1 - c, 1 + c]
-    noise_std: float = 0.0           # Gaussian noise, standardised units
+    rotate_deg: float = Field(default=0.0, ge=0, le=180)  # uniform in [-r, r] (in-plane for 2D; each axis for 3D)
+    scale: float = Field(default=0.0, ge=0, lt=1)         # uniform zoom in [1 - s, 1 + s] (s >= 1: zooms <= 0)
+    translate: float = Field(default=0.0, ge=0, le=1)     # fraction of the image size
+    brightness: float = Field(default=0.0, ge=0)          # additive, in standardised units
+    contrast: float = Field(default=0.0, ge=0, le=1)      # multiplicative, uniform in [1 - c, 1 + c]
+    noise_std: float = Field(default=0.0, ge=0)           # Gaussian noise, standardised units
     gamma: float = Field(default=0.0, ge=0.0, lt=1.0)  # gamma in [1/(1+g), 1+g] on the min-max rescaled image
     blur_sigma: float = Field(default=0.0, ge=0.0)     # Gaussian blur, sigma uniform in [0, s] pixels
     elastic: float = Field(default=0.0, ge=0.0)        # smooth random displacement, fraction of the image size
@@ -94,7 +94,7 @@ class OptimConfig(_Strict):
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    momentum: float = 0.9
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd (Nesterov when > 0) and rmsprop
     l1: float = Field(default=0.0, ge=0)
 
 
@@ -102,7 +102,14 @@ class ScheduleConfig(_Strict):
     name: Literal["constant", "step", "cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(default=1.0, ge=0)
     milestones: list[float] = [0.5, 0.75]  # fractions of training, for "step"
-    gamma: float = 0.1
+    gamma: float = Field(default=0.1, gt=0)  # "step": the learning rate is multiplied by it at each milestone
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions_of_training(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v):
+            raise ValueError(f"must be fractions of training between 0 and 1 (e.g. [0.5, 0.75]), got {v}")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -121,12 +128,12 @@ class TrainConfig(_Strict):
     pca_components: int = Field(default=32, ge=1)
     ema_decay: Optional[float] = Field(default=None, gt=0, lt=1)  # evaluate/keep an EMA of the weights
     class_weights: Optional[Literal["balanced"]] = None  # "balanced": w_c = N / (K * n_c) from train
-    early_stopping_patience: Optional[int] = None
+    early_stopping_patience: Optional[int] = Field(default=None, ge=1)  # epochs without improvement; None = off
     select_metric: Literal["auc", "accuracy", "loss", "dice"] = "auc"
-    time_budget_s: Optional[float] = None
-    max_epochs_with_budget: int = 200
+    time_budget_s: Optional[float] = Field(default=None, gt=0)
+    max_epochs_with_budget: int = Field(default=200, ge=1)
     memory_budget_gb: Optional[float] = Field(default=None, gt=0)  # caps the batch size (planner rule R6)
-    eval_batch_size: int = 256
+    eval_batch_size: int = Field(default=256, ge=1)
 
     @property
     def epochs_text(self) -> str:
@@ -272,6 +279,9 @@ class Plan(_Strict):
             if self.data.target_spacing is not None:
                 raise ValueError("data.target_spacing is read only by segmentation and detection (3D); "
                                  "set it to null for a classifier")
+            if self.train.select_metric == "dice":
+                raise ValueError("train.select_metric 'dice' is for segmentation; a classifier selects by auc, "
+                                 "accuracy or loss")
             return self
         t, defaults = self.train, TrainConfig()
         unread = [k for k in ("loss", "logit_adjust", "label_smoothing", "sampler", "mixup", "cutmix", "head",
@@ -352,8 +362,9 @@ class Plan(_Strict):
 
 
 def check_split_override(key: str, value: Any) -> Any:
-    """One override of the split (``seed``, ``data.split_seed``, ``data.split_fractions``) checked as
-    ``validate_plan`` checks it, since the split is made before the plan exists; returns the value."""
+    """One override read before the plan exists, checked as ``validate_plan`` checks it: of the split
+    (``seed``, ``data.split_seed``, ``data.split_fractions``), made first, or the time budget
+    (``train.time_budget_s``) the planner sizes the plan by; returns the value."""
     from typing import Annotated
 
     from pydantic import TypeAdapter
@@ -361,9 +372,9 @@ def check_split_override(key: str, value: Any) -> Any:
     try:
         if key == "seed":
             return TypeAdapter(Annotated[int, Plan.model_fields["seed"]]).validate_python(value)
-        name = key.removeprefix("data.")
-        return getattr(DataConfig.__pydantic_validator__.validate_assignment(DataConfig.model_construct(), name,
-                                                                             value), name)
+        section, name = key.split(".", 1)
+        cls = {"data": DataConfig, "train": TrainConfig}[section]
+        return getattr(cls.__pydantic_validator__.validate_assignment(cls.model_construct(), name, value), name)
     except ValidationError as e:
         raise PlanError(f"plan field '{key}': {e.errors()[0]['msg']}",
                         fix=f"check the override of '{key}' (see `meddx plan` for the fields)") from None

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from meddx.evaluation._checks import atomic_write_bytes
+from meddx.errors import RunError
 from meddx.training.checkpoint import load_checkpoint, save_checkpoint
 from meddx.training.optim import create_optimizer, create_scheduler, shorten_schedule
 from meddx.transforms.augment import AugmentRecorder
@@ -195,6 +196,9 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                 opt.step()
                 sched.step()
                 losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):  # the weights are lost: say why now, not after every epoch
+                    raise RunError(f"training diverged in epoch {epoch}: the training loss is {losses[-1]}",
+                                   fix=f"lower optim.lr (now {plan.optim.lr:g}), or check the images for NaN values")
                 if ema is not None:
                     ema.update(model)
                 bar.advance(f"epoch {epoch}/{epochs} loss {losses[-1]:.3f}")
@@ -216,7 +220,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             stop = None
-            if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
+            if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience and epoch < epochs:
                 stop = "early_stopping"
             if cfg.time_budget_s and epoch < epochs:
                 per_epoch = elapsed / max(1, len(history))

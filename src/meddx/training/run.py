@@ -426,7 +426,8 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
             plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
                              seed=int(overrides.pop("seed", 0) or 0),
-                             time_budget_s=overrides.get("train.time_budget_s"),
+                             time_budget_s=check_split_override("train.time_budget_s",
+                                                                overrides.get("train.time_budget_s")),
                              memory_budget_gb=overrides.get("train.memory_budget_gb"))
         elif "seed" in overrides and overrides["seed"] is not None:
             plan.seed = int(overrides.pop("seed"))

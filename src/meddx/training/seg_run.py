@@ -23,7 +23,7 @@ from meddx.data.segprep import build_seg_data
 from meddx.data.segsources import open_seg_dataset
 from meddx.data.split import patient_groups
 from meddx.errors import DatasetError, PlanError, RunError
-from meddx.planning.plan import Decision, Plan
+from meddx.planning.plan import Decision, Plan, check_split_override
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
 from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, check_resume_dataset,
@@ -158,7 +158,9 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if plan is None:
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
-                                 group_by_folder=group_by_folder, time_budget_s=overrides.get("train.time_budget_s"),
+                                 group_by_folder=group_by_folder,
+                                 time_budget_s=check_split_override("train.time_budget_s",
+                                                                    overrides.get("train.time_budget_s")),
                                  memory_budget_gb=overrides.get("train.memory_budget_gb"))
         elif overrides.get("seed") is not None:
             plan.seed = int(overrides.pop("seed"))
