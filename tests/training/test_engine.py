@@ -397,3 +397,13 @@ def test_recorded_augmentation_replays_every_batch_the_network_saw(tmp_path):
     plan.augment.record = False
     engine.Trainer(plan, model, tmp_path / "off", progress=False).fit(x, y, x[:16], y[:16])
     assert not (tmp_path / "off" / "augment").exists()
+
+
+def test_a_run_selected_by_loss_reports_the_loss_not_its_negation(tmp_path):
+    """The loop maximises its score, so it holds a loss negated; metrics.json reported that (-0.496)."""
+    run = train_run("synthetic:phantoms:120", tmp_path / "r", overrides={"train.epochs": 2,
+                    "train.select_metric": "loss"}, progress=False, log=lambda *_: None)
+    t = json.loads((run / "metrics.json").read_text())["training"]
+    best = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][t["best_epoch"] - 1]
+    assert t["select_metric"] == "loss" and t["best_val_metric"] > 0
+    assert t["best_val_metric"] == pytest.approx(best["val_loss"])

@@ -208,7 +208,9 @@ def evaluate_run_outputs(run_dir: Path, plan, cs, parts: dict, p_val: np.ndarray
         metrics["training"] = {"best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
                                "epochs_planned": fit.epochs_planned, "train_seconds": round(fit.train_seconds, 2),
                                "stopped_by": fit.stopped_by, "select_metric": plan.train.select_metric,
-                               "best_val_metric": fit.best_metric}
+                               # the loop maximises its score, so a loss is held negated: reported as the loss
+                               "best_val_metric": -fit.best_metric if plan.train.select_metric == "loss"
+                               else fit.best_metric}
         from meddx.training.fitted_inputs import input_fit_seconds
 
         if (fit_in := input_fit_seconds(run_dir)) is not None:  # learned denoiser / GAN, before the classifier
