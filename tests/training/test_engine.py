@@ -196,32 +196,23 @@ def _tiny_data(n=64, seed=0):
     return x, y
 
 
-def test_early_stopping_stops_after_patience(tmp_path, monkeypatch):
+@pytest.mark.parametrize("aucs, epochs, patience, stopped_by, epochs_run", [
+    ([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 6, 2, "early_stopping", 3),
+    # patience reached at the last planned epoch: nothing was cut short, so metrics.json and the report say
+    # 'completed' (they said 'early_stopping')
+    ([0.9, 0.8], 2, 1, "completed", 2),
+])
+def test_early_stopping_stops_after_patience(tmp_path, monkeypatch, aucs, epochs, patience, stopped_by, epochs_run):
     from meddx.models import create_model
     from meddx.training import engine
 
-    aucs = iter([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
-    monkeypatch.setattr(engine, "val_scores", lambda y, p: {"auc": next(aucs), "accuracy": 0.5, "loss": 1.0})
-    plan = _tiny_plan(epochs=6, batch_size=16, early_stopping_patience=2)
+    scores = iter(aucs)
+    monkeypatch.setattr(engine, "val_scores", lambda y, p: {"auc": next(scores), "accuracy": 0.5, "loss": 1.0})
+    plan = _tiny_plan(epochs=epochs, batch_size=16, early_stopping_patience=patience)
     model = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(12, 12))
     x, y = _tiny_data()
     res = engine.Trainer(plan, model, tmp_path, progress=False).fit(x, y, x[:16], y[:16])
-    assert res.stopped_by == "early_stopping" and res.epochs_run == 3 and res.best_epoch == 1
-
-
-def test_a_run_that_ran_every_planned_epoch_is_not_said_to_have_stopped_early(tmp_path, monkeypatch):
-    """Patience reached at the last planned epoch: nothing was cut short, so metrics.json and the report
-    say 'completed' (they said 'early_stopping')."""
-    from meddx.models import create_model
-    from meddx.training import engine
-
-    aucs = iter([0.9, 0.8])
-    monkeypatch.setattr(engine, "val_scores", lambda y, p: {"auc": next(aucs), "accuracy": 0.5, "loss": 1.0})
-    plan = _tiny_plan(epochs=2, batch_size=16, early_stopping_patience=1)
-    model = create_model("small_cnn", spatial_dims=2, in_channels=1, num_classes=2, input_size=(12, 12))
-    x, y = _tiny_data()
-    res = engine.Trainer(plan, model, tmp_path, progress=False).fit(x, y, x[:16], y[:16])
-    assert res.stopped_by == "completed" and res.epochs_run == 2 and res.best_epoch == 1
+    assert res.stopped_by == stopped_by and res.epochs_run == epochs_run and res.best_epoch == 1
 
 
 def test_a_diverging_run_stops_in_one_line_naming_the_learning_rate(tmp_path):
