@@ -200,8 +200,8 @@ def test_classes_spelled_in_other_capitals_are_refused_with_the_models_spelling(
 
     imgs, labels = make_phantoms(n=8, size=28, seed=5)
     for i, (im, y) in enumerate(zip(imgs, labels)):
-        write_png(tmp_path / "site" / ("Lesion" if y else "normal") / f"{i}.png", im)
+        write_png(tmp_path / "capitals" / ("Lesion" if y else "normal") / f"{i}.png", im)
     with pytest.raises(DatasetError) as e:
-        evaluate_run(phantom_run, str(tmp_path / "site"), progress=False)
+        evaluate_run(phantom_run, str(tmp_path / "capitals"), progress=False)
     assert "['Lesion'] are not among" in e.value.message and e.value.fix == "spell 'Lesion' as 'lesion', as the model does"
-    assert not (phantom_run / "evaluations" / "site").exists()
+    assert not (phantom_run / "evaluations" / "capitals").exists()
