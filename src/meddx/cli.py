@@ -129,8 +129,10 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
         it = fp["intensity"]
         t.add_row("intensity", f"min {it['min']:.4g}, max {it['max']:.4g}, mean {it['mean']:.4g}, sd {it['std']:.4g}, "
                   f"p0.5 {it['p00_5']:.4g}, p99.5 {it['p99_5']:.4g}")
+        cross = fp["duplicates"]["across_splits"]
         t.add_row("duplicates", f"{fp['duplicates']['cases']} cases in {fp['duplicates']['groups']} groups"
-                  f" ({fp['duplicates']['across_splits']} across splits)")
+                  + (f" ({cross} across splits)" if cross is not None else
+                     " (no split yet: `meddx plan` and `train` check the seeded one)"))
     t.add_row("patient groups", "yes" if fp["has_patient_groups"] else "no")
     if "segmentation" in fp:
         sg = fp["segmentation"]

@@ -124,3 +124,21 @@ def test_a_dicom_series_with_a_missing_slice_is_a_finding(real_data, tmp_path):
     fp = compute_fingerprint(open_dataset(tmp_path))
     gaps = [f for f in fp["findings"] if "uneven slice positions" in f]
     assert len(gaps) == 1 and gaps[0].startswith("1 DICOM volume(s)") and "b/s2" in gaps[0], fp["findings"]
+
+
+def test_duplicates_that_span_the_seeded_split_are_flagged_as_leakage(tiny_folder):
+    """A class folder has no split of its own: the duplicates the plan warns about are checked against
+    the seeded split the run will make, not against the cases' own (absent) split."""
+    import shutil
+
+    for p in sorted((tiny_folder / "normal").glob("*.png"))[:8]:
+        shutil.copy(p, p.with_name("copy_" + p.name))
+    cs = open_dataset(str(tiny_folder))
+    split = make_split(cs, seed=0)
+    pairs = [(c.case_id, c.case_id.replace("copy_", "")) for c in cs.cases if "copy_" in c.case_id]
+    crossing = sum(split[a] != split[b] for a, b in pairs)
+    assert crossing > 0  # the fixture: some copies land on another side of the split than their original
+    fp = compute_fingerprint(cs, split=split)
+    assert fp["duplicates"]["groups"] == 8 and fp["duplicates"]["across_splits"] == crossing
+    assert any(f"{crossing} group(s) span splits (leakage)" in f for f in fp["findings"])
+    assert compute_fingerprint(cs)["duplicates"]["across_splits"] is None  # `meddx inspect`: no split made yet

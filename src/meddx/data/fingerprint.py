@@ -195,9 +195,11 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     })
     dups = [ids for ids in hashes.values() if len(ids) > 1]
     fp["duplicates"] = {"groups": len(dups), "cases": sum(len(d) for d in dups), "examples": dups[:5]}
-    split_of = {c.case_id: c.split for c in cs.cases}
+    # the run's split when given (a seeded split exists only in it), else the dataset's own
+    split_of = {c.case_id: split.get(c.case_id) if split else c.split for c in cs.cases}
     cross = [ids for ids in dups if len({split_of[i] for i in ids}) > 1]
-    fp["duplicates"]["across_splits"] = len(cross)
+    # None: no split to cross yet (a folder without one of its own is split by `meddx plan` / `train`)
+    fp["duplicates"]["across_splits"] = len(cross) if any(v is not None for v in split_of.values()) else None
     findings = list(cs.findings)  # what opening the dataset found (e.g. DICOM slices it could not group)
     if problems:
         findings.append(f"{len(problems)} case(s) could not be used (see problems)")
