@@ -176,21 +176,22 @@ def plan(path: str = typer.Argument(..., help="Dataset, as for `meddx inspect`."
 
     Every decision is listed with the rule that made it."""
     from meddx.planning.planner import make_plan, make_seg_plan
-    from meddx.training.run import fingerprint_dataset, planned_split
+    from meddx.training.run import fingerprint_dataset, planned_split, planning_budgets
 
     cs = _open(path, task, resample_masks, group_by_folder)
     sets = parse_sets(set_)
+    # the rules read a budget given either way, as `meddx train` does (--set wins, given last)
+    budgets = planning_budgets({"train.time_budget_s": parse_duration(time_budget),
+                                "train.memory_budget_gb": memory_budget, **sets})
     # planned on the cases `meddx train` will train and validate on, as `meddx train` plans
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress),
                              split=planned_split(cs, overrides={**sets, "seed": seed}),
                              log=say)
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
-                          overrides=sets, time_budget_s=parse_duration(time_budget),
-                          memory_budget_gb=memory_budget)
+                          overrides=sets, **budgets)
     else:
-        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=sets,
-                      time_budget_s=parse_duration(time_budget), memory_budget_gb=memory_budget)
+        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=sets, **budgets)
     p.save(out)
     console.print(f"plan written to {out}")
     for d in p.decisions:

@@ -293,3 +293,41 @@ def test_a_network_over_the_memory_budget_at_batch_2_is_refused_before_training(
                                                                        "train.memory_budget_gb": 0.05},
                   progress=False, log=lambda *a, **k: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_meddx_plan_reads_a_budget_given_by_set_as_by_its_option(tmp_path):
+    """`meddx plan --set train.time_budget_s=...` recorded the budget but planned as if there were none
+    (no R14 ensemble, no R17 choice, R9 30 epochs, R6 batch not fitted to a --set memory budget),
+    unlike `meddx train --set`; the plan must be the one the trainer would run."""
+    import subprocess
+    import sys
+
+    def plan(name, *args):
+        r = subprocess.run([sys.executable, "-m", "meddx", "plan", "synthetic:phantoms:60", "-o", tmp_path / name,
+                            "--no-progress", *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return Plan.load(tmp_path / name)
+
+    flags = plan("flags.yaml", "--time-budget", "20m", "--memory-budget", "0.01")
+    sets = plan("sets.yaml", "--set", "train.time_budget_s=1200", "--set", "train.memory_budget_gb=0.01")
+    assert flags.ensemble.kind == sets.ensemble.kind == "seeds" and [c.name for c in sets.choices] == ["model_structure"]
+    assert flags.train.batch_size == sets.train.batch_size < 64 and sets.train.epochs == flags.train.epochs
+    assert {d.rule: d.value for d in sets.decisions}["R9 epochs"] == EPOCHS_FROM_BUDGET
+
+
+@pytest.mark.parametrize("key, value", [("train.time_budget_s", "abc"), ("train.memory_budget_gb", "abc"),
+                                        ("train.time_budget_s", -5), ("train.time_budget_s", 0)])
+def test_a_budget_that_is_not_a_positive_number_is_refused_in_one_line(tmp_path, key, value):
+    """A text budget reached the planner's arithmetic (a TypeError traceback); a budget of 0 or below
+    trained 30 epochs, or 1 s, without a word."""
+    from meddx.training.run import train_run
+
+    with pytest.raises(PlanError, match=f"'{key}'"):
+        train_run("synthetic:phantoms:60", tmp_path / "r", overrides={key: value, "train.epochs": 1},
+                  progress=False, log=lambda *a, **k: None)
+    assert not (tmp_path / "r").exists()
+    if key == "train.time_budget_s" and value != "abc":
+        (tmp_path / "plan.yaml").write_text(make_plan(_fp(), source="x").to_yaml().replace(
+            "time_budget_s: null", f"time_budget_s: {value}"))
+        with pytest.raises(PlanError, match="train.time_budget_s"):
+            Plan.load(tmp_path / "plan.yaml")
