@@ -183,9 +183,10 @@ def plan(path: str = typer.Argument(..., help="Dataset, as for `meddx inspect`."
     # the rules read a budget given either way, as `meddx train` does (--set wins, given last)
     budgets = planning_budgets({"train.time_budget_s": parse_duration(time_budget),
                                 "train.memory_budget_gb": memory_budget, **sets})
-    # planned on the cases `meddx train` will train and validate on, as `meddx train` plans
+    # planned on the cases `meddx train` will train and validate on, as `meddx train` plans (the seed of
+    # `--set seed=N`, which the plan takes over --seed, draws that split too)
     fp = fingerprint_dataset(cs, _progress_enabled(no_progress),
-                             split=planned_split(cs, overrides={**sets, "seed": seed}),
+                             split=planned_split(cs, overrides={"seed": seed, **sets}),
                              log=say)
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,

@@ -331,3 +331,21 @@ def test_a_budget_that_is_not_a_positive_number_is_refused_in_one_line(tmp_path,
             "time_budget_s: null", f"time_budget_s: {value}"))
         with pytest.raises(PlanError, match="train.time_budget_s"):
             Plan.load(tmp_path / "plan.yaml")
+
+
+def test_meddx_plan_reads_the_split_of_a_seed_given_by_set(tiny_folder, tmp_path):
+    """`meddx plan --set seed=7` wrote a plan of seed 7 whose statistics came from the seed-0 split, so
+    the run (split with seed 7) had been planned on some of its own test cases."""
+    import subprocess
+    import sys
+
+    def plan(name, *args):
+        r = subprocess.run([sys.executable, "-m", "meddx", "plan", tiny_folder, "-o", tmp_path / name,
+                            "--no-progress", *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return Plan.load(tmp_path / name)
+
+    by_set, by_option = plan("set.yaml", "--set", "seed=7"), plan("option.yaml", "--seed", "7")
+    assert by_set.seed == by_option.seed == 7
+    reads = [{d.rule: d.reads for d in p.decisions if d.kind != "user"} for p in (by_set, by_option)]
+    assert reads[0] == reads[1]
