@@ -251,8 +251,9 @@ def test_the_fixed_rules_are_in_the_written_plan_too(tmp_path, budget, epochs):
     them (nor S8, S9 for segmentation; tests/planning/test_rules_real.py)."""
     make_plan(_fp(), source="x", time_budget_s=budget).save(tmp_path / "plan.yaml")
     rules = {d.rule.split()[0]: d for d in Plan.load(tmp_path / "plan.yaml").decisions}
-    assert {"R7", "R9", "R10"} <= set(rules)
+    assert {"R7", "R9", "R10", "R17"} <= set(rules)  # R17 also when the budget is too short for it
     assert rules["R9"].value == epochs and rules["R9"].reads == {"time_budget_s": budget}
+    assert rules["R17"].value == [] and rules["R17"].reads == {"time_budget_s": budget, "min_budget_s": 1200.0}
     assert rules["R10"].value == "auc" and rules["R7"].kind == "fixed"
 
 

@@ -2,7 +2,8 @@
 
 Rules (kind in brackets, as nnU-Net documents its own):
     R1 dimensionality [rule-based]: the images' spatial dimensionality; mixed 2D/3D is an error.
-    R2 channels [rule-based]: 3 when most images are RGB, else 1 (RGB is averaged to grey).
+    R2 channels [rule-based]: 3 when most images are RGB, else the channel count every image has,
+       else 1 (RGB is averaged to grey).
     R3 input size [rule-based]: 2D: the common size when every image shares one <= 64 px,
        else the median short side clamped to [32, 128] and rounded to 8 px (CPU budget);
        3D: the median shape, each axis clamped to [16, 32] on CPU, [16, 64] with CUDA (3D cost
@@ -411,7 +412,9 @@ def _rule_choices(fp: dict, time_budget_s: float | None, note) -> list[Choice]:
     channel attention (SE) and multi-scale features; 30 % of the budget goes to the trials, scored
     on the validation split, or by 5-fold cross-validation of the training split when the
     validation split is small and every class has at least 10 training cases (2 per fold)."""
-    if not time_budget_s or time_budget_s < CHOICE_MIN_BUDGET_S:
+    if not time_budget_s or time_budget_s < CHOICE_MIN_BUDGET_S:  # recorded too, so the plan says why not
+        note("choices", [], "R17 empirical choice", "rule-based", time_budget_s=time_budget_s,
+             min_budget_s=CHOICE_MIN_BUDGET_S)
         return []
     counts = fp["split_counts"]
     if "val" in counts:
