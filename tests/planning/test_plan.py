@@ -350,3 +350,29 @@ def test_meddx_plan_reads_the_split_of_a_seed_given_by_set(tiny_folder, tmp_path
     assert by_set.seed == by_option.seed == 7
     reads = [{d.rule: d.reads for d in p.decisions if d.kind != "user"} for p in (by_set, by_option)]
     assert reads[0] == reads[1]
+
+
+def test_r3_and_s2_read_each_images_own_short_and_long_side(tmp_path):
+    """R3 (S2) are the median short (long) side, but read the smaller (larger) per-axis median: half
+    portrait, half landscape 48x120 images made an 84x84 'median' and an input of 80 px (S2: 96 px)
+    where every image's short side is 48 (long side 120)."""
+    import numpy as np
+
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.segsources import open_seg_dataset
+    from meddx.data.sources import open_dataset
+    from meddx.planning.planner import make_seg_plan
+    from meddx_testutils import write_png
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        shape = (48, 120) if i % 2 else (120, 48)
+        im = rng.integers(0, 255, shape, dtype=np.uint8)
+        write_png(tmp_path / "cls" / ("a" if i < 6 else "b") / f"im{i}.png", im)
+        write_png(tmp_path / "seg" / f"im{i}.png", im)
+        write_png(tmp_path / "seg" / f"im{i}_mask.png", (im > 128).astype(np.uint8) * 255)
+    fp = compute_fingerprint(open_dataset(str(tmp_path / "cls")))
+    assert fp["short_side_median"] == 48 and fp["long_side_median"] == 120
+    assert make_plan(fp, source="x", cuda=False).data.input_size == [48, 48]
+    seg = make_seg_plan(compute_fingerprint(open_seg_dataset(str(tmp_path / "seg"))), source="x", cuda=False)
+    assert seg.data.input_size == [128, 128]  # 120 rounded up to 32

@@ -175,6 +175,10 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
         "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
+        # each image's own shorter / longer side, then the median (R3, S2): per-axis medians would mix
+        # portrait and landscape images into a square neither is
+        "short_side_median": int(np.median(arr_shapes.min(1))),
+        "long_side_median": int(np.median(arr_shapes.max(1))),
         "shape_min": [int(x) for x in arr_shapes.min(0)],
         "shape_max": [int(x) for x in arr_shapes.max(0)],
         "distinct_shapes": len(set(shapes)),

@@ -214,12 +214,13 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         if fp["distinct_shapes"] == 1 and max(fp["shape_max"]) <= 64:
             size = list(fp["shape_max"])
         else:
-            side = _round8(float(np.clip(min(med), 32, 128)))
+            side = _round8(float(np.clip(fp.get("short_side_median", min(med)), 32, 128)))
             size = [side, side]
     else:
         cap = 64 if cuda else 32
         size = [int(np.clip(s, 16, cap)) for s in med]
     note("data.input_size", size, "R3 input size", "rule-based", shape_median=med,
+         **({"short_side_median": fp["short_side_median"]} if sd == 2 and "short_side_median" in fp else {}),
          distinct_shapes=fp["distinct_shapes"], cuda=cuda)
 
     scheme, clip = _rule_intensity(fp, note)
@@ -476,9 +477,10 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     target = None
     if sd == 2:
         cap = 256 if cuda else 160
-        side = min(_round_up(float(np.clip(max(med), 64, cap)), 32), cap)
+        side = min(_round_up(float(np.clip(fp.get("long_side_median", max(med)), 64, cap)), 32), cap)
         size, patch = [side, side], None
-        note("data.input_size", size, "S2 input and patch size", "rule-based", shape_median=med)
+        note("data.input_size", size, "S2 input and patch size", "rule-based", shape_median=med,
+             **({"long_side_median": fp["long_side_median"]} if "long_side_median" in fp else {}))
     else:
         cap = 128 if cuda else 64
         tsd = fp.get("target_spacing")
