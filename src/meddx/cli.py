@@ -176,6 +176,7 @@ def plan(path: str = typer.Argument(..., help="Dataset, as for `meddx inspect`."
 
     Every decision is listed with the rule that made it."""
     from meddx.planning.planner import make_plan, make_seg_plan
+    from meddx.data.split import apply_split
     from meddx.training.run import fingerprint_dataset, planned_split, planning_budgets
 
     cs = _open(path, task, resample_masks, group_by_folder)
@@ -185,9 +186,9 @@ def plan(path: str = typer.Argument(..., help="Dataset, as for `meddx inspect`."
                                 "train.memory_budget_gb": memory_budget, **sets})
     # planned on the cases `meddx train` will train and validate on, as `meddx train` plans (the seed of
     # `--set seed=N`, which the plan takes over --seed, draws that split too)
-    fp = fingerprint_dataset(cs, _progress_enabled(no_progress),
-                             split=planned_split(cs, overrides={"seed": seed, **sets}),
-                             log=say)
+    split = planned_split(cs, overrides={"seed": seed, **sets})
+    apply_split(cs, split)  # a split the run cannot use (e.g. an empty val split) is refused, as `meddx train` does
+    fp = fingerprint_dataset(cs, _progress_enabled(no_progress), split=split, log=say)
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
                           overrides=sets, **budgets)

@@ -376,3 +376,22 @@ def test_r3_and_s2_read_each_images_own_short_and_long_side(tmp_path):
     assert make_plan(fp, source="x", cuda=False).data.input_size == [48, 48]
     seg = make_seg_plan(compute_fingerprint(open_seg_dataset(str(tmp_path / "seg"))), source="x", cuda=False)
     assert seg.data.input_size == [128, 128]  # 120 rounded up to 32
+
+
+def test_meddx_plan_refuses_a_dataset_whose_split_train_would_refuse(tmp_path):
+    """Two images per class leave the seeded val split empty: `meddx train` refused it in one line, but
+    `meddx plan` wrote a plan (n_val 0) that no run could use."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from meddx_testutils import write_png
+
+    for i in range(4):
+        write_png(tmp_path / "data" / "ab"[i % 2] / f"im{i}.png", np.full((28, 28), 40 * i + 10, np.uint8))
+    r = subprocess.run([sys.executable, "-m", "meddx", "plan", tmp_path / "data", "-o", tmp_path / "plan.yaml",
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the val split is empty (4 cases in all)" in r.stderr and "Fix: add cases" in r.stderr
+    assert not (tmp_path / "plan.yaml").exists()
