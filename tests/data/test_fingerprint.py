@@ -142,3 +142,16 @@ def test_duplicates_that_span_the_seeded_split_are_flagged_as_leakage(tiny_folde
     assert fp["duplicates"]["groups"] == 8 and fp["duplicates"]["across_splits"] == crossing
     assert any(f"{crossing} group(s) span splits (leakage)" in f for f in fp["findings"])
     assert compute_fingerprint(cs)["duplicates"]["across_splits"] is None  # `meddx inspect`: no split made yet
+
+
+def test_counted_findings_say_they_count_the_training_and_validation_cases(tiny_folder):
+    """With a run's split (plan, train) the imbalance and empty-mask findings count train and val only;
+    unqualified, "class imbalance 3.577:1" read as the dataset's 3.526:1 that `meddx inspect` gives."""
+    for p in sorted((tiny_folder / "lesion").glob("*.png"))[6:]:
+        p.unlink()
+    cs = open_dataset(str(tiny_folder))
+    split = make_split(cs, seed=0)
+    n_seen = sum(s != "test" for s in split.values())
+    planned = [f for f in compute_fingerprint(cs, split=split)["findings"] if f.startswith("class imbalance")]
+    assert planned and planned[0].endswith(f":1 among the {n_seen} training and validation cases")
+    assert [f for f in compute_fingerprint(cs)["findings"] if f.startswith("class imbalance")][0].endswith(":1")

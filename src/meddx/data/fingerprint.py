@@ -205,6 +205,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     # None: no split to cross yet (a folder without one of its own is split by `meddx plan` / `train`)
     fp["duplicates"]["across_splits"] = len(cross) if any(v is not None for v in split_of.values()) else None
     findings = list(cs.findings)  # what opening the dataset found (e.g. DICOM slices it could not group)
+    # with a run's split, counts come from its training and validation cases only (inspect counts all)
+    among = f" among the {len(cs.cases) - len(held)} training and validation cases" if split else ""
     if problems:
         findings.append(f"{len(problems)} case(s) could not be used (see problems)")
     if len(set(dims)) > 1:
@@ -228,14 +230,14 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"{fp['duplicates']['cases']} cases in {len(dups)} groups of identical images"
                         + (f", {len(cross)} group(s) span splits (leakage)" if cross else ""))
     if seg is not None and fp["segmentation"]["empty_masks"]:
-        findings.append(f"{fp['segmentation']['empty_masks']} case(s) have an empty mask (no foreground)")
+        findings.append(f"{fp['segmentation']['empty_masks']} case(s) have an empty mask (no foreground){among}")
     if seg is not None:  # a few stray mask values become classes of their own (masks are label maps)
         rare = {k: v for k, v in fp["segmentation"]["label_fraction"].items() if 0 < v < RARE_LABEL_FRACTION}
         if rare:
             findings.append("label(s) " + ", ".join(f"{k} ({100 * v:.4f} % of mask voxels)" for k, v in rare.items())
                             + " are nearly absent: stray mask values? Each trains as a class of its own")
     if seg is None and fp["imbalance_ratio"] and fp["imbalance_ratio"] >= 3:
-        findings.append(f"class imbalance {fp['imbalance_ratio']}:1")
+        findings.append(f"class imbalance {fp['imbalance_ratio']}:1{among}")
     fp["findings"] = findings
     return fp
 
