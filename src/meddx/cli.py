@@ -129,8 +129,10 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
         it = fp["intensity"]
         t.add_row("intensity", f"min {it['min']:.4g}, max {it['max']:.4g}, mean {it['mean']:.4g}, sd {it['std']:.4g}, "
                   f"p0.5 {it['p00_5']:.4g}, p99.5 {it['p99_5']:.4g}")
+        cross = fp["duplicates"]["across_splits"]
         t.add_row("duplicates", f"{fp['duplicates']['cases']} cases in {fp['duplicates']['groups']} groups"
-                  f" ({fp['duplicates']['across_splits']} across splits)")
+                  + (f" ({cross} across splits)" if cross is not None else
+                     " (no split yet: `meddx plan` and `train` check the seeded one)"))
     t.add_row("patient groups", "yes" if fp["has_patient_groups"] else "no")
     if "segmentation" in fp:
         sg = fp["segmentation"]
@@ -174,21 +176,24 @@ def plan(path: str = typer.Argument(..., help="Dataset, as for `meddx inspect`."
 
     Every decision is listed with the rule that made it."""
     from meddx.planning.planner import make_plan, make_seg_plan
-    from meddx.training.run import fingerprint_dataset, planned_split
+    from meddx.data.split import apply_split
+    from meddx.training.run import fingerprint_dataset, planned_split, planning_budgets
 
     cs = _open(path, task, resample_masks, group_by_folder)
     sets = parse_sets(set_)
-    # planned on the cases `meddx train` will train and validate on, as `meddx train` plans
-    fp = fingerprint_dataset(cs, _progress_enabled(no_progress),
-                             split=planned_split(cs, overrides={**sets, "seed": seed}),
-                             log=say)
+    # the rules read a budget given either way, as `meddx train` does (--set wins, given last)
+    budgets = planning_budgets({"train.time_budget_s": parse_duration(time_budget),
+                                "train.memory_budget_gb": memory_budget, **sets})
+    # planned on the cases `meddx train` will train and validate on, as `meddx train` plans (the seed of
+    # `--set seed=N`, which the plan takes over --seed, draws that split too)
+    split = planned_split(cs, overrides={"seed": seed, **sets})
+    apply_split(cs, split)  # a split the run cannot use (e.g. an empty val split) is refused, as `meddx train` does
+    fp = fingerprint_dataset(cs, _progress_enabled(no_progress), split=split, log=say)
     if task in ("segment", "detect"):
         p = make_seg_plan(fp, source=str(Path(path).resolve()), seed=seed, group_by_folder=group_by_folder,
-                          overrides=sets, time_budget_s=parse_duration(time_budget),
-                          memory_budget_gb=memory_budget)
+                          overrides=sets, **budgets)
     else:
-        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=sets,
-                      time_budget_s=parse_duration(time_budget), memory_budget_gb=memory_budget)
+        p = make_plan(fp, source=str(Path(path).resolve()), seed=seed, overrides=sets, **budgets)
     p.save(out)
     console.print(f"plan written to {out}")
     for d in p.decisions:

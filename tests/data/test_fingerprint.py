@@ -124,3 +124,34 @@ def test_a_dicom_series_with_a_missing_slice_is_a_finding(real_data, tmp_path):
     fp = compute_fingerprint(open_dataset(tmp_path))
     gaps = [f for f in fp["findings"] if "uneven slice positions" in f]
     assert len(gaps) == 1 and gaps[0].startswith("1 DICOM volume(s)") and "b/s2" in gaps[0], fp["findings"]
+
+
+def test_duplicates_that_span_the_seeded_split_are_flagged_as_leakage(tiny_folder):
+    """A class folder has no split of its own: the duplicates the plan warns about are checked against
+    the seeded split the run will make, not against the cases' own (absent) split."""
+    import shutil
+
+    for p in sorted((tiny_folder / "normal").glob("*.png"))[:8]:
+        shutil.copy(p, p.with_name("copy_" + p.name))
+    cs = open_dataset(str(tiny_folder))
+    split = make_split(cs, seed=0)
+    pairs = [(c.case_id, c.case_id.replace("copy_", "")) for c in cs.cases if "copy_" in c.case_id]
+    crossing = sum(split[a] != split[b] for a, b in pairs)
+    assert crossing > 0  # the fixture: some copies land on another side of the split than their original
+    fp = compute_fingerprint(cs, split=split)
+    assert fp["duplicates"]["groups"] == 8 and fp["duplicates"]["across_splits"] == crossing
+    assert any(f"{crossing} group(s) span splits (leakage)" in f for f in fp["findings"])
+    assert compute_fingerprint(cs)["duplicates"]["across_splits"] is None  # `meddx inspect`: no split made yet
+
+
+def test_counted_findings_say_they_count_the_training_and_validation_cases(tiny_folder):
+    """With a run's split (plan, train) the imbalance and empty-mask findings count train and val only;
+    unqualified, "class imbalance 3.577:1" read as the dataset's 3.526:1 that `meddx inspect` gives."""
+    for p in sorted((tiny_folder / "lesion").glob("*.png"))[6:]:
+        p.unlink()
+    cs = open_dataset(str(tiny_folder))
+    split = make_split(cs, seed=0)
+    n_seen = sum(s != "test" for s in split.values())
+    planned = [f for f in compute_fingerprint(cs, split=split)["findings"] if f.startswith("class imbalance")]
+    assert planned and planned[0].endswith(f":1 among the {n_seen} training and validation cases")
+    assert [f for f in compute_fingerprint(cs)["findings"] if f.startswith("class imbalance")][0].endswith(":1")

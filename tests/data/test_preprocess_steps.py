@@ -40,6 +40,10 @@ def test_unknown_step_or_bad_params_are_plan_errors():
     plan.data.preprocess = [PreprocessStep(name="median", params={"size_of_moon": 3})]
     with pytest.raises(PlanError, match="median"):
         prepare(ImageData(array=_noisy()[1]), PreprocessSpec.from_plan(plan.data), "x")
+    # a bad value of a known param: the plan field and a fix, not the bare check ("median: radius must ...")
+    plan.data.preprocess = [PreprocessStep(name="median", params={"radius": "x"})]
+    with pytest.raises(PlanError, match=r"data.preprocess step median: radius must be an integer .*Fix: "):
+        prepare(ImageData(array=_noisy()[1]), PreprocessSpec.from_plan(plan.data), "x")
 
 
 def test_rule_r11_denoises_only_noisy_datasets():

@@ -251,8 +251,9 @@ def test_the_fixed_rules_are_in_the_written_plan_too(tmp_path, budget, epochs):
     them (nor S8, S9 for segmentation; tests/planning/test_rules_real.py)."""
     make_plan(_fp(), source="x", time_budget_s=budget).save(tmp_path / "plan.yaml")
     rules = {d.rule.split()[0]: d for d in Plan.load(tmp_path / "plan.yaml").decisions}
-    assert {"R7", "R9", "R10"} <= set(rules)
+    assert {"R7", "R9", "R10", "R17"} <= set(rules)  # R17 also when the budget is too short for it
     assert rules["R9"].value == epochs and rules["R9"].reads == {"time_budget_s": budget}
+    assert rules["R17"].value == [] and rules["R17"].reads == {"time_budget_s": budget, "min_budget_s": 1200.0}
     assert rules["R10"].value == "auc" and rules["R7"].kind == "fixed"
 
 
@@ -293,3 +294,104 @@ def test_a_network_over_the_memory_budget_at_batch_2_is_refused_before_training(
                                                                        "train.memory_budget_gb": 0.05},
                   progress=False, log=lambda *a, **k: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_meddx_plan_reads_a_budget_given_by_set_as_by_its_option(tmp_path):
+    """`meddx plan --set train.time_budget_s=...` recorded the budget but planned as if there were none
+    (no R14 ensemble, no R17 choice, R9 30 epochs, R6 batch not fitted to a --set memory budget),
+    unlike `meddx train --set`; the plan must be the one the trainer would run."""
+    import subprocess
+    import sys
+
+    def plan(name, *args):
+        r = subprocess.run([sys.executable, "-m", "meddx", "plan", "synthetic:phantoms:60", "-o", tmp_path / name,
+                            "--no-progress", *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return Plan.load(tmp_path / name)
+
+    flags = plan("flags.yaml", "--time-budget", "20m", "--memory-budget", "0.01")
+    sets = plan("sets.yaml", "--set", "train.time_budget_s=1200", "--set", "train.memory_budget_gb=0.01")
+    assert flags.ensemble.kind == sets.ensemble.kind == "seeds" and [c.name for c in sets.choices] == ["model_structure"]
+    assert flags.train.batch_size == sets.train.batch_size < 64 and sets.train.epochs == flags.train.epochs
+    assert {d.rule: d.value for d in sets.decisions}["R9 epochs"] == EPOCHS_FROM_BUDGET
+
+
+@pytest.mark.parametrize("key, value", [("train.time_budget_s", "abc"), ("train.memory_budget_gb", "abc"),
+                                        ("train.time_budget_s", -5), ("train.time_budget_s", 0)])
+def test_a_budget_that_is_not_a_positive_number_is_refused_in_one_line(tmp_path, key, value):
+    """A text budget reached the planner's arithmetic (a TypeError traceback); a budget of 0 or below
+    trained 30 epochs, or 1 s, without a word."""
+    from meddx.training.run import train_run
+
+    with pytest.raises(PlanError, match=f"'{key}'"):
+        train_run("synthetic:phantoms:60", tmp_path / "r", overrides={key: value, "train.epochs": 1},
+                  progress=False, log=lambda *a, **k: None)
+    assert not (tmp_path / "r").exists()
+    if key == "train.time_budget_s" and value != "abc":
+        (tmp_path / "plan.yaml").write_text(make_plan(_fp(), source="x").to_yaml().replace(
+            "time_budget_s: null", f"time_budget_s: {value}"))
+        with pytest.raises(PlanError, match="train.time_budget_s"):
+            Plan.load(tmp_path / "plan.yaml")
+
+
+def test_meddx_plan_reads_the_split_of_a_seed_given_by_set(tiny_folder, tmp_path):
+    """`meddx plan --set seed=7` wrote a plan of seed 7 whose statistics came from the seed-0 split, so
+    the run (split with seed 7) had been planned on some of its own test cases."""
+    import subprocess
+    import sys
+
+    def plan(name, *args):
+        r = subprocess.run([sys.executable, "-m", "meddx", "plan", tiny_folder, "-o", tmp_path / name,
+                            "--no-progress", *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return Plan.load(tmp_path / name)
+
+    by_set, by_option = plan("set.yaml", "--set", "seed=7"), plan("option.yaml", "--seed", "7")
+    assert by_set.seed == by_option.seed == 7
+    reads = [{d.rule: d.reads for d in p.decisions if d.kind != "user"} for p in (by_set, by_option)]
+    assert reads[0] == reads[1]
+
+
+def test_r3_and_s2_read_each_images_own_short_and_long_side(tmp_path):
+    """R3 (S2) are the median short (long) side, but read the smaller (larger) per-axis median: half
+    portrait, half landscape 48x120 images made an 84x84 'median' and an input of 80 px (S2: 96 px)
+    where every image's short side is 48 (long side 120)."""
+    import numpy as np
+
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.segsources import open_seg_dataset
+    from meddx.data.sources import open_dataset
+    from meddx.planning.planner import make_seg_plan
+    from meddx_testutils import write_png
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        shape = (48, 120) if i % 2 else (120, 48)
+        im = rng.integers(0, 255, shape, dtype=np.uint8)
+        write_png(tmp_path / "cls" / ("a" if i < 6 else "b") / f"im{i}.png", im)
+        write_png(tmp_path / "seg" / f"im{i}.png", im)
+        write_png(tmp_path / "seg" / f"im{i}_mask.png", (im > 128).astype(np.uint8) * 255)
+    fp = compute_fingerprint(open_dataset(str(tmp_path / "cls")))
+    assert fp["short_side_median"] == 48 and fp["long_side_median"] == 120
+    assert make_plan(fp, source="x", cuda=False).data.input_size == [48, 48]
+    seg = make_seg_plan(compute_fingerprint(open_seg_dataset(str(tmp_path / "seg"))), source="x", cuda=False)
+    assert seg.data.input_size == [128, 128]  # 120 rounded up to 32
+
+
+def test_meddx_plan_refuses_a_dataset_whose_split_train_would_refuse(tmp_path):
+    """Two images per class leave the seeded val split empty: `meddx train` refused it in one line, but
+    `meddx plan` wrote a plan (n_val 0) that no run could use."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from meddx_testutils import write_png
+
+    for i in range(4):
+        write_png(tmp_path / "data" / "ab"[i % 2] / f"im{i}.png", np.full((28, 28), 40 * i + 10, np.uint8))
+    r = subprocess.run([sys.executable, "-m", "meddx", "plan", tmp_path / "data", "-o", tmp_path / "plan.yaml",
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the val split is empty (4 cases in all)" in r.stderr and "Fix: add cases" in r.stderr
+    assert not (tmp_path / "plan.yaml").exists()

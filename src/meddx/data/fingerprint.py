@@ -175,6 +175,10 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
         "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
+        # each image's own shorter / longer side, then the median (R3, S2): per-axis medians would mix
+        # portrait and landscape images into a square neither is
+        "short_side_median": int(np.median(arr_shapes.min(1))),
+        "long_side_median": int(np.median(arr_shapes.max(1))),
         "shape_min": [int(x) for x in arr_shapes.min(0)],
         "shape_max": [int(x) for x in arr_shapes.max(0)],
         "distinct_shapes": len(set(shapes)),
@@ -195,10 +199,14 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     })
     dups = [ids for ids in hashes.values() if len(ids) > 1]
     fp["duplicates"] = {"groups": len(dups), "cases": sum(len(d) for d in dups), "examples": dups[:5]}
-    split_of = {c.case_id: c.split for c in cs.cases}
+    # the run's split when given (a seeded split exists only in it), else the dataset's own
+    split_of = {c.case_id: split.get(c.case_id) if split else c.split for c in cs.cases}
     cross = [ids for ids in dups if len({split_of[i] for i in ids}) > 1]
-    fp["duplicates"]["across_splits"] = len(cross)
+    # None: no split to cross yet (a folder without one of its own is split by `meddx plan` / `train`)
+    fp["duplicates"]["across_splits"] = len(cross) if any(v is not None for v in split_of.values()) else None
     findings = list(cs.findings)  # what opening the dataset found (e.g. DICOM slices it could not group)
+    # with a run's split, counts come from its training and validation cases only (inspect counts all)
+    among = f" among the {len(cs.cases) - len(held)} training and validation cases" if split else ""
     if problems:
         findings.append(f"{len(problems)} case(s) could not be used (see problems)")
     if len(set(dims)) > 1:
@@ -222,14 +230,14 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"{fp['duplicates']['cases']} cases in {len(dups)} groups of identical images"
                         + (f", {len(cross)} group(s) span splits (leakage)" if cross else ""))
     if seg is not None and fp["segmentation"]["empty_masks"]:
-        findings.append(f"{fp['segmentation']['empty_masks']} case(s) have an empty mask (no foreground)")
+        findings.append(f"{fp['segmentation']['empty_masks']} case(s) have an empty mask (no foreground){among}")
     if seg is not None:  # a few stray mask values become classes of their own (masks are label maps)
         rare = {k: v for k, v in fp["segmentation"]["label_fraction"].items() if 0 < v < RARE_LABEL_FRACTION}
         if rare:
             findings.append("label(s) " + ", ".join(f"{k} ({100 * v:.4f} % of mask voxels)" for k, v in rare.items())
                             + " are nearly absent: stray mask values? Each trains as a class of its own")
     if seg is None and fp["imbalance_ratio"] and fp["imbalance_ratio"] >= 3:
-        findings.append(f"class imbalance {fp['imbalance_ratio']}:1")
+        findings.append(f"class imbalance {fp['imbalance_ratio']}:1{among}")
     fp["findings"] = findings
     return fp
 

@@ -51,7 +51,7 @@ def apply_steps(a: np.ndarray, steps, where: str) -> np.ndarray:
     """Run the plan's preprocessing steps on one ``(C, *spatial)`` image."""
     if not steps:
         return a
-    from meddx.errors import PlanError
+    from meddx.errors import ParameterError, PlanError
     from meddx.transforms import PREPROCESSORS
 
     for name, params in steps:
@@ -61,6 +61,9 @@ def apply_steps(a: np.ndarray, steps, where: str) -> np.ndarray:
             a = PREPROCESSORS[name](a.astype(np.float32, copy=False), **params)
         except TypeError as e:
             raise PlanError(f"preprocessing step '{name}': {e}", fix="check its params in data.preprocess") from None
+        except ParameterError as e:  # a param's value: named as the plan field it is, with the fix
+            raise PlanError(f"data.preprocess step {e.message}",
+                            fix=e.fix or f"correct the params of '{name}' in data.preprocess") from None
     return np.asarray(a, dtype=np.float32)
 
 

@@ -363,8 +363,8 @@ class Plan(_Strict):
 
 def check_split_override(key: str, value: Any) -> Any:
     """One override read before the plan exists, checked as ``validate_plan`` checks it: of the split
-    (``seed``, ``data.split_seed``, ``data.split_fractions``), made first, or the time budget
-    (``train.time_budget_s``) the planner sizes the plan by; returns the value."""
+    (``seed``, ``data.split_seed``, ``data.split_fractions``), made first, or the budgets
+    (``train.time_budget_s``, ``train.memory_budget_gb``) the planner sizes the plan by; returns the value."""
     from typing import Annotated
 
     from pydantic import TypeAdapter

@@ -2,7 +2,8 @@
 
 Rules (kind in brackets, as nnU-Net documents its own):
     R1 dimensionality [rule-based]: the images' spatial dimensionality; mixed 2D/3D is an error.
-    R2 channels [rule-based]: 3 when most images are RGB, else 1 (RGB is averaged to grey).
+    R2 channels [rule-based]: 3 when most images are RGB, else the channel count every image has,
+       else 1 (RGB is averaged to grey).
     R3 input size [rule-based]: 2D: the common size when every image shares one <= 64 px,
        else the median short side clamped to [32, 128] and rounded to 8 px (CPU budget);
        3D: the median shape, each axis clamped to [16, 32] on CPU, [16, 64] with CUDA (3D cost
@@ -213,12 +214,13 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         if fp["distinct_shapes"] == 1 and max(fp["shape_max"]) <= 64:
             size = list(fp["shape_max"])
         else:
-            side = _round8(float(np.clip(min(med), 32, 128)))
+            side = _round8(float(np.clip(fp.get("short_side_median", min(med)), 32, 128)))
             size = [side, side]
     else:
         cap = 64 if cuda else 32
         size = [int(np.clip(s, 16, cap)) for s in med]
     note("data.input_size", size, "R3 input size", "rule-based", shape_median=med,
+         **({"short_side_median": fp["short_side_median"]} if sd == 2 and "short_side_median" in fp else {}),
          distinct_shapes=fp["distinct_shapes"], cuda=cuda)
 
     scheme, clip = _rule_intensity(fp, note)
@@ -411,7 +413,9 @@ def _rule_choices(fp: dict, time_budget_s: float | None, note) -> list[Choice]:
     channel attention (SE) and multi-scale features; 30 % of the budget goes to the trials, scored
     on the validation split, or by 5-fold cross-validation of the training split when the
     validation split is small and every class has at least 10 training cases (2 per fold)."""
-    if not time_budget_s or time_budget_s < CHOICE_MIN_BUDGET_S:
+    if not time_budget_s or time_budget_s < CHOICE_MIN_BUDGET_S:  # recorded too, so the plan says why not
+        note("choices", [], "R17 empirical choice", "rule-based", time_budget_s=time_budget_s,
+             min_budget_s=CHOICE_MIN_BUDGET_S)
         return []
     counts = fp["split_counts"]
     if "val" in counts:
@@ -473,9 +477,10 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     target = None
     if sd == 2:
         cap = 256 if cuda else 160
-        side = min(_round_up(float(np.clip(max(med), 64, cap)), 32), cap)
+        side = min(_round_up(float(np.clip(fp.get("long_side_median", max(med)), 64, cap)), 32), cap)
         size, patch = [side, side], None
-        note("data.input_size", size, "S2 input and patch size", "rule-based", shape_median=med)
+        note("data.input_size", size, "S2 input and patch size", "rule-based", shape_median=med,
+             **({"long_side_median": fp["long_side_median"]} if "long_side_median" in fp else {}))
     else:
         cap = 128 if cuda else 64
         tsd = fp.get("target_spacing")

@@ -245,6 +245,14 @@ def planned_split(cs: CaseSet, *, plan: Plan | None = None, overrides: dict[str,
     return make_split(cs, seed=seed if split_seed is None else int(split_seed), fractions=tuple(fractions))
 
 
+def planning_budgets(overrides: dict[str, Any] | None) -> dict[str, float | None]:
+    """The budgets the planner's rules read (R6, R9, R14, R17; S4), from the user's overrides
+    (``--time-budget`` or ``--set train.time_budget_s=...``), checked before they are planned with."""
+    keys = {"time_budget_s": "train.time_budget_s", "memory_budget_gb": "train.memory_budget_gb"}
+    return {arg: check_split_override(key, (overrides or {})[key]) if (overrides or {}).get(key) is not None
+            else None for arg, key in keys.items()}
+
+
 def prepare_tensors(cs: CaseSet, parts: dict, plan: Plan, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Preprocess every split; the standardisation statistics come from train only."""
     spec = PreprocessSpec.from_plan(plan.data)
@@ -425,10 +433,7 @@ def train_run(dataset: str | None, out: str | Path, *, plan_path: str | None = N
         if plan is None:
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
             plan = make_plan(fp, source=str(Path(cs.source).resolve()) if cs.kind != "synthetic" else cs.source,
-                             seed=int(overrides.pop("seed", 0) or 0),
-                             time_budget_s=check_split_override("train.time_budget_s",
-                                                                overrides.get("train.time_budget_s")),
-                             memory_budget_gb=overrides.get("train.memory_budget_gb"))
+                             seed=int(overrides.pop("seed", 0) or 0), **planning_budgets(overrides))
         elif "seed" in overrides and overrides["seed"] is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)

@@ -23,12 +23,12 @@ from meddx.data.segprep import build_seg_data
 from meddx.data.segsources import open_seg_dataset
 from meddx.data.split import patient_groups
 from meddx.errors import DatasetError, PlanError, RunError
-from meddx.planning.plan import Decision, Plan, check_split_override
+from meddx.planning.plan import Decision, Plan
 from meddx.planning.planner import apply_overrides, make_seg_plan
 from meddx.training.engine import seed_everything
 from meddx.training.run import (RunGuard, _check_out_dir, build_single_model, check_resume_dataset,
-                                fingerprint_dataset, note_resumed, planned_split, progress_callback, resume_state,
-                                set_status, size_epochs, split_for_run, start_run_dir)
+                                fingerprint_dataset, note_resumed, planned_split, planning_budgets, progress_callback,
+                                resume_state, set_status, size_epochs, split_for_run, start_run_dir)
 from meddx.evaluation.seg_infer import predict_cases
 from meddx.training.seg_engine import SegTrainer, dice_per_class
 
@@ -158,10 +158,7 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         if plan is None:
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
-                                 group_by_folder=group_by_folder,
-                                 time_budget_s=check_split_override("train.time_budget_s",
-                                                                    overrides.get("train.time_budget_s")),
-                                 memory_budget_gb=overrides.get("train.memory_budget_gb"))
+                                 group_by_folder=group_by_folder, **planning_budgets(overrides))
         elif overrides.get("seed") is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)

@@ -1,7 +1,7 @@
 """Noise level of an image and of a dataset, which the planner reads to decide on denoising.
 
 The estimator is scikit-image's ``estimate_sigma``: the median absolute deviation of the
-finest diagonal wavelet (Daubechies-1) coefficients divided by 0.6745 (Donoho & Johnstone),
+finest diagonal wavelet (Daubechies-2) coefficients divided by 0.6745 (Donoho & Johnstone),
 which measures additive white Gaussian noise in the image's own units and is insensitive to
 smooth structure. It works on 2D and 3D images (needs PyWavelets). ``relative`` divides it
 by the image's robust intensity range (p0.5 to p99.5), so 8-bit photographs, CT in HU and
