@@ -36,8 +36,6 @@ MEDMNIST_LABELS: dict[str, list[str]] = {
 }
 
 
-
-
 def _medmnist_flag(path: Path) -> str:
     stem = path.name[: -len(".npz")].lower()
     return re.sub(r"_(64|128|224)$", "", stem)
@@ -113,9 +111,8 @@ def _load_file(case: Case) -> ImageData:
 
 def open_folder(path: Path) -> CaseSet:
     """Folder with one sub-folder per class."""
-    from meddx.io.folder import scan_class_folder
-
     from meddx.data.segsources import masks_beside_images
+    from meddx.io.folder import scan_class_folder
 
     items = scan_class_folder(path)
     # segmentation datasets (BUSI, LGG) keep masks beside their images: not cases (predict skips them alike)
