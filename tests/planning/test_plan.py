@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from meddx.errors import PlanError
 from meddx.planning.plan import Plan, TrainConfig
@@ -395,3 +396,23 @@ def test_meddx_plan_refuses_a_dataset_whose_split_train_would_refuse(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "the val split is empty (4 cases in all)" in r.stderr and "Fix: add cases" in r.stderr
     assert not (tmp_path / "plan.yaml").exists()
+
+
+def test_a_memory_budget_given_to_a_written_plan_refits_its_batch_and_versions_are_checked(tmp_path):
+    """--set train.memory_budget_gb on a given plan (train --plan) was recorded and the batch, fitted to the
+    planned budget, kept; a plan of another format version trained as if it were this one."""
+    fp = _fp(spatial_dims=[3], shape_median=[28, 28, 28], shape_min=[28, 28, 28], shape_max=[28, 28, 28])
+    plan = make_plan(fp, source="x", overrides={"model.name": "resnet18"})
+    ov = {"train.memory_budget_gb": 2.0}
+    small = refit_batch(apply_overrides(plan.model_copy(deep=True), ov), ov, "x")
+    assert small.train.batch_size < plan.train.batch_size
+    assert small.decisions[-1].reads["memory_budget_gb"] == 2.0 and small.decisions[-1].rule.startswith("R6")
+    same = {"train.memory_budget_gb": [d for d in plan.decisions if d.rule.startswith("R6")][-1].reads["memory_budget_gb"]}
+    assert len(refit_batch(apply_overrides(plan.model_copy(deep=True), same), same, "x").decisions) == \
+        len(plan.decisions) + 1   # the override's own record only: no second R6
+    raw = plan.model_dump(mode="json")
+    raw["version"] = 9
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(PlanError, match="plan format version 9 is not 1") as e:
+        Plan.load(tmp_path / "plan.yaml")
+    assert "Value error" not in str(e.value)

@@ -256,7 +256,7 @@ class Decision(_Strict):
 
 
 class Plan(_Strict):
-    version: int = 1
+    version: int = Field(default=1, ge=1, le=1)  # the plan format; a newer meddx's plan may hold fields this one misreads
     task: Literal["classify", "segment", "detect"] = "classify"
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     data: DataConfig
@@ -388,12 +388,16 @@ def validate_plan(raw: dict, *, path: Path | None = None, overrides: bool = Fals
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+        if loc == "version":
+            raise PlanError(f"plan format version {raw.get('version')!r} is not 1, the version this meddx reads",
+                            path=path, fix="re-plan with `meddx plan`, or use the meddx that wrote the plan") from None
         if not loc:  # a check of the whole plan: its message names the fields
-            raise PlanError(err["msg"].removeprefix("Value error, "), path=path,
+            raise PlanError(msg, path=path,
                             fix="change the option or --set value it names" if overrides else "edit the plan as the message says"
                             ) from None
         if overrides:
-            raise PlanError(f"plan field '{loc}': {err['msg']}",
+            raise PlanError(f"plan field '{loc}': {msg}",
                             fix=f"check the override of '{loc}' (see `meddx plan` for the fields)") from None
-        raise PlanError(f"field '{loc}': {err['msg']}", path=path,
+        raise PlanError(f"field '{loc}': {msg}", path=path,
                         fix=f"correct '{loc}' ({len(e.errors())} problem(s) in all)") from None

@@ -314,13 +314,16 @@ def refit_batch(plan: Plan, overrides: dict[str, Any], source: str | None = None
     """R6 again when the user changed the network or its input size (``--model``, ``--image-size``,
     ``--set model.*`` / ``data.input_size`` / ``data.channels``) but not the batch: the planned batch
     was fitted to the planned network, and a deeper 3D network at that batch can need many times the
-    memory budget."""
+    memory budget. Also when ``--set train.memory_budget_gb`` gives a plan a budget other than the one
+    its batch was fitted to."""
     keys = set(overrides)
-    if plan.task != "classify" or "train.batch_size" in keys or not any(
-            k.startswith("model.") or k in ("data.input_size", "data.channels") for k in keys):
-        return plan
     r6 = next((d for d in reversed(plan.decisions) if d.rule.startswith("R6")), None)
     reads = r6.reads if r6 is not None else {}
+    new_budget = ("train.memory_budget_gb" in keys and plan.train.memory_budget_gb is not None
+                  and round(plan.train.memory_budget_gb, 2) != reads.get("memory_budget_gb"))
+    if plan.task != "classify" or "train.batch_size" in keys or not (new_budget or any(
+            k.startswith("model.") or k in ("data.input_size", "data.channels") for k in keys)):
+        return plan
     budget = plan.train.memory_budget_gb or reads.get("memory_budget_gb")
     sd, size = plan.data.spatial_dims, list(plan.data.input_size)
     by_user = any(d.field == "train.batch_size" and d.kind == "user" for d in plan.decisions)
