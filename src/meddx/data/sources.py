@@ -116,13 +116,12 @@ def open_folder(path: Path) -> CaseSet:
 
     items = scan_class_folder(path)
     # segmentation datasets (BUSI, LGG) keep masks beside their images: not cases (predict skips them alike)
-    _, masks = masks_beside_images([p for p, _ in items])
+    masks = set(masks_beside_images([p for p, _ in items])[1])
     notes = []
     if masks:
-        masks = set(masks)
         items = [(p, lab) for p, lab in items if p not in masks]
         notes.append(f"ignored {len(masks)} mask file(s) beside their images (NAME_mask.*, _seg, _label)")
-    listed = {p for p, _ in items} | (masks or set())
+    listed = {p for p, _ in items} | masks
     other = [f for c in sorted({lab for _, lab in items}) for f in sorted((path / c).iterdir())
              if f.is_file() and not is_hidden(f) and f not in listed]
     if other:  # e.g. GIF or WebP images, which would otherwise be left out without a word
