@@ -126,6 +126,8 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
         t.add_row("shape (median / min / max)", f"{fp['shape_median']} / {fp['shape_min']} / {fp['shape_max']}"
                   f" ({fp['distinct_shapes']} distinct)")
         t.add_row("spacing (median)", str(fp["spacing_median"]) if fp["spacing_median"] else "unknown")
+        if fp.get("orientations"):  # volumes per orientation (RAS letters of the array axes; R20)
+            t.add_row("orientation", ", ".join(f"{k}: {v}" for k, v in fp["orientations"].items()))
         it = fp["intensity"]
         t.add_row("intensity", f"min {it['min']:.4g}, max {it['max']:.4g}, mean {it['mean']:.4g}, sd {it['std']:.4g}, "
                   f"p0.5 {it['p00_5']:.4g}, p99.5 {it['p99_5']:.4g}")

@@ -157,8 +157,9 @@ def test_a_2d_nifti_gets_a_mask_of_its_own_shape_and_affine(tmp_path, monkeypatc
 
 
 def test_a_volume_not_oriented_as_the_training_volumes_is_named_in_a_warning(tmp_path, monkeypatch, capsys):
-    """Inputs are not reoriented: a volume stored LPS given to a run trained on RAS volumes reaches the
-    network mirrored on two axes, so predict says so (once, naming it) instead of answering silently."""
+    """A run planned before R20 does not reorient its inputs: a volume stored LPS given to a run trained
+    on RAS volumes reaches the network mirrored on two axes, so predict says so (once, naming it)
+    instead of answering silently. A run whose plan reorients (data.orientation) says nothing."""
     import json
 
     import nibabel as nib
@@ -190,4 +191,8 @@ def test_a_volume_not_oriented_as_the_training_volumes_is_named_in_a_warning(tmp
     assert "oriented" not in capsys.readouterr().err
     (run / "fingerprint.json").write_text(json.dumps({"axcodes": None}))   # mixed orientations in training
     predict_seg_paths(run, tmp_path / "in", tmp_path / "p3", progress=False)
+    assert "oriented" not in capsys.readouterr().err
+    (run / "fingerprint.json").write_text(json.dumps({"axcodes": ["R", "A", "S"]}))
+    plan.data.orientation = ["R", "A", "S"]  # R20: lps.nii.gz is turned to RAS before the network
+    predict_seg_paths(run, tmp_path / "in", tmp_path / "p4", progress=False)
     assert "oriented" not in capsys.readouterr().err

@@ -191,6 +191,23 @@ def test_r19_no_flips_for_3d_classes_named_by_side():
     assert "R19" in r8.rule and r8.reads["sided_names"] == ["lesion_left", "lesion_right"]
 
 
+def test_r20_reorients_to_the_orientation_most_volumes_share():
+    """Under 90 % agreement the fingerprint names no single orientation, and R20 takes the most common:
+    a mixed set (DICOM series beside NIfTI) is then trained one way. A hand-set orientation is checked."""
+    fp = _fp(spatial_dims=[3], shape_median=[28, 28, 28], shape_min=[28, 28, 28], shape_max=[28, 28, 28],
+             axcodes=None, orientations={"LPS": 700, "RAS": 600, "PIL": 200})
+    p = make_plan(fp, source="x")
+    r20 = next(d for d in p.decisions if d.rule == "R20 orientation")
+    assert p.data.orientation == ["L", "P", "S"] and r20.reads["orientations"]["RAS"] == 600
+    assert make_plan(dict(fp, axcodes=["R", "A", "S"]), source="x").data.orientation == ["R", "A", "S"]
+    assert make_plan(_fp(), source="x").data.orientation is None  # 2D
+    for value, match in ((["R", "L", "S"], "one of L/R, A/P and S/I"), (["R", "A"], "one of L/R")):
+        with pytest.raises(PlanError, match=match):
+            apply_overrides(p, {"data.orientation": value})
+    with pytest.raises(PlanError, match="reorients 3D volumes"):
+        apply_overrides(make_plan(_fp(), source="x"), {"data.orientation": ["R", "A", "S"]})
+
+
 def test_a_positive_class_that_is_not_a_class_is_refused():
     with pytest.raises(PlanError, match="not one of the classes") as e:
         apply_overrides(make_plan(_fp(), source="x"), {"evaluate.positive_class": "tumour"})

@@ -31,6 +31,7 @@ def test_medmnist_2d_rules(real_data):
     assert p.evaluate.tta_flip_axes == []  # R16: no flips in 2D (laterality)
     assert r["R6"].reads["estimated_gb"] < 1.0
     assert p.evaluate.positive_class == "pneumonia" and r["R18"].reads["reads_as_no_disease"] == ["normal"]
+    assert p.data.orientation is None and "R20" not in r  # 2D: nothing to reorient, nothing noted
 
     fp, _ = _fp(mm / "retinamnist.npz")
     p = make_plan(fp, source="x", cuda=False)
@@ -58,6 +59,7 @@ def test_medmnist_3d_rules(real_data):
     p = make_plan(fp, source="x", cuda=False, time_budget_s=150)
     assert p.data.spatial_dims == 3 and p.data.input_size == [28, 28, 28]
     assert p.train.batch_size == 16 and p.augment.flip_axes == [0, 1, 2]
+    assert p.data.orientation is None and _rules(p)["R20"].reads == {"axcodes": None, "orientations": {}}  # no geometry
     assert p.evaluate.tta_flip_axes == [0, 1, 2] and p.evaluate.choose_tta  # R16: candidates, kept if val rises
     assert p.evaluate.positive_class == "hyperplasia"  # R18
     fp64, _ = _fp(real_data / "medmnist" / "adrenalmnist3d_64.npz")
@@ -73,6 +75,9 @@ def test_segmentation_rules_hippocampus_and_busi(real_data):
     assert p.segment.label_values == [0, 1, 2]
     # S7: mirror only along the left-right axis, found from the NIfTI orientation
     assert len(p.augment.flip_axes) == 1 and fp["axcodes"][p.augment.flip_axes[0]] in ("L", "R")
+    # R20: every volume is stored one way (260 NIfTI), so training reorients nothing and predict turns
+    # inputs stored otherwise to it
+    assert p.data.orientation == fp["axcodes"] and sum(fp["orientations"].values()) == fp["n_cases"]
     assert p.train.time_budget_s == 1200
     assert _rules(p)["S8"].reads == {"time_budget_s": 1200} and _rules(p)["S9"].value == "dice"
     small = make_seg_plan(fp, source="x", cuda=False, memory_budget_gb=0.03)

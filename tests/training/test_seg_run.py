@@ -97,6 +97,51 @@ def test_3d_patch_run_predicts_nifti_in_input_geometry(tmp_path):
     assert rows[0]["volume_mm3_label_1"] == pytest.approx(rows[0]["n_label_1"] * 1.5)
 
 
+def test_a_volume_stored_another_way_gets_the_same_mask_heatmap_and_bundle_answer(tmp_path):
+    """R20: the run trains in its volumes' orientation (RAS) and reorients every input to it, then
+    writes the mask (and explain's heatmap) back on the input's own axes. vol00 stored PIL-transposed
+    must get exactly vol00's answers, turned the same way; without R20 it reached the network
+    mirrored and transposed. The exported bundle's runtime does the same."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from meddx.deploy.export import export_run
+    from meddx.explain.run_explain import explain_paths
+    from meddx.runtime import load
+
+    root = write_seg_volumes(tmp_path / "vols", n=10)
+    out = tmp_path / "run3d"
+    train_seg_run(str(root), out, overrides={"train.epochs": 2, "segment.patch_size": [16, 16, 16]},
+                  progress=False, log=lambda *a: None)
+    plan = Plan.load(out / "plan.yaml")
+    assert plan.data.orientation == ["R", "A", "S"]
+    assert any(d.rule == "R20 orientation" and d.value == ["R", "A", "S"] for d in plan.decisions)
+    to_pil = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("PIL"))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    src = nib.load(str(root / "images" / "vol00.nii.gz"))
+    nib.save(src, str(inp / "ras.nii.gz"))
+    nib.save(src.as_reoriented(to_pil), str(inp / "pil.nii.gz"))
+
+    def pil_of(path):  # a RAS output turned as pil.nii.gz was
+        return np.asarray(nib.load(str(path)).as_reoriented(to_pil).dataobj)
+
+    rows = {r["file"].split("/")[-1]: r for r in predict_seg_paths(out, inp, tmp_path / "p", progress=False)}
+    ras_mask, pil_mask = nib.load(rows["ras.nii.gz"]["mask"]), nib.load(rows["pil.nii.gz"]["mask"])
+    assert pil_mask.shape == nib.load(str(inp / "pil.nii.gz")).shape != ras_mask.shape
+    np.testing.assert_allclose(pil_mask.affine, nib.load(str(inp / "pil.nii.gz")).affine)
+    assert (pil_mask.get_fdata() > 0).any() and np.array_equal(np.asarray(pil_mask.dataobj),
+                                                              pil_of(rows["ras.nii.gz"]["mask"]))
+    heat = {r["file"].split("/")[-1]: r["heatmap_nifti"]
+            for r in explain_paths(out, inp, tmp_path / "e", method="gradcam", progress=False)}
+    np.testing.assert_allclose(np.asarray(nib.load(heat["pil.nii.gz"]).dataobj), pil_of(heat["ras.nii.gz"]),
+                               atol=1e-5)
+    bundle = load(export_run(out, tmp_path / "bundle"))
+    rt = {name: bundle.predict(inp / name).write_mask(tmp_path / f"rt_{name[:3]}") for name in rows}
+    assert np.array_equal(np.asarray(nib.load(str(rt["pil.nii.gz"])).dataobj), pil_of(rt["ras.nii.gz"]))
+    assert np.mean(np.asarray(nib.load(str(rt["ras.nii.gz"])).dataobj) == np.asarray(ras_mask.dataobj)) > 0.999
+
+
 def test_ema_segmenter_runs_the_batchnorm_refresh_every_epoch(tmp_path, monkeypatch):
     """EMA in a segmentation run: before each validation the averaged weights go through the BatchNorm
     re-estimation with the segmentation batches and step (3D patches). The CPU plan's MONAI U-Net
@@ -190,6 +235,27 @@ def test_cli_segment_train_evaluate_and_bad_input(tmp_path, run2d):
     assert "Traceback" not in r.stderr and not (tmp_path / "x").exists()
     r = _cli("inspect", str(root), "--task", "segment", "--no-progress")
     assert r.returncode == 0 and "mask labels" in r.stdout and "255=foreground" in r.stdout
+
+
+def test_inspect_counts_volumes_per_orientation_and_names_the_one_training_uses(tmp_path):
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    root = write_seg_volumes(tmp_path / "vols", n=4)
+    for sub in ("images", "labels"):
+        f = root / sub / "vol03.nii.gz"
+        nib.save(nib.load(str(f)).as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("LPI"))), str(f))
+    r = _cli("inspect", str(root), "--task", "segment", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "RAS: 3, LPI: 1" in r.stdout and "reorient every volume to the most common, RAS" in " ".join(r.stdout.split())
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.segsources import open_seg_dataset
+    from meddx.planning.planner import make_seg_plan
+
+    fp = compute_fingerprint(open_seg_dataset(str(root)))
+    p = make_seg_plan(fp, source="x", cuda=False)
+    assert fp["axcodes"] is None and p.data.orientation == ["R", "A", "S"]  # 3 of 4 agree: under 90 %
+    assert p.augment.flip_axes == [0] == p.segment.tta_flip_axes  # S7: R20's left-right axis, every volume known
 
 
 def test_cli_image_size_on_3d_segmentation_sets_every_axis_and_the_patch(tmp_path):

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from meddx.data.case import CaseSet, hash_id
-from meddx.io.base import check_pixels, ras_affine
+from meddx.io.base import axcodes_of, check_pixels
 from meddx.errors import MeddxError
 
 PIXEL_SAMPLE = 4096  # pixels drawn per image for dataset-wide percentiles
@@ -189,6 +189,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         # anatomical direction of each array axis (RAS letters), when >= 90 % of the images agree
         "axcodes": (list(axcodes.most_common(1)[0][0]) if axcodes and axcodes.most_common(1)[0][1] >= 0.9 * len(shapes)
                     else None),
+        "orientations": {"".join(k): v for k, v in axcodes.most_common()},  # volumes per orientation (R20)
         "intensity": {
             "min": vmin, "max": vmax,
             "mean": float(pix.mean()), "std": float(pix.std()),
@@ -213,9 +214,9 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"mixed dimensionality: {dict(Counter(dims))} (2D and 3D images in one dataset)")
     if len(axcodes) > 1:  # e.g. DICOM series (slice, row, column) beside NIfTI (i, j, k): transposed volumes
         shown = ", ".join(f"{''.join(k)}: {v}" for k, v in axcodes.most_common(4))
-        findings.append(f"mixed orientations ({shown}): the arrays' axes point different ways, so the network "
-                        "sees some volumes flipped or transposed; reorient them to one (e.g. nibabel's "
-                        "as_closest_canonical, or convert DICOM series to NIfTI with dcm2niix)")
+        findings.append(f"mixed orientations ({shown}): the arrays' axes point different ways; training and "
+                        f"prediction reorient every volume to the most common, {''.join(axcodes.most_common(1)[0][0])} "
+                        "(rule R20, data.orientation in the plan)")
     if gapped:
         findings.append(f"{len(gapped)} DICOM volume(s) with uneven slice positions (e.g. {gapped[0]}): missing "
                         "slices? They are stacked at the median step, so anatomy after a gap sits in the wrong "
@@ -240,22 +241,6 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         findings.append(f"class imbalance {fp['imbalance_ratio']}:1{among}")
     fp["findings"] = findings
     return fp
-
-
-def axcodes_of(img) -> tuple[str, ...] | None:
-    """Orientation letters of the spatial axes: NIfTI's own, or from a DICOM series' LPS affine."""
-    codes = img.meta.get("axcodes")
-    if codes:
-        return tuple(codes[: img.spatial_dims])
-    aff = img.meta.get("affine")
-    if aff is None or img.meta.get("format") == "nifti" or img.spatial_dims != 3:
-        return None
-    import nibabel as nib
-
-    try:
-        return tuple(nib.aff2axcodes(ras_affine(img)))
-    except Exception:  # noqa: BLE001 - degenerate geometry: orientation unknown
-        return None
 
 
 class _MaskStats:

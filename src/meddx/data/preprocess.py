@@ -36,6 +36,7 @@ class PreprocessSpec:
     mean: float = 0.0
     std: float = 1.0
     steps: tuple[tuple[str, dict], ...] = ()  # (name, params) from meddx.transforms.PREPROCESSORS
+    orientation: tuple[str, ...] | None = None  # 3D: volumes reoriented to these RAS letters first (R20)
 
     @classmethod
     def from_plan(cls, data_cfg) -> "PreprocessSpec":
@@ -44,6 +45,7 @@ class PreprocessSpec:
             scheme=data_cfg.intensity, clip=tuple(data_cfg.clip) if data_cfg.clip else None,
             mean=data_cfg.norm_mean, std=data_cfg.norm_std,
             steps=tuple((s.name, dict(s.params)) for s in getattr(data_cfg, "preprocess", [])),
+            orientation=tuple(data_cfg.orientation) if getattr(data_cfg, "orientation", None) else None,
         )
 
 
@@ -68,7 +70,12 @@ def apply_steps(a: np.ndarray, steps, where: str) -> np.ndarray:
 
 
 def prepare(img: ImageData, spec: PreprocessSpec, where: str) -> np.ndarray:
-    """Decoded image -> ``(C, *size)`` float32 before the dataset-level standardisation."""
+    """Decoded image -> ``(C, *size)`` float32 before the dataset-level standardisation (a volume
+    reoriented to the plan's orientation first; callers that map outputs back orient it themselves)."""
+    if spec.orientation:
+        from meddx.transforms.orientation import oriented
+
+        img = oriented(img, spec.orientation)
     a = img.array
     check_pixels(a, where)
     if a.ndim - 1 != spec.spatial_dims:

@@ -18,6 +18,7 @@ from meddx.data.preprocess import MEMORY_FRACTION, PreprocessSpec, prepare
 from meddx.data.segsources import label_index, load_mask_values
 from meddx.errors import ImageContentError
 from meddx.io.base import ImageData
+from meddx.transforms.orientation import oriented, reorientation
 from meddx.transforms.spatial import resize_labels
 
 
@@ -60,17 +61,23 @@ def image_spec(plan, img: ImageData) -> PreprocessSpec:
 
 
 def prepare_image(plan, img: ImageData, where: str) -> np.ndarray:
-    """Decoded image -> model input ``(C, *S)`` (resized for 2D, standardised)."""
+    """Decoded image -> model input ``(C, *S)`` (resized for 2D, standardised; a volume in the plan's
+    orientation, R20)."""
+    img = oriented(img, plan.data.orientation)
     spec = image_spec(plan, img)
     a = prepare(img, spec, where)
     return ((a - spec.mean) / spec.std).astype(np.float32)
 
 
 def prepare_case(cs: CaseSet, case: Case, plan) -> tuple[np.ndarray, np.ndarray, ImageData]:
-    """One case -> (image ``(C, *S)`` not yet standardised, class-index labels ``(*S)``, decoded image)."""
+    """One case -> (image ``(C, *S)`` not yet standardised, class-index labels ``(*S)``, decoded image
+    (reoriented with its mask when the plan says so))."""
     img, values = load_mask_values(cs, case)
     where = str(case.path)
     lab = label_index(values, plan.segment.label_values, case.masks[0] if case.masks else where)
+    ro = reorientation(img, plan.data.orientation)
+    if ro is not None:  # the mask follows its volume's axes (R20)
+        img, lab = ro.image(img), ro.forward(lab)
     spec = image_spec(plan, img)
     a = prepare(img, spec, where)
     if tuple(lab.shape) != tuple(a.shape[1:]):

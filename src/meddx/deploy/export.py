@@ -44,7 +44,8 @@ def preprocessing_from_plan(plan) -> Preprocessing:
         window_batch=int(plan.train.batch_size) if seg else 4,
         postprocess=list(seg.postprocess) if seg else [], min_size=int(seg.min_size) if seg else 0,
         steps=[[st.name, dict(st.params)] for st in getattr(d, "preprocess", [])],
-        target_spacing=[float(t) for t in d.target_spacing] if getattr(d, "target_spacing", None) else None)
+        target_spacing=[float(t) for t in d.target_spacing] if getattr(d, "target_spacing", None) else None,
+        orientation=list(d.orientation) if getattr(d, "orientation", None) else None)
 
 
 def labels_from_plan(plan) -> Labels:

@@ -75,17 +75,18 @@ def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
     return found
 
 
-def read_each(paths: list[Path], run_dir: Path | None = None):
+def read_each(paths: list[Path], run_dir: Path | None = None, plan=None):
     """``(path, image)`` for each input, read one at a time. When one cannot be read, the rest are read
     too (without predicting) so that its one-line error also names how many more cannot be read, and
     the first of them: a folder with five damaged files needs one run to find them, not five.
 
     With ``run_dir``, volumes whose axes point another way than the run's training volumes (its
-    fingerprint's orientation) are named in one warning line on stderr once all are read: they are
-    not reoriented, so the network sees them transposed or mirrored."""
-    from meddx.data.fingerprint import axcodes_of
+    fingerprint's orientation) are named in one warning line on stderr once all are read, unless
+    ``plan`` reorients them (``data.orientation``, R20; runs planned before R20 do not), so the
+    network would see them transposed or mirrored."""
+    from meddx.io.base import axcodes_of
 
-    trained = _trained_axcodes(run_dir)
+    trained = None if plan is not None and plan.data.orientation else _trained_axcodes(run_dir)
     off = []
     for i, p in enumerate(paths):
         try:
@@ -143,7 +144,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
     try:
-        for p, img in read_each(paths, run_dir):
+        for p, img in read_each(paths, run_dir, plan):
             x = torch.from_numpy(prepare(img, spec, str(p)))[None]
             proba = predict_proba(model, standardise(x, spec), 1, torch.device("cpu"), plan.evaluate.tta_flip_axes)[0]
             k = int(predict_labels(proba[None], positive=pos)[0])  # argmax, or 0.5 on p(positive), as evaluated

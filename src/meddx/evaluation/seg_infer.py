@@ -18,6 +18,7 @@ from meddx.data.segprep import prepare_image
 from meddx.data.segsources import label_index, load_mask_values
 from meddx.evaluation.detection import Box
 from meddx.io.base import ImageData, known_spacing
+from meddx.transforms.orientation import reorientation
 
 
 def native_shape(plan, img: ImageData) -> tuple[int, ...]:
@@ -26,15 +27,20 @@ def native_shape(plan, img: ImageData) -> tuple[int, ...]:
 
 def predict_case(model: torch.nn.Module, plan, img: ImageData, where: str, device: torch.device | None = None,
                  with_probs: bool = False):
-    """Class-index map ``(*S)`` in the image's geometry (and the ``(K, *S)`` probabilities)."""
+    """Class-index map ``(*S)`` in the image's geometry (and the ``(K, *S)`` probabilities). A volume
+    is predicted in the plan's orientation (R20) and its probabilities turned back to its own axes."""
     from meddx.training.seg_engine import segment_probs
 
-    x = torch.from_numpy(prepare_image(plan, img, where))
+    ro = reorientation(img, plan.data.orientation)
+    seen = ro.image(img) if ro else img
+    x = torch.from_numpy(prepare_image(plan, seen, where))
     p = segment_probs(model, x, plan, device=device)
-    native = native_shape(plan, img)
+    native = native_shape(plan, seen)
     if tuple(p.shape[1:]) != native:
         p = F.interpolate(p[None], size=native, mode="bilinear" if len(native) == 2 else "trilinear",
                           align_corners=False)[0]
+    if ro is not None:
+        p = torch.from_numpy(ro.back(p.numpy()))
     labels = p.argmax(0).numpy().astype(np.uint8)
     return (labels, p.numpy().astype(np.float16)) if with_probs else labels
 

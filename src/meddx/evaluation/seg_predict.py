@@ -102,7 +102,7 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
     stems = output_stems(paths)  # a/x.png and b/x.png must not write one x_mask.png
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
     with all_or_nothing(out_dir, created, stop):
-        for p, img in read_each(paths, run_dir):  # an unreadable file's error names the others too
+        for p, img in read_each(paths, run_dir, plan):  # an unreadable file's error names the others too
             idx = postprocess(predict_case(model, plan, img, str(p)), sg.postprocess, len(values), sg.min_size)
             mask = values[idx]
             base = out_dir / stems[p]
@@ -141,7 +141,7 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
     stems = output_stems(paths)
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
     with all_or_nothing(out_dir, created, stop):
-        for p, img in read_each(paths, run_dir):  # an unreadable file's error names the others too
+        for p, img in read_each(paths, run_dir, plan):  # an unreadable file's error names the others too
             if sg.detector == "heatmap":
                 boxes = predict_boxes(model, plan, img, str(p))
             else:

@@ -74,8 +74,13 @@ def _pad_to(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, ...
 
 def explain_image(plan, explainer: Explainer, img: ImageData, where: str, method: str = "gradcam",
                   class_idx: int | None = None) -> Explanation:
-    """Heatmap of one decoded image, mapped back to its geometry."""
-    x = model_input(plan, img, where)
+    """Heatmap of one decoded image, mapped back to its geometry (a volume is explained in the plan's
+    orientation, R20, and its heatmap turned back to the input's own axes)."""
+    from meddx.transforms.orientation import reorientation
+
+    ro = reorientation(img, plan.data.orientation)
+    seen = ro.image(img) if ro else img
+    x = model_input(plan, seen, where)
     crop = None
     divisor = getattr(explainer.model, "divisor", None)
     if explainer.segmenter and divisor and any(s % divisor for s in x.shape[2:]):
@@ -85,7 +90,8 @@ def explain_image(plan, explainer: Explainer, img: ImageData, where: str, method
     h = explainer.explain(x, method, c)
     if crop is not None:
         h = h[tuple(slice(0, s) for s in crop)]
-    return Explanation(heatmap=resize_map(h, native_shape(plan, img)), heatmap_input=h, method=method,
+    heat = resize_map(h, native_shape(plan, seen))
+    return Explanation(heatmap=ro.back(heat) if ro else heat, heatmap_input=h, method=method,
                        class_idx=c, class_name=names[c], layer=explainer._layer)
 
 
@@ -206,7 +212,7 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
     with all_or_nothing(out_dir, created, stop):
-        for p, img in read_each(paths, run_dir):  # an unreadable file's error names the others too
+        for p, img in read_each(paths, run_dir, plan):  # an unreadable file's error names the others too
             for m in methods:
                 e = explain_image(plan, explainer, img, str(p), m, c)
                 if not np.any(e.heatmap > 0):

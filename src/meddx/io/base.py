@@ -21,6 +21,22 @@ def ras_affine(img: "ImageData") -> np.ndarray | None:
     return LPS_TO_RAS @ aff if img.meta.get("format") == "dicom" else aff
 
 
+def axcodes_of(img) -> tuple[str, ...] | None:
+    """Orientation letters of the spatial axes: NIfTI's own, or from a DICOM series' LPS affine."""
+    codes = img.meta.get("axcodes")
+    if codes:
+        return tuple(codes[: img.spatial_dims])
+    aff = img.meta.get("affine")
+    if aff is None or img.meta.get("format") == "nifti" or img.spatial_dims != 3:
+        return None
+    import nibabel as nib
+
+    try:
+        return tuple(nib.aff2axcodes(ras_affine(img)))
+    except Exception:  # noqa: BLE001 - degenerate geometry: orientation unknown
+        return None
+
+
 def known_spacing(img: "ImageData") -> tuple[float, ...] | None:
     """The image's spacing in mm, or None where the reader filled in 1.0 for a part it could not find
     (DICOM frames without positions or slice spacing, no pixel spacing): not a size in mm."""

@@ -48,6 +48,7 @@ class DataConfig(_Strict):
     input_size: list[int]
     preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
     target_spacing: Optional[list[float]] = None  # 3D segmentation: resample every volume to this spacing (mm)
+    orientation: Optional[list[str]] = None  # 3D: reorient every volume to these RAS letters first (R20); None: as stored
     learned_denoise: Optional[LearnedDenoiseConfig] = None
     intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
     clip: Optional[list[float]] = None
@@ -56,6 +57,19 @@ class DataConfig(_Strict):
     split: Literal["official", "seeded"] = "official"
     split_fractions: list[float] = [0.7, 0.1, 0.2]
     split_seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED)  # seeded split: None = the plan's seed (fix it to compare seeds on one split)
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        from meddx.transforms.orientation import valid_axcodes
+
+        return None if v is None else list(valid_axcodes(v))
+
+    @model_validator(mode="after")
+    def _orientation_is_3d(self):
+        if self.orientation is not None and self.spatial_dims != 3:
+            raise ValueError("data.orientation reorients 3D volumes; set it to null for 2D images")
+        return self
 
     @field_validator("split_fractions")
     @classmethod

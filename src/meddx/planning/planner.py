@@ -50,12 +50,16 @@ Rules (kind in brackets, as nnU-Net documents its own):
        SIDE_WORDS: left, right, l, r, lt, rt), no flips are trained or averaged at test time: a
        mirrored left kidney looks like a right one but keeps the label "left". Applies to R8,
        R16 and S7.
+    R20 orientation [rule-based]: 3D volumes whose orientation is known (NIfTI, DICOM geometry) are
+       reoriented to the training volumes' orientation, the most common one where they differ, before
+       anything else (MONAI's ``Orientationd``, with nibabel's axis arithmetic); masks, heatmaps and
+       probabilities go back to each input's own grid. None (nothing done) without known orientations.
     Available to a human editing the plan (measured by ``meddx ablate``): focal loss, logit
     adjustment, class-weighted CE, over-/under-sampling, mixup/cutmix, elastic/gamma/blur/noise
     augmentation, SE/spatial/CBAM attention, multi-scale features, k-fold and snapshot ensembles,
     flip test-time augmentation.
 
-Segmentation (``task: segment``) shares R1, R2 and R4, then:
+Segmentation (``task: segment``) shares R1, R2, R4, R11 and R20, then:
     S1 labels [rule-based]: declared in dataset.json, else a binary mask {0, v} is
        background/foreground, else each mask value is a class.
     S2b target spacing [rule-based]: 3D volumes whose spacings differ are resampled to nnU-Net's
@@ -73,7 +77,8 @@ Segmentation (``task: segment``) shares R1, R2 and R4, then:
     S6 sampling [fixed]: 3D patches centred on foreground with probability 0.33 (nnU-Net).
     S7 augmentation [rule-based]: rotation, zoom, shift, brightness and contrast; 2D adds
        left-right flips; 3D mirrors only along the left-right axis when the orientation is
-       known (NIfTI/DICOM geometry), also as flip test-time augmentation (a mirror along
+       known (NIfTI/DICOM geometry: R20's, when every volume's is known; else the one >= 90 % of
+       the volumes share), also as flip test-time augmentation (a mirror along
        another axis would swap anatomy such as anterior/posterior hippocampus); else no flips.
        No flips in 2D or 3D when a label names a side (R19).
        The heatmap detector applies only the flips and the intensity keys (rotation, zoom, shift
@@ -174,6 +179,18 @@ def _rule_denoise(fp: dict, sd: int, note) -> list[PreprocessStep]:
     return steps
 
 
+def _rule_orientation(fp: dict, sd: int, note) -> list[str] | None:
+    """R20: 3D volumes are reoriented to the training volumes' orientation, the most common one
+    where they differ (MONAI's ``Orientationd``); predictions go back to each input's own grid.
+    None where no volume's orientation is known (MedMNIST 3D) and for 2D, where nothing is noted."""
+    if sd != 3:
+        return None
+    counts = fp.get("orientations") or {}
+    codes = fp.get("axcodes") or (list(max(counts, key=counts.get)) if counts else None)
+    note("data.orientation", codes, "R20 orientation", "rule-based", axcodes=fp.get("axcodes"), orientations=counts)
+    return codes
+
+
 # R18: words of a class name that mark it as the absence of disease ("normal, benign", "no_tumor", "non-covid")
 NEGATIVE_CLASS_WORDS = frozenset({"normal", "benign", "healthy", "negative", "control", "controls", "no", "non",
                                   "not", "none", "absent", "clear", "nofinding"})
@@ -225,6 +242,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
 
     scheme, clip = _rule_intensity(fp, note)
     steps = _rule_denoise(fp, sd, note)
+    orientation = _rule_orientation(fp, sd, note)
 
     model = ModelConfig(name="small_cnn", params={"dropout": 0.1})
     note("model.name", model.name, "R5 model", "fixed")
@@ -264,7 +282,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
                         channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
-                        split="official" if fp["official_split"] else "seeded"),
+                        orientation=orientation, split="official" if fp["official_split"] else "seeded"),
         model=model,
         augment=aug,
         optim=OptimConfig(),
@@ -474,6 +492,7 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     ch = _rule_channels(fp, note)
     scheme, clip = _rule_intensity(fp, note)
     steps = _rule_denoise(fp, sd, note)
+    orientation = _rule_orientation(fp, sd, note)
     note("segment.label_values", sg["label_values"], "S1 labels", "rule-based", mask_values=sg["mask_values"],
          labels_from=sg["labels_from"])
     med = fp["shape_median"]
@@ -514,7 +533,9 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
          memory_budget_gb=round(est["budget_gb"], 2), estimated_gb=round(est["estimated_gb"], 3))
     note("segment.loss", "dice_ce", "S5 loss", "fixed")
     note("segment.fg_oversample", 0.33, "S6 sampling", "fixed")
-    codes = fp.get("axcodes")
+    # the left-right axis: of the orientation R20 turns every volume to, when every volume's is known
+    everyone = orientation and sum((fp.get("orientations") or {}).values()) == fp.get("n_readable")
+    codes = orientation if everyone else fp.get("axcodes")
     sided = sided_names(sg["label_names"] or [])
     lr = [i for i, c in enumerate(codes or []) if c in ("L", "R")] if sd == 3 and not sided else []
     if sd == 2:
@@ -531,7 +552,8 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
                         channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
-                        target_spacing=target, split="official" if fp["official_split"] else "seeded"),
+                        target_spacing=target, orientation=orientation,
+                        split="official" if fp["official_split"] else "seeded"),
         model=model, augment=aug, optim=OptimConfig(lr=3e-3, weight_decay=1e-4), schedule=ScheduleConfig(),
         train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16, time_budget_s=time_budget_s),
         segment=SegmentConfig(label_values=sg["label_values"], label_names=sg["label_names"],

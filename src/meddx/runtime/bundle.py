@@ -186,12 +186,17 @@ class Bundle:
     def _segment(self, file: str, img, x: np.ndarray) -> SegPrediction:
         from meddx.runtime.postprocess import postprocess
         from meddx.runtime.resize import resize
+        from meddx.transforms.orientation import reorientation
 
         sp, lab = self.preprocessing, self.labels
         p = self.segment_proba(x)
+        ro = reorientation(img, sp.orientation)  # x was made in the spec's orientation (prepare)
         native = tuple(img.spatial_shape[-sp.spatial_dims:])
+        native = ro.shape(native) if ro else native
         if tuple(p.shape[1:]) != native:  # as seg_infer.predict_case: plain (bi/tri)linear back to the image
             p = resize(p, native, antialias_when_shrinking=False)
+        if ro is not None:  # back to the input's own axes
+            p = ro.back(p)
         idx = postprocess(p.argmax(0).astype(np.uint8), sp.postprocess, len(lab.label_values), sp.min_size)
         mask = np.asarray(lab.label_values)[idx]
         vox = float(np.prod(img.spacing)) if img.spacing is not None and len(img.spacing) == idx.ndim else None

@@ -17,6 +17,7 @@ from meddx.io.base import ImageData, check_pixels
 from meddx.runtime.resize import resize
 from meddx.runtime.spec import Preprocessing
 from meddx.transforms.intensity import apply_scheme, to_channels
+from meddx.transforms.orientation import oriented
 
 
 def _squeeze_to(a: np.ndarray, spatial_dims: int, where: str) -> np.ndarray:
@@ -63,7 +64,9 @@ def apply_steps(a: np.ndarray, steps, where: str) -> np.ndarray:
 
 
 def prepare(img: ImageData, spec: Preprocessing, where: str) -> np.ndarray:
-    """Decoded image -> standardised model input ``(C, *size)`` float32."""
+    """Decoded image -> standardised model input ``(C, *size)`` float32 (a volume reoriented to the
+    spec's orientation first, as training's ``prepare``)."""
+    img = oriented(img, spec.orientation)
     a = img.array
     check_pixels(a, where)
     a = _squeeze_to(a, spec.spatial_dims, where)

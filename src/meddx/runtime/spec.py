@@ -80,6 +80,8 @@ class Preprocessing:
             applied after the channel conversion, before the intensity scheme.
         target_spacing: 3D segmentation: volumes are resized by spacing / target before the network
             and the probabilities brought back to the native grid.
+        orientation: 3D: RAS letters (e.g. ``["R", "A", "S"]``) every volume of known orientation is
+            reoriented to first, as training did (plan rule R20); masks go back to the input's axes.
     """
 
     task: str
@@ -99,6 +101,7 @@ class Preprocessing:
     min_size: int = 0
     steps: list = field(default_factory=list)
     target_spacing: list[float] | None = None
+    orientation: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": f"{FORMAT}/preprocess/{FORMAT_VERSION}", **asdict(self)}
@@ -116,7 +119,7 @@ class Preprocessing:
                 overlap=float(d.get("overlap", 0.5)), blend=str(d.get("blend", "gaussian")),
                 window_batch=int(d.get("window_batch", 4)), postprocess=list(d.get("postprocess", [])),
                 min_size=int(d.get("min_size", 0)), steps=[list(x) for x in d.get("steps", [])],
-                target_spacing=d.get("target_spacing"))
+                target_spacing=d.get("target_spacing"), orientation=d.get("orientation"))
         p.validate(where)
         return p
 
@@ -150,6 +153,15 @@ class Preprocessing:
             bad("steps must be [name, params] pairs")
         if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
             bad(f"target_spacing {self.target_spacing} must be 3 positive numbers")
+        if self.orientation is not None:
+            from meddx.transforms.orientation import valid_axcodes
+
+            try:
+                if self.spatial_dims != 3 or not isinstance(self.orientation, list):
+                    raise ValueError(f"is for 3D volumes, a list of three letters, got {self.orientation!r}")
+                valid_axcodes(self.orientation)
+            except ValueError as e:
+                bad(f"orientation {e}")
 
 
 @dataclass

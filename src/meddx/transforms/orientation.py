@@ -1,0 +1,109 @@
+"""Reorient volumes to the orientation a run was trained in (rule R20, ``data.orientation``).
+
+A volume's array axes point where its geometry says (NIfTI's i, j, k; a DICOM series' slice,
+row, column). Two scans of one anatomy can store it transposed or mirrored, and a network
+that saw one way during training sees the other as different anatomy. MONAI pipelines put
+``Orientationd`` first for this; here the axis permutation and flips come from nibabel's
+orientation functions, and predictions go back to the input's own grid with the inverse.
+
+Torch-free (the edge runtime imports it); volumes whose orientation is unknown (no geometry,
+e.g. MedMNIST 3D) and 2D images are left as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from meddx.io.base import ImageData, axcodes_of
+
+
+def valid_axcodes(codes) -> tuple[str, ...]:
+    """``codes`` as a tuple of three RAS letters, one of L/R, A/P and S/I each; ValueError otherwise."""
+    t = tuple(str(c).upper() for c in codes)
+    pairs = [{"L", "R"}, {"A", "P"}, {"S", "I"}]
+    if len(t) != 3 or sorted(next((i for i, p in enumerate(pairs) if c in p), -1) for c in t) != [0, 1, 2]:
+        raise ValueError(f"must be three letters, one of L/R, A/P and S/I each (e.g. RAS), got {''.join(map(str, codes))!r}")
+    return t
+
+
+@dataclasses.dataclass(frozen=True)
+class Reorientation:
+    """The axis permutation and flips from a volume's orientation to a target one.
+
+    ``ornt`` is nibabel's: row i sends input axis i to output axis ``ornt[i, 0]``, flipped
+    when ``ornt[i, 1]`` is -1. Arrays are reoriented on their last three axes (channels or
+    classes in front stay)."""
+
+    ornt: np.ndarray
+    source: tuple[str, ...]
+    target: tuple[str, ...]
+
+    def forward(self, a: np.ndarray) -> np.ndarray:
+        return self._apply(a, self.ornt)
+
+    def back(self, a: np.ndarray) -> np.ndarray:
+        from nibabel.orientations import axcodes2ornt, ornt_transform
+
+        return self._apply(a, ornt_transform(axcodes2ornt(self.target), axcodes2ornt(self.source)))
+
+    @staticmethod
+    def _apply(a: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+        from nibabel.orientations import apply_orientation
+
+        lead = a.ndim - 3
+        moved = np.moveaxis(a, list(range(lead)), list(range(3, a.ndim))) if lead else a
+        out = apply_orientation(moved, ornt)  # the first three axes; the moved ones ride along
+        return np.ascontiguousarray(np.moveaxis(out, list(range(3, a.ndim)), list(range(lead))) if lead else out)
+
+    def image(self, img: ImageData) -> ImageData:
+        """``img`` with its array, spacing and affine reoriented (the affine stays in its own world
+        frame: LPS for DICOM, RAS for NIfTI)."""
+        from nibabel.orientations import inv_ornt_aff
+
+        meta = dict(img.meta)
+        meta.pop("shape", None)  # the input file's own shape, used when writing outputs in its geometry
+        if meta.get("affine") is not None:
+            meta["affine"] = (np.asarray(meta["affine"], float) @ inv_ornt_aff(self.ornt, img.spatial_shape)).tolist()
+        if meta.get("axcodes"):
+            meta["axcodes"] = list(self.target)
+        spacing = None
+        if img.spacing is not None and len(img.spacing) == 3:
+            sp = [0.0] * 3
+            for i, (ax, _) in enumerate(self.ornt):
+                sp[int(ax)] = float(img.spacing[i])
+            spacing = tuple(sp)
+        return ImageData(array=self.forward(img.array), spacing=spacing if img.spacing is not None else None,
+                         meta=meta)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The reoriented spatial shape of a volume of spatial ``shape``."""
+        out = [0] * 3
+        for i, (ax, _) in enumerate(self.ornt):
+            out[int(ax)] = int(shape[i])
+        return tuple(out)
+
+
+def reorientation(img: ImageData, codes) -> Reorientation | None:
+    """What turns ``img`` to orientation ``codes``; None when nothing needs doing: no target, a 2D
+    image, a volume whose orientation is unknown, or one already in ``codes``."""
+    if not codes or img.spatial_dims != 3:
+        return None
+    source = axcodes_of(img)
+    target = tuple(codes)
+    if not source or len(source) != 3 or None in source or source == target:
+        return None
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    try:
+        ornt = ornt_transform(axcodes2ornt(source), axcodes2ornt(target))
+    except ValueError:  # degenerate geometry (two axes along one direction): orientation unknown
+        return None
+    return Reorientation(ornt=ornt, source=tuple(source), target=target)
+
+
+def oriented(img: ImageData, codes) -> ImageData:
+    """``img`` in orientation ``codes`` (itself when nothing needs doing)."""
+    ro = reorientation(img, codes)
+    return ro.image(img) if ro else img
