@@ -363,3 +363,18 @@ def test_compress_names_runs_and_data_by_folder_name_not_path(tiny_folder, tmp_p
     assert s["options"]["distill_from"] == "run" and s["options"]["data"] == "folder"
     assert json.loads(texts["bundle.json"])["compression"]["teacher_run"] == "run"
     assert st["plan"]["data"]["source"] == "folder"
+
+
+def test_a_teacher_that_turns_volumes_another_way_is_refused(tmp_path):
+    """R20: distillation feeds the teacher the student's inputs; a teacher planned with another
+    orientation (or before R20) was trained on volumes turned another way."""
+    from meddx.deploy.compress import _check_teacher
+    from meddx.errors import RunError
+    from meddx.planning.plan import Plan
+
+    kw = dict(dims=3, size=16, intensity="image_zscore", mean=0.0, std=1.0, temperature=None, threshold=None)
+    student, teacher = make_run(tmp_path / "s", **kw), make_run(tmp_path / "t", seed=1, **kw)
+    sp, tp = Plan.load(student / "plan.yaml"), Plan.load(teacher / "plan.yaml")
+    sp.data.orientation = ["R", "A", "S"]
+    with pytest.raises(RunError, match="orientation"):
+        _check_teacher(student, sp, teacher, tp)

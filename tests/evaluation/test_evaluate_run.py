@@ -64,7 +64,7 @@ def test_other_datasets_never_overwrite_the_runs_own_or_each_others_evaluations(
 def test_a_3d_model_predicts_each_dicom_series_folder_under_a_folder_as_one_volume(tmp_path):
     """One folder per patient, each a DICOM series, plus a NIfTI file: three volumes for a 3D model,
     not one prediction per slice; a 2D model still takes every file."""
-    from meddx.evaluation.predict import collect_inputs
+    from meddx.evaluation.inputs import collect_inputs
 
     dicm = b"\0" * 128 + b"DICM" + b"\0" * 64
     for patient in ("p1", "p2"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from meddx_testutils import disc_images, write_png
 
-from meddx.evaluation.predict import collect_inputs
+from meddx.evaluation.inputs import collect_inputs
 
 
 def test_output_stems_keep_unique_names_and_separate_clashing_ones(tmp_path):

@@ -88,3 +88,25 @@ def test_distances_share_one_unit_when_some_cases_have_no_spacing(tmp_path, monk
     with open(out / "per_case.csv") as f:
         assert [float(r["hd95_lesion"]) for r in csv.DictReader(f)] == pytest.approx([2.0, 2.0])
     assert json.loads((out / "metrics.json").read_text())["distance_units"] == "px"
+
+
+def test_undefined_metrics_are_written_as_json_null_not_a_bare_nan(tmp_path):
+    """A class missed in every case has no surface distance: in memory NaN, in metrics.json null. Python
+    writes NaN as a bare ``NaN``, which is not JSON: a browser's JSON.parse refuses the whole file."""
+    import json
+
+    from meddx.training.run import write_json
+
+    z = np.zeros((10, 10), np.uint8)
+    one = z.copy()
+    one[2:4, 2:4] = 1
+    s = summarise([case_metrics(z, one, 2), case_metrics(z, one, 2)], ["lesion"], n_boot=50)
+    assert np.isnan(s["per_class"]["lesion"]["hd95"]["value"])
+    write_json(tmp_path / "metrics.json", {"summary": s, "n": np.int64(2), "arr": np.array([0.5, np.inf]),
+                                           "f32": np.float32(0.25), "path": tmp_path})
+    m = json.loads((tmp_path / "metrics.json").read_text(),
+                   parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))
+    hd = m["summary"]["per_class"]["lesion"]["hd95"]
+    assert hd["value"] is None and hd["ci_low"] is None and hd["n_undefined"] == 2
+    assert m["n"] == 2 and m["arr"] == [0.5, None] and m["f32"] == 0.25 and m["path"] == str(tmp_path)
+    assert m["summary"]["per_class"]["lesion"]["dice"]["value"] == 0.0

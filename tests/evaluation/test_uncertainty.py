@@ -141,3 +141,22 @@ def test_a_run_trained_as_an_ensemble_scores_the_spread_of_its_own_members():
     assert U.unavailable_reason("ensemble", plan, ens, len(U.ensemble_members([ens]))) is None
     s = U.sample_proba([ens], x, "ensemble", plan)
     assert s.shape == (3, 5, 2) and (U.variance_score(s) > 0).all()
+
+
+def test_an_ensemble_member_that_turns_volumes_another_way_is_refused(tmp_path):
+    """R20: a member planned with another orientation (or before R20) sees every volume turned another
+    way than the run it joins; its mean and std cannot tell, so the orientation is compared too."""
+    from deploy_testutils import make_run
+
+    from meddx.errors import RunError
+    from meddx.evaluation.uncertainty import load_ensemble
+
+    kw = dict(dims=3, size=16, intensity="image_zscore", mean=0.0, std=1.0, temperature=None, threshold=None)
+    a, b = make_run(tmp_path / "a", **kw), make_run(tmp_path / "b", seed=1, **kw)
+    plan = Plan.load(a / "plan.yaml")
+    assert len(load_ensemble(plan, [str(b)])) == 1
+    other = Plan.load(b / "plan.yaml")
+    other.data.orientation = ["L", "P", "S"]
+    other.save(b / "plan.yaml")
+    with pytest.raises(RunError, match="orientation"):
+        load_ensemble(plan, [str(b)])

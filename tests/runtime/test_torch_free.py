@@ -156,3 +156,32 @@ def test_runtime_cli_writes_masks_in_input_geometry(real_data, tmp_path):
     out, src = nib.load(row["mask_file"]), nib.load(str(f))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine)
     assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2}
+
+
+def test_runtime_cli_reads_a_folder_as_meddx_predict_does(real_data, tmp_path):
+    """A folder argument: every image under it, sub-folders too, the mask beside its image skipped
+    (with a note), each input once; an empty folder: one line, exit 2. Without torch."""
+    import shutil
+
+    busi = real_data / "seg" / "busi_subset" / "benign"
+    inp = tmp_path / "in"
+    (inp / "sub").mkdir(parents=True)
+    shutil.copy(busi / "benign (1).png", inp / "a.png")
+    shutil.copy(busi / "benign (1)_mask.png", inp / "a_mask.png")
+    shutil.copy(busi / "benign (2).png", inp / "sub" / "b.png")
+    (inp / "notes.txt").write_text("not an image")
+    b = export_run(make_run(tmp_path / "cls2d"), tmp_path / "bundle")
+    site = tmp_path / "blocker"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = [sys.executable, "-m", "meddx.runtime", str(b)]
+    proc = subprocess.run([*run, str(inp)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(Path(r["file"]).name for r in rows) == ["a.png", "b.png"]
+    assert "skipped 1 mask file(s)" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([*run, str(tmp_path / "empty")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no readable images in the folder" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""

@@ -114,3 +114,82 @@ def test_a_classifier_sees_one_input_however_the_volume_is_stored(tmp_path):
     assert np.array_equal(prepare(ras, spec, "ras"), prepare(other, spec, "other"))
     spec.orientation = None
     assert not np.allclose(prepare(ras, spec, "ras"), prepare(other, spec, "other"))
+
+
+def test_a_45_degree_dicom_series_is_turned_once_and_then_reads_as_the_target():
+    """At exactly 45 degrees nibabel's tie-break could read the turned affine as another orientation,
+    and training's prepare would turn the image a second time while its mask was turned once."""
+    c = np.sqrt(0.5)
+    rows, cols = np.array([c, c, 0.0]), np.array([c, -c, 0.0])
+    aff = np.eye(4)
+    aff[:3, 0], aff[:3, 1], aff[:3, 2] = np.cross(rows, cols) * 3, cols * 0.8, rows * 0.8
+    img = ImageData(np.random.default_rng(0).random((1, 5, 6, 7)).astype(np.float32), spacing=(3.0, 0.8, 0.8),
+                    meta={"format": "dicom", "affine": aff.tolist()})
+    for target in (("P", "I", "L"), ("P", "S", "L"), ("S", "L", "A"), ("R", "A", "S")):
+        once = oriented(img, target)
+        assert axcodes_of(once) == target and oriented(once, target) is once, target
+
+
+def test_a_volume_with_an_axis_of_no_direction_has_no_orientation(tmp_path):
+    """A degenerate affine (a zero column) leaves nibabel an axis without a letter: unknown, not a crash
+    in the fingerprint or a plan the validator refuses."""
+    import nibabel as nib
+
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.sources import open_dataset
+
+    for k, cls in enumerate(("a", "a", "b", "b")):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        vol = np.random.default_rng(k).normal(size=(6, 7, 8)).astype(np.float32)
+        hdr = nib.Nifti1Header()  # an sform with a zero column, written as it is (nibabel would refuse to)
+        hdr.set_data_shape(vol.shape)
+        hdr.set_data_dtype(vol.dtype)
+        hdr["pixdim"][1:4] = [1.0, 1.0, 1.0]
+        hdr.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)
+        hdr["qform_code"] = 0
+        img = nib.Nifti1Image(vol, None, hdr)
+        img.update_header = lambda: None
+        nib.save(img, str(tmp_path / cls / f"v{k}.nii.gz"))
+    img = read_image(tmp_path / "a" / "v0.nii.gz")
+    assert axcodes_of(img) is None and reorientation(img, ("R", "A", "S")) is None
+    fp = compute_fingerprint(open_dataset(str(tmp_path)))
+    assert fp["axcodes"] is None and fp["orientations"] == {}
+
+
+def test_the_fingerprint_measures_mixed_volumes_along_the_axes_training_turns_them_to(tmp_path):
+    """Two of five volumes stored PIL (axes permuted): their shape and spacing are counted as R20 will
+    train them, so one 1.5 x 1 x 1 mm grid of 20 x 24 x 20 is what the planner reads, not five shapes,
+    two spacings and a resampling."""
+    import nibabel as nib
+    from meddx_testutils import write_seg_volumes
+
+    from meddx.data.fingerprint import compute_fingerprint
+    from meddx.data.segsources import open_seg_dataset
+
+    root = write_seg_volumes(tmp_path / "vols", n=5)
+    for name in ("vol03.nii.gz", "vol04.nii.gz"):
+        for sub in ("images", "labels"):
+            src = nib.load(str(root / sub / name))
+            _stored(root / sub, name, ("P", "I", "L"), np.asarray(src.dataobj), src.affine)
+    assert read_image(root / "images" / "vol03.nii.gz").spatial_shape == (24, 20, 20)
+    fp = compute_fingerprint(open_seg_dataset(str(root)))
+    assert fp["orientations"] == {"RAS": 3, "PIL": 2}
+    assert fp["shape_median"] == [20, 24, 20] and fp["distinct_shapes"] == 1
+    assert fp["spacing_median"] == [1.5, 1.0, 1.0] and fp["distinct_spacings"] == 1
+    from meddx.planning.planner import make_seg_plan
+
+    plan = make_seg_plan(fp, source="x", cuda=False)
+    assert plan.data.target_spacing is None and plan.data.orientation == ["R", "A", "S"]  # one grid: no resampling
+
+
+def test_a_bundle_orientation_in_small_letters_is_read_as_its_capitals():
+    from meddx.runtime.spec import BundleError, Preprocessing
+
+    p = Preprocessing(task="segment", spatial_dims=3, channels=1, size=None, intensity="image_zscore",
+                      orientation=["r", "a", "s"])
+    p.validate()
+    assert p.orientation == ["R", "A", "S"]
+    for bad in (["R", "L", "S"], "RAS"):
+        with pytest.raises(BundleError, match="orientation"):
+            Preprocessing(task="segment", spatial_dims=3, channels=1, size=None, intensity="image_zscore",
+                          orientation=bad).validate()

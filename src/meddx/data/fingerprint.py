@@ -72,6 +72,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     data_hash = hashlib.sha256()
     seg = _MaskStats() if cs.task in ("segment", "detect") else None
     axcodes: Counter = Counter()
+    shape_codes: list = []  # each shape's (spacing's) orientation: mixed ones are measured as R20 turns them
+    spacing_codes: list = []
     gapped: list[str] = []  # DICOM volumes whose slice positions are not evenly spaced (missing slices)
     # noise is estimated on a seeded sample of cases (wavelet MAD per image, see transforms/noise.py)
     stat_idx = [i for i, c in enumerate(cs.cases) if c.case_id not in held]  # the cases statistics come from
@@ -100,13 +102,15 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                 progress(1)
             continue
         a = img.array
+        codes = axcodes_of(img)
         shapes.append(img.spatial_shape)
+        shape_codes.append(codes)
         chans.append(img.channels)
         dims.append(img.spatial_dims)
         dims_example.setdefault(str(img.spatial_dims), c.case_id)  # case ids carry no patient id
         if img.spacing is not None:
             spacings.append(tuple(float(s) for s in img.spacing))
-        codes = axcodes_of(img)
+            spacing_codes.append(codes)
         if codes:
             axcodes[codes] += 1
         if img.meta.get("irregular_slices"):
@@ -133,6 +137,12 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         if progress:
             progress(1)
 
+    if len(axcodes) > 1:  # mixed orientations: shapes and spacings along the axes training turns them to (R20)
+        from meddx.transforms.orientation import per_axis_in
+
+        major = axcodes.most_common(1)[0][0]
+        shapes = [per_axis_in(v, c, major) for v, c in zip(shapes, shape_codes)]
+        spacings = [per_axis_in(v, c, major) for v, c in zip(spacings, spacing_codes)]
     counts = cs.class_counts([cs.cases[i] for i in stat_idx])
     nz = [v for v in counts.values() if v > 0]
     split_counts = {}

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from meddx.errors import PlanError, RunError
+from meddx.evaluation._checks import json_text
 from meddx.losses.distill import DistillationLoss
 from meddx.training.engine import Trainer, predict_proba, seed_everything
 
@@ -184,9 +185,10 @@ def _check_teacher(run_dir: Path, plan, teacher_dir: Path, tplan) -> tuple[float
         raise RunError(f"teacher classes {tplan.data.class_names} differ from {plan.data.class_names}",
                        path=teacher_dir, fix="distil from a run trained on the same dataset")
     a, b = tplan.data, plan.data
-    if (a.spatial_dims, a.channels, list(a.input_size), a.intensity, a.clip) != \
-            (b.spatial_dims, b.channels, list(b.input_size), b.intensity, b.clip):
-        raise RunError("the teacher preprocesses images differently (dimensions, channels, size or intensity)",
+    if (a.spatial_dims, a.channels, list(a.input_size), a.intensity, a.clip, a.orientation) != \
+            (b.spatial_dims, b.channels, list(b.input_size), b.intensity, b.clip, b.orientation):
+        raise RunError("the teacher preprocesses images differently (dimensions, channels, size, intensity or "
+                       "orientation)",
                        path=teacher_dir, fix="distil from a run with the same data plan (same --image-size)")
     ts, ss = read_split(teacher_dir / "split.csv"), read_split(run_dir / "split.csv")
     leak = [c for c, s in ss.items() if s in ("val", "test") and ts.get(c) == "train"]
@@ -416,7 +418,7 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         saved_plan["data"]["source"] = Path(str(plan.data.source)).name  # the dataset's path stays on this machine
         torch.save({"plan": saved_plan, "layer_shapes": layer_shapes(model),
                     "model": model.state_dict()}, st)
-        (work / "compression.json").write_text(json.dumps(summary, indent=2, default=str))
+        (work / "compression.json").write_text(json_text(summary))
         r = summary["result"]
         card = ("## Compression\n"
                 f"Steps: {', '.join(s['step'] for s in summary['steps'])}. Parameters {source_params:,} -> "
@@ -518,7 +520,7 @@ def _compress_seg_int8(run_dir: Path, plan, model, out: Path, opts: CompressOpti
                    "result": {**result, "precision": precision},
                    "note": "Dice per case (mean over foreground classes) on the preprocessed grid, "
                            "post-processing as in the plan; bootstrap 95 % CI over cases"}
-        (work / "compression.json").write_text(json.dumps(summary, indent=2, default=str))
+        (work / "compression.json").write_text(json_text(summary))
         r = result
         card = (f"## Compression\nStatic int8 calibrated on {n_cal} training windows. Test Dice fp32 "
                 f"{r['fp32_test_dice']['value']:.4f}, int8 {r['int8_test_dice']['value']:.4f}. Details: "

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from meddx.errors import MeddxError, RunError
+from meddx.evaluation._checks import json_ready
 
 log = logging.getLogger("meddx.server")
 VIEWER_DIR = Path(__file__).with_name("viewer")
@@ -99,17 +100,6 @@ def dicom_window_presets(path: Path) -> tuple[list[dict], str | None]:
             out.append({"name": label, "center": c, "width": w})
     modality = ds.get("Modality")
     return out, (str(modality)[:16] if modality else None)
-
-
-def finite(obj):
-    """JSON-safe copy: NaN and infinities become None (JSON has no NaN; undefined metrics are null)."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
 
 
 class ResultStore:
@@ -173,7 +163,7 @@ class ModelService:
         ckpt = self.run_dir / "checkpoints" / "best.pt"
         digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()[:12]
         self.version = f"{self.run_dir.name}@{digest}"
-        self.card = finite(self._model_card())
+        self.card = json_ready(self._model_card())
 
     def _json(self, name: str) -> dict:
         p = self.run_dir / name
@@ -488,7 +478,7 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, max_upload_by
                        "heatmap": f"{base}/heatmap.png" if item["heatmap"] is not None else None,
                        "mask": f"{base}/mask.png" if item["mask"] is not None else None}
         out["heatmap_url"], out["overlay_url"] = out["urls"]["heatmap"], out["urls"]["overlay"]
-        return finite(out)
+        return json_ready(out)
 
     @app.get("/v1/results/{rid}/{what}", summary="Artefacts of a recent prediction",
              dependencies=[Depends(require_key)])

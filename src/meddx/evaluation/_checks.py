@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,6 +111,31 @@ def replaced_on_success(final: Path):
         final.rename(old)
     stage.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def json_ready(o: Any) -> Any:
+    """``o`` as plain JSON values: NaN and infinities become None (null: the bare ``NaN`` Python's json
+    writes is not JSON, and browsers' ``JSON.parse`` and strict parsers refuse the whole file), numpy
+    scalars and arrays Python numbers and lists."""
+    if isinstance(o, dict):
+        return {(k if isinstance(k, str) else json_ready(k)): json_ready(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_ready(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_ready(o.tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        f = float(o)
+        return f if math.isfinite(f) else None
+    return o
+
+
+def json_text(o: Any, indent: int | None = 2) -> str:
+    """``o`` as strict JSON (``json_ready``; anything else, e.g. a path, as its text)."""
+    return json.dumps(json_ready(o), indent=indent, default=str, allow_nan=False)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -11,68 +11,13 @@ from pathlib import Path
 import torch
 
 from meddx.data.preprocess import PreprocessSpec, prepare, standardise
-from meddx.data.segsources import masks_beside_images
-from meddx.errors import InputError, MeddxError
+from meddx.errors import MeddxError
+from meddx.evaluation.inputs import collect_inputs
 from meddx.evaluation.metrics import predict_labels
 from meddx.evaluation.thresholds import stored_positive
-from meddx.io import is_readable_path, read_image
+from meddx.io import read_image
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run
-
-
-def _is_dicom_series(folder: Path) -> bool:
-    entries = list(folder.iterdir())
-    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
-    if not files or any(p.is_dir() for p in entries):
-        return False
-    try:
-        for p in files:
-            with open(p, "rb") as fh:
-                if fh.read(132)[128:132] != b"DICM":
-                    return False
-        return True
-    except OSError:
-        return False
-
-
-def inputs_and_out_dir(target, spatial_dims: int, out_dir, default: Path) -> tuple[Path, list[Path], bool]:
-    """The output folder (``out_dir``, else ``default``), created, the input files under ``target``, and
-    whether this call created the folder (so that a failure part-way can remove it)."""
-    out_dir = Path(out_dir) if out_dir is not None else default
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
-    paths = collect_inputs(Path(target), spatial_dims)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir, paths, created
-
-
-def collect_inputs(target: Path, spatial_dims: int) -> list[Path]:
-    """A file, a DICOM series folder (3D models), or every readable file under a folder; for 3D
-    models every DICOM series folder under it is one volume (one folder per patient or study)."""
-    if not target.exists():
-        raise InputError("no such file or folder", path=target, fix="check the path")
-    if target.is_file():
-        if target.suffix.lower() in (".csv", ".tsv", ".npz"):
-            raise InputError("this is a dataset, not an image: predict takes image files or folders", path=target,
-                             fix=f"score a labelled dataset with `meddx evaluate RUN {target.name}`, or give "
-                                 "the images themselves")
-        return [target]
-    if spatial_dims == 3 and _is_dicom_series(target):
-        return [target]
-    entries = list(target.rglob("*"))  # one walk of the tree
-    series = {d for d in entries if d.is_dir() and _is_dicom_series(d)} if spatial_dims == 3 else set()
-    found = sorted([p for p in entries if p.is_file() and not p.name.startswith(".")
-                    and p.parent not in series and is_readable_path(p)] + list(series))
-    found, masks = masks_beside_images(found)
-    if masks:
-        # a labelled folder (BUSI, LGG: NAME.png + NAME_mask.png) is not twice as many cases; training
-        # ignores these masks too, and a blank mask would otherwise stop the run as a "constant image"
-        print(f"note: skipped {len(masks)} mask file(s) beside their images (e.g. {masks[0]})", file=sys.stderr)
-    if not found:
-        raise InputError("no readable images in the folder", path=target,
-                         fix="PNG, JPEG, TIFF, DICOM and NIfTI files are read")
-    return found
 
 
 def read_each(paths: list[Path], run_dir: Path | None = None, plan=None):
@@ -163,10 +108,10 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
 
 def write_predictions_file(rows: list[dict], out: Path | None) -> None:
     """CSV or JSON by the file suffix; CSV to stdout when ``out`` is None."""
-    from meddx.evaluation._checks import atomic_write_bytes
+    from meddx.evaluation._checks import atomic_write_bytes, json_text
 
     if out is not None and out.suffix.lower() == ".json":
-        atomic_write_bytes(out, json.dumps(rows, indent=2).encode())
+        atomic_write_bytes(out, json_text(rows).encode())
         return
     buf = _io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))

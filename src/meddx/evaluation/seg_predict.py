@@ -83,7 +83,8 @@ def all_or_nothing(out_dir: Path, created: bool, stop_progress):
 def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path | None = None, *,
                       progress: bool = True) -> list[dict]:
     """Segment every input under ``target``; masks and overlays go to ``out_dir``."""
-    from meddx.evaluation.predict import inputs_and_out_dir, read_each, write_predictions_file
+    from meddx.evaluation.inputs import inputs_and_out_dir
+    from meddx.evaluation.predict import read_each, write_predictions_file
     from meddx.evaluation.seg_report import _display_plane, overlay_png
     from meddx.training.run import load_run, progress_callback
     from meddx.evaluation.seg_infer import predict_case
@@ -128,7 +129,8 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
 def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: bool = True) -> list[dict]:
     """Detection runs: one CSV row per box (pixel coordinates of the input) and an overlay per image."""
     from meddx.evaluation.detection import boxes_from_segmentation
-    from meddx.evaluation.predict import inputs_and_out_dir, read_each, write_predictions_file
+    from meddx.evaluation.inputs import inputs_and_out_dir
+    from meddx.evaluation.predict import read_each, write_predictions_file
     from meddx.evaluation.seg_infer import predict_boxes, predict_case
     from meddx.evaluation.seg_report import boxes_png
     from meddx.training.run import progress_callback

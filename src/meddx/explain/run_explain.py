@@ -194,7 +194,8 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     Returns:
         One row per input and method: file, method, class, overlay path, NIfTI path (volumes) or None.
     """
-    from meddx.evaluation.predict import inputs_and_out_dir, read_each
+    from meddx.evaluation.inputs import inputs_and_out_dir
+    from meddx.evaluation.predict import read_each
     from meddx.evaluation.seg_predict import all_or_nothing
     from meddx.training.run import load_run, progress_callback
 

@@ -24,17 +24,18 @@ def ras_affine(img: "ImageData") -> np.ndarray | None:
 def axcodes_of(img) -> tuple[str, ...] | None:
     """Orientation letters of the spatial axes: NIfTI's own, or from a DICOM series' LPS affine."""
     codes = img.meta.get("axcodes")
-    if codes:
-        return tuple(codes[: img.spatial_dims])
+    if codes:  # a degenerate NIfTI affine leaves an axis without a direction (None): unknown
+        return None if None in codes[: img.spatial_dims] else tuple(codes[: img.spatial_dims])
     aff = img.meta.get("affine")
     if aff is None or img.meta.get("format") == "nifti" or img.spatial_dims != 3:
         return None
     import nibabel as nib
 
     try:
-        return tuple(nib.aff2axcodes(ras_affine(img)))
+        codes = tuple(nib.aff2axcodes(ras_affine(img)))
     except Exception:  # noqa: BLE001 - degenerate geometry: orientation unknown
         return None
+    return None if None in codes else codes
 
 
 def known_spacing(img: "ImageData") -> tuple[float, ...] | None:

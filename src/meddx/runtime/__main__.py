@@ -1,4 +1,7 @@
-"""``python -m meddx.runtime BUNDLE FILE...``: one JSON line per input, no torch needed.
+"""``python -m meddx.runtime BUNDLE FILE_OR_FOLDER...``: one JSON line per input, no torch needed.
+
+A folder is read as ``meddx predict`` reads it: every image under it (masks beside their images
+skipped), and for 3D bundles each DICOM series folder is one volume.
 
 Segmenters also write ``NAME_mask.nii.gz`` / ``NAME_mask.png`` into ``--masks DIR``; when an input
 fails part-way, the masks this call wrote are removed again (as ``meddx predict`` does) and the JSON
@@ -36,7 +39,7 @@ def _threads(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="bundle folder written by `meddx export` or `meddx compress`")
-    ap.add_argument("files", nargs="+", help="PNG/JPEG/TIFF, DICOM file or series folder, NIfTI")
+    ap.add_argument("files", nargs="+", help="PNG/JPEG/TIFF, DICOM file or series folder, NIfTI, or a folder of them")
     ap.add_argument("--masks", type=Path, default=None, help="segmenters: folder for the masks")
     ap.add_argument("--threads", type=_threads, default=None, help="onnxruntime threads (1 or more)")
     a = ap.parse_args(argv)
@@ -47,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.masks is not None and b.task != "segment":
             raise MeddxError(f"--masks is for segmentation bundles, and this one is a {b.task} bundle",
                              path=a.bundle, fix="leave --masks out")
+        from meddx.evaluation.inputs import collect_inputs
         from meddx.io.formats import output_stems
 
-        stems = output_stems([Path(f) for f in a.files])  # a/x.png and b/x.png: two masks, not one
+        files = [p for f in a.files for p in collect_inputs(Path(f), b.preprocessing.spatial_dims)]
+        stems = output_stems(files)  # a/x.png and b/x.png: two masks, not one
         if b.task == "segment" and a.masks is not None:
             from meddx.evaluation.seg_predict import all_or_nothing
 
@@ -57,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             a.masks.mkdir(parents=True, exist_ok=True)
             lines = []
             with all_or_nothing(a.masks, created, lambda: None):  # a failing third file: no masks left behind
-                for f in a.files:
+                for f in files:
                     r = b.predict(f)
-                    lines.append({**r.to_dict(), "mask_file": str(r.write_mask(a.masks / stems[Path(f)]))})
+                    lines.append({**r.to_dict(), "mask_file": str(r.write_mask(a.masks / stems[f]))})
             for d in lines:
                 print(json.dumps(d), flush=True)
             return 0
-        for f in a.files:
+        for f in files:
             print(json.dumps(b.predict(f).to_dict()), flush=True)
     except MeddxError as e:
         print(f"error: {e}", file=sys.stderr)

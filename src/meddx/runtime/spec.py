@@ -159,7 +159,7 @@ class Preprocessing:
             try:
                 if self.spatial_dims != 3 or not isinstance(self.orientation, list):
                     raise ValueError(f"is for 3D volumes, a list of three letters, got {self.orientation!r}")
-                valid_axcodes(self.orientation)
+                self.orientation = list(valid_axcodes(self.orientation))  # "ras" reads as RAS
             except ValueError as e:
                 bad(f"orientation {e}")
 

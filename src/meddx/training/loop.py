@@ -10,7 +10,6 @@ randomness derived from ``(seed, epoch)``, so a resumed run repeats exactly),
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from meddx.evaluation._checks import atomic_write_bytes
+from meddx.evaluation._checks import atomic_write_bytes, json_text
 from meddx.errors import RunError
 from meddx.training.checkpoint import load_checkpoint, save_checkpoint
 from meddx.training.optim import create_optimizer, create_scheduler, shorten_schedule
@@ -177,7 +176,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
         stopped_by = st.get("stopped_by", stopped_by)  # why the stopped run ended its training
     # the log holds the epochs the checkpoint holds: an epoch logged but not checkpointed before a kill
     # is run again and logged again, once
-    atomic_write_bytes(log_path, "".join(json.dumps(rec) + "\n" for rec in history).encode())
+    atomic_write_bytes(log_path, "".join(json_text(rec, indent=None) + "\n" for rec in history).encode())
     bar = Progress(progress, total=epochs * steps_per_epoch, completed=(start_epoch - 1) * steps_per_epoch)
     t_start = time.perf_counter() - elapsed
     try:
@@ -218,7 +217,7 @@ def run_epochs(plan, model: nn.Module, run_dir: Path, *, steps_per_epoch: int,
                    "elapsed_s": round(elapsed, 3), "best": improved}
             history.append(rec)
             with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json_text(rec, indent=None) + "\n")
             stop = None
             if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience and epoch < epochs:
                 stop = "early_stopping"

@@ -62,20 +62,10 @@ def machine() -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomically, into a folder created if missing."""
-    from meddx.evaluation._checks import atomic_write_bytes
+    """Atomically, into a folder created if missing; strict JSON (an undefined value, NaN, is null)."""
+    from meddx.evaluation._checks import atomic_write_bytes, json_text
 
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=_json_default).encode())
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    atomic_write_bytes(path, json_text(obj).encode())
 
 
 def read_run_info(run_dir: Path) -> dict:

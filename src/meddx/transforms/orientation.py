@@ -66,23 +66,37 @@ class Reorientation:
         meta.pop("shape", None)  # the input file's own shape, used when writing outputs in its geometry
         if meta.get("affine") is not None:
             meta["affine"] = (np.asarray(meta["affine"], float) @ inv_ornt_aff(self.ornt, img.spatial_shape)).tolist()
-        if meta.get("axcodes"):
-            meta["axcodes"] = list(self.target)
+        # named, not recomputed from the new affine: for a DICOM series at exactly 45 degrees nibabel's
+        # tie-break could read another orientation, and the next call would turn it once more
+        meta["axcodes"] = list(self.target)
         spacing = None
         if img.spacing is not None and len(img.spacing) == 3:
-            sp = [0.0] * 3
-            for i, (ax, _) in enumerate(self.ornt):
-                sp[int(ax)] = float(img.spacing[i])
-            spacing = tuple(sp)
+            spacing = tuple(float(v) for v in _permuted(img.spacing, self.ornt))
         return ImageData(array=self.forward(img.array), spacing=spacing if img.spacing is not None else None,
                          meta=meta)
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The reoriented spatial shape of a volume of spatial ``shape``."""
-        out = [0] * 3
-        for i, (ax, _) in enumerate(self.ornt):
-            out[int(ax)] = int(shape[i])
-        return tuple(out)
+        return tuple(int(v) for v in _permuted(shape, self.ornt))
+
+
+def _permuted(values, ornt: np.ndarray) -> list:
+    """Per-axis ``values`` (a shape, a spacing) in the axis order ``ornt`` leads to."""
+    out = [values[0]] * 3
+    for i, (ax, _) in enumerate(ornt):
+        out[int(ax)] = values[i]
+    return out
+
+
+def per_axis_in(values: tuple, source, target) -> tuple:
+    """Per-axis ``values`` of a volume in orientation ``source`` along the axes of orientation ``target``
+    (the fingerprint measures shapes and spacings as R20 will train them); as they are where either
+    orientation is unknown."""
+    if not source or not target or tuple(source) == tuple(target) or len(values) != 3:
+        return values
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    return tuple(_permuted(values, ornt_transform(axcodes2ornt(tuple(source)), axcodes2ornt(tuple(target)))))
 
 
 def reorientation(img: ImageData, codes) -> Reorientation | None:
