@@ -275,7 +275,7 @@ def test_a_dicom_image_with_a_nifti_mask_is_refused_even_with_resampling(real_da
     nib.save(nib.Nifti1Image(mask, np.diag([0.6875, 0.6875, 6.5, 1.0])), tmp_path / "mask.nii.gz")
     (tmp_path / "m.csv").write_text(f"image,mask\n{series},mask.nii.gz\n")
     cs = open_seg_dataset(tmp_path / "m.csv", resample_masks=True)
-    with pytest.raises(ImageContentError, match="ordered differently"):
+    with pytest.raises(ImageContentError, match="another voxel grid, even turned to the image's axes"):
         load_mask_values(cs, cs.cases[0])
     # the NIfTI mask `meddx predict` writes for a DICOM series keeps the series' grid: it is accepted
     from meddx.evaluation.seg_predict import write_mask
@@ -289,6 +289,14 @@ def test_a_dicom_image_with_a_nifti_mask_is_refused_even_with_resampling(real_da
     for resample in (False, True):
         cs = open_seg_dataset(tmp_path / "m2.csv", resample_masks=resample)
         assert np.array_equal(load_mask_values(cs, cs.cases[0])[1], own)
+    # the same mask stored as 3D Slicer or dcm2niix would (its grid in NIfTI's closest-to-RAS voxel order):
+    # turned to the series' axes first, it pairs up voxel for voxel (before, a shape mismatch)
+    canon = nib.as_closest_canonical(nib.load(str(written)))
+    assert canon.shape != own.shape
+    nib.save(canon, str(tmp_path / "canon.nii.gz"))
+    (tmp_path / "m3.csv").write_text(f"image,mask\n{series},canon.nii.gz\n")
+    cs = open_seg_dataset(tmp_path / "m3.csv")
+    assert np.array_equal(load_mask_values(cs, cs.cases[0])[1], own)
 
 
 def test_mixed_orientations_are_a_finding(real_data, tmp_path):

@@ -27,8 +27,9 @@ import numpy as np
 from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, ImageContentError, InputError
 from meddx.io import read_image
-from meddx.io.base import ImageData, ras_affine
+from meddx.io.base import ImageData, axcodes_of, ras_affine
 from meddx.io.formats import is_hidden, is_readable_path, path_suffix
+from meddx.transforms.orientation import oriented
 
 MASK_STEM = re.compile(r"^(?P<stem>.+?)_(mask|seg|label|labels)(_(?P<k>\d+))?$", re.IGNORECASE)
 IMAGE_DIRS = ("images", "imagestr", "image", "imgs", "img")
@@ -293,6 +294,10 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
     merged = None
     for mp in case.masks:
         m = read_image(mp)
+        if img.spatial_dims == 3 and m.spatial_dims == 3 and axcodes_of(img):
+            # a mask stored in another orientation (a NIfTI mask of a DICOM series, as 3D Slicer or dcm2niix
+            # write it) is turned to its image's axes first, as MONAI's Orientationd on both would
+            m = oriented(m, axcodes_of(img))
         plane = _mask_plane(m, mp)
         if (img.spatial_dims == 3 and {img.meta.get("format"), m.meta.get("format")} == {"dicom", "nifti"}
                 and not (tuple(plane.shape) == shape and _same_geometry(img, m, unknown=False))):
@@ -300,8 +305,9 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
             # DICOM arrays are (slice, row, column), NIfTI's (i, j, k): resizing one onto the other
             # would pair each voxel with a voxel of another place
             raise ImageContentError(f"the image is {img.meta.get('format').upper()} and its mask "
-                                    f"{m.meta.get('format').upper()} on another voxel grid: their voxel axes are "
-                                    "ordered differently (DICOM slice, row, column; NIfTI i, j, k)",
+                                    f"{m.meta.get('format').upper()} on another voxel grid, even turned to the "
+                                    "image's axes: resizing one onto the other would pair voxels of different "
+                                    "places",
                                     path=mp, fix="convert the DICOM side to NIfTI (e.g. dcm2niix) so image and "
                                                  "mask share one geometry")
         if tuple(plane.shape) != shape:
