@@ -24,7 +24,8 @@ def valid_axcodes(codes) -> tuple[str, ...]:
     t = tuple(str(c).upper() for c in codes)
     pairs = [{"L", "R"}, {"A", "P"}, {"S", "I"}]
     if len(t) != 3 or sorted(next((i for i, p in enumerate(pairs) if c in p), -1) for c in t) != [0, 1, 2]:
-        raise ValueError(f"must be three letters, one of L/R, A/P and S/I each (e.g. RAS), got {''.join(map(str, codes))!r}")
+        got = "".join(map(str, codes))
+        raise ValueError(f"must be three letters, one of L/R, A/P and S/I each (e.g. RAS), got {got!r}")
     return t
 
 
