@@ -256,6 +256,12 @@ def test_inspect_counts_volumes_per_orientation_and_names_the_one_training_uses(
     p = make_seg_plan(fp, source="x", cuda=False)
     assert fp["axcodes"] is None and p.data.orientation == ["R", "A", "S"]  # 3 of 4 agree: under 90 %
     assert p.augment.flip_axes == [0] == p.segment.tta_flip_axes  # S7: R20's left-right axis, every volume known
+    # the user's orientation decides the flips too: stored as they are (null), under 90 % share one
+    # orientation, so S7 trains no flips (as before R20); turned to PIL, the third axis is left-right
+    off = make_seg_plan(fp, source="x", cuda=False, overrides={"data.orientation": None})
+    assert off.data.orientation is None and off.augment.flip_axes == [] == off.segment.tta_flip_axes
+    pil = make_seg_plan(fp, source="x", cuda=False, overrides={"data.orientation": ["P", "I", "L"]})
+    assert pil.augment.flip_axes == [2] == pil.segment.tta_flip_axes
 
 
 def test_cli_image_size_on_3d_segmentation_sets_every_axis_and_the_patch(tmp_path):

@@ -77,8 +77,9 @@ Segmentation (``task: segment``) shares R1, R2, R4, R11 and R20, then:
     S6 sampling [fixed]: 3D patches centred on foreground with probability 0.33 (nnU-Net).
     S7 augmentation [rule-based]: rotation, zoom, shift, brightness and contrast; 2D adds
        left-right flips; 3D mirrors only along the left-right axis when the orientation is
-       known (NIfTI/DICOM geometry: R20's, when every volume's is known; else the one >= 90 % of
-       the volumes share), also as flip test-time augmentation (a mirror along
+       known (NIfTI/DICOM geometry: R20's, or the user's data.orientation override, when every
+       volume's is known; else the one >= 90 % of the volumes share), also as flip test-time
+       augmentation (a mirror along
        another axis would swap anatomy such as anterior/posterior hippocampus); else no flips.
        No flips in 2D or 3D when a label names a side (R19).
        The heatmap detector applies only the flips and the intensity keys (rotation, zoom, shift
@@ -189,6 +190,26 @@ def _rule_orientation(fp: dict, sd: int, note) -> list[str] | None:
     codes = fp.get("axcodes") or (list(max(counts, key=counts.get)) if counts else None)
     note("data.orientation", codes, "R20 orientation", "rule-based", axcodes=fp.get("axcodes"), orientations=counts)
     return codes
+
+
+def _user_orientation(overrides: dict[str, Any] | None, planned):
+    """The orientation training will turn volumes to: the user's ``data.orientation`` override where
+    one is given (the flips S7 chooses must follow it), else R20's."""
+    ov = overrides or {}
+    if "data.orientation" in ov:
+        value = ov["data.orientation"]
+    elif isinstance(ov.get("data"), dict) and "orientation" in ov["data"]:
+        value = ov["data"]["orientation"]
+    else:
+        return planned
+    if value is None:
+        return None
+    from meddx.transforms.orientation import valid_axcodes
+
+    try:
+        return list(valid_axcodes(value))
+    except (TypeError, ValueError):  # refused with the field's name when the override is applied
+        return planned
 
 
 # R18: words of a class name that mark it as the absence of disease ("normal, benign", "no_tumor", "non-covid")
@@ -533,9 +554,11 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
          memory_budget_gb=round(est["budget_gb"], 2), estimated_gb=round(est["estimated_gb"], 3))
     note("segment.loss", "dice_ce", "S5 loss", "fixed")
     note("segment.fg_oversample", 0.33, "S6 sampling", "fixed")
-    # the left-right axis: of the orientation R20 turns every volume to, when every volume's is known
-    everyone = orientation and sum((fp.get("orientations") or {}).values()) == fp.get("n_readable")
-    codes = orientation if everyone else fp.get("axcodes")
+    # the left-right axis: of the orientation volumes are turned to (R20's, or the user's --set
+    # data.orientation: null trains them as stored), when every volume's is known
+    turned = _user_orientation(overrides, orientation)
+    everyone = turned and sum((fp.get("orientations") or {}).values()) == fp.get("n_readable")
+    codes = turned if everyone else fp.get("axcodes")
     sided = sided_names(sg["label_names"] or [])
     lr = [i for i, c in enumerate(codes or []) if c in ("L", "R")] if sd == 3 and not sided else []
     if sd == 2:
