@@ -127,10 +127,31 @@ def test_opset_too_old_in_manifest(copy):
 
 def test_other_format_version(copy):
     man = json.loads((copy / "bundle.json").read_text())
-    man["version"] = 2
+    man["version"] = 0
     (copy / "bundle.json").write_text(json.dumps(man))
-    with pytest.raises(BundleError, match="format version 2"):
+    with pytest.raises(BundleError, match="format version 0 is not 1 or 2"):
         load(copy)
+
+
+def test_only_a_bundle_that_turns_volumes_is_written_as_format_2(tmp_path):
+    """R20's orientation is a step a version-1 runtime would skip without a word, so a bundle that names
+    one says version 2 (which such a runtime refuses, naming the upgrade); every other bundle stays 1 and
+    still runs there. This runtime reads both."""
+    from deploy_testutils import make_seg_run
+
+    from meddx.deploy.export import export_run
+    from meddx.planning.plan import Plan
+
+    runs = {k: make_seg_run(tmp_path / k, patch=(16, 16, 16), tta=(), postprocess=()) for k in ("plain", "turned")}
+    plan = Plan.load(runs["turned"] / "plan.yaml")
+    plan.data.orientation = ["R", "A", "S"]
+    plan.save(runs["turned"] / "plan.yaml")
+    for k, version in (("plain", 1), ("turned", 2)):
+        b = export_run(runs[k], tmp_path / f"{k}_bundle")
+        assert json.loads((b / "bundle.json").read_text())["version"] == version
+        pre = json.loads((b / "preprocess.json").read_text())
+        assert pre["format"].endswith(f"/{version}") and pre["orientation"] == (None if version == 1 else ["R", "A", "S"])
+        assert load(b).preprocessing.orientation == pre["orientation"]
 
 
 @pytest.mark.parametrize("field, value, needle", [("version", "2a", "format version '2a'"),

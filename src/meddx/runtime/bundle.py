@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from meddx.runtime.spec import (CARD, CHECKED_FILES, FORMAT, FORMAT_VERSION, LABELS, MANIFEST, MODEL, PREPROCESS,
-                                THRESHOLDS, BundleError, Labels, Preprocessing, Thresholds, read_json, sha256_file)
+                                READ_VERSIONS, THRESHOLDS, BundleError, Labels, Preprocessing, Thresholds, read_json,
+                                sha256_file)
 
 MIN_OPSET = 13  # Conv/Gemm/Resize semantics the exporter relies on; older models are not produced by meddx
 REEXPORT = "re-export the bundle with `meddx export RUN --out DIR` (or `meddx compress`)"
@@ -216,9 +217,10 @@ def verify(bundle_dir: str | Path) -> dict:
         raise BundleError(f"not a meddx bundle manifest (format {man.get('format')!r})", path=root / MANIFEST,
                           fix=REEXPORT)
     version = man.get("version")
-    if type(version) is not int or version != FORMAT_VERSION:  # a damaged manifest's "2a" or null too: one line
+    if type(version) is not int or version not in READ_VERSIONS:  # a damaged manifest's "2a" or null: one line
         newer = type(version) is int and version > FORMAT_VERSION
-        raise BundleError(f"bundle format version {version!r} is not {FORMAT_VERSION}, the version this runtime reads",
+        readable = " or ".join(map(str, READ_VERSIONS))
+        raise BundleError(f"bundle format version {version!r} is not {readable}, the versions this runtime reads",
                           path=root / MANIFEST, fix="install the newer meddx that wrote it on this machine, or "
                           "re-export with this meddx version" if newer else "re-export with this meddx version")
     sums = man.get("files")
@@ -323,7 +325,7 @@ def write_bundle(out_dir: str | Path, model_path: str | Path, *, preprocessing: 
         (tmp / CARD).write_text(card)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        man = {"format": FORMAT, "version": FORMAT_VERSION, **manifest,
+        man = {"format": FORMAT, "version": preprocessing.format_version, **manifest,
                "files": {n: sha256_file(tmp / n) for n in CHECKED_FILES}}
         man.setdefault("model", {})["file_bytes"] = (tmp / MODEL).stat().st_size
         (tmp / MANIFEST).write_text(json.dumps(man, indent=2, default=str))

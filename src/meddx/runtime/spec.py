@@ -25,7 +25,11 @@ from typing import Any
 from meddx.errors import MeddxError
 
 FORMAT = "meddx-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest bundle format this runtime reads and writes
+# 1: every bundle before R20. 2: preprocess.json names an orientation volumes are turned to first, which a
+# version-1 runtime would skip without a word; only bundles that name one are written as 2, so the
+# others still run on an older runtime
+READ_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
 MODEL = "model.onnx"
 PREPROCESS = "preprocess.json"
@@ -104,7 +108,12 @@ class Preprocessing:
     orientation: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": f"{FORMAT}/preprocess/{FORMAT_VERSION}", **asdict(self)}
+        return {"format": f"{FORMAT}/preprocess/{self.format_version}", **asdict(self)}
+
+    @property
+    def format_version(self) -> int:
+        """The oldest bundle format that holds everything this spec needs (see ``READ_VERSIONS``)."""
+        return 2 if self.orientation else 1
 
     @classmethod
     def from_dict(cls, d: dict, where: Path) -> "Preprocessing":
