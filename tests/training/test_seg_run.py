@@ -262,6 +262,13 @@ def test_inspect_counts_volumes_per_orientation_and_names_the_one_training_uses(
     assert off.data.orientation is None and off.augment.flip_axes == [] == off.segment.tta_flip_axes
     pil = make_seg_plan(fp, source="x", cuda=False, overrides={"data.orientation": ["P", "I", "L"]})
     assert pil.augment.flip_axes == [2] == pil.segment.tta_flip_axes
+    # `meddx train --set data.orientation=null` plans with it too (it was set after S7 had chosen)
+    train_seg_run(str(root), tmp_path / "run", overrides={"data.orientation": None, "train.epochs": 1,
+                                                           "segment.patch_size": [16, 16, 16]},
+                  progress=False, log=lambda *a: None)
+    ran = Plan.load(tmp_path / "run" / "plan.yaml")
+    assert ran.data.orientation is None and ran.augment.flip_axes == [] == ran.segment.tta_flip_axes
+    assert sum(d.field == "data.orientation" and d.rule == "set by the user" for d in ran.decisions) == 1
 
 
 def test_cli_image_size_on_3d_segmentation_sets_every_axis_and_the_patch(tmp_path):

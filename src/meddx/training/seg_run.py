@@ -157,8 +157,11 @@ def train_seg_run(dataset: str | None, out: str | Path, *, plan_path: str | None
         fp = None
         if plan is None:
             fp = fingerprint_dataset(cs, progress, split=planned_split(cs, overrides=overrides), log=log)
+            # an orientation the user gives is planned with (S7's flips follow it), not set afterwards
+            given = {k: overrides.pop(k) for k in ("data.orientation",) if k in overrides}
             plan = make_seg_plan(fp, source=str(Path(cs.source).resolve()), seed=int(overrides.pop("seed", 0) or 0),
-                                 group_by_folder=group_by_folder, **planning_budgets(overrides))
+                                 group_by_folder=group_by_folder, overrides=given or None,
+                                 **planning_budgets(overrides))
         elif overrides.get("seed") is not None:
             plan.seed = int(overrides.pop("seed"))
         overrides.pop("seed", None)
