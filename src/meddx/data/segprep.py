@@ -18,7 +18,7 @@ from meddx.data.preprocess import MEMORY_FRACTION, PreprocessSpec, prepare
 from meddx.data.segsources import label_index, load_mask_values
 from meddx.errors import ImageContentError
 from meddx.io.base import ImageData
-from meddx.transforms.orientation import oriented, reorientation
+from meddx.transforms.orientation import oriented, turned
 from meddx.transforms.spatial import resize_labels
 
 
@@ -75,9 +75,9 @@ def prepare_case(cs: CaseSet, case: Case, plan) -> tuple[np.ndarray, np.ndarray,
     img, values = load_mask_values(cs, case)
     where = str(case.path)
     lab = label_index(values, plan.segment.label_values, case.masks[0] if case.masks else where)
-    ro = reorientation(img, plan.data.orientation)
+    img, ro = turned(img, plan.data.orientation)
     if ro is not None:  # the mask follows its volume's axes (R20)
-        img, lab = ro.image(img), ro.forward(lab)
+        lab = ro.forward(lab)
     spec = image_spec(plan, img)
     a = prepare(img, spec, where)
     if tuple(lab.shape) != tuple(a.shape[1:]):

@@ -292,12 +292,13 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
 
         return img, draw_boxes(shape, case.boxes)  # cs.load refused boxes that do not fit the image
     merged = None
+    codes = axcodes_of(img) if img.spatial_dims == 3 else None
     for mp in case.masks:
         m = read_image(mp)
-        if img.spatial_dims == 3 and m.spatial_dims == 3 and axcodes_of(img):
+        if codes and m.spatial_dims == 3:
             # a mask stored in another orientation (a NIfTI mask of a DICOM series, as 3D Slicer or dcm2niix
             # write it) is turned to its image's axes first, as MONAI's Orientationd on both would
-            m = oriented(m, axcodes_of(img))
+            m = oriented(m, codes)
         plane = _mask_plane(m, mp)
         if (img.spatial_dims == 3 and {img.meta.get("format"), m.meta.get("format")} == {"dicom", "nifti"}
                 and not (tuple(plane.shape) == shape and _same_geometry(img, m, unknown=False))):

@@ -18,7 +18,7 @@ from meddx.data.segprep import prepare_image
 from meddx.data.segsources import label_index, load_mask_values
 from meddx.evaluation.detection import Box
 from meddx.io.base import ImageData, known_spacing
-from meddx.transforms.orientation import reorientation
+from meddx.transforms.orientation import turned
 
 
 def native_shape(plan, img: ImageData) -> tuple[int, ...]:
@@ -31,8 +31,7 @@ def predict_case(model: torch.nn.Module, plan, img: ImageData, where: str, devic
     is predicted in the plan's orientation (R20) and its probabilities turned back to its own axes."""
     from meddx.training.seg_engine import segment_probs
 
-    ro = reorientation(img, plan.data.orientation)
-    seen = ro.image(img) if ro else img
+    seen, ro = turned(img, plan.data.orientation)
     x = torch.from_numpy(prepare_image(plan, seen, where))
     p = segment_probs(model, x, plan, device=device)
     native = native_shape(plan, seen)

@@ -76,10 +76,9 @@ def explain_image(plan, explainer: Explainer, img: ImageData, where: str, method
                   class_idx: int | None = None) -> Explanation:
     """Heatmap of one decoded image, mapped back to its geometry (a volume is explained in the plan's
     orientation, R20, and its heatmap turned back to the input's own axes)."""
-    from meddx.transforms.orientation import reorientation
+    from meddx.transforms.orientation import turned
 
-    ro = reorientation(img, plan.data.orientation)
-    seen = ro.image(img) if ro else img
+    seen, ro = turned(img, plan.data.orientation)
     x = model_input(plan, seen, where)
     crop = None
     divisor = getattr(explainer.model, "divisor", None)

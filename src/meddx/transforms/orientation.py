@@ -45,9 +45,7 @@ class Reorientation:
         return self._apply(a, self.ornt)
 
     def back(self, a: np.ndarray) -> np.ndarray:
-        from nibabel.orientations import axcodes2ornt, ornt_transform
-
-        return self._apply(a, ornt_transform(axcodes2ornt(self.target), axcodes2ornt(self.source)))
+        return self._apply(a, _ornt(self.target, self.source))
 
     @staticmethod
     def _apply(a: np.ndarray, ornt: np.ndarray) -> np.ndarray:
@@ -73,12 +71,18 @@ class Reorientation:
         spacing = None
         if img.spacing is not None and len(img.spacing) == 3:
             spacing = tuple(float(v) for v in _permuted(img.spacing, self.ornt))
-        return ImageData(array=self.forward(img.array), spacing=spacing if img.spacing is not None else None,
-                         meta=meta)
+        return ImageData(array=self.forward(img.array), spacing=spacing, meta=meta)
 
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The reoriented spatial shape of a volume of spatial ``shape``."""
         return tuple(int(v) for v in _permuted(shape, self.ornt))
+
+
+def _ornt(source, target) -> np.ndarray:
+    """nibabel's transform from orientation ``source`` to ``target`` (ValueError for degenerate codes)."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    return ornt_transform(axcodes2ornt(tuple(source)), axcodes2ornt(tuple(target)))
 
 
 def _permuted(values, ornt: np.ndarray) -> list:
@@ -95,9 +99,7 @@ def per_axis_in(values: tuple, source, target) -> tuple:
     orientation is unknown."""
     if not source or not target or tuple(source) == tuple(target) or len(values) != 3:
         return values
-    from nibabel.orientations import axcodes2ornt, ornt_transform
-
-    return tuple(_permuted(values, ornt_transform(axcodes2ornt(tuple(source)), axcodes2ornt(tuple(target)))))
+    return tuple(_permuted(values, _ornt(source, target)))
 
 
 def reorientation(img: ImageData, codes) -> Reorientation | None:
@@ -109,16 +111,20 @@ def reorientation(img: ImageData, codes) -> Reorientation | None:
     target = tuple(codes)
     if not source or len(source) != 3 or None in source or source == target:
         return None
-    from nibabel.orientations import axcodes2ornt, ornt_transform
-
     try:
-        ornt = ornt_transform(axcodes2ornt(source), axcodes2ornt(target))
+        ornt = _ornt(source, target)
     except ValueError:  # degenerate geometry (two axes along one direction): orientation unknown
         return None
     return Reorientation(ornt=ornt, source=tuple(source), target=target)
 
 
+def turned(img: ImageData, codes) -> tuple[ImageData, Reorientation | None]:
+    """``img`` in orientation ``codes`` (itself when nothing needs doing) and what turned it, so that
+    a caller can turn a mask the same way or outputs back (None when nothing was done)."""
+    ro = reorientation(img, codes)
+    return (ro.image(img), ro) if ro else (img, None)
+
+
 def oriented(img: ImageData, codes) -> ImageData:
     """``img`` in orientation ``codes`` (itself when nothing needs doing)."""
-    ro = reorientation(img, codes)
-    return ro.image(img) if ro else img
+    return turned(img, codes)[0]
