@@ -527,12 +527,15 @@ def compress(run: Path = typer.Argument(..., help="Run to compress (its model is
                                                        f"e.g. 2m ({DURATION_HELP})."),
              lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the plan's; a quarter "
                                                 "of it when fine-tuning, except after --prune 0.6 or more)."),
-             kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="Distillation temperature."),
-             kd_alpha: float = typer.Option(0.9, "--kd-alpha", help="Weight of the teacher's soft-label term, 0-1 "
-                                                                   "(the rest goes to the true labels)."),
-             calibration_images: int = typer.Option(256, "--calibration-images", help="int8: training images "
-                                                    "used to calibrate activation ranges (segmenters: training "
-                                                    "windows, at most 64)."),
+             kd_temperature: Optional[float] = typer.Option(None, "--kd-temperature", help="With --distill-from: "
+                                                            "distillation temperature (default 4)."),
+             kd_alpha: Optional[float] = typer.Option(None, "--kd-alpha", help="With --distill-from: weight of the "
+                                                      "teacher's soft-label term, 0-1, the rest going to the true "
+                                                      "labels (default 0.9)."),
+             calibration_images: Optional[int] = typer.Option(None, "--calibration-images", help="With --int8: "
+                                                              "training images used to calibrate activation ranges "
+                                                              "(default 256; segmenters: training windows, at most "
+                                                              "64)."),
              seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED,
                                                help="Seed of the training phases and of the int8 "
                                                "calibration sample (images, or a segmenter's windows; "

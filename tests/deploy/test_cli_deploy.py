@@ -181,6 +181,17 @@ def test_meaningless_compress_options_are_refused_before_work(tmp_path):
                          (CompressOptions(distill_from=str(run), epochs=1, kd_temperature=0), "--kd-temperature")):
         with pytest.raises(PlanError, match=option):
             compress_run(run, tmp_path / "c", opts, progress=False)
+    # an option of a step that does not run would change nothing: refused rather than dropped
+    for args, needle in ((["--prune", "0.5", "--epochs", "1", "--kd-alpha", "0.5"],
+                          "--kd-alpha is given without --distill-from, so it would change nothing. Fix: add "
+                          "--distill-from, or leave --kd-alpha out"),
+                         (["--prune", "0.5", "--epochs", "1", "--kd-temperature", "2"],
+                          "--kd-temperature is given without --distill-from"),
+                         (["--prune", "0.5", "--epochs", "1", "--calibration-images", "64"],
+                          "--calibration-images is given without --int8")):
+        r = meddx("compress", run, "--out", tmp_path / "c", "--no-progress", *args, check=False)
+        assert r.returncode == 2 and needle in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "c").exists()
 
 

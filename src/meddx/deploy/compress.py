@@ -56,6 +56,9 @@ def prune_lr_factor(ratio: float) -> float:
     return 1.0 if ratio >= HEAVY_PRUNE else FINE_TUNE_LR_FACTOR
 
 
+KD_TEMPERATURE, KD_ALPHA, CALIBRATION_IMAGES = 4.0, 0.9, 256  # the defaults of the options below
+
+
 @dataclass
 class CompressOptions:
     """What ``compress_run`` does (see the module docstring)."""
@@ -67,9 +70,9 @@ class CompressOptions:
     epochs: int | None = None
     time_budget_s: float | None = None
     lr: float | None = None
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
-    calibration_images: int = 256
+    kd_temperature: float | None = None  # None: KD_TEMPERATURE (with a teacher; given without one, refused)
+    kd_alpha: float | None = None  # None: KD_ALPHA
+    calibration_images: int | None = None  # None: CALIBRATION_IMAGES (with --int8; given without it, refused)
     calibration_method: str = "minmax"
     round_to: int | None = None
     prune_steps: int = 1
@@ -299,6 +302,18 @@ def compress_run(run_dir: str | Path, out: str | Path, opts: CompressOptions, *,
         raise PlanError(f"--epochs must be at least 1, got {opts.epochs}", fix="e.g. --epochs 5")
     if opts.lr is not None and not opts.lr > 0:
         raise PlanError(f"--lr must be positive, got {opts.lr}", fix="e.g. --lr 0.001, or leave it out")
+    unused = [flag for flag, value, used in (("--kd-temperature", opts.kd_temperature, opts.distill_from),
+                                             ("--kd-alpha", opts.kd_alpha, opts.distill_from),
+                                             ("--calibration-images", opts.calibration_images, opts.int8))
+              if value is not None and not used]
+    if unused:
+        needs = "--distill-from" if unused[0].startswith("--kd") else "--int8"
+        raise PlanError(f"{unused[0]} is given without {needs}, so it would change nothing",
+                        fix=f"add {needs}, or leave {unused[0]} out")
+    opts = replace(opts, kd_temperature=KD_TEMPERATURE if opts.kd_temperature is None else opts.kd_temperature,
+                   kd_alpha=KD_ALPHA if opts.kd_alpha is None else opts.kd_alpha,
+                   calibration_images=CALIBRATION_IMAGES if opts.calibration_images is None
+                   else opts.calibration_images)
     if int(opts.calibration_images) < 1:
         raise PlanError(f"--calibration-images must be at least 1, got {opts.calibration_images}",
                         fix="e.g. --calibration-images 256")
