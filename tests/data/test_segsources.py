@@ -402,5 +402,64 @@ def test_an_nnunet_v2_dataset_pairs_x_0000_with_its_mask_x(tmp_path):
         open_seg_dataset(root)
     (root / "imagesTr" / "vol02_0000.nii.gz").unlink()
     (root / "imagesTr" / "vol01_0001.nii.gz").write_bytes((root / "imagesTr" / "vol01_0000.nii.gz").read_bytes())
-    with pytest.raises(DatasetError, match=r"2 channel files per case.*one 4D NIfTI"):
+    with pytest.raises(DatasetError, match=r"imagesTr/vol00_0001.nii.gz: case 'vol00' has 1 channel file\(s\) where "
+                                           r"others have 2: vol00_0001.nii.gz is missing"):
         open_seg_dataset(root)
+
+
+def _channel_dataset(tmp_path, n=3, shape=(12, 12, 12)):
+    """nnU-Net v2 layout, two channels per case: channel 1 is channel 0 on another scale (x 40, + 1000)."""
+    import nibabel as nib
+
+    root = write_seg_volumes(tmp_path / "Dataset002_Two", n=n, shape=shape)
+    (root / "images").rename(root / "imagesTr")
+    (root / "labels").rename(root / "labelsTr")
+    for p in sorted((root / "imagesTr").iterdir()):
+        img = nib.load(str(p))
+        nib.save(img, str(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz"))))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 40 + 1000, img.affine),
+                 str(p.with_name(p.name.replace(".nii.gz", "_0001.nii.gz"))))
+        p.unlink()
+    (root / "dataset.json").write_text('{"channel_names": {"0": "T1", "1": "FLAIR"}, "labels": {"background": 0, '
+                                       '"a": 1, "b": 2}, "file_ending": ".nii.gz"}')
+    return root
+
+
+def test_an_nnunet_case_of_several_channel_files_is_one_image_of_those_channels_in_order(tmp_path):
+    import nibabel as nib
+
+    root = _channel_dataset(tmp_path)
+    cs = open_seg_dataset(root)
+    assert len(cs) == 3 and [c.path.name for c in cs.cases] == ["vol00_0000.nii.gz", "vol01_0000.nii.gz",
+                                                                 "vol02_0000.nii.gz"]
+    assert [p.name for p in cs.cases[1].channels] == ["vol01_0000.nii.gz", "vol01_0001.nii.gz"]
+    img, m = load_mask_values(cs, cs.cases[1])
+    first = np.asarray(nib.load(str(root / "imagesTr" / "vol01_0000.nii.gz")).dataobj)
+    assert img.channels == 2 and img.spatial_shape == m.shape == first.shape
+    np.testing.assert_allclose(img.array[0], first)
+    np.testing.assert_allclose(img.array[1], first * 40 + 1000, rtol=1e-6)
+    np.testing.assert_allclose(img.meta["affine"], nib.load(str(root / "imagesTr" / "vol01_0000.nii.gz")).affine)
+
+
+def test_channel_files_that_disagree_are_refused_naming_the_file(tmp_path):
+    import nibabel as nib
+
+    root = _channel_dataset(tmp_path)
+    (root / "dataset.json").write_text('{"channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}}')
+    with pytest.raises(DatasetError, match=r"vol00_0000.nii.gz: dataset.json declares 3 channel\(s\) but case 'vol00' "
+                                           r"has 2 channel files"):
+        open_seg_dataset(root)
+    (root / "dataset.json").unlink()
+    moved = root / "imagesTr" / "vol02_0001.nii.gz"
+    img = nib.load(str(moved))
+    shifted = img.affine.copy()
+    shifted[0, 3] += 5.0  # 5 mm to the side: same grid, another place
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), shifted), str(moved))
+    cs = open_seg_dataset(root)
+    with pytest.raises(ImageContentError, match=r"vol02_0001.nii.gz: channel file lies elsewhere in space than "
+                                                r"vol02_0000.nii.gz.*co-registered"):
+        cs.load(cs.cases[2])
+    nib.save(nib.Nifti1Image(np.zeros((12, 12, 11), np.float32), img.affine), str(moved))
+    with pytest.raises(ImageContentError, match=r"vol02_0001.nii.gz: channel file is \[12, 12, 11\] but "
+                                                r"vol02_0000.nii.gz is \[12, 12, 12\]"):
+        cs.load(cs.cases[2])

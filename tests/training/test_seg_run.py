@@ -404,3 +404,58 @@ def test_recorded_segmentation_patches_replay(tmp_path):
             ys.append(lab[sl])
         assert torch.equal(aug.apply(torch.stack(xs), b["params"]), xb)
         assert torch.equal(aug.apply_labels(torch.stack(ys), b["params"]), yb)
+
+
+def test_a_two_channel_nnunet_dataset_trains_and_predicts_cases_of_channel_files(tmp_path):
+    """nnU-Net v2's multi-modal layout (imagesTr/x_0000 + x_0001, labelsTr/x): the run takes two
+    channels, and predict, the exported runtime and a 4D NIfTI of the same channels agree; a case
+    short of a channel file is named."""
+    import nibabel as nib
+
+    from meddx.deploy.export import export_run
+    from meddx.errors import InputError
+    from meddx.runtime import load
+
+    root = write_seg_volumes(tmp_path / "Dataset003_Two", n=10, shape=(16, 20, 16))
+    (root / "images").rename(root / "imagesTr")
+    (root / "labels").rename(root / "labelsTr")
+    for p in sorted((root / "imagesTr").iterdir()):
+        img = nib.load(str(p))
+        nib.save(img, str(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz"))))
+        flair = 5000 - 8 * np.asarray(img.dataobj)  # another modality: other units, inverted contrast
+        nib.save(nib.Nifti1Image(flair.astype(np.float32), img.affine),
+                 str(p.with_name(p.name.replace(".nii.gz", "_0001.nii.gz"))))
+        p.unlink()
+    out = tmp_path / "run"
+    train_seg_run(str(root), out, overrides={"train.epochs": 2, "segment.patch_size": [16, 16, 16]},
+                  progress=False, log=lambda *a: None)
+    plan = Plan.load(out / "plan.yaml")
+    assert plan.data.channels == 2 and plan.data.intensity == "image_zscore"
+    ts = tmp_path / "imagesTs"
+    ts.mkdir()
+    for name in ("vol00_0000.nii.gz", "vol00_0001.nii.gz", "vol01_0000.nii.gz", "vol01_0001.nii.gz"):
+        shutil.copy(root / "imagesTr" / name, ts / name)
+    a, b = (nib.load(str(ts / f"vol00_000{k}.nii.gz")) for k in (0, 1))
+    stacked = tmp_path / "one" / "vol00_4d.nii.gz"
+    stacked.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.stack([a.get_fdata(), b.get_fdata()], -1).astype(np.float32), a.affine), str(stacked))
+
+    rows = predict_seg_paths(out, ts, tmp_path / "p", progress=False)
+    assert [r["file"].split("/")[-1] for r in rows] == ["vol00_0000.nii.gz", "vol01_0000.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "p").glob("*_mask.nii.gz")) == ["vol00_mask.nii.gz", "vol01_mask.nii.gz"]
+    four_d = predict_seg_paths(out, stacked, tmp_path / "p4", progress=False)[0]
+    mask = np.asarray(nib.load(rows[0]["mask"]).dataobj)
+    assert (mask > 0).any() and np.array_equal(mask, np.asarray(nib.load(four_d["mask"]).dataobj))
+    from meddx.explain.run_explain import explain_paths
+
+    heat = explain_paths(out, ts, tmp_path / "e", method="gradcam", progress=False)
+    assert [r["file"].split("/")[-1] for r in heat] == ["vol00_0000.nii.gz", "vol01_0000.nii.gz"]
+    assert nib.load(heat[0]["heatmap_nifti"]).shape == a.shape
+    bundle = load(export_run(out, tmp_path / "bundle"))
+    rt = bundle.predict(ts / "vol00_0000.nii.gz").write_mask(tmp_path / "rt")
+    assert np.mean(np.asarray(nib.load(str(rt)).dataobj) == mask) > 0.999
+    (ts / "vol01_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"vol01_0000.nii.gz: the model takes 2 channels.*vol01_0001.nii.gz is "
+                                         r"missing.*put vol01_0001.nii.gz beside vol01_0000.nii.gz"):
+        predict_seg_paths(out, ts, tmp_path / "p5", progress=False)
+    assert not (tmp_path / "p5").exists()

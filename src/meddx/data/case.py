@@ -35,6 +35,8 @@ class Case:
         index: row in an in-memory array, for array-backed datasets (MedMNIST).
         masks: segmentation only: the mask file(s) of this image (several are merged).
         boxes: detection only: ``(x1, y1, x2, y2, class)`` per finding, pixel coordinates.
+        channels: a case stored as one file per channel (nnU-Net v2's ``x_0000``, ``x_0001`` ...):
+            those files in channel order (``path`` is the first); empty otherwise.
     """
 
     case_id: str
@@ -45,6 +47,7 @@ class Case:
     index: int | None = None
     masks: tuple[Path, ...] = ()
     boxes: tuple = ()
+    channels: tuple[Path, ...] = ()
     split_key: str | None = field(default=None, repr=False)
 
 

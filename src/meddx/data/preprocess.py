@@ -18,7 +18,7 @@ from meddx.data.case import Case, CaseSet
 from meddx.io.base import check_pixels
 from meddx.errors import ImageContentError
 from meddx.io.base import ImageData
-from meddx.transforms.intensity import apply_scheme, to_channels
+from meddx.transforms.intensity import apply_scheme, channel_mismatch, to_channels
 from meddx.transforms.spatial import resize
 
 MEMORY_FRACTION = 0.5  # of available RAM the input cache may take
@@ -92,8 +92,7 @@ def prepare(img: ImageData, spec: PreprocessSpec, where: str) -> np.ndarray:
         a = squeezed
     conv = to_channels(a, spec.channels)
     if conv is None:
-        raise ImageContentError(f"has {a.shape[0]} channels; the model expects {spec.channels}", path=where,
-                                fix="use images with the same channels as the training data")
+        raise channel_mismatch(a.shape[0], spec.channels, where)
     a = apply_scheme(apply_steps(conv, spec.steps, where), spec.scheme, spec.clip)
     return resize(a, spec.size)
 

@@ -7,7 +7,8 @@ Layouts, tried in this order:
 * a folder with ``images/`` and ``masks/`` (or ``labels/``, ``imagesTr/``/``labelsTr/``)
   sub-folders whose files pair by name (MSD, COVID-19 Radiography); there may be
   several such pairs below the folder; nnU-Net v2's channel suffix pairs too
-  (``imagesTr/x_0000.nii.gz`` with ``labelsTr/x.nii.gz``), one channel per case;
+  (``imagesTr/x_0000.nii.gz`` with ``labelsTr/x.nii.gz``), and a case's channel files
+  (``x_0000``, ``x_0001`` ...: T1, FLAIR ...) are stacked into one multi-channel image;
 * a folder whose masks sit beside their images as ``<name>_mask.<ext>`` (and
   ``<name>_mask_1.<ext>`` ... for extra masks of one image, merged: BUSI, LGG).
 
@@ -26,9 +27,9 @@ import numpy as np
 
 from meddx.data.case import Case, CaseSet, patient_keys
 from meddx.errors import DatasetError, ImageContentError, InputError
-from meddx.io import read_image
-from meddx.io.base import ImageData, axcodes_of, ras_affine
-from meddx.io.formats import is_hidden, is_readable_path, path_suffix
+from meddx.io import read_channels, read_image
+from meddx.io.base import ImageData, axcodes_of, same_geometry
+from meddx.io.formats import channel_file, is_hidden, is_readable_path, nnunet_channel, path_suffix
 from meddx.transforms.orientation import oriented
 
 MASK_STEM = re.compile(r"^(?P<stem>.+?)_(mask|seg|label|labels)(_(?P<k>\d+))?$", re.IGNORECASE)
@@ -99,27 +100,41 @@ def _by_stem(files: list[Path]) -> dict[str, Path]:
     return out
 
 
-NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _nnunet_cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, Path]:
-    """``images`` keyed by their mask's name where they follow nnU-Net v2's naming (``x_0000`` is
-    channel 0 of case ``x``, whose mask is ``x``); otherwise ``images`` unchanged."""
-    named = {stem: NNUNET_CHANNEL.match(stem) for stem in images}
+def _nnunet_cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, tuple[Path, ...]]:
+    """Each case's image file(s), keyed by its mask's name. Files named as nnU-Net v2 names channels
+    (``x_0000`` is channel 0 of case ``x``, whose mask is ``x``) group into one case of several channels,
+    in channel order; any other file is a case of its own."""
+    named = {stem: nnunet_channel(p) for stem, p in images.items()}
     if not images or set(images) & set(masks) or not all(named.values()):
-        return images
-    cases: dict[str, list[Path]] = {}
-    for stem, m in sorted(named.items()):
-        cases.setdefault(m["case"], []).append(images[stem])
+        return {stem: (p,) for stem, p in images.items()}
+    cases: dict[str, dict[int, Path]] = {}
+    for stem, (case, k) in sorted(named.items()):
+        cases.setdefault(case, {})[k] = images[stem]
     if not set(cases) & set(masks):
-        return images
-    several = next((files for files in cases.values() if len(files) > 1), None)
-    if several is not None:
-        raise DatasetError(f"an nnU-Net dataset with {len(several)} channel files per case "
-                           f"({', '.join(p.name for p in several[:3])}); meddx reads one image file per case",
-                           path=several[0], fix="stack each case's channels into one 4D NIfTI (channels on the "
-                                                "4th axis) named like its mask, or keep one channel")
-    return {case: files[0] for case, files in cases.items()}
+        return {stem: (p,) for stem, p in images.items()}
+    n = max(len(ch) for ch in cases.values())
+    for case, ch in sorted(cases.items()):  # n is the most any case has: one short of it misses one
+        gap = next((k for k in range(n) if k not in ch), None)
+        if gap is not None:
+            want = channel_file(next(iter(ch.values())), gap)
+            raise DatasetError(f"case '{case}' has {len(ch)} channel file(s) where others have {n}: {want.name} is "
+                               "missing", path=want, fix="give every case the same channels, numbered from 0000 as "
+                                                         "nnU-Net v2 names them, or remove the case")
+    return {case: tuple(ch[k] for k in range(n)) for case, ch in cases.items()}
+
+
+def _declared_channels(root: Path) -> int | None:
+    """How many input channels an nnU-Net v2 (``channel_names``) or MSD (``modality``) ``dataset.json``
+    declares, if it does."""
+    for cand in (root / "dataset.json", root.parent / "dataset.json"):
+        if cand.is_file():
+            try:
+                d = json.loads(cand.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return None  # _declared_labels names the broken file
+            names = d.get("channel_names") or d.get("modality") if isinstance(d, dict) else None
+            return len(names) if isinstance(names, dict) and names else None
+    return None
 
 
 def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
@@ -139,7 +154,12 @@ def _cases_from_pair_dirs(root: Path, pairs: list[tuple[Path, Path]]) -> list[Ca
     for img_dir, msk_dir in pairs:
         masks = _by_stem(_files(msk_dir))
         images = _nnunet_cases(_by_stem(_files(img_dir)), masks)
-        for stem, p in images.items():
+        declared = _declared_channels(img_dir.parent)
+        for stem, files in images.items():
+            p = files[0]
+            if declared is not None and stem != _stem(p) and len(files) != declared:  # cases of channel files
+                raise DatasetError(f"dataset.json declares {declared} channel(s) but case '{stem}' has {len(files)} "
+                                   "channel files", path=p, fix="correct channel_names in dataset.json, or the files")
             if stem not in masks:
                 suffix = path_suffix(p)
                 raise DatasetError(f"image '{p.name}' has no mask of the same name in {msk_dir.name}/",
@@ -149,9 +169,9 @@ def _cases_from_pair_dirs(root: Path, pairs: list[tuple[Path, Path]]) -> list[Ca
             raise DatasetError(f"mask '{masks[extra[0]].name}' has no image ({len(extra)} such masks)",
                                path=masks[extra[0]], fix=f"add the image to {img_dir.name}/ or remove the mask")
         stratum = img_dir.parent.name if img_dir.parent != root else "all"
-        for stem, p in sorted(images.items()):
-            cases.append(Case(case_id=str(p.relative_to(root)), label=None, path=p, masks=(masks[stem],),
-                              group=stratum))
+        for stem, files in sorted(images.items()):
+            cases.append(Case(case_id=str(files[0].relative_to(root)), label=None, path=files[0],
+                              masks=(masks[stem],), group=stratum, channels=files if len(files) > 1 else ()))
     return cases
 
 
@@ -193,6 +213,10 @@ def _cases_from_manifest(path: Path) -> tuple[list[Case], bool]:
     from meddx.io.manifest import read_manifest
 
     return manifest_cases(path, read_manifest(path, require_label=False, require_mask=True), lambda r: None)
+
+
+def _load_case(c: Case) -> ImageData:
+    return read_channels(list(c.channels)) if c.channels else read_image(c.path)
 
 
 def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by_folder: bool = False) -> CaseSet:
@@ -240,7 +264,7 @@ def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by
     for c, s in zip(cases, strata):
         c.label = idx[s if s is not None else names[0]]
     return CaseSet(name=p.stem if p.is_file() else p.name, source=str(p), kind=kind, class_names=names,
-                   cases=cases, official_split=official, loader=lambda c: read_image(c.path), task="segment",
+                   cases=cases, official_split=official, loader=_load_case, task="segment",
                    declared_labels=_declared_labels(root), resample_masks=resample_masks)
 
 
@@ -265,15 +289,6 @@ def _mask_plane(img: ImageData, where: Path) -> np.ndarray:
     if img.meta.get("mode") == "1":  # a bilevel PNG/TIFF: on is 255, as Pillow's own conversion to 8 bit has it
         a = a * 255.0
     return a
-
-
-def _same_geometry(img: ImageData, msk: ImageData, unknown: bool = True) -> bool:
-    """Same voxel-to-world mapping (both read in RAS: a DICOM's LPS affine is converted); ``unknown``
-    where either has none."""
-    a, b = ras_affine(img), ras_affine(msk)
-    if a is None or b is None:
-        return unknown
-    return bool(np.allclose(a, b, atol=1e-3, rtol=1e-4))
 
 
 def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) -> tuple[ImageData, np.ndarray]:
@@ -301,7 +316,7 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
             m = oriented(m, codes)
         plane = _mask_plane(m, mp)
         if (img.spatial_dims == 3 and {img.meta.get("format"), m.meta.get("format")} == {"dicom", "nifti"}
-                and not (tuple(plane.shape) == shape and _same_geometry(img, m, unknown=False))):
+                and not (tuple(plane.shape) == shape and same_geometry(img, m, unknown=False))):
             # (on one grid, e.g. the NIfTI mask `meddx predict` wrote for a DICOM series, they pair up)
             # DICOM arrays are (slice, row, column), NIfTI's (i, j, k): resizing one onto the other
             # would pair each voxel with a voxel of another place
@@ -327,7 +342,7 @@ def load_mask_values(cs: CaseSet, case: Case, image: ImageData | None = None) ->
                     f"mask is {'x'.join(map(str, plane.shape))} but its image is {'x'.join(map(str, shape))}",
                     path=mp, fix="give masks their image's size, or pass --resample-masks to resize them "
                                  "(nearest neighbour)")
-        elif not _same_geometry(img, m) and not cs.resample_masks:
+        elif not same_geometry(img, m) and not cs.resample_masks:
             raise ImageContentError("mask geometry (affine) differs from its image's", path=mp,
                                     fix="resample the mask onto its image, or pass --resample-masks to accept "
                                         "the image's geometry")

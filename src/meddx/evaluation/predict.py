@@ -15,7 +15,7 @@ from meddx.errors import MeddxError
 from meddx.evaluation.inputs import collect_inputs
 from meddx.evaluation.metrics import predict_labels
 from meddx.evaluation.thresholds import stored_positive
-from meddx.io import read_image
+from meddx.io import read_input
 from meddx.training.engine import predict_proba
 from meddx.training.run import progress_callback, load_run
 
@@ -32,12 +32,13 @@ def read_each(paths: list[Path], run_dir: Path | None = None, plan=None):
     from meddx.io.base import axcodes_of
 
     trained = None if plan is not None and plan.data.orientation else _trained_axcodes(run_dir)
+    channels = plan.data.channels if plan is not None else 1
     off = []
     for i, p in enumerate(paths):
         try:
-            img = read_image(p)
+            img = read_input(p, channels)
         except MeddxError as e:
-            raise _naming_the_others(e, paths[i + 1:]) from None
+            raise _naming_the_others(e, paths[i + 1:], channels) from None
         codes = axcodes_of(img) if trained and img.spatial_dims == 3 else None
         if codes and codes != trained:
             off.append(f"{p.name} ({''.join(codes)})")
@@ -62,11 +63,11 @@ def _trained_axcodes(run_dir: Path | None) -> tuple[str, ...] | None:
     return tuple(codes) if codes else None
 
 
-def _naming_the_others(err: MeddxError, rest: list[Path]) -> MeddxError:
+def _naming_the_others(err: MeddxError, rest: list[Path], channels: int = 1) -> MeddxError:
     bad = []
     for q in rest:
         try:
-            read_image(q)
+            read_input(q, channels)
         except MeddxError:
             bad.append(str(q))
     if not bad:
@@ -85,7 +86,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     spec = PreprocessSpec.from_plan(plan.data)
     names = list(plan.data.class_names)
     pos = stored_positive(names, stored, plan.evaluate.positive_class)
-    paths = collect_inputs(Path(target), plan.data.spatial_dims)
+    paths = collect_inputs(Path(target), plan.data.spatial_dims, plan.data.channels)
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
     try:

@@ -14,12 +14,15 @@ from meddx.io.formats import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     SUPPORTED_FORMATS,
+    channel_file,
     check_file,
     detect_format,
     is_readable_path,
+    nnunet_channel,
 )
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageData", "is_readable_path", "read_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageData", "is_readable_path", "read_channels", "read_image",
+           "read_input"]
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
@@ -61,3 +64,63 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         return read_nifti(p, max_pixels=max_pixels)
     raise InputError("unknown image format (neither the content nor the file name is recognised)", path=p,
                      fix=f"use one of: {SUPPORTED_FORMATS}")
+
+
+def read_channels(paths: list[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """One image from several files, one per channel (or group of channels), as nnU-Net v2 stores a
+    multi-modal case (``x_0000.nii.gz`` T1, ``x_0001.nii.gz`` FLAIR, ...): their channels are stacked in
+    the order given. Every file must have the first file's spatial shape and, where both have one,
+    its geometry; the image keeps the first file's spacing and geometry.
+
+    Raises:
+        ImageContentError: a file whose grid differs from the first file's, or the channels together
+            over ``max_pixels``; and whatever ``read_image`` raises for each file.
+    """
+    import numpy as np
+
+    from meddx.errors import ImageContentError
+    from meddx.io.base import same_geometry, too_big
+
+    paths = [Path(p) for p in paths]
+    per_file = max(1, max_pixels // len(paths))  # the stacked image is what must fit the limit
+    first = read_image(paths[0], max_pixels=per_file)
+    arrays = [first.array]
+    for p in paths[1:]:
+        img = read_image(p, max_pixels=per_file)
+        if img.spatial_shape != first.spatial_shape:
+            raise ImageContentError(f"channel file is {list(img.spatial_shape)} but {paths[0].name} is "
+                                    f"{list(first.spatial_shape)}: one case's channels must share one grid", path=p,
+                                    fix=f"resample it onto {paths[0].name}'s grid (e.g. with the same registration "
+                                        "nnU-Net expects)")
+        if not same_geometry(first, img):
+            raise ImageContentError(f"channel file lies elsewhere in space than {paths[0].name} (different affine): "
+                                    "one case's channels must be co-registered", path=p,
+                                    fix=f"resample it onto {paths[0].name}'s grid, or correct its header")
+        arrays.append(img.array)
+    n = sum(a.size for a in arrays)
+    if n > max_pixels:
+        raise too_big(paths[0], n, max_pixels, f"case of {len(paths)} channel files", "voxels")
+    meta = dict(first.meta, channel_files=len(paths))
+    return ImageData(np.concatenate(arrays, axis=0), first.spacing, meta)
+
+
+def read_input(path: str | Path, channels: int = 1, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """What a model of ``channels`` input channels reads for one input: ``read_image``; for a model of
+    several channels given nnU-Net's first channel file (``x_0000.nii.gz``), that case's channel files
+    ``x_0000`` ... ``x_{channels-1:04d}`` beside it, stacked (``read_channels``).
+
+    Raises:
+        InputError: a channel file of the case is missing (named, with the fix).
+    """
+    p = Path(path).expanduser()
+    named = nnunet_channel(p) if channels > 1 and p.is_file() else None
+    if named is None or named[1] != 0:
+        return read_image(p, max_pixels=max_pixels)
+    files = [channel_file(p, k) for k in range(channels)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"the model takes {channels} channels, one file each as nnU-Net names them, and "
+                         f"{missing[0].name} is missing", path=p,
+                         fix=f"put {', '.join(f.name for f in missing)} beside {p.name}, or give the case as one "
+                             "4D NIfTI with the channels on its 4th axis")
+    return read_channels(files, max_pixels=max_pixels)

@@ -21,6 +21,15 @@ def ras_affine(img: "ImageData") -> np.ndarray | None:
     return LPS_TO_RAS @ aff if img.meta.get("format") == "dicom" else aff
 
 
+def same_geometry(a: "ImageData", b: "ImageData", unknown: bool = True) -> bool:
+    """Same voxel-to-world mapping (both taken in RAS, so a DICOM's LPS affine compares with a NIfTI's);
+    ``unknown`` where either has none."""
+    fa, fb = ras_affine(a), ras_affine(b)
+    if fa is None or fb is None:
+        return unknown
+    return bool(np.allclose(fa, fb, atol=1e-3, rtol=1e-4))
+
+
 def axcodes_of(img) -> tuple[str, ...] | None:
     """Orientation letters of the spatial axes: NIfTI's own, or from a DICOM series' LPS affine."""
     codes = img.meta.get("axcodes")

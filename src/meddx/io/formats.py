@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 #: Default cap on voxels x channels one image may decode to (a 2**28 float32 array is 1 GiB).
@@ -35,16 +36,42 @@ def file_stem(path: str | Path) -> str:
     return name
 
 
-def output_stems(paths: list[Path]) -> dict[Path, str]:
+#: nnU-Net v2's name for one channel of a case: ``x_0000.nii.gz`` is channel 0 of case ``x``.
+NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def nnunet_channel(path: str | Path) -> tuple[str, int] | None:
+    """``(case, channel)`` of a file named as nnU-Net v2 names channel files, else None."""
+    m = NNUNET_CHANNEL.match(file_stem(path))
+    return (m["case"], int(m["channel"])) if m else None
+
+
+def channel_file(path: str | Path, k: int) -> Path:
+    """Channel ``k``'s file beside an nnU-Net channel file (``x_0000.nii.gz`` -> ``x_000k.nii.gz``)."""
+    p = Path(path)
+    named = nnunet_channel(p)
+    if named is None:
+        raise ValueError(f"{p.name} is not named as an nnU-Net channel file")
+    return p.with_name(f"{named[0]}_{k:04d}{p.name[len(file_stem(p)):]}")
+
+
+def output_stems(paths: list[Path], channels: int = 1) -> dict[Path, str]:
     """A distinct output name per input, for writing ``NAME_mask.png``, ``NAME_overlay.png`` ... into one
     folder: the file stem where it is unique, else (``a/x.png`` and ``b/x.png``, or the ``000001.dcm`` of
     every DICOM series) the folders from the inputs' common folder down, joined by ``_``, then the suffix
-    (``x.png`` beside ``x.jpg``), then a counter. Without this, one input's outputs overwrite another's."""
+    (``x.png`` beside ``x.jpg``), then a counter. Without this, one input's outputs overwrite another's.
+    For a model of several ``channels``, an input named as nnU-Net's first channel file (``x_0000``)
+    stands for its case, and is named ``x``."""
     import os
     from collections import Counter
 
     paths = list(paths)
-    names = {p: file_stem(p) for p in paths}
+
+    def stem(p) -> str:
+        named = nnunet_channel(p) if channels > 1 else None
+        return named[0] if named and named[1] == 0 else file_stem(p)
+
+    names = {p: stem(p) for p in paths}
     if len(set(names.values())) == len(paths):
         return names
     try:
@@ -59,7 +86,7 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     for p in paths:
         if names[p] in dup and common is not None:
             parts = Path(p).resolve().parent.relative_to(common).parts
-            names[p] = "_".join([*parts, file_stem(p)])
+            names[p] = "_".join([*parts, stem(p)])
     dup = clashing()
     for p in paths:
         suf = path_suffix(p).lstrip(".").replace(".", "_")

@@ -152,10 +152,10 @@ class Bundle:
     # -- files ------------------------------------------------------------------------------
     def prepare(self, path: str | Path):
         """Read and preprocess one file: ``(decoded image, standardised input (C, *size))``."""
-        from meddx.io import read_image
+        from meddx.io import read_input
         from meddx.runtime.preprocess import prepare
 
-        img = read_image(path)
+        img = read_input(path, self.preprocessing.channels)  # nnU-Net channel files: the case's others too
         return img, prepare(img, self.preprocessing, str(path))
 
     def predict(self, path: str | Path) -> Prediction | SegPrediction:

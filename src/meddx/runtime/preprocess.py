@@ -16,7 +16,7 @@ from meddx.errors import ImageContentError
 from meddx.io.base import ImageData, check_pixels
 from meddx.runtime.resize import resize
 from meddx.runtime.spec import Preprocessing
-from meddx.transforms.intensity import apply_scheme, to_channels
+from meddx.transforms.intensity import apply_scheme, channel_mismatch, to_channels
 from meddx.transforms.orientation import oriented
 
 
@@ -72,8 +72,7 @@ def prepare(img: ImageData, spec: Preprocessing, where: str) -> np.ndarray:
     a = _squeeze_to(a, spec.spatial_dims, where)
     conv = to_channels(a, spec.channels)
     if conv is None:
-        raise ImageContentError(f"has {a.shape[0]} channels; the model expects {spec.channels}", path=where,
-                                fix="use images with the same channels as the training data")
+        raise channel_mismatch(a.shape[0], spec.channels, where)
     a = apply_scheme(apply_steps(conv, spec.steps, where), spec.intensity, tuple(spec.clip) if spec.clip else None)
     a = resize(a, target_size(spec, img))
     return ((a - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)

@@ -4,7 +4,8 @@ Schemes (names used in ``plan.yaml``):
     ``scale255``: 8-bit data divided by 255 (photographs, X-ray PNGs, MedMNIST).
     ``clip_scale``: clip to the dataset's [p0.5, p99.5] and map to [0, 1] (CT: the
         nnU-Net rule of clipping to foreground percentiles, dataset-wide).
-    ``image_zscore``: per-image z-score (MRI, whose units differ between scans).
+    ``image_zscore``: per-image z-score (MRI, whose units differ between scans), each channel on
+        its own as nnU-Net normalises each modality (T1 and FLAIR have unrelated scales).
 A dataset-level mean/std from the training split is applied after each of them.
 """
 
@@ -23,7 +24,10 @@ def apply_scheme(array: np.ndarray, scheme: str, clip: tuple[float, float] | Non
         lo, hi = clip if clip is not None else (float(a.min()), float(a.max()))
         return (np.clip(a, lo, hi) - lo) / max(hi - lo, 1e-6)
     if scheme == "image_zscore":
-        return (a - a.mean()) / max(float(a.std()), 1e-6)
+        if a.shape[0] == 1:
+            return (a - a.mean()) / max(float(a.std()), 1e-6)
+        axes = tuple(range(1, a.ndim))
+        return (a - a.mean(axis=axes, keepdims=True)) / np.maximum(a.std(axis=axes, keepdims=True), 1e-6)
     raise ValueError(f"unknown intensity scheme {scheme!r}; known: {SCHEMES}")
 
 
@@ -38,3 +42,13 @@ def to_channels(array: np.ndarray, channels: int) -> np.ndarray | None:
     if channels == 3 and c == 1:
         return np.repeat(array, 3, axis=0)
     return None
+
+
+def channel_mismatch(have: int, want: int, where: str):
+    """The error for an image whose channels the model cannot take (training, predict and the runtime)."""
+    from meddx.errors import ImageContentError
+
+    fix = ("give all its channels: one 4D NIfTI with the channels on the 4th axis, or one file per channel "
+           "named as nnU-Net does (CASE_0000, CASE_0001 ...) side by side, and pass the first"
+           if want > 1 and have < want else "use images with the same channels as the training data")
+    return ImageContentError(f"has {have} channel(s); the model expects {want}", path=where, fix=fix)
