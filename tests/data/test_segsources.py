@@ -463,3 +463,30 @@ def test_channel_files_that_disagree_are_refused_naming_the_file(tmp_path):
     with pytest.raises(ImageContentError, match=r"vol02_0001.nii.gz: channel file is \[12, 12, 11\] but "
                                                 r"vol02_0000.nii.gz is \[12, 12, 12\]"):
         cs.load(cs.cases[2])
+
+
+@needs_real
+def test_real_lgg_slices_split_into_nnunet_channel_files_load_as_the_rgb_slices(tmp_path):
+    """LGG stores pre-contrast, FLAIR and post-contrast as the three colours of one TIFF. Written as
+    nnU-Net's one grey PNG per channel (x_0000, x_0001, x_0002), every case loads to the same array."""
+    from PIL import Image
+
+    from meddx.io import read_image
+
+    src = sorted((REAL / "seg" / "lgg_mri_kaggle_3m_subset").glob("TCGA_*/*_1[0-9].tif"))[:6]
+    root = tmp_path / "Dataset004_LGG"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for k, tif in enumerate(src):
+        rgb = np.asarray(Image.open(tif))
+        for c in range(3):
+            Image.fromarray(rgb[..., c]).save(root / "imagesTr" / f"lgg{k:02d}_{c:04d}.png")
+        Image.open(tif.with_name(tif.stem + "_mask.tif")).save(root / "labelsTr" / f"lgg{k:02d}.png")
+    cs = open_seg_dataset(root)
+    assert len(cs) == len(src) == 6
+    for c, tif in zip(cs.cases, src):
+        img, mask = load_mask_values(cs, c)
+        assert img.channels == 3 and np.array_equal(img.array, read_image(tif).array)
+        assert mask.shape == img.spatial_shape
+    fp = compute_fingerprint(cs)
+    assert fp["channels"] == {"3": 6}
