@@ -9,7 +9,7 @@ import pytest
 from meddx.data.fingerprint import compute_fingerprint
 from meddx.data.sources import open_dataset
 from meddx.data.split import make_split, read_split
-from meddx_testutils import write_seg_pairs
+from meddx_testutils import write_seg_pairs, write_seg_volumes
 
 PLANNED_STATS = ("class_counts", "imbalance_ratio", "intensity", "noise")
 
@@ -155,3 +155,22 @@ def test_counted_findings_say_they_count_the_training_and_validation_cases(tiny_
     planned = [f for f in compute_fingerprint(cs, split=split)["findings"] if f.startswith("class imbalance")]
     assert planned and planned[0].endswith(f":1 among the {n_seen} training and validation cases")
     assert [f for f in compute_fingerprint(cs)["findings"] if f.startswith("class imbalance")][0].endswith(":1")
+
+
+def test_one_volume_stored_in_two_orientations_is_a_duplicate(tmp_path):
+    """The same scan saved RAS and PIL (transposed and mirrored) holds other bytes, but is one volume:
+    a test copy of a training scan must not pass unseen because it was re-saved another way."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    from meddx.data.segsources import open_seg_dataset
+
+    root = write_seg_volumes(tmp_path / "v", n=4, shape=(14, 16, 13))
+    to_pil = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("PIL"))
+    for sub in ("images", "labels"):
+        src = nib.load(str(root / sub / "vol00.nii.gz"))
+        nib.save(src.as_reoriented(to_pil), str(root / sub / "vol00_pil.nii.gz"))
+    fp = compute_fingerprint(open_seg_dataset(root))
+    assert fp["orientations"] == {"RAS": 4, "PIL": 1}
+    assert fp["duplicates"]["groups"] == 1 and sorted(fp["duplicates"]["examples"][0]) == [
+        "images/vol00.nii.gz", "images/vol00_pil.nii.gz"]

@@ -34,6 +34,16 @@ NOISE_SAMPLE = 200  # cases whose noise level is estimated
 RARE_LABEL_FRACTION = 1e-4  # a mask label on fewer voxels than this share is flagged as possibly stray
 
 
+CANONICAL = ("R", "A", "S")
+
+
+def _oriented_hash(img) -> str:
+    """The hash of a volume's voxels turned to RAS (what ``hashes`` compares for duplicates)."""
+    from meddx.transforms.orientation import oriented
+
+    return hashlib.sha1(np.ascontiguousarray(oriented(img, CANONICAL).array).tobytes()).hexdigest()
+
+
 def _problem_text(e: MeddxError, c) -> str:
     """The error of an unusable case as written to outputs. With a patient column the case's path may
     hold the patient identifier (``PGBM-001/img0.png``), so the path gives way to the case id, whose
@@ -130,7 +140,8 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
             if integer_valued and not np.array_equal(samples[-1], np.round(samples[-1])):
                 integer_valued = False
         h = hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
-        hashes[h].append(c.case_id)
+        # duplicates are looked for in one orientation: the same volume stored LPS and RAS is one volume
+        hashes[h if codes in (None, CANONICAL) else _oriented_hash(img)].append(c.case_id)
         # a segmentation or detection case's target is its mask (boxes are drawn into one): hashed with it
         target = f"|{hashlib.sha1(np.ascontiguousarray(mask).tobytes()).hexdigest()}" if seg is not None else ""
         data_hash.update(f"{hash_id(c)}|{c.label}|{c.split}|{h}{target}\n".encode())
