@@ -365,3 +365,15 @@ def test_seeds_and_split_overrides_numpy_cannot_take(tiny_folder, tmp_path):
                          (["data.split_fractions=abc"], "data.split_fractions")):
         msg = _refused_in_process(tiny_folder, tmp_path, sets)
         assert needle in msg, (sets, msg)
+
+
+def test_an_image_and_mask_folder_pair_without_task_segment_says_add_it(tmp_path):
+    """imagesTr/ + labelsTr/ read as a class folder was "2 classes": a classifier telling images from masks."""
+    from meddx_testutils import write_seg_volumes
+
+    root = write_seg_volumes(tmp_path / "Dataset005_X", n=3, shape=(14, 16, 14))
+    (root / "images").rename(root / "imagesTr")
+    (root / "labels").rename(root / "labelsTr")
+    _train_fails(tmp_path, root, str(root), "class folders imagesTr and labelsTr are images and their masks",
+                 "Fix: add --task segment")
+    assert_user_error(meddx("inspect", root), "add --task segment")

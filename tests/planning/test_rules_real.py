@@ -62,6 +62,8 @@ def test_medmnist_3d_rules(real_data):
     assert p.data.orientation is None and _rules(p)["R20"].reads == {"axcodes": None, "orientations": {}}  # no geometry
     assert p.evaluate.tta_flip_axes == [0, 1, 2] and p.evaluate.choose_tta  # R16: candidates, kept if val rises
     assert p.evaluate.positive_class == "hyperplasia"  # R18
+    assert p.data.antialias_3d  # R3: volumes are filtered when they shrink to the input size
+    assert [d.rule for d in p.decisions if d.field == "data.antialias_3d"] == ["R3 input size"]
     fp64, _ = _fp(real_data / "medmnist" / "adrenalmnist3d_64.npz")
     assert make_plan(fp64, source="x", cuda=False).data.input_size == [32, 32, 32]  # CPU cap
     assert make_plan(fp64, source="x", cuda=True).data.input_size == [64, 64, 64]

@@ -129,7 +129,7 @@ def test_other_format_version(copy):
     man = json.loads((copy / "bundle.json").read_text())
     man["version"] = 0
     (copy / "bundle.json").write_text(json.dumps(man))
-    with pytest.raises(BundleError, match="format version 0 is not 1 or 2"):
+    with pytest.raises(BundleError, match="format version 0 is not 1, 2 or 3, the versions this runtime reads"):
         load(copy)
 
 
@@ -152,6 +152,28 @@ def test_only_a_bundle_that_turns_volumes_is_written_as_format_2(tmp_path):
         pre = json.loads((b / "preprocess.json").read_text())
         assert pre["format"].endswith(f"/{version}") and pre["orientation"] == (None if version == 1 else ["R", "A", "S"])
         assert load(b).preprocessing.orientation == pre["orientation"]
+
+
+def test_a_bundle_that_filters_shrinking_volumes_is_format_3(tmp_path):
+    """R3's antialias_3d is another step an older runtime would skip without a word (it would sample a
+    volume training filtered): such a bundle says version 3; a 2D or plain 3D bundle does not."""
+    import nibabel as nib
+
+    from meddx.planning.plan import Plan
+
+    runs = {k: make_run(tmp_path / k, dims=3, size=16) for k in ("plain", "filtered")}
+    plan = Plan.load(runs["filtered"] / "plan.yaml")
+    plan.data.antialias_3d = True
+    plan.save(runs["filtered"] / "plan.yaml")
+    vol = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((64, 48, 40)).astype(np.float32), np.eye(4)), str(vol))
+    probs = {}
+    for k, version in (("plain", 1), ("filtered", 3)):
+        b = load(export_run(runs[k], tmp_path / f"{k}_bundle"))
+        assert json.loads((b.path / "bundle.json").read_text())["version"] == version
+        assert b.preprocessing.antialias_3d is (version == 3)
+        probs[k] = b.predict(vol).probabilities
+    assert probs["plain"] != probs["filtered"]  # the two preprocessings differ on a shrinking volume
 
 
 @pytest.mark.parametrize("field, value, needle", [("version", "2a", "format version '2a'"),

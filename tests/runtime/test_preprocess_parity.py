@@ -22,12 +22,13 @@ from meddx.runtime.preprocess import prepare as rt_prepare
 from meddx.runtime.spec import Preprocessing
 
 
-def _plan(dims, channels, size, intensity="scale255", clip=None, mean=0.31, std=0.27, steps=()):
+def _plan(dims, channels, size, intensity="scale255", clip=None, mean=0.31, std=0.27, steps=(), antialias=False):
     from meddx.planning.plan import PreprocessStep
 
     return Plan(data=DataConfig(source="x", kind="folder", class_names=["a", "b"], spatial_dims=dims, channels=channels,
                                 input_size=[size] * dims, intensity=intensity, clip=clip, norm_mean=mean, norm_std=std,
-                                preprocess=[PreprocessStep(name=n, params=p) for n, p in steps]))
+                                preprocess=[PreprocessStep(name=n, params=p) for n, p in steps],
+                                antialias_3d=antialias))
 
 
 def _files(real_data):
@@ -53,6 +54,8 @@ PLANS = [
     _plan(2, 1, 64, "clip_scale", [-200.0, 400.0]), _plan(2, 1, 40, "image_zscore", mean=0.0, std=1.0),
     _plan(3, 1, 32, "image_zscore", mean=0.01, std=0.98), _plan(3, 1, 16, "clip_scale", [0.0, 900.0]),
     _plan(3, 2, 24),
+    _plan(3, 1, 16, "image_zscore", mean=0.01, std=0.98, antialias=True),   # R3: volumes filtered as they shrink
+    _plan(3, 2, 24, "image_zscore", mean=0.0, std=1.0, antialias=True),     # two channels, z-scored each
     _plan(2, 1, 28, steps=[("median", {}), ("percentile_clip", {})]),   # the plan's preprocessing steps
 ]
 

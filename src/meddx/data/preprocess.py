@@ -37,6 +37,7 @@ class PreprocessSpec:
     std: float = 1.0
     steps: tuple[tuple[str, dict], ...] = ()  # (name, params) from meddx.transforms.PREPROCESSORS
     orientation: tuple[str, ...] | None = None  # 3D: volumes reoriented to these RAS letters first (R20)
+    antialias_3d: bool = False  # 3D: filter before shrinking to ``size`` (R3; plans before it did not)
 
     @classmethod
     def from_plan(cls, data_cfg) -> "PreprocessSpec":
@@ -46,6 +47,7 @@ class PreprocessSpec:
             mean=data_cfg.norm_mean, std=data_cfg.norm_std,
             steps=tuple((s.name, dict(s.params)) for s in getattr(data_cfg, "preprocess", [])),
             orientation=tuple(data_cfg.orientation) if getattr(data_cfg, "orientation", None) else None,
+            antialias_3d=bool(getattr(data_cfg, "antialias_3d", False)),
         )
 
 
@@ -94,7 +96,7 @@ def prepare(img: ImageData, spec: PreprocessSpec, where: str) -> np.ndarray:
     if conv is None:
         raise channel_mismatch(a.shape[0], spec.channels, where)
     a = apply_scheme(apply_steps(conv, spec.steps, where), spec.scheme, spec.clip)
-    return resize(a, spec.size)
+    return resize(a, spec.size, antialias_3d=spec.antialias_3d)
 
 
 def cache_bytes(n: int, spec: PreprocessSpec) -> int:

@@ -109,6 +109,18 @@ def _load_file(case: Case) -> ImageData:
     return read_image(case.path)
 
 
+def _refuse_image_and_mask_folders(path: Path, names: list[str]) -> None:
+    """Two "classes" that are an image folder and a mask folder (``imagesTr``/``labelsTr``,
+    ``images``/``masks``) are a segmentation dataset: a classifier would learn to tell images from masks."""
+    from meddx.data.segsources import IMAGE_DIRS, MASK_DIRS
+
+    low = {n.lower() for n in names}
+    if len(low) == 2 and low & set(IMAGE_DIRS) and low & set(MASK_DIRS):
+        raise DatasetError(f"the class folders {' and '.join(sorted(names))} are images and their masks: a "
+                           "segmentation dataset, not two classes", path=path,
+                           fix="add --task segment (or give a folder with one sub-folder per class)")
+
+
 def open_folder(path: Path) -> CaseSet:
     """Folder with one sub-folder per class."""
     from meddx.data.segsources import masks_beside_images
@@ -130,6 +142,7 @@ def open_folder(path: Path) -> CaseSet:
                      f"({', '.join(f'{k}: {n}' for k, n in kinds.most_common())}; e.g. {other[0].relative_to(path)}): "
                      f"convert images among them to PNG to include them")
     names = _sort_labels({lab for _, lab in items})
+    _refuse_image_and_mask_folders(path, names)
     idx = {n: i for i, n in enumerate(names)}
     cases = [
         Case(case_id=str(p.relative_to(path)), label=idx[lab], path=p) for p, lab in items

@@ -45,7 +45,8 @@ def preprocessing_from_plan(plan) -> Preprocessing:
         postprocess=list(seg.postprocess) if seg else [], min_size=int(seg.min_size) if seg else 0,
         steps=[[st.name, dict(st.params)] for st in getattr(d, "preprocess", [])],
         target_spacing=[float(t) for t in d.target_spacing] if getattr(d, "target_spacing", None) else None,
-        orientation=list(d.orientation) if getattr(d, "orientation", None) else None)
+        orientation=list(d.orientation) if getattr(d, "orientation", None) else None,
+        antialias_3d=bool(getattr(d, "antialias_3d", False)))
 
 
 def labels_from_plan(plan) -> Labels:

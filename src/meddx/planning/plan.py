@@ -49,6 +49,7 @@ class DataConfig(_Strict):
     preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
     target_spacing: Optional[list[float]] = None  # 3D segmentation: resample every volume to this spacing (mm)
     orientation: Optional[list[str]] = None  # 3D: reorient every volume to these RAS letters first (R20); None: as stored
+    antialias_3d: bool = False  # 3D resize to input_size smooths before shrinking (R3); plans before it: False
     learned_denoise: Optional[LearnedDenoiseConfig] = None
     intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
     clip: Optional[list[float]] = None

@@ -7,7 +7,8 @@ Rules (kind in brackets, as nnU-Net documents its own):
     R3 input size [rule-based]: 2D: the common size when every image shares one <= 64 px,
        else the median short side clamped to [32, 128] and rounded to 8 px (CPU budget);
        3D: the median shape, each axis clamped to [16, 32] on CPU, [16, 64] with CUDA (3D cost
-       grows with the cube).
+       grows with the cube); a volume shrinking to it is low-pass filtered first
+       (``data.antialias_3d``, as 2D's resize always is), not sampled by trilinear interpolation.
     R4 intensity [rule-based]: 8-bit integer data -> ``scale255``; data reaching below -500
        (CT in HU) -> ``clip_scale`` to the dataset's [p0.5, p99.5]; anything else -> per-image z-score.
     R5 model [fixed]: ``small_cnn`` (a residual CNN with a stride-1 stem sized for CPU).
@@ -260,6 +261,9 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     note("data.input_size", size, "R3 input size", "rule-based", shape_median=med,
          **({"short_side_median": fp["short_side_median"]} if sd == 2 and "short_side_median" in fp else {}),
          distinct_shapes=fp["distinct_shapes"], cuda=cuda)
+    antialias = sd == 3  # shrinking a volume to `size`: filtered, not sampled (see transforms/spatial.py)
+    if antialias:
+        note("data.antialias_3d", True, "R3 input size", "rule-based", shape_max=fp["shape_max"], input_size=size)
 
     scheme, clip = _rule_intensity(fp, note)
     steps = _rule_denoise(fp, sd, note)
@@ -303,7 +307,8 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
         seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
                         channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
-                        orientation=orientation, split="official" if fp["official_split"] else "seeded"),
+                        orientation=orientation, antialias_3d=antialias,
+                        split="official" if fp["official_split"] else "seeded"),
         model=model,
         augment=aug,
         optim=OptimConfig(),

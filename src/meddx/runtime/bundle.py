@@ -219,7 +219,7 @@ def verify(bundle_dir: str | Path) -> dict:
     version = man.get("version")
     if type(version) is not int or version not in READ_VERSIONS:  # a damaged manifest's "2a" or null: one line
         newer = type(version) is int and version > FORMAT_VERSION
-        readable = " or ".join(map(str, READ_VERSIONS))
+        readable = ", ".join(map(str, READ_VERSIONS[:-1])) + f" or {READ_VERSIONS[-1]}"
         raise BundleError(f"bundle format version {version!r} is not {readable}, the versions this runtime reads",
                           path=root / MANIFEST, fix="install the newer meddx that wrote it on this machine, or "
                           "re-export with this meddx version" if newer else "re-export with this meddx version")

@@ -74,5 +74,5 @@ def prepare(img: ImageData, spec: Preprocessing, where: str) -> np.ndarray:
     if conv is None:
         raise channel_mismatch(a.shape[0], spec.channels, where)
     a = apply_scheme(apply_steps(conv, spec.steps, where), spec.intensity, tuple(spec.clip) if spec.clip else None)
-    a = resize(a, target_size(spec, img))
+    a = resize(a, target_size(spec, img), antialias_when_shrinking=True if spec.antialias_3d else None)
     return ((a - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)

@@ -25,11 +25,12 @@ from typing import Any
 from meddx.errors import MeddxError
 
 FORMAT = "meddx-bundle"
-FORMAT_VERSION = 2  # the newest bundle format this runtime reads and writes
+FORMAT_VERSION = 3  # the newest bundle format this runtime reads and writes
 # 1: every bundle before R20. 2: preprocess.json names an orientation volumes are turned to first, which a
 # version-1 runtime would skip without a word; only bundles that name one are written as 2, so the
-# others still run on an older runtime
-READ_VERSIONS = (1, 2)
+# others still run on an older runtime. 3: preprocess.json asks for antialiasing when a volume shrinks to
+# its size (antialias_3d), which an older runtime would skip as well
+READ_VERSIONS = (1, 2, 3)
 MANIFEST = "bundle.json"
 MODEL = "model.onnx"
 PREPROCESS = "preprocess.json"
@@ -86,6 +87,8 @@ class Preprocessing:
             and the probabilities brought back to the native grid.
         orientation: 3D: RAS letters (e.g. ``["R", "A", "S"]``) every volume of known orientation is
             reoriented to first, as training did (plan rule R20); masks go back to the input's axes.
+        antialias_3d: 3D: a volume shrinking to ``size`` is filtered (triangle filter widened by the
+            scale), as training did (plan rule R3); otherwise trilinear.
     """
 
     task: str
@@ -106,6 +109,7 @@ class Preprocessing:
     steps: list = field(default_factory=list)
     target_spacing: list[float] | None = None
     orientation: list[str] | None = None
+    antialias_3d: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": f"{FORMAT}/preprocess/{self.format_version}", **asdict(self)}
@@ -113,7 +117,7 @@ class Preprocessing:
     @property
     def format_version(self) -> int:
         """The oldest bundle format that holds everything this spec needs (see ``READ_VERSIONS``)."""
-        return 2 if self.orientation else 1
+        return 3 if self.antialias_3d else 2 if self.orientation else 1
 
     @classmethod
     def from_dict(cls, d: dict, where: Path) -> "Preprocessing":
@@ -128,7 +132,8 @@ class Preprocessing:
                 overlap=float(d.get("overlap", 0.5)), blend=str(d.get("blend", "gaussian")),
                 window_batch=int(d.get("window_batch", 4)), postprocess=list(d.get("postprocess", [])),
                 min_size=int(d.get("min_size", 0)), steps=[list(x) for x in d.get("steps", [])],
-                target_spacing=d.get("target_spacing"), orientation=d.get("orientation"))
+                target_spacing=d.get("target_spacing"), orientation=d.get("orientation"),
+                antialias_3d=d.get("antialias_3d", False))
         p.validate(where)
         return p
 
@@ -171,6 +176,8 @@ class Preprocessing:
                 self.orientation = list(valid_axcodes(self.orientation))  # "ras" reads as RAS
             except ValueError as e:
                 bad(f"orientation {e}")
+        if not isinstance(self.antialias_3d, bool):
+            bad(f"antialias_3d must be true or false, got {self.antialias_3d!r}")
 
 
 @dataclass
