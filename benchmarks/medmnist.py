@@ -56,10 +56,12 @@ REFERENCE = {
 }
 
 
-def run_one(flag: str, seed: int, out_root: Path) -> dict:
-    out = out_root / f"{flag}_s{seed}"
+def run_one(flag: str, seed: int, out_root: Path, extra: tuple[str, ...] = (), tag: str = "") -> dict:
+    """One ``meddx train`` of the default plan (``extra``: more train options, e.g. ``--set k=v``, in a run
+    folder named with ``tag``)."""
+    out = out_root / f"{flag}_s{seed}{tag}"
     wall, rss = run_meddx(["train", str(DATA / "medmnist" / f"{flag}.npz"), "--out", str(out), "--seed", str(seed),
-                           "--time-budget", f"{BUDGET[flag]}s", "--no-progress"], f"{flag} seed {seed}")
+                           "--time-budget", f"{BUDGET[flag]}s", "--no-progress", *extra], f"{flag} seed {seed}")
     m = json.loads((out / "metrics.json").read_text())
     ov = m["operating_points"]["argmax / 0.5"]["overall"]
     from meddx.planning.plan import Plan
