@@ -374,6 +374,8 @@ def test_an_image_and_mask_folder_pair_without_task_segment_says_add_it(tmp_path
     root = write_seg_volumes(tmp_path / "Dataset005_X", n=3, shape=(14, 16, 14))
     (root / "images").rename(root / "imagesTr")
     (root / "labels").rename(root / "labelsTr")
-    _train_fails(tmp_path, root, str(root), "class folders imagesTr and labelsTr are images and their masks",
+    (root / "imagesTs").mkdir()  # MSD / nnU-Net raw folders hold the unlabelled test images too
+    (root / "imagesTs" / "vol09.nii.gz").write_bytes((root / "imagesTr" / "vol00.nii.gz").read_bytes())
+    _train_fails(tmp_path, root, str(root), "class folders imagesTr, imagesTs, labelsTr are images and their masks",
                  "Fix: add --task segment")
     assert_user_error(meddx("inspect", root), "add --task segment")

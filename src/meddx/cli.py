@@ -123,6 +123,8 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
     if "spatial_dims" in fp:
         t.add_row("dimensionality", ", ".join(f"{d}D" for d in fp["spatial_dims"]))
         t.add_row("channels", ", ".join(f"{k} ch: {v}" for k, v in fp["channels"].items()))
+        if set(fp.get("channel_files") or {}) - {"1"}:  # nnU-Net cases of one file per channel
+            t.add_row("files per case", ", ".join(f"{k}: {v}" for k, v in fp["channel_files"].items()))
         t.add_row("shape (median / min / max)", f"{fp['shape_median']} / {fp['shape_min']} / {fp['shape_max']}"
                   f" ({fp['distinct_shapes']} distinct)")
         t.add_row("spacing (median)", str(fp["spacing_median"]) if fp["spacing_median"] else "unknown")

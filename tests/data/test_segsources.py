@@ -445,11 +445,6 @@ def test_channel_files_that_disagree_are_refused_naming_the_file(tmp_path):
     import nibabel as nib
 
     root = _channel_dataset(tmp_path)
-    (root / "dataset.json").write_text('{"channel_names": {"0": "T1", "1": "T2", "2": "FLAIR"}}')
-    with pytest.raises(DatasetError, match=r"vol00_0000.nii.gz: dataset.json declares 3 channel\(s\) but case 'vol00' "
-                                           r"has 2 channel files"):
-        open_seg_dataset(root)
-    (root / "dataset.json").unlink()
     moved = root / "imagesTr" / "vol02_0001.nii.gz"
     img = nib.load(str(moved))
     shifted = img.affine.copy()
@@ -490,3 +485,23 @@ def test_real_lgg_slices_split_into_nnunet_channel_files_load_as_the_rgb_slices(
         assert mask.shape == img.spatial_shape
     fp = compute_fingerprint(cs)
     assert fp["channels"] == {"3": 6}
+
+
+def test_an_nnunet_rgb_case_is_one_file_of_three_channels(tmp_path):
+    """nnU-Net's own 2D RGB layout (Dataset120_RoadSegmentation): channel_names R, G, B and one RGB
+    x_0000.png per case. One file, three channels: nothing to group, nothing missing."""
+    root = tmp_path / "Dataset120_Road"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:12, 4:12] = (200, 120, 40)
+    for k in range(3):
+        write_png(root / "imagesTr" / f"road{k}_0000.png", rgb)
+        write_png(root / "labelsTr" / f"road{k}.png", (rgb[..., 0] > 0).astype(np.uint8))
+    (root / "dataset.json").write_text('{"channel_names": {"0": "R", "1": "G", "2": "B"}, '
+                                       '"labels": {"background": 0, "road": 1}, "file_ending": ".png"}')
+    cs = open_seg_dataset(root)
+    assert len(cs) == 3 and all(c.channels == () for c in cs.cases)
+    img, m = load_mask_values(cs, cs.cases[0])
+    assert img.channels == 3 and m.shape == (16, 16) and set(np.unique(m)) == {0.0, 1.0}
+    assert compute_fingerprint(cs)["channel_files"] == {"1": 3}

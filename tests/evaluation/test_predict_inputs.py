@@ -196,3 +196,24 @@ def test_a_volume_not_oriented_as_the_training_volumes_is_named_in_a_warning(tmp
     plan.data.orientation = ["R", "A", "S"]  # R20: lps.nii.gz is turned to RAS before the network
     predict_seg_paths(run, tmp_path / "in", tmp_path / "p4", progress=False)
     assert "oriented" not in capsys.readouterr().err
+
+
+def test_files_numbered_like_channels_are_separate_inputs_unless_the_run_trained_on_channel_files(tmp_path):
+    """slice_0000.png, slice_0001.png ... are three images to an RGB classifier (channels 3, one file per
+    case): grouping them by their numbers would stack three slices into one fake colour image. Only a
+    run trained on nnU-Net channel files (data.channel_files > 1) takes x_0000 with its x_0001."""
+    from deploy_testutils import make_run
+
+    from meddx.evaluation.predict import predict_paths
+    from meddx.io import read_input
+    from meddx.io.formats import output_stems
+
+    for k in range(3):
+        img = np.full((20, 20), 40 * (k + 1), np.uint8)
+        img[5:9, 5:9] = 250
+        write_png(tmp_path / "in" / f"slice_{k:04d}.png", img)
+    rows = predict_paths(make_run(tmp_path / "rgb", channels=3), tmp_path / "in", progress=False)
+    assert [Path(r["file"]).name for r in rows] == ["slice_0000.png", "slice_0001.png", "slice_0002.png"]
+    files = collect_inputs(tmp_path / "in", 2, channel_files=3)
+    assert files == [tmp_path / "in" / "slice_0000.png"] and output_stems(files, 3) == {files[0]: "slice"}
+    assert read_input(files[0], 3).channels == 3 and read_input(files[0], 1).channels == 1

@@ -55,7 +55,8 @@ PLANS = [
     _plan(3, 1, 32, "image_zscore", mean=0.01, std=0.98), _plan(3, 1, 16, "clip_scale", [0.0, 900.0]),
     _plan(3, 2, 24),
     _plan(3, 1, 16, "image_zscore", mean=0.01, std=0.98, antialias=True),   # R3: volumes filtered as they shrink
-    _plan(3, 2, 24, "image_zscore", mean=0.0, std=1.0, antialias=True),     # two channels, z-scored each
+    _plan(3, 2, 24, "channel_zscore", mean=0.0, std=1.0, antialias=True),   # two channels, z-scored each
+    _plan(2, 3, 32, "channel_zscore", mean=0.1, std=0.9),
     _plan(2, 1, 28, steps=[("median", {}), ("percentile_clip", {})]),   # the plan's preprocessing steps
 ]
 

@@ -430,7 +430,9 @@ def test_a_two_channel_nnunet_dataset_trains_and_predicts_cases_of_channel_files
     train_seg_run(str(root), out, overrides={"train.epochs": 2, "segment.patch_size": [16, 16, 16]},
                   progress=False, log=lambda *a: None)
     plan = Plan.load(out / "plan.yaml")
-    assert plan.data.channels == 2 and plan.data.intensity == "image_zscore"
+    assert plan.data.channels == plan.data.channel_files == 2 and plan.data.intensity == "channel_zscore"
+    shown = _cli("inspect", str(root), "--task", "segment", "--no-progress").stdout
+    assert "2 ch: 10" in shown and "files per case" in shown
     ts = tmp_path / "imagesTs"
     ts.mkdir()
     for name in ("vol00_0000.nii.gz", "vol00_0001.nii.gz", "vol01_0000.nii.gz", "vol01_0001.nii.gz"):
@@ -455,7 +457,7 @@ def test_a_two_channel_nnunet_dataset_trains_and_predicts_cases_of_channel_files
     rt = bundle.predict(ts / "vol00_0000.nii.gz").write_mask(tmp_path / "rt")
     assert np.mean(np.asarray(nib.load(str(rt)).dataobj) == mask) > 0.999
     (ts / "vol01_0001.nii.gz").unlink()
-    with pytest.raises(InputError, match=r"vol01_0000.nii.gz: the model takes 2 channels.*vol01_0001.nii.gz is "
+    with pytest.raises(InputError, match=r"vol01_0000.nii.gz: the model takes 2 channel files per case.*vol01_0001.nii.gz is "
                                          r"missing.*put vol01_0001.nii.gz beside vol01_0000.nii.gz"):
         predict_seg_paths(out, ts, tmp_path / "p5", progress=False)
     assert not (tmp_path / "p5").exists()

@@ -52,11 +52,16 @@ def test_intensity_schemes_and_channels():
     assert np.allclose(apply_scheme(ct, "clip_scale", (-1000, 1000)), [[[0, 0.5, 1]]])
     z = apply_scheme(np.array([[[1, 2, 3, 4]]], dtype=np.float32), "image_zscore")
     assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-5
-    # several channels (T1, FLAIR): each on its own, so one modality's units do not swamp the other's
+    # several channels (T1, FLAIR): channel_zscore takes each on its own, so one modality's units do not
+    # swamp the other's; image_zscore (runs made before channel_zscore) keeps one mean and sd for all
     t1 = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
-    two = apply_scheme(np.concatenate([t1, 5000 - 80 * t1]), "image_zscore")
+    both = np.concatenate([t1, 5000 - 80 * t1])
+    two = apply_scheme(both, "channel_zscore")
     np.testing.assert_allclose(two[0], apply_scheme(t1, "image_zscore")[0], atol=1e-6)
     np.testing.assert_allclose(two[1], -two[0], atol=1e-5)
+    joint = apply_scheme(both, "image_zscore")
+    assert abs(joint.mean()) < 1e-5 and np.ptp(joint[0]) < 0.05 < np.ptp(joint[1])  # T1 flattened by FLAIR's scale
+    np.testing.assert_array_equal(apply_scheme(t1, "channel_zscore"), apply_scheme(t1, "image_zscore"))
     rgb = np.ones((3, 2, 2), dtype=np.float32)
     assert to_channels(rgb, 1).shape == (1, 2, 2) and np.allclose(to_channels(rgb, 1), 1.0)
     assert to_channels(np.ones((1, 2, 2)), 3).shape == (3, 2, 2)

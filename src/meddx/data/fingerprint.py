@@ -72,7 +72,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
     """
     held = {cid for cid, s in split.items() if s == "test"} if split else set()
     rng = np.random.default_rng(seed)
-    shapes, chans, dims, spacings = [], [], [], []
+    shapes, chans, dims, spacings, chan_files = [], [], [], [], []
     samples, means, stds = [], [], []
     vmin, vmax = np.inf, -np.inf
     hashes: dict[str, list[str]] = defaultdict(list)
@@ -116,6 +116,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         shapes.append(img.spatial_shape)
         shape_codes.append(codes)
         chans.append(img.channels)
+        chan_files.append(int(img.meta.get("channel_files", 1)))
         dims.append(img.spatial_dims)
         dims_example.setdefault(str(img.spatial_dims), c.case_id)  # case ids carry no patient id
         if img.spacing is not None:
@@ -195,6 +196,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "spatial_dims": sorted(set(dims)),
         "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
+        "channel_files": {str(k): v for k, v in sorted(Counter(chan_files).items())},
         "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
         # each image's own shorter / longer side, then the median (R3, S2): per-axis medians would mix
         # portrait and landscape images into a square neither is

@@ -123,20 +123,6 @@ def _nnunet_cases(images: dict[str, Path], masks: dict[str, Path]) -> dict[str, 
     return {case: tuple(ch[k] for k in range(n)) for case, ch in cases.items()}
 
 
-def _declared_channels(root: Path) -> int | None:
-    """How many input channels an nnU-Net v2 (``channel_names``) or MSD (``modality``) ``dataset.json``
-    declares, if it does."""
-    for cand in (root / "dataset.json", root.parent / "dataset.json"):
-        if cand.is_file():
-            try:
-                d = json.loads(cand.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return None  # _declared_labels names the broken file
-            names = d.get("channel_names") or d.get("modality") if isinstance(d, dict) else None
-            return len(names) if isinstance(names, dict) and names else None
-    return None
-
-
 def _pair_dirs(root: Path) -> list[tuple[Path, Path]]:
     """``(images_dir, masks_dir)`` pairs at or below ``root``."""
     pairs = []
@@ -154,12 +140,8 @@ def _cases_from_pair_dirs(root: Path, pairs: list[tuple[Path, Path]]) -> list[Ca
     for img_dir, msk_dir in pairs:
         masks = _by_stem(_files(msk_dir))
         images = _nnunet_cases(_by_stem(_files(img_dir)), masks)
-        declared = _declared_channels(img_dir.parent)
         for stem, files in images.items():
             p = files[0]
-            if declared is not None and stem != _stem(p) and len(files) != declared:  # cases of channel files
-                raise DatasetError(f"dataset.json declares {declared} channel(s) but case '{stem}' has {len(files)} "
-                                   "channel files", path=p, fix="correct channel_names in dataset.json, or the files")
             if stem not in masks:
                 suffix = path_suffix(p)
                 raise DatasetError(f"image '{p.name}' has no mask of the same name in {msk_dir.name}/",

@@ -110,14 +110,16 @@ def _load_file(case: Case) -> ImageData:
 
 
 def _refuse_image_and_mask_folders(path: Path, names: list[str]) -> None:
-    """Two "classes" that are an image folder and a mask folder (``imagesTr``/``labelsTr``,
-    ``images``/``masks``) are a segmentation dataset: a classifier would learn to tell images from masks."""
+    """"Classes" that include an image folder and a mask folder (``imagesTr``/``labelsTr``, with or
+    without ``imagesTs``; ``images``/``masks``) are a segmentation dataset: a classifier would learn to
+    tell images from masks."""
     from meddx.data.segsources import IMAGE_DIRS, MASK_DIRS
 
-    low = {n.lower() for n in names}
-    if len(low) == 2 and low & set(IMAGE_DIRS) and low & set(MASK_DIRS):
-        raise DatasetError(f"the class folders {' and '.join(sorted(names))} are images and their masks: a "
-                           "segmentation dataset, not two classes", path=path,
+    images = [n for n in names if n.lower() in IMAGE_DIRS or n.lower() == "imagests"]
+    masks = [n for n in names if n.lower() in MASK_DIRS]
+    if images and masks:
+        raise DatasetError(f"the class folders {', '.join(images + masks)} are images and their masks: a "
+                           "segmentation dataset, not classes", path=path,
                            fix="add --task segment (or give a folder with one sub-folder per class)")
 
 

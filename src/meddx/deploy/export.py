@@ -46,7 +46,7 @@ def preprocessing_from_plan(plan) -> Preprocessing:
         steps=[[st.name, dict(st.params)] for st in getattr(d, "preprocess", [])],
         target_spacing=[float(t) for t in d.target_spacing] if getattr(d, "target_spacing", None) else None,
         orientation=list(d.orientation) if getattr(d, "orientation", None) else None,
-        antialias_3d=bool(getattr(d, "antialias_3d", False)))
+        antialias_3d=bool(getattr(d, "antialias_3d", False)), channel_files=int(getattr(d, "channel_files", 1)))
 
 
 def labels_from_plan(plan) -> Labels:

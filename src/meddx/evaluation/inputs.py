@@ -35,23 +35,23 @@ def _first_channels(paths: list[Path]) -> list[Path]:
 
 
 def inputs_and_out_dir(target, spatial_dims: int, out_dir, default: Path,
-                       channels: int = 1) -> tuple[Path, list[Path], bool]:
+                       channel_files: int = 1) -> tuple[Path, list[Path], bool]:
     """The output folder (``out_dir``, else ``default``), created, the input files under ``target``, and
     whether this call created the folder (so that a failure part-way can remove it)."""
     out_dir = Path(out_dir) if out_dir is not None else default
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("the output path exists and is not a folder", path=out_dir, fix="choose a folder for --out")
-    paths = collect_inputs(Path(target), spatial_dims, channels)
+    paths = collect_inputs(Path(target), spatial_dims, channel_files)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir, paths, created
 
 
-def collect_inputs(target: Path, spatial_dims: int, channels: int = 1) -> list[Path]:
+def collect_inputs(target: Path, spatial_dims: int, channel_files: int = 1) -> list[Path]:
     """A file, a DICOM series folder (3D models), or every readable file under a folder; for 3D
     models every DICOM series folder under it is one volume (one folder per patient or study). For a
-    model of several ``channels``, a case stored as nnU-Net channel files (``x_0000``, ``x_0001`` ...)
-    is one input, its first file (``meddx.io.read_input`` reads the others beside it)."""
+    model trained on cases of several ``channel_files`` (nnU-Net's ``x_0000``, ``x_0001`` ...), such a
+    case is one input, its first file (``meddx.io.read_input`` reads the others beside it)."""
     if not target.exists():
         raise InputError("no such file or folder", path=target, fix="check the path")
     if target.is_file():
@@ -67,7 +67,7 @@ def collect_inputs(target: Path, spatial_dims: int, channels: int = 1) -> list[P
     found = sorted([p for p in entries if p.is_file() and not p.name.startswith(".")
                     and p.parent not in series and is_readable_path(p)] + list(series))
     found, masks = masks_beside_images(found)
-    if channels > 1:
+    if channel_files > 1:
         found = _first_channels(found)
     if masks:
         # a labelled folder (BUSI, LGG: NAME.png + NAME_mask.png) is not twice as many cases; training

@@ -32,7 +32,7 @@ def read_each(paths: list[Path], run_dir: Path | None = None, plan=None):
     from meddx.io.base import axcodes_of
 
     trained = None if plan is not None and plan.data.orientation else _trained_axcodes(run_dir)
-    channels = plan.data.channels if plan is not None else 1
+    channels = plan.data.channel_files if plan is not None else 1
     off = []
     for i, p in enumerate(paths):
         try:
@@ -86,7 +86,7 @@ def predict_paths(run_dir: str | Path, target: str | Path, *, progress: bool = T
     spec = PreprocessSpec.from_plan(plan.data)
     names = list(plan.data.class_names)
     pos = stored_positive(names, stored, plan.evaluate.positive_class)
-    paths = collect_inputs(Path(target), plan.data.spatial_dims, plan.data.channels)
+    paths = collect_inputs(Path(target), plan.data.spatial_dims, plan.data.channel_files)
     rows = []
     cb, stop = progress_callback(progress and len(paths) > 20, len(paths), "predicting")
     try:

@@ -99,9 +99,9 @@ def predict_seg_paths(run_dir: str | Path, target: str | Path, out_dir: str | Pa
     sg = plan.segment
     values = np.asarray(sg.label_values)
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "predictions",
-                                                 plan.data.channels)
+                                                 plan.data.channel_files)
     rows = []
-    stems = output_stems(paths, plan.data.channels)  # a/x.png and b/x.png must not write one x_mask.png
+    stems = output_stems(paths, plan.data.channel_files)  # a/x.png and b/x.png must not write one x_mask.png
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "segmenting")
     with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths, run_dir, plan):  # an unreadable file's error names the others too
@@ -140,9 +140,9 @@ def predict_det_paths(run_dir: Path, plan, model, target, out_dir, *, progress: 
     sg = plan.segment
     names = sg.label_names
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "predictions",
-                                                 plan.data.channels)
+                                                 plan.data.channel_files)
     rows = []
-    stems = output_stems(paths, plan.data.channels)
+    stems = output_stems(paths, plan.data.channel_files)
     cb, stop = progress_callback(progress and len(paths) > 5, len(paths), "detecting")
     with all_or_nothing(out_dir, created, stop):
         for p, img in read_each(paths, run_dir, plan):  # an unreadable file's error names the others too

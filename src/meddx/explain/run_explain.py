@@ -207,9 +207,9 @@ def explain_paths(run_dir: str | Path, target: str | Path, out_dir: str | Path |
     methods = resolve_methods(method, explainer.segmenter)
     c = resolve_class(plan, class_name)
     out_dir, paths, created = inputs_and_out_dir(target, plan.data.spatial_dims, out_dir, run_dir / "explanations",
-                                                 plan.data.channels)
+                                                 plan.data.channel_files)
     rows, empty = [], []
-    stems = output_stems(paths, plan.data.channels)  # a/x.png and b/x.png must not write one overlay
+    stems = output_stems(paths, plan.data.channel_files)  # a/x.png and b/x.png must not write one overlay
     cb, stop = progress_callback(progress, len(paths) * len(methods), "explaining")
     # an unreadable third file removes the first two's overlays, as `meddx predict` does with its masks
     with all_or_nothing(out_dir, created, stop):

@@ -90,8 +90,8 @@ def read_channels(paths: list[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if img.spatial_shape != first.spatial_shape:
             raise ImageContentError(f"channel file is {list(img.spatial_shape)} but {paths[0].name} is "
                                     f"{list(first.spatial_shape)}: one case's channels must share one grid", path=p,
-                                    fix=f"resample it onto {paths[0].name}'s grid (e.g. with the same registration "
-                                        "nnU-Net expects)")
+                                    fix=f"resample it onto {paths[0].name}'s grid (nnU-Net too needs a case's channels "
+                                        "co-registered on one grid)")
         if not same_geometry(first, img):
             raise ImageContentError(f"channel file lies elsewhere in space than {paths[0].name} (different affine): "
                                     "one case's channels must be co-registered", path=p,
@@ -104,22 +104,22 @@ def read_channels(paths: list[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return ImageData(np.concatenate(arrays, axis=0), first.spacing, meta)
 
 
-def read_input(path: str | Path, channels: int = 1, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
-    """What a model of ``channels`` input channels reads for one input: ``read_image``; for a model of
-    several channels given nnU-Net's first channel file (``x_0000.nii.gz``), that case's channel files
-    ``x_0000`` ... ``x_{channels-1:04d}`` beside it, stacked (``read_channels``).
+def read_input(path: str | Path, channel_files: int = 1, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """What a model reads for one input: ``read_image``; for a model trained on cases of
+    ``channel_files`` > 1 files (nnU-Net's ``x_0000``, ``x_0001`` ...: the plan's ``data.channel_files``)
+    given a case's first file (``x_0000.nii.gz``), that case's files beside it, stacked (``read_channels``).
 
     Raises:
         InputError: a channel file of the case is missing (named, with the fix).
     """
     p = Path(path).expanduser()
-    named = nnunet_channel(p) if channels > 1 and p.is_file() else None
+    named = nnunet_channel(p) if channel_files > 1 and p.is_file() else None
     if named is None or named[1] != 0:
         return read_image(p, max_pixels=max_pixels)
-    files = [channel_file(p, k) for k in range(channels)]
+    files = [channel_file(p, k) for k in range(channel_files)]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise InputError(f"the model takes {channels} channels, one file each as nnU-Net names them, and "
+        raise InputError(f"the model takes {channel_files} channel files per case, as nnU-Net names them, and "
                          f"{missing[0].name} is missing", path=p,
                          fix=f"put {', '.join(f.name for f in missing)} beside {p.name}, or give the case as one "
                              "4D NIfTI with the channels on its 4th axis")

@@ -55,20 +55,20 @@ def channel_file(path: str | Path, k: int) -> Path:
     return p.with_name(f"{named[0]}_{k:04d}{p.name[len(file_stem(p)):]}")
 
 
-def output_stems(paths: list[Path], channels: int = 1) -> dict[Path, str]:
+def output_stems(paths: list[Path], channel_files: int = 1) -> dict[Path, str]:
     """A distinct output name per input, for writing ``NAME_mask.png``, ``NAME_overlay.png`` ... into one
     folder: the file stem where it is unique, else (``a/x.png`` and ``b/x.png``, or the ``000001.dcm`` of
     every DICOM series) the folders from the inputs' common folder down, joined by ``_``, then the suffix
     (``x.png`` beside ``x.jpg``), then a counter. Without this, one input's outputs overwrite another's.
-    For a model of several ``channels``, an input named as nnU-Net's first channel file (``x_0000``)
-    stands for its case, and is named ``x``."""
+    For a model trained on cases of several ``channel_files``, an input named as nnU-Net's first channel
+    file (``x_0000``) stands for its case, and is named ``x``."""
     import os
     from collections import Counter
 
     paths = list(paths)
 
     def stem(p) -> str:
-        named = nnunet_channel(p) if channels > 1 else None
+        named = nnunet_channel(p) if channel_files > 1 else None
         return named[0] if named and named[1] == 0 else file_stem(p)
 
     names = {p: stem(p) for p in paths}

@@ -45,13 +45,14 @@ class DataConfig(_Strict):
     class_names: list[str]
     spatial_dims: Literal[2, 3]
     channels: int = Field(ge=1)
+    channel_files: int = Field(default=1, ge=1)  # files per case (nnU-Net's x_0000, x_0001 ...): predict groups them
     input_size: list[int]
     preprocess: list[PreprocessStep] = []  # applied in order, per image, before the intensity scheme
     target_spacing: Optional[list[float]] = None  # 3D segmentation: resample every volume to this spacing (mm)
     orientation: Optional[list[str]] = None  # 3D: reorient every volume to these RAS letters first (R20); None: as stored
     antialias_3d: bool = False  # 3D resize to input_size smooths before shrinking (R3); plans before it: False
     learned_denoise: Optional[LearnedDenoiseConfig] = None
-    intensity: Literal["scale255", "clip_scale", "image_zscore"] = "scale255"
+    intensity: Literal["scale255", "clip_scale", "image_zscore", "channel_zscore"] = "scale255"
     clip: Optional[list[float]] = None
     norm_mean: float = 0.0
     norm_std: float = 1.0
@@ -70,6 +71,9 @@ class DataConfig(_Strict):
     def _orientation_is_3d(self):
         if self.orientation is not None and self.spatial_dims != 3:
             raise ValueError("data.orientation reorients 3D volumes; set it to null for 2D images")
+        if self.antialias_3d and self.spatial_dims != 3:
+            raise ValueError("data.antialias_3d is for 3D volumes (2D images are always filtered as they shrink); "
+                             "set it to false for 2D images")
         return self
 
     @field_validator("split_fractions")

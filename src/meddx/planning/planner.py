@@ -10,7 +10,8 @@ Rules (kind in brackets, as nnU-Net documents its own):
        grows with the cube); a volume shrinking to it is low-pass filtered first
        (``data.antialias_3d``, as 2D's resize always is), not sampled by trilinear interpolation.
     R4 intensity [rule-based]: 8-bit integer data -> ``scale255``; data reaching below -500
-       (CT in HU) -> ``clip_scale`` to the dataset's [p0.5, p99.5]; anything else -> per-image z-score.
+       (CT in HU) -> ``clip_scale`` to the dataset's [p0.5, p99.5]; anything else -> per-image z-score
+       (``channel_zscore``, each channel on its own, for images of several channels).
     R5 model [fixed]: ``small_cnn`` (a residual CNN with a stride-1 stem sized for CPU).
     R6 batch size [rule-based]: 2D 128 (64 under 2000 training cases), 3D 16 at <= 32^3, else 4
        (on VesselMNIST3D validation AUC, 16 beat 32 at equal time: more steps per second); then
@@ -152,16 +153,16 @@ def _rule_channels(fp: dict, note) -> int:
     return note("data.channels", ch, "R2 channels", "rule-based", channels=fp["channels"])
 
 
-def _rule_intensity(fp: dict, note) -> tuple[str, list[float] | None]:
+def _rule_intensity(fp: dict, ch: int, note) -> tuple[str, list[float] | None]:
     it = fp["intensity"]
     if it["integer_valued"] and it["min"] >= 0 and it["max"] <= 255:
         scheme, clip = "scale255", None
     elif it["min"] < -500:
         scheme, clip = "clip_scale", [it["p00_5"], it["p99_5"]]
-    else:
-        scheme, clip = "image_zscore", None
+    else:  # several channels (T1, FLAIR ...): each z-scored on its own, as nnU-Net does per modality
+        scheme, clip = ("channel_zscore" if ch > 1 else "image_zscore"), None
     note("data.intensity", scheme, "R4 intensity", "rule-based", min=it["min"], max=it["max"],
-         integer_valued=it["integer_valued"])
+         integer_valued=it["integer_valued"], channels=ch)
     if clip is not None:  # the clip window is a decision of its own, from the percentiles it read
         note("data.clip", clip, "R4 intensity", "rule-based", p00_5=it["p00_5"], p99_5=it["p99_5"])
     return scheme, clip
@@ -265,7 +266,7 @@ def make_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, Any]
     if antialias:
         note("data.antialias_3d", True, "R3 input size", "rule-based", shape_max=fp["shape_max"], input_size=size)
 
-    scheme, clip = _rule_intensity(fp, note)
+    scheme, clip = _rule_intensity(fp, ch, note)
     steps = _rule_denoise(fp, sd, note)
     orientation = _rule_orientation(fp, sd, note)
 
@@ -516,7 +517,10 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     sg = fp["segmentation"]
     sd = _rule_dims(fp, source, note)
     ch = _rule_channels(fp, note)
-    scheme, clip = _rule_intensity(fp, note)
+    files = max((int(k) for k in fp.get("channel_files") or {}), default=1)  # one per case by construction
+    if files > 1:  # nnU-Net's x_0000, x_0001 ...: a new case is given the same way, and predict groups them
+        note("data.channel_files", files, "R2 channels", "rule-based", channel_files=fp["channel_files"])
+    scheme, clip = _rule_intensity(fp, ch, note)
     steps = _rule_denoise(fp, sd, note)
     orientation = _rule_orientation(fp, sd, note)
     note("segment.label_values", sg["label_values"], "S1 labels", "rule-based", mask_values=sg["mask_values"],
@@ -579,8 +583,8 @@ def make_seg_plan(fp: dict, *, source: str, seed: int = 0, overrides: dict[str, 
     plan = Plan(
         task="detect" if fp.get("task") == "detect" else "segment", seed=seed,
         data=DataConfig(source=source, kind=fp["kind"], class_names=list(fp["class_names"]), spatial_dims=sd,
-                        channels=ch, input_size=size, intensity=scheme, clip=clip, preprocess=steps,
-                        target_spacing=target, orientation=orientation,
+                        channels=ch, channel_files=files, input_size=size, intensity=scheme, clip=clip,
+                        preprocess=steps, target_spacing=target, orientation=orientation,
                         split="official" if fp["official_split"] else "seeded"),
         model=model, augment=aug, optim=OptimConfig(lr=3e-3, weight_decay=1e-4), schedule=ScheduleConfig(),
         train=TrainConfig(batch_size=bs, select_metric="dice", eval_batch_size=16, time_budget_s=time_budget_s),

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         from meddx.io.formats import output_stems
 
         sp = b.preprocessing
-        files = [p for f in a.files for p in collect_inputs(Path(f), sp.spatial_dims, sp.channels)]
-        stems = output_stems(files, sp.channels)  # a/x.png and b/x.png: two masks, not one
+        files = [p for f in a.files for p in collect_inputs(Path(f), sp.spatial_dims, sp.channel_files)]
+        stems = output_stems(files, sp.channel_files)  # a/x.png and b/x.png: two masks, not one
         if b.task == "segment" and a.masks is not None:
             from meddx.evaluation.seg_predict import all_or_nothing
 

@@ -155,7 +155,7 @@ class Bundle:
         from meddx.io import read_input
         from meddx.runtime.preprocess import prepare
 
-        img = read_input(path, self.preprocessing.channels)  # nnU-Net channel files: the case's others too
+        img = read_input(path, self.preprocessing.channel_files)  # nnU-Net channel files: the case's others too
         return img, prepare(img, self.preprocessing, str(path))
 
     def predict(self, path: str | Path) -> Prediction | SegPrediction:

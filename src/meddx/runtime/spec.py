@@ -38,7 +38,7 @@ LABELS = "labels.json"
 THRESHOLDS = "thresholds.json"
 CARD = "model_card.md"
 CHECKED_FILES = (MODEL, PREPROCESS, LABELS, THRESHOLDS, CARD)
-INTENSITY_SCHEMES = ("scale255", "clip_scale", "image_zscore")
+INTENSITY_SCHEMES = ("scale255", "clip_scale", "image_zscore", "channel_zscore")
 SEG_POSTPROCESS = ("largest_component", "fill_holes", "remove_small")
 
 
@@ -74,7 +74,8 @@ class Preprocessing:
         channels: model input channels (RGB -> grey by luma weights, grey -> RGB by repetition).
         size: resize target per spatial axis (2D bilinear, antialiased when shrinking; 3D
             trilinear); None for 3D segmentation, which runs on each volume's own grid.
-        intensity: ``scale255`` | ``clip_scale`` | ``image_zscore`` (see ``meddx.transforms.intensity``).
+        intensity: ``scale255`` | ``clip_scale`` | ``image_zscore`` | ``channel_zscore`` (see
+            ``meddx.transforms.intensity``).
         clip: ``[lo, hi]`` for ``clip_scale``.
         mean, std: dataset standardisation from the training split, applied last.
         tta_flip_axes: spatial axes whose flips are averaged with the image (softmax space).
@@ -89,6 +90,8 @@ class Preprocessing:
             reoriented to first, as training did (plan rule R20); masks go back to the input's axes.
         antialias_3d: 3D: a volume shrinking to ``size`` is filtered (triangle filter widened by the
             scale), as training did (plan rule R3); otherwise trilinear.
+        channel_files: files per case the model was trained on (nnU-Net's ``x_0000``, ``x_0001`` ...):
+            when above 1, an input named ``x_0000`` brings the case's other files with it.
     """
 
     task: str
@@ -110,6 +113,7 @@ class Preprocessing:
     target_spacing: list[float] | None = None
     orientation: list[str] | None = None
     antialias_3d: bool = False
+    channel_files: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": f"{FORMAT}/preprocess/{self.format_version}", **asdict(self)}
@@ -117,7 +121,7 @@ class Preprocessing:
     @property
     def format_version(self) -> int:
         """The oldest bundle format that holds everything this spec needs (see ``READ_VERSIONS``)."""
-        return 3 if self.antialias_3d else 2 if self.orientation else 1
+        return 3 if self.antialias_3d and self.spatial_dims == 3 else 2 if self.orientation else 1
 
     @classmethod
     def from_dict(cls, d: dict, where: Path) -> "Preprocessing":
@@ -133,7 +137,7 @@ class Preprocessing:
                 window_batch=int(d.get("window_batch", 4)), postprocess=list(d.get("postprocess", [])),
                 min_size=int(d.get("min_size", 0)), steps=[list(x) for x in d.get("steps", [])],
                 target_spacing=d.get("target_spacing"), orientation=d.get("orientation"),
-                antialias_3d=d.get("antialias_3d", False))
+                antialias_3d=d.get("antialias_3d", False), channel_files=d.get("channel_files", 1))
         p.validate(where)
         return p
 
@@ -178,6 +182,8 @@ class Preprocessing:
                 bad(f"orientation {e}")
         if not isinstance(self.antialias_3d, bool):
             bad(f"antialias_3d must be true or false, got {self.antialias_3d!r}")
+        if type(self.channel_files) is not int or self.channel_files < 1:
+            bad(f"channel_files must be a whole number >= 1, got {self.channel_files!r}")
 
 
 @dataclass

@@ -4,8 +4,12 @@ Schemes (names used in ``plan.yaml``):
     ``scale255``: 8-bit data divided by 255 (photographs, X-ray PNGs, MedMNIST).
     ``clip_scale``: clip to the dataset's [p0.5, p99.5] and map to [0, 1] (CT: the
         nnU-Net rule of clipping to foreground percentiles, dataset-wide).
-    ``image_zscore``: per-image z-score (MRI, whose units differ between scans), each channel on
-        its own as nnU-Net normalises each modality (T1 and FLAIR have unrelated scales).
+    ``image_zscore``: per-image z-score (MRI, whose units differ between scans), over all channels.
+    ``channel_zscore``: the same, each channel on its own, as nnU-Net normalises each modality
+        (T1 and FLAIR have unrelated scales); R4 picks it for images of several channels. A scheme of
+        its own, not a change to ``image_zscore``, so that runs and bundles made before it keep the
+        inputs they were trained on (and an older runtime refuses, rather than misreads, a bundle
+        that uses it).
 A dataset-level mean/std from the training split is applied after each of them.
 """
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEMES = ("scale255", "clip_scale", "image_zscore")
+SCHEMES = ("scale255", "clip_scale", "image_zscore", "channel_zscore")
 
 
 def apply_scheme(array: np.ndarray, scheme: str, clip: tuple[float, float] | None = None) -> np.ndarray:
@@ -23,9 +27,9 @@ def apply_scheme(array: np.ndarray, scheme: str, clip: tuple[float, float] | Non
     if scheme == "clip_scale":
         lo, hi = clip if clip is not None else (float(a.min()), float(a.max()))
         return (np.clip(a, lo, hi) - lo) / max(hi - lo, 1e-6)
-    if scheme == "image_zscore":
-        if a.shape[0] == 1:
-            return (a - a.mean()) / max(float(a.std()), 1e-6)
+    if scheme == "image_zscore" or (scheme == "channel_zscore" and a.shape[0] == 1):
+        return (a - a.mean()) / max(float(a.std()), 1e-6)
+    if scheme == "channel_zscore":
         axes = tuple(range(1, a.ndim))
         return (a - a.mean(axis=axes, keepdims=True)) / np.maximum(a.std(axis=axes, keepdims=True), 1e-6)
     raise ValueError(f"unknown intensity scheme {scheme!r}; known: {SCHEMES}")
@@ -48,7 +52,8 @@ def channel_mismatch(have: int, want: int, where: str):
     """The error for an image whose channels the model cannot take (training, predict and the runtime)."""
     from meddx.errors import ImageContentError
 
-    fix = ("give all its channels: one 4D NIfTI with the channels on the 4th axis, or one file per channel "
-           "named as nnU-Net does (CASE_0000, CASE_0001 ...) side by side, and pass the first"
+    fix = ("give all its channels as the training cases had them: one 4D NIfTI with the channels on its 4th "
+           "axis, or, for a model trained on nnU-Net channel files, the case's CASE_0000 file with CASE_0001 ... "
+           "beside it"
            if want > 1 and have < want else "use images with the same channels as the training data")
     return ImageContentError(f"has {have} channel(s); the model expects {want}", path=where, fix=fix)
