@@ -389,3 +389,13 @@ def test_a_teacher_that_turns_volumes_another_way_is_refused(tmp_path):
     sp.data.orientation = ["R", "A", "S"]
     with pytest.raises(RunError, match="orientation"):
         _check_teacher(student, sp, teacher, tp)
+    # nor may it have resized volumes or denoised images another way than the student's inputs are
+    from meddx.planning.plan import PreprocessStep
+
+    sp.data.orientation = None
+    for change in (lambda d: setattr(d, "antialias_3d", True),
+                   lambda d: d.preprocess.append(PreprocessStep(name="median", params={"size": 3}))):
+        sp = Plan.load(student / "plan.yaml")
+        change(sp.data)
+        with pytest.raises(RunError, match="how volumes are resized, or preprocessing steps"):
+            _check_teacher(student, sp, teacher, tp)

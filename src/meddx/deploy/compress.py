@@ -188,10 +188,13 @@ def _check_teacher(run_dir: Path, plan, teacher_dir: Path, tplan) -> tuple[float
         raise RunError(f"teacher classes {tplan.data.class_names} differ from {plan.data.class_names}",
                        path=teacher_dir, fix="distil from a run trained on the same dataset")
     a, b = tplan.data, plan.data
-    if (a.spatial_dims, a.channels, list(a.input_size), a.intensity, a.clip, a.orientation, a.antialias_3d) != \
-            (b.spatial_dims, b.channels, list(b.input_size), b.intensity, b.clip, b.orientation, b.antialias_3d):
+    def how(d):
+        return (d.spatial_dims, d.channels, list(d.input_size), d.intensity, d.clip, d.orientation, d.antialias_3d,
+                [(st.name, dict(st.params)) for st in d.preprocess])
+
+    if how(a) != how(b):
         raise RunError("the teacher preprocesses images differently (dimensions, channels, size, intensity, "
-                       "orientation or how volumes are resized)",
+                       "orientation, how volumes are resized, or preprocessing steps)",
                        path=teacher_dir, fix="distil from a run with the same data plan (same --image-size)")
     ts, ss = read_split(teacher_dir / "split.csv"), read_split(run_dir / "split.csv")
     leak = [c for c, s in ss.items() if s in ("val", "test") and ts.get(c) == "train"]
