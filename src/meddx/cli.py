@@ -122,7 +122,8 @@ def inspect(path: str = typer.Argument(..., help="Dataset: MedMNIST .npz, class 
                   + (" (official)" if fp["official_split"] else ""))
     if "spatial_dims" in fp:
         t.add_row("dimensionality", ", ".join(f"{d}D" for d in fp["spatial_dims"]))
-        t.add_row("channels", ", ".join(f"{k} ch: {v}" for k, v in fp["channels"].items()))
+        t.add_row("channels", ", ".join(f"{k} ch: {v}" for k, v in fp["channels"].items())
+                  + (escape(f" (dataset.json: {', '.join(fp['channel_names'])})") if fp.get("channel_names") else ""))
         if set(fp.get("channel_files") or {}) - {"1"}:  # nnU-Net cases of one file per channel
             t.add_row("files per case", ", ".join(f"{k}: {v}" for k, v in fp["channel_files"].items()))
         t.add_row("shape (median / min / max)", f"{fp['shape_median']} / {fp['shape_min']} / {fp['shape_max']}"

@@ -439,6 +439,12 @@ def test_an_nnunet_case_of_several_channel_files_is_one_image_of_those_channels_
     np.testing.assert_allclose(img.array[0], first)
     np.testing.assert_allclose(img.array[1], first * 40 + 1000, rtol=1e-6)
     np.testing.assert_allclose(img.meta["affine"], nib.load(str(root / "imagesTr" / "vol01_0000.nii.gz")).affine)
+    fp = compute_fingerprint(cs)
+    assert fp["channel_names"] == ["T1", "FLAIR"] and not any("dataset.json names" in f for f in fp["findings"])
+    (root / "dataset.json").write_text('{"modality": {"0": "T1", "1": "T2", "2": "FLAIR"}}')  # MSD's key
+    fp = compute_fingerprint(open_seg_dataset(root))
+    assert "dataset.json names 3 channel(s) (T1, T2, FLAIR) but the images have 2: check that every channel's " \
+           "files are there" in fp["findings"]
 
 
 def test_channel_files_that_disagree_are_refused_naming_the_file(tmp_path):

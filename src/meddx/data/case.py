@@ -151,6 +151,8 @@ class CaseSet:
             ``label`` is then only the stratum the split balances, e.g. BUSI's class folder).
         declared_labels: segmentation only: mask value -> name, when the dataset declares
             its label set (``dataset.json``); masks with other values are refused.
+        channel_names: the input channels ``dataset.json`` names (``channel_names`` / ``modality``),
+            in order; the fingerprint records them and says when the images disagree.
     """
 
     name: str
@@ -165,6 +167,7 @@ class CaseSet:
     task: str = "classify"
     declared_labels: dict[int, str] | None = None
     resample_masks: bool = False
+    channel_names: list[str] | None = None
 
     def load(self, case: Case) -> ImageData:
         return self.loader(case)

@@ -197,6 +197,7 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
         "dims_example": dims_example,
         "channels": {str(k): v for k, v in sorted(Counter(chans).items())},
         "channel_files": {str(k): v for k, v in sorted(Counter(chan_files).items())},
+        "channel_names": cs.channel_names,
         "shape_median": [int(x) for x in np.median(arr_shapes, 0)],
         # each image's own shorter / longer side, then the median (R3, S2): per-axis medians would mix
         # portrait and landscape images into a square neither is
@@ -246,6 +247,10 @@ def compute_fingerprint(cs: CaseSet, *, strict: bool = True, seed: int = 0,
                         "place and distances and volumes are off; export the series complete")
     if len(set(chans)) > 1:
         findings.append(f"mixed channel counts: {dict(Counter(chans))}")
+    named = cs.channel_names
+    if named and chans and set(chans) != {len(named)}:  # e.g. a modality's files left out of imagesTr
+        findings.append(f"dataset.json names {len(named)} channel(s) ({', '.join(named)}) but the images have "
+                        f"{' or '.join(map(str, sorted(set(chans))))}: check that every channel's files are there")
     if fp["distinct_shapes"] > 1:
         how = ("3D segmentation keeps each volume's own grid: patches and a sliding window" if seg is not None
                and max(dims) == 3 else "resized to the plan's input size")

@@ -86,6 +86,21 @@ def _declared_labels(root: Path) -> dict[int, str] | None:
     return None
 
 
+def _declared_channel_names(root: Path) -> list[str] | None:
+    """The input channels a ``dataset.json`` names (nnU-Net v2 ``channel_names``, MSD ``modality``:
+    ``{"0": "T1", "1": "FLAIR"}``), in channel order; None where it names none. A file that cannot be
+    read is ``_declared_labels``' to report."""
+    for cand in (root / "dataset.json", root.parent / "dataset.json"):
+        try:
+            d = json.loads(cand.read_text()) if cand.is_file() else None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        names = (d.get("channel_names") or d.get("modality")) if isinstance(d, dict) else None
+        if isinstance(names, dict) and names and all(str(k).strip().isdigit() for k in names):
+            return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]
+    return None
+
+
 def _by_stem(files: list[Path]) -> dict[str, Path]:
     """``stem -> file``; two files of one stem (``a.png`` and ``a.jpg``) would pair with one mask, and
     one of them would be dropped without a word."""
@@ -247,7 +262,8 @@ def open_seg_dataset(path: str | Path, *, resample_masks: bool = False, group_by
         c.label = idx[s if s is not None else names[0]]
     return CaseSet(name=p.stem if p.is_file() else p.name, source=str(p), kind=kind, class_names=names,
                    cases=cases, official_split=official, loader=_load_case, task="segment",
-                   declared_labels=_declared_labels(root), resample_masks=resample_masks)
+                   declared_labels=_declared_labels(root), resample_masks=resample_masks,
+                   channel_names=_declared_channel_names(root))
 
 
 # -- masks --------------------------------------------------------------------------------
