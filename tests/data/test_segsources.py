@@ -460,6 +460,11 @@ def test_channel_files_that_disagree_are_refused_naming_the_file(tmp_path):
     with pytest.raises(ImageContentError, match=r"vol02_0001.nii.gz: channel file lies elsewhere in space than "
                                                 r"vol02_0000.nii.gz.*co-registered"):
         cs.load(cs.cases[2])
+    bad = np.asarray(img.dataobj, np.float32).copy()
+    bad[2, 3, 4] = np.nan  # on the stacked image the error would name vol02_0000, which holds none
+    nib.save(nib.Nifti1Image(bad, img.affine), str(moved))
+    with pytest.raises(ImageContentError, match=r"vol02_0001.nii.gz: 1 voxel\(s\) of this channel file are NaN"):
+        cs.load(cs.cases[2])
     nib.save(nib.Nifti1Image(np.zeros((12, 12, 11), np.float32), img.affine), str(moved))
     with pytest.raises(ImageContentError, match=r"vol02_0001.nii.gz: channel file is \[12, 12, 11\] but "
                                                 r"vol02_0000.nii.gz is \[12, 12, 12\]"):

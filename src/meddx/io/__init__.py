@@ -97,6 +97,10 @@ def read_channels(paths: list[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                                     "one case's channels must be co-registered", path=p,
                                     fix=f"resample it onto {paths[0].name}'s grid, or correct its header")
         arrays.append(img.array)
+    for p, a in zip(paths, arrays):  # checked per file here: on the stack, the error would name the first file
+        if not np.isfinite(a).all():
+            raise ImageContentError(f"{int((~np.isfinite(a)).sum())} voxel(s) of this channel file are NaN or "
+                                    "infinite", path=p, fix="re-export the file or remove the case")
     n = sum(a.size for a in arrays)
     if n > max_pixels:
         raise too_big(paths[0], n, max_pixels, f"case of {len(paths)} channel files", "voxels")
