@@ -188,11 +188,7 @@ def _check_teacher(run_dir: Path, plan, teacher_dir: Path, tplan) -> tuple[float
         raise RunError(f"teacher classes {tplan.data.class_names} differ from {plan.data.class_names}",
                        path=teacher_dir, fix="distil from a run trained on the same dataset")
     a, b = tplan.data, plan.data
-    def how(d):
-        return (d.spatial_dims, d.channels, list(d.input_size), d.intensity, d.clip, d.orientation, d.antialias_3d,
-                [(st.name, dict(st.params)) for st in d.preprocess])
-
-    if how(a) != how(b):
+    if a.input_key() != b.input_key():
         raise RunError("the teacher preprocesses images differently (dimensions, channels, size, intensity, "
                        "orientation, how volumes are resized, or preprocessing steps)",
                        path=teacher_dir, fix="distil from a run with the same data plan (same --image-size)")

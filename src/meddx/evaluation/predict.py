@@ -32,13 +32,13 @@ def read_each(paths: list[Path], run_dir: Path | None = None, plan=None):
     from meddx.io.base import axcodes_of
 
     trained = None if plan is not None and plan.data.orientation else _trained_axcodes(run_dir)
-    channels = plan.data.channel_files if plan is not None else 1
+    files = plan.data.channel_files if plan is not None else 1  # nnU-Net channel files per case
     off = []
     for i, p in enumerate(paths):
         try:
-            img = read_input(p, channels)
+            img = read_input(p, files)
         except MeddxError as e:
-            raise _naming_the_others(e, paths[i + 1:], channels) from None
+            raise _naming_the_others(e, paths[i + 1:], files) from None
         codes = axcodes_of(img) if trained and img.spatial_dims == 3 else None
         if codes and codes != trained:
             off.append(f"{p.name} ({''.join(codes)})")
@@ -63,11 +63,11 @@ def _trained_axcodes(run_dir: Path | None) -> tuple[str, ...] | None:
     return tuple(codes) if codes else None
 
 
-def _naming_the_others(err: MeddxError, rest: list[Path], channels: int = 1) -> MeddxError:
+def _naming_the_others(err: MeddxError, rest: list[Path], channel_files: int = 1) -> MeddxError:
     bad = []
     for q in rest:
         try:
-            read_input(q, channels)
+            read_input(q, channel_files)
         except MeddxError:
             bad.append(str(q))
     if not bad:

@@ -209,12 +209,10 @@ def load_ensemble(plan, runs: Sequence[str], base: str | None = None, *,
             p = Path(base) / p
         other, model = load_run(p)
         if (list(other.data.class_names) != list(plan.data.class_names)
-                or other.data.input_size != plan.data.input_size or other.data.channels != plan.data.channels
-                or other.data.orientation != plan.data.orientation
-                or (other.data.intensity, other.data.antialias_3d) != (plan.data.intensity, plan.data.antialias_3d)
+                or other.data.input_key() != plan.data.input_key()
                 or (check_normalisation and other.data.norm_mean != plan.data.norm_mean)):
-            raise RunError("ensemble member differs from the run (classes, input size, channels, orientation, "
-                           "intensity scheme, 3D resizing or normalisation)",
+            raise RunError("ensemble member differs from the run (classes, input size, channels, intensity scheme, "
+                           "orientation, 3D resizing, preprocessing steps or normalisation)",
                            path=p, fix="list runs trained with the same plan and split, other seeds only")
         out.append(model)
     return out

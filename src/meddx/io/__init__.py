@@ -79,7 +79,7 @@ def read_channels(paths: list[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     import numpy as np
 
     from meddx.errors import ImageContentError
-    from meddx.io.base import same_geometry, too_big
+    from meddx.io.base import check_finite, same_geometry, too_big
 
     paths = [Path(p) for p in paths]
     per_file = max(1, max_pixels // len(paths))  # the stacked image is what must fit the limit
@@ -98,9 +98,7 @@ def read_channels(paths: list[Path], *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                                     fix=f"resample it onto {paths[0].name}'s grid, or correct its header")
         arrays.append(img.array)
     for p, a in zip(paths, arrays):  # checked per file here: on the stack, the error would name the first file
-        if not np.isfinite(a).all():
-            raise ImageContentError(f"{int((~np.isfinite(a)).sum())} voxel(s) of this channel file are NaN or "
-                                    "infinite", path=p, fix="re-export the file or remove the case")
+        check_finite(a, p, "voxel(s) of this channel file are")
     n = sum(a.size for a in arrays)
     if n > max_pixels:
         raise too_big(paths[0], n, max_pixels, f"case of {len(paths)} channel files", "voxels")

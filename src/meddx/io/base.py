@@ -99,14 +99,20 @@ def too_big(path, n: int, max_pixels: int, what: str, unit: str = "pixels"):
                              path=path, fix=TOO_BIG_FIX)
 
 
+def check_finite(array: np.ndarray, where, what: str = "pixel(s) are") -> None:
+    """Raise a one-line error naming ``where`` when ``array`` holds NaN or infinite values."""
+    from meddx.errors import ImageContentError
+
+    if not np.isfinite(array).all():
+        raise ImageContentError(f"{int((~np.isfinite(array)).sum())} {what} NaN or infinite", path=where,
+                                fix="re-export the image or remove it from the dataset")
+
+
 def check_pixels(array: np.ndarray, where: str) -> None:
     """Raise a one-line error for NaN/Inf or constant images (training and the runtime share it)."""
     from meddx.errors import ImageContentError
 
-    if not np.isfinite(array).all():
-        n = int((~np.isfinite(array)).sum())
-        raise ImageContentError(f"{n} pixel(s) are NaN or infinite", path=where,
-                                fix="re-export the image or remove it from the dataset")
+    check_finite(array, where)
     if array.ndim >= 2 and sum(s > 1 for s in array.shape[1:]) < 2:
         raise ImageContentError(f"the image is {'x'.join(map(str, array.shape[1:]))} pixels: a line or a point, "
                                 "not an image", path=where, fix="remove it from the dataset or re-export it")

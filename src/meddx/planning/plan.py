@@ -76,6 +76,12 @@ class DataConfig(_Strict):
                              "set it to false for 2D images")
         return self
 
+    def input_key(self) -> tuple:
+        """How an image becomes the model's input, up to the dataset standardisation: runs that share it
+        see the same inputs (a distillation teacher and its student, the members of an ensemble)."""
+        return (self.spatial_dims, self.channels, list(self.input_size), self.intensity, self.clip, self.orientation,
+                self.antialias_3d, [(st.name, dict(st.params)) for st in self.preprocess])
+
     @field_validator("split_fractions")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
